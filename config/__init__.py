@@ -1,0 +1,1 @@
+"""Settings (env vars, config file), the Celery configuration object and logging set-up."""
