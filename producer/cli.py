@@ -1,0 +1,39 @@
+"""The `dispatchq` command line: a root parser with one module per command family.
+
+Each command module exposes `register(subparsers)`, which adds its sub-commands and sets
+`handler` (a callable taking the parsed namespace and returning the exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from producer import cli_sim
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dispatchq",
+        description="Dispatch HashiCorp Nomad parameterized jobs through a durable queue.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="<command>")
+    for module in (cli_sim,):
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 1
+    code: int = handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
