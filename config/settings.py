@@ -1,0 +1,107 @@
+"""dispatchq's own settings: `DISPATCHQ_*` env vars, then an optional TOML file, then defaults.
+
+Nomad's connection settings are not here: they come from `NOMAD_*` exactly as the nomad CLI
+reads them (see `config.nomad`). `DISPATCHQ_CONFIG` names the TOML file; its keys are the
+field names below (`redis_url = "redis://..."`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "DISPATCHQ_CONFIG"
+
+
+class Settings(BaseSettings):
+    """Everything a producer or worker needs besides Nomad's connection."""
+
+    model_config = SettingsConfigDict(env_prefix="DISPATCHQ_", extra="forbid", frozen=True)
+
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description="Broker and result backend: redis://, rediss:// or unix:// (password inside).",
+    )
+    queue: str = Field("dispatchq", description="Celery queue the dispatch requests go to.")
+    result_ttl: int = Field(
+        86_400, ge=60, description="Seconds an outcome and its request record are kept."
+    )
+    blob_ttl: int = Field(86_400, ge=60, description="Seconds an inline payload blob is kept.")
+    retry_max: int = Field(8, ge=0, description="Retries of a retryable Nomad error.")
+    retry_floor: float = Field(0.5, gt=0, description="Smallest retry delay, seconds.")
+    retry_cap: float = Field(30.0, gt=0, description="Largest retry delay, seconds.")
+    task_time_limit: int = Field(
+        3_600, ge=10, description="Hard limit on one dispatch task (dispatch + monitoring), s."
+    )
+    payload_file_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="Directories file:// payload references may read."
+    )
+    payload_http_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hosts (host or host:port) http(s):// refs may fetch."
+    )
+    payload_http_timeout: float = Field(10.0, gt=0, description="Timeout of one payload fetch, s.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="Log rendering: JSON lines, console, or console only on a TTY."
+    )
+    log_level: str = Field("INFO", description="Lowest level logged.")
+
+    @field_validator("payload_file_roots", "payload_http_hosts", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def redis_password(self) -> str | None:
+        return urlsplit(self.redis_url.get_secret_value()).password
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data, with every secret masked."""
+        data = self.model_dump(mode="json")
+        data["redis_url"] = mask_url(self.redis_url.get_secret_value())
+        return data
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password (if any) replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (and config file), with explicit overrides on top."""
+    return Settings(**overrides)
