@@ -1,0 +1,56 @@
+"""Every Redis key dispatchq writes, with its TTL, in one place.
+
+| key                              | type   | written by        | TTL                        |
+|----------------------------------|--------|-------------------|----------------------------|
+| `dispatchq:request:<request id>` | hash   | producer, worker  | result_ttl                 |
+| `dispatchq:blob:<sha256 hex>`    | string | producer          | blob_ttl                   |
+| `dispatchq:dlq`                  | list   | worker            | DLQ_TTL, renewed per write |
+| `celery-task-meta-<request id>`  | string | Celery's backend  | result_ttl (result_expires) |
+
+The request hash is both the caller-visible state (queued, dispatching, monitoring) and the
+worker's write-ahead record: once `dispatched_job_id` is in it, a redelivered request resumes
+monitoring instead of dispatching again.
+
+Broker keys belong to kombu and carry no TTL by design, since a queue must not expire: the
+queue list `<queue>` (plus `<queue>\\x06\\x16<n>` per priority), `unacked`, `unacked_index`,
+`unacked_mutex` and `_kombu.binding.*`. They hold only messages in flight.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PREFIX: Final = "dispatchq"
+
+DLQ: Final = f"{PREFIX}:dlq"
+DLQ_TTL: Final = 14 * 86_400
+"""Dead letters are kept two weeks after the last one arrived."""
+
+CELERY_RESULT_PREFIX: Final = "celery-task-meta-"
+
+KOMBU_KEYS: Final = ("unacked", "unacked_index", "unacked_mutex")
+
+
+def request(request_id: str) -> str:
+    """The request record: state and write-ahead fields. TTL: settings.result_ttl."""
+    return f"{PREFIX}:request:{request_id}"
+
+
+def blob(sha256_hex: str) -> str:
+    """A content-addressed inline payload. TTL: settings.blob_ttl."""
+    return f"{PREFIX}:blob:{sha256_hex}"
+
+
+def celery_result(request_id: str) -> str:
+    """Where Celery's Redis backend stores the outcome. TTL: result_expires = result_ttl."""
+    return f"{CELERY_RESULT_PREFIX}{request_id}"
+
+
+def is_broker_key(key: str, queue: str) -> bool:
+    """True for kombu's own keys, which carry no TTL by design (see the module docstring)."""
+    return (
+        key in KOMBU_KEYS
+        or key == queue
+        or key.startswith(f"{queue}\x06\x16")
+        or key.startswith("_kombu.binding.")
+    )

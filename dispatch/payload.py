@@ -1,0 +1,248 @@
+"""Payload references -> bytes.
+
+A dispatch request carries a *reference* to its payload, never the bytes, so queue messages
+stay small and a payload shared by many requests is stored once. Supported references:
+
+- `blob:sha256:<hex>`: an inline payload the producer stored in Redis (content-addressed).
+- `file:///abs/path`: a file under one of the configured roots (no traversal or symlink
+  escape: the resolved real path must stay inside a root).
+- `http://` / `https://`: an allow-listed host; streamed, capped at the size limit, retried
+  on transient errors, redirects followed only on the same host.
+- `data:[<mediatype>][;base64],<data>`: RFC 2397, inline.
+
+Every failure is a permanent `PayloadError` naming the reason: a bad reference will not get
+better by retrying the task.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+
+import redis
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
+
+from dispatch import keys
+from dispatch.errors import DispatchqError
+
+PAYLOAD_LIMIT = 16 * 1024
+"""Nomad's DispatchPayloadSizeLimit: decoded bytes; exactly 16384 is accepted."""
+
+_MAX_REDIRECTS = 3
+
+
+class PayloadError(DispatchqError):
+    """A payload reference that cannot be turned into bytes. Permanent."""
+
+    kind = "payload"
+    retryable = False
+
+
+def too_large(size: int) -> PayloadError:
+    return PayloadError(f"Payload exceeds maximum size; {size} > {PAYLOAD_LIMIT}")
+
+
+def blob_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blob_ref(data: bytes) -> str:
+    """The reference of an inline payload once stored under `keys.blob(digest)`."""
+    return f"blob:sha256:{blob_digest(data)}"
+
+
+@dataclass(frozen=True)
+class PayloadPolicy:
+    """Where file:// and http(s):// references may read from."""
+
+    file_roots: tuple[Path, ...] = ()
+    http_hosts: frozenset[str] = frozenset()
+    http_timeout: float = 10.0
+
+    @classmethod
+    def of(
+        cls, file_roots: Iterable[Path | str], http_hosts: Iterable[str], http_timeout: float
+    ) -> PayloadPolicy:
+        return cls(
+            tuple(Path(root) for root in file_roots),
+            frozenset(host.lower() for host in http_hosts),
+            http_timeout,
+        )
+
+
+@dataclass
+class PayloadResolver:
+    """Turns references into bytes under a policy. One per worker process (it pools HTTP)."""
+
+    policy: PayloadPolicy
+    blobs: redis.Redis
+    http: requests.Session = field(default_factory=requests.Session)
+
+    def __post_init__(self) -> None:
+        retry = Retry(
+            total=2,
+            connect=2,
+            read=2,
+            status=2,
+            backoff_factor=0.2,
+            status_forcelist=(429, 500, 502, 503, 504),
+            allowed_methods=("GET",),
+            redirect=0,
+            raise_on_status=False,
+        )
+        adapter = HTTPAdapter(max_retries=retry)
+        self.http.mount("http://", adapter)
+        self.http.mount("https://", adapter)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def resolve(self, ref: str | None) -> bytes | None:
+        """The payload bytes, or None for no payload. Raises PayloadError."""
+        if ref is None or ref == "":
+            return None
+        if not isinstance(ref, str):
+            raise PayloadError(f"payload reference must be a string, not {type(ref).__name__}")
+        scheme = ref.split(":", 1)[0].lower() if ":" in ref else ""
+        if scheme == "blob":
+            data = self._blob(ref)
+        elif scheme == "file":
+            data = self._file(ref)
+        elif scheme in ("http", "https"):
+            data = self._http(ref)
+        elif scheme == "data":
+            data = _data_url(ref)
+        else:
+            raise PayloadError(
+                f"unsupported payload reference {_short(ref)!r}: "
+                "use blob:sha256:<hex>, file://, http(s):// or data:"
+            )
+        if len(data) > PAYLOAD_LIMIT:
+            raise too_large(len(data))
+        return data
+
+    def _blob(self, ref: str) -> bytes:
+        _, algorithm, digest = [*ref.split(":", 2), "", ""][:3]
+        if algorithm != "sha256" or len(digest) != 64 or not _is_hex(digest):
+            raise PayloadError(f"malformed blob reference {_short(ref)!r}: want blob:sha256:<hex>")
+        data = self.blobs.get(keys.blob(digest))
+        assert data is None or isinstance(data, bytes)
+        if data is None:
+            raise PayloadError(
+                f"payload blob sha256:{digest} not found: it expired or was never stored"
+            )
+        if blob_digest(data) != digest:
+            raise PayloadError(f"payload blob sha256:{digest} does not match its digest")
+        return data
+
+    def _file(self, ref: str) -> bytes:
+        parts = urlsplit(ref)
+        if parts.netloc not in ("", "localhost"):
+            raise PayloadError(f"file reference {_short(ref)!r} names a host; only local files")
+        path = Path(unquote_to_bytes(parts.path).decode("utf-8", "replace"))
+        if not path.is_absolute():
+            raise PayloadError(f"file reference {_short(ref)!r} must be an absolute path")
+        if not self.policy.file_roots:
+            raise PayloadError("file:// payload references are disabled: no file roots set")
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError) as err:
+            raise PayloadError(f"payload file {path} cannot be read: {_os_reason(err)}") from None
+        if not any(real.is_relative_to(root.resolve()) for root in self.policy.file_roots):
+            raise PayloadError(f"payload file {path} is outside the allowed roots")
+        try:
+            with real.open("rb") as handle:
+                data = handle.read(PAYLOAD_LIMIT + 1)
+        except OSError as err:
+            raise PayloadError(f"payload file {path} cannot be read: {_os_reason(err)}") from None
+        if len(data) > PAYLOAD_LIMIT:
+            raise too_large(real.stat().st_size)
+        return data
+
+    def _http(self, ref: str) -> bytes:
+        url = ref
+        origin = _host_port(url)
+        if origin not in self.policy.http_hosts and _host(url) not in self.policy.http_hosts:
+            raise PayloadError(f"payload host {origin!r} is not in the allow-list")
+        for _ in range(_MAX_REDIRECTS + 1):
+            try:
+                response = self.http.get(
+                    url, stream=True, timeout=self.policy.http_timeout, allow_redirects=False
+                )
+            except requests.RequestException as err:
+                raise PayloadError(f"payload fetch from {origin} failed: {err}") from None
+            with response:
+                if response.is_redirect:
+                    target = urljoin(url, response.headers.get("Location", ""))
+                    if _host_port(target) != origin:
+                        raise PayloadError(
+                            f"payload fetch from {origin} redirected to another host; refused"
+                        )
+                    url = target
+                    continue
+                if response.status_code != 200:
+                    raise PayloadError(
+                        f"payload fetch from {origin} answered HTTP {response.status_code}"
+                    )
+                return _read_capped(response)
+        raise PayloadError(f"payload fetch from {origin}: more than {_MAX_REDIRECTS} redirects")
+
+
+def _read_capped(response: requests.Response) -> bytes:
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > PAYLOAD_LIMIT:
+        raise too_large(int(declared))
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_content(4096):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > PAYLOAD_LIMIT:
+                raise PayloadError(
+                    f"Payload exceeds maximum size; more than {PAYLOAD_LIMIT} bytes streamed"
+                )
+    except requests.RequestException as err:
+        raise PayloadError(f"payload fetch interrupted: {err}") from None
+    return b"".join(chunks)
+
+
+def _data_url(ref: str) -> bytes:
+    header, sep, body = ref[len("data:") :].partition(",")
+    if not sep:
+        raise PayloadError("malformed data: reference: no ',' before the data")
+    if header.lower().endswith(";base64"):
+        try:
+            return base64.b64decode(unquote_to_bytes(body), validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise PayloadError(f"malformed data: reference: bad base64 ({err})") from None
+    return unquote_to_bytes(body)
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+def _host_port(url: str) -> str:
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+def _os_reason(err: BaseException) -> str:
+    return getattr(err, "strerror", None) or type(err).__name__
+
+
+def _short(ref: str) -> str:
+    return ref if len(ref) <= 80 else ref[:77] + "..."

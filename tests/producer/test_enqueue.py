@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import redis
+
+from dispatch import keys
+from dispatch.payload import blob_digest
+from producer.enqueue import Enqueuer, InvalidRequest, NewRequest
+
+
+@pytest.fixture
+def enqueuer(redis_client: redis.Redis) -> Enqueuer:
+    return Enqueuer(redis_client, queue="q-test", result_ttl=600, blob_ttl=300)
+
+
+def _messages(client: redis.Redis) -> list[dict[str, object]]:
+    raw = client.lrange("q-test", 0, -1)
+    return [json.loads(m) for m in reversed(raw)]
+
+
+def _body(message: dict[str, object]) -> list[object]:
+    body = message["body"]
+    assert isinstance(body, str)
+    decoded: list[object] = json.loads(base64.b64decode(body))
+    return decoded
+
+
+def test_one_request_makes_record_blob_and_message(
+    enqueuer: Enqueuer, redis_client: redis.Redis
+) -> None:
+    [(rid, added)] = enqueuer.enqueue(
+        [NewRequest("video", payload=b"hello", meta={"profile": "hd"}, request_id="r-1")]
+    )
+    assert (rid, added) == ("r-1", True)
+    record = redis_client.hgetall(keys.request("r-1"))
+    assert record[b"state"] == b"queued"
+    assert record[b"job_id"] == b"video"
+    assert 0 < redis_client.ttl(keys.request("r-1")) <= 600
+    digest = blob_digest(b"hello")
+    assert redis_client.get(keys.blob(digest)) == b"hello"
+    assert 0 < redis_client.ttl(keys.blob(digest)) <= 300
+    [message] = _messages(redis_client)
+    headers = message["headers"]
+    assert isinstance(headers, dict)
+    assert headers["task"] == "dispatchq.dispatch"
+    assert headers["id"] == "r-1"
+    args, kwargs, _embed = _body(message)
+    assert args == []
+    assert kwargs == {
+        "v": 1,
+        "request_id": "r-1",
+        "job_id": "video",
+        "payload_ref": f"blob:sha256:{digest}",
+        "meta": {"profile": "hd"},
+    }
+
+
+def test_same_request_id_twice_is_enqueued_once(
+    enqueuer: Enqueuer, redis_client: redis.Redis
+) -> None:
+    first = enqueuer.enqueue([NewRequest("video", request_id="dup")])
+    second = enqueuer.enqueue([NewRequest("video", request_id="dup")])
+    assert first == [("dup", True)]
+    assert second == [("dup", False)]
+    assert redis_client.llen("q-test") == 1
+
+
+def test_many_requests_share_one_blob_and_keep_order(
+    enqueuer: Enqueuer, redis_client: redis.Redis
+) -> None:
+    results = enqueuer.enqueue(NewRequest("video", payload=b"same") for _ in range(1200))
+    assert len(results) == 1200
+    assert len({rid for rid, _ in results}) == 1200
+    assert all(added for _, added in results)
+    assert redis_client.llen("q-test") == 1200
+    assert len(redis_client.keys("dispatchq:blob:*")) == 1
+    first_kwargs = _body(_messages(redis_client)[0])[1]
+    assert isinstance(first_kwargs, dict)
+    assert first_kwargs["request_id"] == results[0][0]
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (NewRequest(""), "job ID must be a non-empty string"),
+        (NewRequest("v", payload=b"x" * 16385), "Payload exceeds maximum size; 16385 > 16384"),
+        (NewRequest("v", payload=b"x", payload_ref="data:,x"), "either payload or payload_ref"),
+        (NewRequest("v", meta={"k": 1}), "meta value for 'k' must be a string, not int"),  # type: ignore[dict-item]
+        (NewRequest("v", meta={"": "x"}), "meta keys must be non-empty strings"),
+        (NewRequest("v", priority=101), "priority must be an integer from 0"),
+        (NewRequest("v", request_id="x" * 201), "request_id must be a string of 1 to 200"),
+    ],
+)
+def test_bad_requests_are_rejected_before_anything_is_written(
+    enqueuer: Enqueuer, redis_client: redis.Redis, request_: NewRequest, message: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=message.replace("(", r"\(")):
+        enqueuer.enqueue([NewRequest("ok-first"), request_])
+    assert redis_client.dbsize() == 0
+
+
+def test_exactly_16384_bytes_is_accepted(enqueuer: Enqueuer) -> None:
+    [(_, added)] = enqueuer.enqueue([NewRequest("v", payload=b"x" * 16384)])
+    assert added
