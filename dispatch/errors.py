@@ -1,0 +1,146 @@
+"""The project's error hierarchy, and the classification of Nomad's answers.
+
+Nomad answers most dispatch validation failures with HTTP 500 and a plain-text body, so a
+500 is only retryable when its text is not one of the validation messages of
+NOMAD_API.md section 3. Every error keeps the server's message verbatim; `str(error)` is
+the text the Go API client would produce, which the CLI prints after its own prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+
+class DispatchqError(Exception):
+    """The root of every error this project raises on purpose.
+
+    `kind` names the class of problem in outcomes and logs; `retryable` says whether
+    trying again later can succeed.
+    """
+
+    kind: ClassVar[str] = "error"
+    retryable: bool = False
+
+
+class ConfigError(DispatchqError):
+    """The connection settings cannot be turned into a client (bad address, TLS file)."""
+
+    kind = "config"
+
+
+class NomadError(DispatchqError):
+    """A request to Nomad failed.
+
+    `status` is the HTTP status, or None when no HTTP answer was received (or the check
+    was made locally). `maybe_applied` says whether the server may have acted on the
+    request anyway; only then is replaying a write without an idempotency token unsafe.
+    """
+
+    kind = "nomad"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.maybe_applied = False
+
+    def __str__(self) -> str:
+        if self.status is None:
+            return self.message
+        return f"Unexpected response code: {self.status} ({self.message})"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status!r}, message={self.message!r})"
+
+
+class PermissionDenied(NomadError):
+    """403: the token does not authenticate or lacks the capability."""
+
+    kind = "permission"
+
+
+class ValidationError(NomadError):
+    """The request can never succeed as sent (section 3 texts, or a local check)."""
+
+    kind = "validation"
+
+
+class BadRequest(NomadError):
+    """Another 4xx (400 decode errors, 405): the request itself is malformed."""
+
+    kind = "request"
+
+
+class NotFound(NomadError):
+    """404: the job, evaluation or route does not exist."""
+
+    kind = "not_found"
+
+
+class RateLimited(NomadError):
+    """429: nothing was done; try again later."""
+
+    kind = "rate_limited"
+    retryable = True
+
+
+class ServerError(NomadError):
+    """A 5xx that is not a validation text (no leader, raft timeout, proxy errors)."""
+
+    kind = "server"
+    retryable = True
+
+
+class TransportError(NomadError):
+    """No HTTP answer: connection refused or reset, timeout, TLS failure."""
+
+    kind = "transport"
+    retryable = True
+
+    def __init__(self, message: str, *, sent: bool, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_applied = sent
+        self.retryable = retryable
+
+
+# The 500 bodies of NOMAD_API.md section 3 (rows 4-12). Matched anywhere in the body, as
+# RPC forwarding may prefix the text (for example "rpc error: ").
+_VALIDATION_TEXTS = re.compile(
+    "|".join(
+        (
+            r"missing parameterized job ID",
+            r"parameterized job not found",
+            r"Specified job \".*\" is not a parameterized job",
+            r"Specified job \".*\" is stopped",
+            r"Payload is not provided but required by parameterized job",
+            r"Payload provided but forbidden by parameterized job",
+            r"Payload exceeds maximum size; \d+ > \d+",
+            r"Dispatch request included unpermitted metadata keys: \[",
+            r"Dispatch did not provide required meta keys: \[",
+            r"dispatch job priority must be between \[",
+        )
+    )
+)
+
+# 5xx texts produced before anything is written, so a replay cannot double a dispatch.
+_NOT_APPLIED_TEXTS = ("No cluster leader", "No path to region")
+
+
+def classify_http(status: int, body: str) -> NomadError:
+    """The error for a non-2xx answer with this status and plain-text body."""
+    error: NomadError
+    if status == 403:
+        error = PermissionDenied(body, status=status)
+    elif status == 404:
+        error = NotFound(body, status=status)
+    elif status == 429:
+        error = RateLimited(body, status=status)
+    elif status < 500:
+        error = BadRequest(body, status=status)
+    elif _VALIDATION_TEXTS.search(body):
+        error = ValidationError(body, status=status)
+    else:
+        error = ServerError(body, status=status)
+        error.maybe_applied = not any(text in body for text in _NOT_APPLIED_TEXTS)
+    return error

@@ -1,0 +1,294 @@
+"""A typed Nomad HTTP client for dispatching parameterized jobs and following evaluations.
+
+Reads return `(body, index)`, where index is the `X-Nomad-Index` header, and accept
+`index`/`wait` for blocking queries. Failures raise the classified errors of
+`dispatch.errors`. With a RetryPolicy the client retries retryable errors itself, except
+a dispatch without an idempotency token after the request may have reached the server
+(read timeout, reset connection, a 5xx other than "No cluster leader"): replaying that
+could dispatch twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import requests
+import structlog
+
+from config.logging import register_secrets
+from dispatch.errors import NomadError, ServerError, ValidationError, classify_http
+from dispatch.nomad_config import NomadConfig
+from dispatch.retry import NO_RETRY, RetryPolicy
+from dispatch.transport import UNIX_PREFIX, build_session, transport_error
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "DispatchArgs",
+    "DispatchResponse",
+    "NomadClient",
+    "NomadConfig",
+]
+
+log = structlog.get_logger(__name__)
+
+# DispatchPayloadSizeLimit: exactly 16384 decoded bytes is accepted (section 3, row 9).
+MAX_PAYLOAD_BYTES = 16 * 1024
+# The server's default and maximum blocking wait; it adds up to wait/16 of jitter.
+MAX_WAIT = 300.0
+
+JSON = Any  # a decoded JSON value
+
+
+@dataclass(frozen=True)
+class DispatchArgs:
+    """Everything one dispatch sends; see `NomadClient.dispatch`."""
+
+    job_id: str
+    payload: bytes | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
+    idempotency_token: str | None = None
+    id_prefix_template: str = ""
+    priority: int = 0
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class DispatchResponse:
+    """The answer to a dispatch. `eval_id` is "" for a periodic parent or an idempotent
+    repeat, which are not monitored."""
+
+    dispatched_job_id: str
+    eval_id: str
+    eval_create_index: int
+    job_create_index: int
+    index: int
+
+
+def check_payload_size(payload: bytes | None) -> None:
+    """Refuse, before sending, a payload the server would refuse (same text as its own)."""
+    if payload is not None and len(payload) > MAX_PAYLOAD_BYTES:
+        raise ValidationError(
+            f"Payload exceeds maximum size; {len(payload)} > {MAX_PAYLOAD_BYTES}"
+        )
+
+
+def _go_wait(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+class NomadClient:
+    """One pooled HTTP session to one Nomad address. Thread-safe for concurrent requests
+    as far as `requests.Session` is; close it (or use `with`) to release connections."""
+
+    def __init__(
+        self,
+        config: NomadConfig,
+        *,
+        timeout: float = 10.0,
+        pool_size: int = 10,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config
+        self.timeout = timeout
+        self.retry = retry or NO_RETRY
+        self._sleep = sleep
+        self._session, self._base = build_session(config, pool_size)
+        self._socket_path = (
+            config.address[len(UNIX_PREFIX) :] if config.address.startswith(UNIX_PREFIX) else ""
+        )
+        register_secrets([config.token, (config.basic_auth or ("", ""))[1]])
+        self._session.headers["User-Agent"] = "dispatchq"
+        if config.token:
+            self._session.headers["X-Nomad-Token"] = config.token
+        self._session.auth = config.basic_auth
+
+    def __enter__(self) -> NomadClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- endpoints -------------------------------------------------------------------
+
+    def send(self, request: DispatchArgs) -> DispatchResponse:
+        """`dispatch` with the arguments held in a DispatchArgs."""
+        return self.dispatch(
+            request.job_id,
+            payload=request.payload,
+            meta=request.meta,
+            idempotency_token=request.idempotency_token,
+            id_prefix_template=request.id_prefix_template,
+            priority=request.priority,
+            namespace=request.namespace,
+        )
+
+    def dispatch(
+        self,
+        job_id: str,
+        *,
+        payload: bytes | None = None,
+        meta: Mapping[str, str] | None = None,
+        idempotency_token: str | None = None,
+        id_prefix_template: str = "",
+        priority: int = 0,
+        namespace: str | None = None,
+    ) -> DispatchResponse:
+        """`PUT /v1/job/<id>/dispatch`: create one child of a parameterized job."""
+        check_payload_size(payload)
+        body = {
+            "JobID": job_id,
+            "Payload": None if payload is None else base64.b64encode(payload).decode(),
+            "Meta": dict(meta) if meta else None,
+            "IdPrefixTemplate": id_prefix_template,
+            "Priority": priority,
+        }
+        params = {"idempotency_token": idempotency_token} if idempotency_token else {}
+        answer, index = self._call(
+            "PUT",
+            f"/v1/job/{quote(job_id, safe='')}/dispatch",
+            params=params,
+            body=body,
+            namespace=namespace,
+            replay_safe=bool(idempotency_token),
+        )
+        return DispatchResponse(
+            dispatched_job_id=answer.get("DispatchedJobID") or "",
+            eval_id=answer.get("EvalID") or "",
+            eval_create_index=int(answer.get("EvalCreateIndex") or 0),
+            job_create_index=int(answer.get("JobCreateIndex") or 0),
+            index=int(answer.get("Index") or index),
+        )
+
+    def register_job(
+        self, job: Mapping[str, Any], *, namespace: str | None = None
+    ) -> tuple[str, int]:
+        """`PUT /v1/jobs`: register a job; returns (eval ID or "", index)."""
+        answer, index = self._call("PUT", "/v1/jobs", body={"Job": job}, namespace=namespace)
+        return answer.get("EvalID") or "", index
+
+    def read_job(
+        self,
+        job_id: str,
+        *,
+        namespace: str | None = None,
+        index: int = 0,
+        wait: float | None = None,
+    ) -> tuple[dict[str, JSON], int]:
+        """`GET /v1/job/<id>`; 404 raises NotFound."""
+        path = f"/v1/job/{quote(job_id, safe='')}"
+        body, last = self._call("GET", path, namespace=namespace, index=index, wait=wait)
+        return body, last
+
+    def read_evaluation(
+        self, eval_id: str, *, index: int = 0, wait: float | None = None
+    ) -> tuple[dict[str, JSON], int]:
+        """`GET /v1/evaluation/<id>`; the index is the eval's ModifyIndex."""
+        path = f"/v1/evaluation/{quote(eval_id, safe='')}"
+        body, last = self._call("GET", path, index=index, wait=wait)
+        return body, last
+
+    def evaluation_allocations(
+        self, eval_id: str, *, index: int = 0, wait: float | None = None
+    ) -> tuple[list[dict[str, JSON]], int]:
+        """`GET /v1/evaluation/<id>/allocations`: AllocListStubs, possibly `[]`."""
+        path = f"/v1/evaluation/{quote(eval_id, safe='')}/allocations"
+        body, last = self._call("GET", path, index=index, wait=wait)
+        return list(body or []), last
+
+    def stop_job(self, job_id: str, *, namespace: str | None = None, purge: bool = False) -> str:
+        """`DELETE /v1/job/<id>`; returns the deregistration eval ID."""
+        params = {"purge": "true"} if purge else {}
+        path = f"/v1/job/{quote(job_id, safe='')}"
+        answer, _ = self._call("DELETE", path, params=params, namespace=namespace)
+        return str(answer.get("EvalID") or "")
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: JSON = None,
+        namespace: str | None = None,
+        index: int = 0,
+        wait: float | None = None,
+        replay_safe: bool = True,
+    ) -> tuple[JSON, int]:
+        """One request with the client's retry policy; `replay_safe=False` limits retries
+        to errors raised before the server could act."""
+        query = dict(params or {})
+        if self.config.region:
+            query["region"] = self.config.region
+        if namespace or self.config.namespace:
+            query["namespace"] = namespace or self.config.namespace
+        read_timeout = self.timeout
+        if index > 0:
+            blocking = min(wait if wait is not None else MAX_WAIT, MAX_WAIT)
+            query["index"] = str(index)
+            query["wait"] = _go_wait(blocking)
+            read_timeout += blocking * 17 / 16
+        retry = 0
+        while True:
+            try:
+                return self._send(method, path, query, body, (self.timeout, read_timeout))
+            except NomadError as err:
+                retry += 1
+                if not (
+                    err.retryable
+                    and retry < self.retry.attempts
+                    and (replay_safe or not err.maybe_applied)
+                ):
+                    raise
+                delay = self.retry.delay(retry)
+                log.info(
+                    "nomad.retry",
+                    method=method,
+                    path=path,
+                    retry=retry,
+                    delay=round(delay, 3),
+                    error_kind=err.kind,
+                    status=err.status,
+                )
+                self._sleep(delay)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        body: JSON,
+        timeout: tuple[float, float],
+    ) -> tuple[JSON, int]:
+        url = self._base + path
+        try:
+            response = self._session.request(
+                method, url, params=query, json=body, timeout=timeout
+            )
+        except requests.RequestException as exc:
+            raise transport_error(method, url, exc, self._socket_path) from exc
+        with response:
+            text = response.content.decode("utf-8", errors="replace")
+            if not 200 <= response.status_code < 300:
+                raise classify_http(response.status_code, text)
+            try:
+                index = int(response.headers.get("X-Nomad-Index", "0"))
+            except ValueError:
+                index = 0
+            try:
+                decoded = response.json()
+            except requests.JSONDecodeError as exc:
+                error = ServerError(f"invalid JSON in the response to {method} {path}: {exc}")
+                error.maybe_applied = method != "GET"
+                raise error from exc
+        return decoded, index
