@@ -188,6 +188,14 @@ class NomadClient:
         body, last = self._call("GET", path, namespace=namespace, index=index, wait=wait)
         return body, last
 
+    def job_evaluations(
+        self, job_id: str, *, namespace: str | None = None
+    ) -> list[dict[str, JSON]]:
+        """`GET /v1/job/<id>/evaluations`: the job's evaluations (`[]` for an unknown job)."""
+        path = f"/v1/job/{quote(job_id, safe='')}/evaluations"
+        body, _ = self._call("GET", path, namespace=namespace)
+        return list(body or [])
+
     def read_evaluation(
         self, eval_id: str, *, index: int = 0, wait: float | None = None
     ) -> tuple[dict[str, JSON], int]:

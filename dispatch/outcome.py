@@ -89,6 +89,16 @@ class Outcome:
         return data
 
     @classmethod
+    def failed(
+        cls, job_id: str, *, kind: str, message: str, status: int | None = None
+    ) -> Outcome:
+        """An exit-1 outcome for a dispatch that could not be made; it renders as
+        `Failed to dispatch job: <message>`."""
+        recorder = OutcomeRecorder(job_id)
+        recorder.emit(DispatchFailed(kind, status, message, message))
+        return recorder.outcome()
+
+    @classmethod
     def from_json(cls, data: dict[str, Any]) -> Outcome:
         fields = {k: v for k, v in data.items() if k != "exit_code"}
         fields["timings"] = Timings(**data["timings"])

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from producer import cli_sim
+from producer import cli_job, cli_sim
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dispatch HashiCorp Nomad parameterized jobs through a durable queue.",
     )
     commands = parser.add_subparsers(dest="command", metavar="<command>")
-    for module in (cli_sim,):
+    for module in (cli_job, cli_sim):
         module.register(commands)
     return parser
 
