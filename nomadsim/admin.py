@@ -1,0 +1,123 @@
+"""nomadsim's own admin API under `/_sim/` (a prefix Nomad never uses).
+
+    GET    /_sim/faults      {"latency_ms": float, "rules": [rule...]}
+    PUT    /_sim/faults      replace: {"latency_ms"?: float, "rules"?: [rule...]}
+    POST   /_sim/faults      append one rule; answers the rule with its id
+    DELETE /_sim/faults      no rules, no latency
+    GET    /_sim/dispatches  {"count": n, "dispatches": [record...]} (?parent= ?namespace=)
+    GET    /_sim/stats       counters
+    POST   /_sim/reset       clear counters and faults; {"dispatches": true} also the record
+    GET    /_sim/scheduler   scheduler knobs; PUT changes them (same keys)
+    GET    /_sim/nodes       node capacity and usage
+
+A rule is {"kind": "error|rate_limit|slow|cut", "route": "*", "method": "*",
+"probability": 1.0, "count": null, "delay_ms": 0, "message": ""} (see faults.py).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from nomadsim.faults import FaultRule
+from nomadsim.jsonshape import dumps
+from nomadsim.sim import Sim
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=dumps(value), content_type="application/json")
+
+
+def _error(message: str, status: int = 400) -> web.Response:
+    return _json({"error": message}, status)
+
+
+async def _body(request: web.BaseRequest) -> Any:
+    raw = await request.read()
+    return json.loads(raw) if raw.strip() else {}
+
+
+SCHEDULER_KNOBS = {
+    "schedule_delay_ms": "schedule_delay",
+    "run_time_ms": "run_time",
+    "start_time_ms": "start_time",
+    "followup_wait_ms": "followup_wait",
+}
+
+
+def _scheduler_json(sim: Sim) -> dict[str, Any]:
+    out: dict[str, Any] = {k: getattr(sim.config, v) * 1000 for k, v in SCHEDULER_KNOBS.items()}
+    out["fail_next_evals"] = sim.scheduler.fail_next
+    return out
+
+
+async def handle_admin(sim: Sim, request: web.BaseRequest, path: str) -> web.Response:
+    try:
+        return await _route(sim, request, path)
+    except (ValueError, TypeError) as exc:
+        return _error(str(exc))
+
+
+async def _route(sim: Sim, request: web.BaseRequest, path: str) -> web.Response:
+    method = request.method
+    name = path[len("/_sim/"):]
+    if name == "faults":
+        faults = sim.faults
+        if method == "GET":
+            return _json(faults.to_json())
+        if method == "DELETE":
+            faults.clear()
+            return _json(faults.to_json())
+        body = await _body(request)
+        if method == "POST":
+            return _json(faults.add(FaultRule.from_json(body)).to_json())
+        if method == "PUT":
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+            rules = [FaultRule.from_json(r) for r in body.get("rules", [])]
+            if "rules" in body:
+                faults.rules = []
+                for rule in rules:
+                    faults.add(rule)
+            if "latency_ms" in body:
+                faults.latency_ms = float(body["latency_ms"])
+            return _json(faults.to_json())
+    elif name == "dispatches" and method == "GET":
+        parent = request.query.get("parent")
+        namespace = request.query.get("namespace")
+        records = [
+            d for d in sim.dispatches
+            if (parent is None or d["parent"] == parent)
+            and (namespace is None or d["namespace"] == namespace)
+        ]
+        return _json({"count": len(records), "dispatches": records})
+    elif name == "stats" and method == "GET":
+        return _json(sim.stats())
+    elif name == "reset" and method == "POST":
+        body = await _body(request)
+        sim.reset_counters(bool(body.get("dispatches")) if isinstance(body, dict) else False)
+        return _json(sim.stats())
+    elif name == "scheduler":
+        if method == "PUT":
+            body = await _body(request)
+            for key, value in body.items():
+                if key == "fail_next_evals":
+                    sim.scheduler.fail_next = int(value)
+                elif key in SCHEDULER_KNOBS:
+                    setattr(sim.config, SCHEDULER_KNOBS[key], float(value) / 1000)
+                else:
+                    raise ValueError(f"unknown scheduler knob {key!r}")
+        if method in ("GET", "PUT"):
+            return _json(_scheduler_json(sim))
+    elif name == "nodes" and method == "GET":
+        return _json(
+            [
+                {"id": n.id, "name": n.name, "datacenter": n.datacenter, "cpu": n.cpu,
+                 "memory_mb": n.memory_mb, "used_cpu": n.used_cpu,
+                 "used_memory_mb": n.used_memory_mb}
+                for n in sim.scheduler.nodes
+            ]
+        )
+    return _error(f"no admin route {method} {path}", 404)

@@ -1,0 +1,100 @@
+"""The event broker behind `GET /v1/event/stream`.
+
+Every committed write publishes one batch (all events at one index). Batches are kept
+in a bounded deque for replay with `?index=`; each subscriber has a bounded queue, and
+a subscriber that falls that far behind is dropped, as Nomad drops slow readers.
+Events hold references to immutable state objects and are rendered only when sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from nomadsim.model import Alloc, Eval, JsonObj, render_job
+
+SUBSCRIBER_QUEUE = 4096
+
+
+@dataclass(slots=True)
+class Event:
+    topic: str
+    type: str
+    key: str
+    namespace: str
+    filter_keys: list[str] | None
+    index: int
+    obj: Any
+
+    def render(self) -> JsonObj:
+        if isinstance(self.obj, Eval):
+            payload: JsonObj = {"Evaluation": self.obj.render()}
+        elif isinstance(self.obj, Alloc):
+            payload = {"Allocation": self.obj.render(with_job=False)}
+        else:
+            payload = {"Job": render_job(self.obj)}
+        return {
+            "Topic": self.topic,
+            "Type": self.type,
+            "Key": self.key,
+            "Namespace": self.namespace,
+            "FilterKeys": self.filter_keys,
+            "Index": self.index,
+            "Payload": payload,
+        }
+
+
+@dataclass(slots=True)
+class Batch:
+    index: int
+    events: list[Event]
+
+
+@dataclass(eq=False)
+class Subscription:
+    """What a stream asked for: topic -> keys ('*' = all), and a namespace ('*' = all)."""
+
+    topics: dict[str, set[str]]
+    namespace: str
+    queue: asyncio.Queue[Batch | None] = field(
+        default_factory=lambda: asyncio.Queue(SUBSCRIBER_QUEUE)
+    )
+
+    def matches(self, event: Event) -> bool:
+        if self.namespace not in ("*", event.namespace):
+            return False
+        keys = self.topics.get(event.topic) or self.topics.get("*")
+        if keys is None:
+            return False
+        if "*" in keys or event.key in keys:
+            return True
+        return any(k in keys for k in event.filter_keys or ())
+
+    def filter(self, batch: Batch) -> list[Event]:
+        return [e for e in batch.events if self.matches(e)]
+
+
+class EventBroker:
+    def __init__(self, buffer_size: int) -> None:
+        self.buffer: deque[Batch] = deque(maxlen=max(1, buffer_size))
+        self.subscribers: set[Subscription] = set()
+
+    def publish(self, batch: Batch) -> None:
+        self.buffer.append(batch)
+        for sub in list(self.subscribers):
+            try:
+                sub.queue.put_nowait(batch)
+            except asyncio.QueueFull:
+                self.subscribers.discard(sub)
+                sub.queue = asyncio.Queue(1)
+                sub.queue.put_nowait(None)
+
+    def subscribe(self, sub: Subscription, index: int) -> list[Batch]:
+        """Register sub and return the buffered batches it should replay first."""
+        self.subscribers.add(sub)
+        return [b for b in self.buffer if b.index >= index]
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.subscribers.discard(sub)

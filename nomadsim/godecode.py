@@ -1,0 +1,396 @@
+"""Request bodies decoded the way Go's encoding/json decodes them into Nomad's structs.
+
+Nomad reads bodies with `json.NewDecoder(body).Decode(&args)`: the first JSON value is
+read (trailing bytes are ignored), keys match struct fields case-insensitively, unknown
+keys are dropped, `null` leaves the zero value, `[]byte` fields take padded standard
+base64, and errors carry Go's exact wording. Valid bodies take the C-speed path
+(`json.loads`); the Go-style scanner below only runs to word an error or to find where
+the first value of a body with trailing bytes ends.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from nomadsim.jsonshape import go_quote_char
+
+
+class DecodeError(Exception):
+    """A body Go would reject; the message is Go's."""
+
+
+class GoNumber(str):
+    """A JSON number kept as its literal text, as Go reports it in type errors."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True)
+class GoType:
+    """A Go type: `kind` is string|int|bool|bytes|map|slice|struct|any."""
+
+    kind: str
+    name: str
+    elem: GoType | None = None
+    fields: dict[str, GoType] = field(default_factory=dict)
+    keep_unknown: bool = False
+
+    def field_for(self, key: str) -> str | None:
+        if key in self.fields:
+            return key
+        folded = key.casefold()
+        for name in self.fields:
+            if name.casefold() == folded:
+                return name
+        return None
+
+
+STRING = GoType("string", "string")
+INT = GoType("int", "int")
+UINT64 = GoType("int", "uint64")
+BOOL = GoType("bool", "bool")
+BYTES = GoType("bytes", "[]uint8")
+ANY = GoType("any", "interface {}")
+STRING_MAP = GoType("map", "map[string]string", elem=STRING)
+STRING_LIST = GoType("slice", "[]string", elem=STRING)
+
+
+def struct(name: str, keep_unknown: bool = False, **fields: GoType) -> GoType:
+    return GoType("struct", name, fields=fields, keep_unknown=keep_unknown)
+
+
+def slice_of(elem: GoType) -> GoType:
+    return GoType("slice", "[]" + elem.name, elem=elem)
+
+
+# ---------------------------------------------------------------------------------------
+# Syntax: a port of the states of Go's encoding/json scanner, for its error messages.
+
+_SPACE = " \t\r\n"
+_DIGITS = "0123456789"
+_HEX = "0123456789abcdefABCDEF"
+
+
+class _Scanner:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.stack: list[str] = []  # "key", "value" (object) or "array"
+
+    def fail(self, ch: str, context: str) -> DecodeError:
+        return DecodeError(f"invalid character {go_quote_char(ch)} {context}")
+
+    def scan(self) -> int:
+        """Index just past the first complete value; DecodeError like Go's Decoder."""
+        text = self.text
+        pos = 0
+        while pos < len(text) and text[pos] in _SPACE:
+            pos += 1
+        if pos == len(text):
+            raise DecodeError("EOF")
+        pos = self._value(pos)
+        return pos
+
+    def _need(self, pos: int) -> str:
+        if pos >= len(self.text):
+            raise DecodeError("unexpected EOF")
+        return self.text[pos]
+
+    def _skip(self, pos: int) -> int:
+        while pos < len(self.text) and self.text[pos] in _SPACE:
+            pos += 1
+        return pos
+
+    def _value(self, pos: int) -> int:
+        pos = self._skip(pos)
+        ch = self._need(pos)
+        if ch == "{":
+            return self._object(pos + 1)
+        if ch == "[":
+            return self._array(pos + 1)
+        if ch == '"':
+            return self._string(pos + 1)
+        if ch == "-" or ch in _DIGITS:
+            return self._number(pos)
+        for word in ("true", "false", "null"):
+            if ch == word[0]:
+                return self._literal(pos, word)
+        raise self.fail(ch, "looking for beginning of value")
+
+    def _object(self, pos: int) -> int:
+        pos = self._skip(pos)
+        if self._need(pos) == "}":
+            return pos + 1
+        while True:
+            pos = self._skip(pos)
+            ch = self._need(pos)
+            if ch != '"':
+                raise self.fail(ch, "looking for beginning of object key string")
+            pos = self._skip(self._string(pos + 1))
+            ch = self._need(pos)
+            if ch != ":":
+                raise self.fail(ch, "after object key")
+            pos = self._skip(self._value(pos + 1))
+            ch = self._need(pos)
+            if ch == "}":
+                return pos + 1
+            if ch != ",":
+                raise self.fail(ch, "after object key:value pair")
+            pos += 1
+
+    def _array(self, pos: int) -> int:
+        pos = self._skip(pos)
+        if self._need(pos) == "]":
+            return pos + 1
+        while True:
+            pos = self._skip(self._value(pos))
+            ch = self._need(pos)
+            if ch == "]":
+                return pos + 1
+            if ch != ",":
+                raise self.fail(ch, "after array element")
+            pos += 1
+
+    def _string(self, pos: int) -> int:
+        while True:
+            ch = self._need(pos)
+            if ch == '"':
+                return pos + 1
+            if ch == "\\":
+                esc = self._need(pos + 1)
+                if esc == "u":
+                    for i in range(4):
+                        digit = self._need(pos + 2 + i)
+                        if digit not in _HEX:
+                            raise self.fail(digit, "in \\u hexadecimal character escape")
+                    pos += 6
+                    continue
+                if esc not in 'bfnrt\\/"':
+                    raise self.fail(esc, "in string escape code")
+                pos += 2
+                continue
+            if ord(ch) < 0x20:
+                raise self.fail(ch, "in string literal")
+            pos += 1
+
+    def _digits(self, pos: int) -> int:
+        while pos < len(self.text) and self.text[pos] in _DIGITS:
+            pos += 1
+        return pos
+
+    def _number(self, pos: int) -> int:
+        if self.text[pos] == "-":
+            pos += 1
+            ch = self._need(pos)
+            if ch not in _DIGITS:
+                raise self.fail(ch, "in numeric literal")
+        pos = pos + 1 if self.text[pos] == "0" else self._digits(pos)
+        if pos < len(self.text) and self.text[pos] == ".":
+            ch = self._need(pos + 1)
+            if ch not in _DIGITS:
+                raise self.fail(ch, "after decimal point in numeric literal")
+            pos = self._digits(pos + 1)
+        if pos < len(self.text) and self.text[pos] in "eE":
+            pos += 1
+            if self._need(pos) in "+-":
+                pos += 1
+            ch = self._need(pos)
+            if ch not in _DIGITS:
+                raise self.fail(ch, "in exponent of numeric literal")
+            pos = self._digits(pos)
+        return pos
+
+    def _literal(self, pos: int, word: str) -> int:
+        for i, expected in enumerate(word[1:], start=1):
+            ch = self._need(pos + i)
+            if ch != expected:
+                raise self.fail(ch, f"in literal {word} (expecting {go_quote_char(expected)})")
+        return pos + len(word)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def parse_json(body: bytes) -> Any:
+    """The first JSON value of body, as Go's Decoder would accept it."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        return json.loads(
+            text, parse_int=GoNumber, parse_float=GoNumber, parse_constant=_reject_constant
+        )
+    except ValueError:
+        end = _Scanner(text).scan()
+    return json.loads(text[:end], parse_int=GoNumber, parse_float=GoNumber)
+
+
+# ---------------------------------------------------------------------------------------
+# Base64: Go's base64.StdEncoding.Decode, for its error offsets.
+
+_B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+
+
+def go_b64decode(src: str) -> bytes:
+    """Decode padded standard base64; DecodeError `illegal base64 data at input byte N`."""
+    out = bytearray()
+    si = 0
+    n = len(src)
+
+    def corrupt(offset: int) -> DecodeError:
+        return DecodeError(f"illegal base64 data at input byte {offset}")
+
+    while si < n:
+        quantum: list[int] = []
+        while len(quantum) < 4:
+            if si == n:
+                if not quantum:
+                    return bytes(out)
+                raise corrupt(si - len(quantum))
+            ch = src[si]
+            si += 1
+            value = _B64.get(ch)
+            if value is not None:
+                quantum.append(value)
+                continue
+            if ch in "\r\n":
+                continue
+            if ch != "=" or len(quantum) < 2:
+                raise corrupt(si - 1)
+            if len(quantum) == 2:
+                while si < n and src[si] in "\r\n":
+                    si += 1
+                if si == n:
+                    raise corrupt(n)
+                if src[si] != "=":
+                    raise corrupt(si - 1)
+                si += 1
+            while si < n and src[si] in "\r\n":
+                si += 1
+            if si < n:
+                raise corrupt(si)
+            break
+        packed = 0
+        for value in quantum + [0] * (4 - len(quantum)):
+            packed = (packed << 6) | value
+        out += packed.to_bytes(3, "big")[: len(quantum) - 1]
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Types: Go's UnmarshalTypeError wording.
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, GoNumber):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+@dataclass
+class _Context:
+    struct: str
+    stack: list[str]
+
+    def error(self, what: str, gotype: GoType) -> DecodeError:
+        if not self.stack:
+            return DecodeError(f"json: cannot unmarshal {what} into Go value of type {gotype.name}")
+        where = ".".join([self.struct, *self.stack])
+        return DecodeError(f"json: cannot unmarshal {what} into Go struct field {where} of type "
+                           f"{gotype.name}")
+
+
+def _plain(value: Any) -> Any:
+    """A decoded `any` value with GoNumbers turned into Python numbers."""
+    if isinstance(value, GoNumber):
+        try:
+            return int(value)
+        except ValueError:
+            return float(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _decode(value: Any, gotype: GoType, ctx: _Context) -> Any:
+    if value is None:
+        return None
+    kind = gotype.kind
+    if kind == "any":
+        return _plain(value)
+    if kind == "string":
+        if isinstance(value, str) and not isinstance(value, GoNumber):
+            return value
+        raise ctx.error(_json_kind(value), gotype)
+    if kind == "int":
+        if not isinstance(value, GoNumber):
+            raise ctx.error(_json_kind(value), gotype)
+        try:
+            number = int(value)
+        except ValueError:
+            raise ctx.error(f"number {value}", gotype) from None
+        low, high = (0, 2**64 - 1) if gotype.name == "uint64" else (-(2**63), 2**63 - 1)
+        if not low <= number <= high:
+            raise ctx.error(f"number {value}", gotype)
+        return number
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ctx.error(_json_kind(value), gotype)
+    if kind == "bytes":
+        if isinstance(value, str) and not isinstance(value, GoNumber):
+            return go_b64decode(value)
+        raise ctx.error(_json_kind(value), gotype)
+    if kind == "slice":
+        if not isinstance(value, list):
+            raise ctx.error(_json_kind(value), gotype)
+        assert gotype.elem is not None
+        return [_decode(v, gotype.elem, ctx) for v in value]
+    if kind == "map":
+        if not isinstance(value, dict):
+            raise ctx.error(_json_kind(value), gotype)
+        assert gotype.elem is not None
+        zero: Any = "" if gotype.elem.kind == "string" else None
+        out = {}
+        for key, item in value.items():
+            decoded = _decode(item, gotype.elem, ctx)
+            out[key] = zero if decoded is None else decoded
+        return out
+    return _decode_struct(value, gotype, ctx)
+
+
+def _decode_struct(value: Any, gotype: GoType, ctx: _Context) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ctx.error(_json_kind(value), gotype)
+    out: dict[str, Any] = {}
+    outer = ctx.struct
+    for key, item in value.items():
+        name = gotype.field_for(key)
+        if name is None:
+            if gotype.keep_unknown:
+                out[key] = _plain(item)
+            continue
+        ctx.struct = gotype.name.rsplit(".", 1)[-1]
+        ctx.stack.append(name)
+        out[name] = _decode(item, gotype.fields[name], ctx)
+        ctx.stack.pop()
+        ctx.struct = outer
+    return out
+
+
+def decode_body(body: bytes, gotype: GoType) -> dict[str, Any]:
+    """Decode a request body into the struct described by gotype (keys canonicalised)."""
+    raw = parse_json(body)
+    if raw is None:
+        return {}
+    ctx = _Context(gotype.name.rsplit(".", 1)[-1], [])
+    return _decode_struct(raw, gotype, ctx)
+

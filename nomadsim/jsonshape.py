@@ -1,0 +1,153 @@
+"""Go-flavoured rendering helpers: `%q`, `%v` of slices, durations, times, multierrors.
+
+Nomad's messages are produced by Go's fmt and time packages; clients match them
+literally, so these helpers reproduce the Go output rather than Python's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+_GO_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    "\\": "\\\\",
+}
+
+
+def _go_escape_char(ch: str, quote: str) -> str:
+    if ch == quote:
+        return "\\" + ch
+    if ch in _GO_ESCAPES:
+        return _GO_ESCAPES[ch]
+    code = ord(ch)
+    if ch.isprintable() or ch == " ":
+        return ch
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def go_quote(text: str) -> str:
+    """Go's `%q` / strconv.Quote of a string."""
+    return '"' + "".join(_go_escape_char(ch, '"') for ch in text) + '"'
+
+
+def go_quote_char(ch: str) -> str:
+    """How encoding/json quotes an offending character in syntax errors."""
+    if ch == "'":
+        return "'\\''"
+    if ch == '"':
+        return "'\"'"
+    return "'" + _go_escape_char(ch, "'") + "'"
+
+
+def go_list(items: Iterable[str]) -> str:
+    """Go's `%v` of a []string: `[a b]`."""
+    return "[" + " ".join(items) + "]"
+
+
+def multierror(errors: list[str]) -> str:
+    """hashicorp/go-multierror's default formatting."""
+    if len(errors) == 1:
+        return f"1 error occurred:\n\t* {errors[0]}\n\n"
+    points = "\n\t".join(f"* {e}" for e in errors)
+    return f"{len(errors)} errors occurred:\n\t{points}\n\n"
+
+
+_DURATION_UNITS = {
+    "ns": 1,
+    "us": 1_000,
+    "\u00b5s": 1_000,
+    "\u03bcs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+_DURATION_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)([a-z\u00b5\u03bc]+)")
+
+
+def parse_go_duration(text: str) -> int:
+    """time.ParseDuration, returning nanoseconds; ValueError when Go would fail."""
+    rest = text
+    sign = 1
+    if rest[:1] in ("-", "+"):
+        sign = -1 if rest[0] == "-" else 1
+        rest = rest[1:]
+    if rest == "0":
+        return 0
+    if not rest:
+        raise ValueError(f"time: invalid duration {go_quote(text)}")
+    total = 0.0
+    pos = 0
+    while pos < len(rest):
+        match = _DURATION_PART.match(rest, pos)
+        if match is None or match.group(1) in ("", "."):
+            raise ValueError(f"time: invalid duration {go_quote(text)}")
+        unit = _DURATION_UNITS.get(match.group(2))
+        if unit is None:
+            raise ValueError(f"time: unknown unit {go_quote(match.group(2))} in duration")
+        total += float(match.group(1)) * unit
+        pos = match.end()
+    if total > 2**63 - 1:
+        raise ValueError(f"time: invalid duration {go_quote(text)}")
+    return sign * int(total)
+
+
+def format_go_duration(ns: int) -> str:
+    """time.Duration.String() for the whole-millisecond values nomadsim produces."""
+    if ns == 0:
+        return "0s"
+    if ns < 1_000_000_000:
+        return f"{ns / 1_000_000:g}ms"
+    seconds, rem = divmod(ns, 1_000_000_000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    frac = f"{rem / 1e9:.9f}".rstrip("0").rstrip(".")[1:] if rem else ""
+    out = f"{seconds}{frac}s"
+    if minutes or hours:
+        out = f"{minutes}m{out}"
+    if hours:
+        out = f"{hours}h{out}"
+    return out
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def rfc3339(ns: int) -> str:
+    """A Go time.Time as go-codec renders it (RFC3339 with nanoseconds, UTC)."""
+    if ns <= 0:
+        return ZERO_TIME
+    seconds, rem = divmod(ns, 1_000_000_000)
+    base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if rem:
+        base += "." + f"{rem:09d}".rstrip("0")
+    return base + "Z"
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def dumps(value: Any, pretty: bool = False) -> bytes:
+    if pretty:
+        return json.dumps(value, indent=4).encode()
+    return json.dumps(value, separators=(",", ":")).encode()

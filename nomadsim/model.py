@@ -1,0 +1,253 @@
+"""Evaluations, allocations and nodes, and their JSON shapes.
+
+State objects are never mutated once stored: an update stores a modified copy (as
+Nomad's memdb does), so the event buffer can keep references and render them lazily
+with the values they had at their index.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+from nomadsim.jsonshape import ZERO_TIME, rfc3339
+
+TERMINAL_EVAL = frozenset({"complete", "failed", "canceled"})
+TERMINAL_CLIENT = frozenset({"complete", "failed", "lost"})
+
+JsonObj = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Eval:
+    id: str
+    namespace: str
+    priority: int
+    type: str
+    triggered_by: str
+    job_id: str
+    job_modify_index: int
+    status: str
+    create_index: int
+    modify_index: int
+    create_time: int
+    modify_time: int
+    status_description: str = ""
+    wait_ns: int = 0
+    next_eval: str = ""
+    previous_eval: str = ""
+    blocked_eval: str = ""
+    failed_tg_allocs: dict[str, JsonObj] | None = None
+    queued_allocations: dict[str, int] | None = None
+    class_eligibility: dict[str, bool] | None = None
+    snapshot_index: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_EVAL
+
+    def stub(self) -> JsonObj:
+        """EvaluationStub, the shape of RelatedEvals items."""
+        return {
+            "ID": self.id,
+            "Namespace": self.namespace,
+            "Priority": self.priority,
+            "Type": self.type,
+            "TriggeredBy": self.triggered_by,
+            "JobID": self.job_id,
+            "NodeID": "",
+            "DeploymentID": "",
+            "Status": self.status,
+            "StatusDescription": self.status_description,
+            "WaitUntil": ZERO_TIME,
+            "NextEval": self.next_eval,
+            "PreviousEval": self.previous_eval,
+            "BlockedEval": self.blocked_eval,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+            "CreateTime": self.create_time,
+            "ModifyTime": self.modify_time,
+        }
+
+    def render(self, related: list[JsonObj] | None = None) -> JsonObj:
+        return {
+            "ID": self.id,
+            "Namespace": self.namespace,
+            "Priority": self.priority,
+            "Type": self.type,
+            "TriggeredBy": self.triggered_by,
+            "JobID": self.job_id,
+            "JobModifyIndex": self.job_modify_index,
+            "NodeID": "",
+            "NodeModifyIndex": 0,
+            "DeploymentID": "",
+            "Status": self.status,
+            "StatusDescription": self.status_description,
+            "Wait": self.wait_ns,
+            "WaitUntil": ZERO_TIME,
+            "NextEval": self.next_eval,
+            "PreviousEval": self.previous_eval,
+            "BlockedEval": self.blocked_eval,
+            "RelatedEvals": related,
+            "FailedTGAllocs": self.failed_tg_allocs,
+            "ClassEligibility": self.class_eligibility,
+            "QuotaLimitReached": "",
+            "EscapedComputedClass": False,
+            "AnnotatePlan": False,
+            "QueuedAllocations": self.queued_allocations,
+            "LeaderACL": "",
+            "SnapshotIndex": self.snapshot_index,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+            "CreateTime": self.create_time,
+            "ModifyTime": self.modify_time,
+        }
+
+
+@dataclass(slots=True)
+class Node:
+    id: str
+    name: str
+    datacenter: str
+    cpu: int
+    memory_mb: int
+    attributes: dict[str, str]
+    used_cpu: int = 0
+    used_memory_mb: int = 0
+
+
+@dataclass(slots=True)
+class Alloc:
+    id: str
+    namespace: str
+    eval_id: str
+    name: str
+    node_id: str
+    node_name: str
+    job_id: str
+    job: JsonObj
+    task_group: str
+    tasks: dict[str, tuple[int, int]]
+    desired_status: str
+    client_status: str
+    create_index: int
+    modify_index: int
+    create_time: int
+    modify_time: int
+    metrics: JsonObj
+    desired_description: str = ""
+    client_description: str = ""
+    started_at: int = 0
+    finished_at: int = 0
+    failed: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        """Nomad's Allocation.TerminalStatus: desired stop/evict or a terminal client."""
+        return self.desired_status in ("stop", "evict") or self.client_status in TERMINAL_CLIENT
+
+    @property
+    def cpu(self) -> int:
+        return sum(c for c, _ in self.tasks.values())
+
+    @property
+    def memory_mb(self) -> int:
+        return sum(m for _, m in self.tasks.values())
+
+    def task_states(self) -> JsonObj:
+        state = {"pending": "pending", "running": "running"}.get(self.client_status, "dead")
+        return {
+            task: {
+                "State": state,
+                "Failed": self.failed,
+                "Restarts": 0,
+                "LastRestart": ZERO_TIME,
+                "StartedAt": rfc3339(self.started_at),
+                "FinishedAt": rfc3339(self.finished_at),
+                "Events": [],
+                "TaskHandle": None,
+            }
+            for task in self.tasks
+        }
+
+    def _resources(self) -> JsonObj:
+        return {
+            "Tasks": {
+                task: {
+                    "Cpu": {"CpuShares": cpu},
+                    "Memory": {"MemoryMB": mem, "MemoryMaxMB": 0},
+                    "Networks": None,
+                    "Devices": None,
+                }
+                for task, (cpu, mem) in self.tasks.items()
+            },
+            "Shared": {"DiskMB": 0, "Networks": None, "Ports": None},
+        }
+
+    def stub(self) -> JsonObj:
+        return {
+            "ID": self.id,
+            "EvalID": self.eval_id,
+            "Name": self.name,
+            "Namespace": self.namespace,
+            "NodeID": self.node_id,
+            "NodeName": self.node_name,
+            "JobID": self.job_id,
+            "JobType": self.job["Type"],
+            "JobVersion": self.job["Version"],
+            "TaskGroup": self.task_group,
+            "AllocatedResources": self._resources(),
+            "DesiredStatus": self.desired_status,
+            "DesiredDescription": self.desired_description,
+            "ClientStatus": self.client_status,
+            "ClientDescription": self.client_description,
+            "DesiredTransition": {"Migrate": None, "Reschedule": None, "ForceReschedule": None},
+            "TaskStates": self.task_states(),
+            "DeploymentStatus": None,
+            "FollowupEvalID": "",
+            "RescheduleTracker": None,
+            "PreemptedAllocations": None,
+            "PreemptedByAllocation": "",
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+            "CreateTime": self.create_time,
+            "ModifyTime": self.modify_time,
+        }
+
+    def render(self, with_job: bool) -> JsonObj:
+        out = self.stub()
+        del out["JobType"], out["JobVersion"]
+        out.update(
+            {
+                "Job": render_job(self.job) if with_job else None,
+                "Resources": None,
+                "TaskResources": None,
+                "Metrics": self.metrics,
+                "DeploymentID": "",
+                "PreviousAllocation": "",
+                "NextAllocation": "",
+                "AllocModifyIndex": self.create_index,
+            }
+        )
+        return out
+
+
+def render_job(job: JsonObj) -> JsonObj:
+    """A stored job as JSON: the payload (kept as bytes) becomes base64 or null."""
+    payload = job.get("Payload")
+    out = dict(job)
+    out["Payload"] = base64.b64encode(payload).decode() if payload else None
+    return out
+
+
+@dataclass(slots=True)
+class Summary:
+    """The parts of a JobSummary that are not derived from allocations on read."""
+
+    create_index: int
+    modify_index: int
+    queued: dict[str, int] = field(default_factory=dict)
+    children: dict[str, int] = field(
+        default_factory=lambda: {"Pending": 0, "Running": 0, "Dead": 0}
+    )

@@ -1,0 +1,395 @@
+"""The scheduler worker, the simulated clients' alloc lifecycle, blocked evals and GC.
+
+- Evaluations are processed one at a time from a FIFO queue (after `schedule_delay`).
+  A placement writes the allocs (`PlanResult`), then the eval update
+  (`EvaluationUpdated`), as Nomad's plan applier and worker do.
+- A task group that does not fit gets FailedTGAllocs and a blocked eval (§7). When an
+  alloc frees capacity, blocked evals that could now place go back to `pending` (oldest
+  first, only as many as the freed capacity could take) and are re-evaluated; one that
+  still cannot place is blocked again (Nomad's ReblockEval).
+- Simulated clients move allocs pending -> running -> complete (`AllocationUpdated`);
+  updates due in the same loop iteration are written as one entry, like a client's
+  batched updates. Task Config `run_for` (Go duration) and `exit_code` behave like
+  Nomad's mock driver; service jobs without `run_for` run until stopped.
+- `fail_next`: the next N evaluations end `failed` (delivery limit) with a NextEval
+  follow-up that is scheduled after `followup_wait` seconds (the NextEval knob).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from dataclasses import replace
+
+from nomadsim.config import SimConfig
+from nomadsim.jsonshape import go_quote, new_uuid, now_ns, parse_go_duration
+from nomadsim.model import Alloc, Eval, JsonObj, Node
+from nomadsim.placement import Placer, make_nodes
+from nomadsim.state import JobKey, Store, Write
+
+DELIVERY_LIMIT = 3
+CLIENT_TEXT = {
+    "running": "Tasks are running",
+    "complete": "All tasks have completed",
+    "failed": "Failed tasks",
+}
+
+
+class Scheduler:
+    def __init__(self, store: Store, config: SimConfig) -> None:
+        self.store = store
+        self.config = config
+        self.nodes = make_nodes(config.nodes, config.node_cpu, config.node_memory, config.datacenter)
+        self.placer = Placer(self.nodes)
+        self.queue: deque[str] = deque()
+        self.wake = asyncio.Event()
+        self.blocked: dict[JobKey, str] = {}
+        self.holding: dict[str, tuple[Node, int, int]] = {}
+        self.fail_next = config.fail_evals
+        self.updates: list[tuple[str, str]] = []
+        self.flush_pending = False
+        self.unblock_pending = False
+        self.processed = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker()), asyncio.create_task(self._collector())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def enqueue(self, eval_id: str) -> None:
+        self.queue.append(eval_id)
+        self.wake.set()
+
+    def new_eval(self, job: JsonObj, triggered_by: str, index: int, priority: int = 0) -> Eval:
+        now = now_ns()
+        return Eval(
+            id=new_uuid(),
+            namespace=job["Namespace"],
+            priority=priority or job["Priority"],
+            type=job["Type"],
+            triggered_by=triggered_by,
+            job_id=job["ID"],
+            job_modify_index=job.get("JobModifyIndex") or index,
+            status="pending",
+            create_index=index,
+            modify_index=index,
+            create_time=now,
+            modify_time=now,
+        )
+
+    async def _worker(self) -> None:
+        while True:
+            while not self.queue:
+                self.wake.clear()
+                await self.wake.wait()
+            eval_id = self.queue.popleft()
+            if self.config.schedule_delay > 0:
+                await asyncio.sleep(self.config.schedule_delay)
+            self.process(eval_id)
+            self.processed += 1
+            if self.processed % 32 == 0:
+                await asyncio.sleep(0)
+
+    async def _collector(self) -> None:
+        if self.config.gc_after <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.config.gc_interval)
+            self.store.collect(self.config.gc_after)
+            for key in [k for k in self.blocked if k not in self.store.jobs]:
+                del self.blocked[key]
+
+    # -- evaluation ------------------------------------------------------------------
+
+    def process(self, eval_id: str) -> None:
+        ev = self.store.evals.get(eval_id)
+        if ev is None or ev.status != "pending":
+            return
+        if self.fail_next > 0 and ev.triggered_by != "failed-follow-up":
+            self.fail_next -= 1
+            self._fail(ev)
+            return
+        key = (ev.namespace, ev.job_id)
+        job = self.store.jobs.get(key)
+        if job is None or job["Stop"]:
+            self._stop_job(ev, key)
+            return
+        self._place(ev, key, job)
+
+    def _fail(self, ev: Eval) -> None:
+        wait_ns = int(self.config.followup_wait * 1e9)
+        store = self.store
+        with store.write("EvaluationUpdated") as w:
+            follow = replace(
+                ev,
+                id=new_uuid(),
+                triggered_by="failed-follow-up",
+                status="pending",
+                previous_eval=ev.id,
+                wait_ns=wait_ns,
+                create_index=w.index,
+                create_time=now_ns(),
+                modify_time=now_ns(),
+            )
+            w.put_eval(follow)
+            w.put_eval(
+                replace(
+                    ev,
+                    status="failed",
+                    status_description=f"evaluation reached delivery limit ({DELIVERY_LIMIT})",
+                    next_eval=follow.id,
+                    modify_time=now_ns(),
+                )
+            )
+        asyncio.get_running_loop().call_later(self.config.followup_wait, self.enqueue, follow.id)
+
+    def _stop_job(self, ev: Eval, key: JobKey) -> None:
+        store = self.store
+        allocs = [a for a in store.job_allocs(key) if not a.terminal]
+        if allocs:
+            with store.write("PlanResult") as w:
+                for alloc in allocs:
+                    w.put_alloc(
+                        replace(
+                            alloc,
+                            desired_status="stop",
+                            desired_description="alloc not needed due to job update",
+                            modify_time=now_ns(),
+                        )
+                    )
+                    self._release(alloc.id)
+                    self._later(self.config.start_time, alloc.id, "complete")
+        blocked_id = self.blocked.pop(key, None)
+        with store.write("EvaluationUpdated") as w:
+            blocked = store.evals.get(blocked_id or "")
+            if blocked is not None and not blocked.terminal and blocked.id != ev.id:
+                w.put_eval(replace(blocked, status="canceled",
+                                   status_description="job stopped", modify_time=now_ns()))
+            w.put_eval(replace(ev, status="complete", modify_time=now_ns(), snapshot_index=w.index))
+        if allocs:
+            self._capacity_freed()
+
+    def _place(self, ev: Eval, key: JobKey, job: JsonObj) -> None:
+        store = self.store
+        existing = store.job_allocs(key)
+        placed: list[Alloc] = []
+        failed: dict[str, JsonObj] = {}
+        queued: dict[str, int] = {}
+        for group in job["TaskGroups"]:
+            name = group["Name"]
+            have = [a for a in existing if a.task_group == name and a.desired_status == "run"
+                    and a.client_status not in ("failed", "lost")]
+            want = group["Count"] - len(have)
+            queued[name] = 0
+            for slot in range(want):
+                node, metric = self.placer.select(job, group)
+                if node is None:
+                    metric["CoalescedFailures"] = want - slot - 1
+                    failed[name] = metric
+                    queued[name] = want - slot
+                    break
+                placed.append(self._new_alloc(ev, job, group, node, metric, len(have) + slot))
+        if placed:
+            with store.write("PlanResult") as w:
+                for alloc in placed:
+                    w.put_alloc(alloc)
+                    self._later(self.config.start_time, alloc.id, "running")
+        summary = store.summaries.get(key)
+        if summary is not None:
+            summary.queued = queued
+        if failed and key in self.blocked and self.blocked[key] == ev.id:
+            with store.write("EvaluationUpdated") as w:
+                w.put_eval(replace(ev, status="blocked", failed_tg_allocs=failed,
+                                   queued_allocations=queued, modify_time=now_ns()))
+            return
+        with store.write("EvaluationUpdated") as w:
+            blocked_id = ""
+            if failed:
+                blocked_id = self._block(ev, key, failed, w)
+            elif self.blocked.get(key) == ev.id:
+                del self.blocked[key]
+            w.put_eval(
+                replace(
+                    ev,
+                    status="complete",
+                    failed_tg_allocs=failed or None,
+                    queued_allocations=queued,
+                    blocked_eval=blocked_id,
+                    snapshot_index=w.index - 1,
+                    modify_time=now_ns(),
+                )
+            )
+
+    def _block(self, ev: Eval, key: JobKey, failed: dict[str, JsonObj], w: Write) -> str:
+        now = now_ns()
+        blocked = replace(
+            ev,
+            id=new_uuid(),
+            status="blocked",
+            triggered_by="queued-allocs",
+            status_description="created to place remaining allocations",
+            previous_eval=ev.id,
+            next_eval="",
+            blocked_eval="",
+            failed_tg_allocs=failed,
+            queued_allocations=None,
+            class_eligibility={},
+            create_index=w.index,
+            create_time=now,
+            modify_time=now,
+        )
+        w.put_eval(blocked)
+        older = self.store.evals.get(self.blocked.get(key, ""))
+        if older is not None and older.status == "blocked":
+            w.put_eval(
+                replace(
+                    older,
+                    status="canceled",
+                    status_description=(
+                        f"existing blocked evaluation exists for job {go_quote(key[1])}"
+                    ),
+                    modify_time=now,
+                )
+            )
+        self.blocked[key] = blocked.id
+        return blocked.id
+
+    def _new_alloc(
+        self, ev: Eval, job: JsonObj, group: JsonObj, node: Node, metric: JsonObj, slot: int
+    ) -> Alloc:
+        tasks = {t["Name"]: (t["Resources"]["CPU"], t["Resources"]["MemoryMB"])
+                 for t in group["Tasks"]}
+        now = now_ns()
+        alloc = Alloc(
+            id=new_uuid(),
+            namespace=job["Namespace"],
+            eval_id=ev.id,
+            name=f"{job['ID']}.{group['Name']}[{slot}]",
+            node_id=node.id,
+            node_name=node.name,
+            job_id=job["ID"],
+            job=job,
+            task_group=group["Name"],
+            tasks=tasks,
+            desired_status="run",
+            client_status="pending",
+            create_index=0,
+            modify_index=0,
+            create_time=now,
+            modify_time=now,
+            metrics=metric,
+        )
+        cpu, memory = alloc.cpu, alloc.memory_mb
+        node.used_cpu += cpu
+        node.used_memory_mb += memory
+        self.holding[alloc.id] = (node, cpu, memory)
+        return alloc
+
+    # -- simulated clients -----------------------------------------------------------
+
+    def _later(self, delay: float, alloc_id: str, status: str) -> None:
+        asyncio.get_running_loop().call_later(delay, self._client_update, alloc_id, status)
+
+    def _client_update(self, alloc_id: str, status: str) -> None:
+        self.updates.append((alloc_id, status))
+        if not self.flush_pending:
+            self.flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _run_plan(self, alloc: Alloc) -> tuple[float | None, str]:
+        """How long the alloc runs and how it ends, from its tasks' mock-driver config."""
+        run_for: float | None = None
+        outcome = "complete"
+        for group in alloc.job["TaskGroups"]:
+            if group["Name"] != alloc.task_group:
+                continue
+            for spec in group["Tasks"]:
+                config = spec.get("Config") or {}
+                if isinstance(config.get("run_for"), str):
+                    try:
+                        seconds = parse_go_duration(config["run_for"]) / 1e9
+                    except ValueError:
+                        continue
+                    run_for = max(run_for or 0.0, seconds)
+                if config.get("exit_code") not in (None, 0):
+                    outcome = "failed"
+        if run_for is None and alloc.job["Type"] in ("batch", "sysbatch"):
+            run_for = self.config.run_time
+        return run_for, outcome
+
+    def _flush(self) -> None:
+        self.flush_pending = False
+        updates, self.updates = self.updates, []
+        freed = False
+        now = now_ns()
+        with self.store.write("AllocationUpdated") as w:
+            for alloc_id, status in updates:
+                alloc = self.store.allocs.get(alloc_id)
+                if alloc is None or alloc.client_status in ("complete", "failed", "lost"):
+                    continue
+                if status == "running" and alloc.desired_status != "run":
+                    continue
+                run_for, outcome = self._run_plan(alloc)
+                if status == "complete" and alloc.desired_status == "run":
+                    status = outcome
+                changed = replace(
+                    alloc,
+                    client_status=status,
+                    client_description=CLIENT_TEXT[status],
+                    modify_time=now,
+                    failed=status == "failed",
+                )
+                if status == "running":
+                    changed.started_at = now
+                    if run_for is not None:
+                        self._later(run_for, alloc_id, "complete")
+                else:
+                    changed.finished_at = now
+                    freed = self._release(alloc_id) or freed
+                w.put_alloc(changed)
+        if freed:
+            self._capacity_freed()
+
+    def _release(self, alloc_id: str) -> bool:
+        held = self.holding.pop(alloc_id, None)
+        if held is None:
+            return False
+        node, cpu, memory = held
+        node.used_cpu -= cpu
+        node.used_memory_mb -= memory
+        return True
+
+    # -- blocked evals ---------------------------------------------------------------
+
+    def _capacity_freed(self) -> None:
+        if self.blocked and not self.unblock_pending:
+            self.unblock_pending = True
+            asyncio.get_running_loop().call_soon(self._unblock)
+
+    def _unblock(self) -> None:
+        self.unblock_pending = False
+        store = self.store
+        free = {n.id: [n.cpu - n.used_cpu, n.memory_mb - n.used_memory_mb] for n in self.nodes}
+        ready: list[Eval] = []
+        for key, eval_id in list(self.blocked.items()):
+            ev = store.evals.get(eval_id)
+            job = store.jobs.get(key)
+            if ev is None or ev.status != "blocked" or job is None:
+                continue
+            groups = [g for g in job["TaskGroups"] if g["Name"] in (ev.failed_tg_allocs or {})]
+            if any(self.placer.could_fit(job, g, free) for g in groups):
+                ready.append(ev)
+        if not ready:
+            return
+        with store.write("EvaluationUpdated") as w:
+            for ev in ready:
+                w.put_eval(replace(ev, status="pending", modify_time=now_ns()))
+        for ev in ready:
+            self.enqueue(ev.id)

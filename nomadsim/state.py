@@ -1,0 +1,283 @@
+"""The state store: tables, a raft-like index, watches for blocking queries, events.
+
+Every write takes the next index and is committed at once (nomadsim is one asyncio
+thread, so a write never interleaves with another). Commit derives job statuses the way
+Nomad's state store does (`getJobStatus`), keeps parents' `JobSummary.Children` counts,
+wakes the blocking queries watching what changed and publishes one event batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Hashable
+from types import TracebackType
+from typing import Any
+
+from nomadsim.events import Batch, Event, EventBroker
+from nomadsim.model import Alloc, Eval, JsonObj, Summary
+
+JobKey = tuple[str, str]
+
+
+class WatchHub:
+    """One asyncio.Event per watched key, created by the first waiter, set on change."""
+
+    def __init__(self) -> None:
+        self._events: dict[Hashable, list[Any]] = {}
+
+    def notify(self, key: Hashable) -> None:
+        entry = self._events.pop(key, None)
+        if entry is not None:
+            entry[0].set()
+
+    async def wait(self, key: Hashable, timeout: float) -> None:
+        entry = self._events.get(key)
+        if entry is None:
+            entry = self._events[key] = [asyncio.Event(), 0]
+        entry[1] += 1
+        try:
+            async with asyncio.timeout(timeout):
+                await entry[0].wait()
+        except TimeoutError:
+            pass
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0 and self._events.get(key) is entry:
+                del self._events[key]
+
+    @property
+    def waiting(self) -> int:
+        return sum(entry[1] for entry in self._events.values())
+
+
+def job_status(job: JsonObj, evals: list[Eval], allocs: list[Alloc]) -> str:
+    """Nomad's getJobStatus."""
+    if job.get("Periodic") or (job.get("ParameterizedJob") and not job.get("Dispatched")):
+        return "dead" if job.get("Stop") else "running"
+    if any(not a.terminal for a in allocs):
+        return "running"
+    if any(not e.terminal for e in evals):
+        return "pending"
+    if evals or allocs or job.get("Stop"):
+        return "dead"
+    return "pending"
+
+
+class Write:
+    """One raft entry: every change made through it shares its index and message type."""
+
+    def __init__(self, store: Store, msg_type: str) -> None:
+        store.index += 1
+        self.store = store
+        self.index = store.index
+        self.type = msg_type
+        self.events: list[Event] = []
+        self.keys: set[Hashable] = set()
+        self.tables: set[str] = set()
+        self.jobs_written: dict[JobKey, JsonObj] = {}
+        self.touched: set[JobKey] = set()
+
+    def __enter__(self) -> Write:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.store.commit(self)
+
+    def put_job(self, job: JsonObj) -> None:
+        key = (job["Namespace"], job["ID"])
+        self.jobs_written[key] = job
+        self.touched.add(key)
+
+    def put_eval(self, ev: Eval) -> None:
+        store = self.store
+        ev.modify_index = self.index
+        store.evals[ev.id] = ev
+        key = (ev.namespace, ev.job_id)
+        store.evals_by_job.setdefault(key, {})[ev.id] = None
+        self.touched.add(key)
+        self.tables.add("evals")
+        self.keys.update((("eval", ev.id), ("evals",), ("job_evals", *key)))
+        self.events.append(
+            Event("Evaluation", self.type, ev.id, ev.namespace, [ev.job_id, ""], self.index, ev)
+        )
+
+    def put_alloc(self, alloc: Alloc) -> None:
+        store = self.store
+        alloc.modify_index = self.index
+        store.allocs[alloc.id] = alloc
+        key = (alloc.namespace, alloc.job_id)
+        store.allocs_by_job.setdefault(key, {})[alloc.id] = None
+        store.allocs_by_eval.setdefault(alloc.eval_id, {})[alloc.id] = None
+        self.touched.add(key)
+        self.tables.add("allocs")
+        self.keys.update(
+            (("alloc", alloc.id), ("allocs",), ("job_allocs", *key), ("eval_allocs", alloc.eval_id))
+        )
+        self.events.append(
+            Event(
+                "Allocation", self.type, alloc.id, alloc.namespace, [alloc.job_id, ""], self.index, alloc
+            )
+        )
+
+    def delete_job(self, key: JobKey, emit: bool = True) -> None:
+        store = self.store
+        job = store.jobs.pop(key, None)
+        if job is None:
+            return
+        self.tables.update(("jobs", "job_summary"))
+        self.keys.update((("job", *key), ("jobs",), ("summary", *key)))
+        store.summaries.pop(key, None)
+        store.dead_since.pop(key, None)
+        token = job.get("DispatchIdempotencyToken")
+        if token:
+            store.idempotency.pop((key[0], job["ParentID"], token), None)
+        if job.get("ParentID"):
+            self._count_child(job, job["Status"], None)
+        if emit:
+            self.events.append(Event("Job", self.type, key[1], key[0], None, self.index, job))
+
+    def _count_child(self, job: JsonObj, old: str | None, new: str | None) -> None:
+        parent_key = (job["Namespace"], job["ParentID"])
+        summary = self.store.summaries.get(parent_key)
+        if summary is None:
+            return
+        if old is not None:
+            summary.children[old.capitalize()] -= 1
+        if new is not None:
+            summary.children[new.capitalize()] += 1
+        summary.modify_index = self.index
+        self.keys.add(("summary", *parent_key))
+        self.tables.add("job_summary")
+
+    def finish_jobs(self) -> None:
+        """Derive job statuses for every job this write touched (Nomad's setJobStatus)."""
+        store = self.store
+        now = time.monotonic()
+        for key in self.touched:
+            written = self.jobs_written.get(key)
+            old = store.jobs.get(key)
+            job = written if written is not None else old
+            if job is None:
+                continue
+            evals = [store.evals[i] for i in store.evals_by_job.get(key, ())]
+            allocs = [store.allocs[i] for i in store.allocs_by_job.get(key, ())]
+            status = job_status(job, evals, allocs)
+            summary = store.summaries.get(key)
+            if summary is None:
+                summary = store.summaries[key] = Summary(self.index, self.index)
+            summary.modify_index = self.index
+            self.keys.add(("summary", *key))
+            self.tables.add("job_summary")
+            if written is None and old is not None and old["Status"] == status:
+                continue
+            job = dict(job)
+            job["Status"] = status
+            job["ModifyIndex"] = self.index
+            if old is None:
+                job["CreateIndex"] = self.index
+            store.jobs[key] = job
+            if status == "dead":
+                store.dead_since.setdefault(key, now)
+            else:
+                store.dead_since.pop(key, None)
+            if job.get("ParentID"):
+                old_status = old["Status"] if old is not None else None
+                if old_status != status:
+                    self._count_child(job, old_status, status)
+            self.tables.add("jobs")
+            self.keys.update((("job", *key), ("jobs",)))
+            self.events.append(Event("Job", self.type, key[1], key[0], None, self.index, job))
+
+
+class Store:
+    def __init__(self, event_buffer: int) -> None:
+        self.index = 1
+        self.jobs: dict[JobKey, JsonObj] = {}
+        self.summaries: dict[JobKey, Summary] = {}
+        self.evals: dict[str, Eval] = {}
+        self.allocs: dict[str, Alloc] = {}
+        self.evals_by_job: dict[JobKey, dict[str, None]] = {}
+        self.allocs_by_job: dict[JobKey, dict[str, None]] = {}
+        self.allocs_by_eval: dict[str, dict[str, None]] = {}
+        self.idempotency: dict[tuple[str, str, str], str] = {}
+        self.dead_since: dict[JobKey, float] = {}
+        self.namespaces: dict[str, JsonObj] = {}
+        self.tables: dict[str, int] = {}
+        self.watch = WatchHub()
+        self.broker = EventBroker(event_buffer)
+
+    def write(self, msg_type: str) -> Write:
+        return Write(self, msg_type)
+
+    def commit(self, w: Write) -> None:
+        w.finish_jobs()
+        for table in w.tables:
+            self.tables[table] = w.index
+        for key in w.keys:
+            self.watch.notify(key)
+        if w.events:
+            self.broker.publish(Batch(w.index, w.events))
+
+    def table_index(self, *tables: str) -> int:
+        return max((self.tables.get(t, 1) for t in tables), default=1)
+
+    def job_evals(self, key: JobKey) -> list[Eval]:
+        return [self.evals[i] for i in self.evals_by_job.get(key, ())]
+
+    def job_allocs(self, key: JobKey) -> list[Alloc]:
+        return [self.allocs[i] for i in self.allocs_by_job.get(key, ())]
+
+    def eval_allocs(self, eval_id: str) -> list[Alloc]:
+        return [self.allocs[i] for i in self.allocs_by_eval.get(eval_id, ())]
+
+    def summary_json(self, key: JobKey) -> JsonObj | None:
+        job = self.jobs.get(key)
+        summary = self.summaries.get(key)
+        if job is None or summary is None:
+            return None
+        groups: dict[str, JsonObj] = {}
+        for tg in job.get("TaskGroups") or ():
+            groups[tg["Name"]] = {
+                "Queued": summary.queued.get(tg["Name"], 0),
+                "Complete": 0,
+                "Failed": 0,
+                "Running": 0,
+                "Starting": 0,
+                "Lost": 0,
+                "Unknown": 0,
+            }
+        names = {"pending": "Starting", "running": "Running", "complete": "Complete",
+                 "failed": "Failed", "lost": "Lost", "unknown": "Unknown"}
+        for alloc in self.job_allocs(key):
+            group = groups.get(alloc.task_group)
+            if group is not None:
+                group[names[alloc.client_status]] += 1
+        return {
+            "JobID": key[1],
+            "Namespace": key[0],
+            "Summary": groups,
+            "Children": dict(summary.children),
+            "CreateIndex": summary.create_index,
+            "ModifyIndex": summary.modify_index,
+        }
+
+    def collect(self, older_than: float) -> int:
+        """Remove jobs dead for longer than older_than seconds, with their evals and allocs."""
+        cutoff = time.monotonic() - older_than
+        expired = [k for k, since in self.dead_since.items() if since < cutoff]
+        if not expired:
+            return 0
+        with self.write("JobBatchDeregister") as w:
+            for key in expired:
+                w.delete_job(key, emit=False)
+                for eval_id in self.evals_by_job.pop(key, {}):
+                    self.evals.pop(eval_id, None)
+                    self.allocs_by_eval.pop(eval_id, None)
+                for alloc_id in self.allocs_by_job.pop(key, {}):
+                    self.allocs.pop(alloc_id, None)
+            w.tables.update(("evals", "allocs"))
+        return len(expired)

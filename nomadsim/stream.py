@@ -1,0 +1,110 @@
+"""`GET /v1/event/stream` (§10): ndjson batches, `{}` heartbeats, replay by index."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiohttp import web
+
+from nomadsim.events import Subscription
+from nomadsim.httpcore import ApiError, Ctx
+from nomadsim.jsonshape import dumps, go_quote
+
+HEARTBEAT = b"{}\n"
+
+
+def parse_topics(values: list[str]) -> dict[str, set[str]]:
+    if not values:
+        return {"*": {"*"}}
+    topics: dict[str, set[str]] = {}
+    for value in values:
+        parts = value.split(":")
+        if len(parts) == 1:
+            topic, key = parts[0], "*"
+        elif len(parts) == 2:
+            topic, key = parts
+        else:
+            raise ApiError(
+                400,
+                "Invalid topic query: error parsing topics: Invalid key value pair for topic, "
+                f"topic: {value}",
+            )
+        topics.setdefault(topic, set()).add(key)
+    return topics
+
+
+def _allowed(ctx: Ctx, topics: dict[str, set[str]], namespace: str) -> bool:
+    authz = ctx.sim.acl.resolve(ctx.token)
+    if authz is None:
+        return False
+    if authz.management:
+        return True
+    if "*" in topics or namespace == "*":
+        return False
+    return authz.allows(namespace, "read-job")
+
+
+async def event_stream(ctx: Ctx) -> web.StreamResponse:
+    if ctx.method != "GET":
+        raise ApiError(405, "Invalid method")
+    raw_index = ctx.query.get("index", "0") or "0"
+    if not (raw_index.isascii() and raw_index.isdigit()) or int(raw_index) >= 2**64:
+        raise ApiError(
+            400,
+            f"Unable to parse index: strconv.ParseUint: parsing {go_quote(raw_index)}: "
+            "invalid syntax",
+        )
+    topics = parse_topics(ctx.query.getall("topic", []))
+    namespace = ctx.namespace
+    response = web.StreamResponse(
+        status=200, headers={"Content-Type": "application/json", "Cache-Control": "no-cache"}
+    )
+    if not _allowed(ctx, topics, namespace):
+        # From v2.0 the connection is hijacked and 200 written before the ACL check, so a
+        # denied stream is an empty 200 that closes.
+        await response.prepare(ctx.request)
+        await response.write_eof()
+        return response
+    sim = ctx.sim
+    sub = Subscription(topics, namespace)
+    backlog = sim.store.broker.subscribe(sub, int(raw_index))
+    sim.streams += 1
+    try:
+        await response.prepare(ctx.request)
+        await response.write(HEARTBEAT)
+        for batch in backlog:
+            events = sub.filter(batch)
+            if events:
+                await _send(response, batch.index, events)
+        await _follow(sim.config.heartbeat, sub, response)
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        sim.streams -= 1
+        sim.store.broker.unsubscribe(sub)
+    with contextlib.suppress(ConnectionError):
+        await response.write_eof()
+    return response
+
+
+async def _follow(heartbeat: float, sub: Subscription, response: web.StreamResponse) -> None:
+    while True:
+        try:
+            async with asyncio.timeout(heartbeat):
+                batch = await sub.queue.get()
+        except TimeoutError:
+            await response.write(HEARTBEAT)
+            continue
+        if batch is None:
+            return
+        events = sub.filter(batch)
+        if events:
+            await _send(response, batch.index, events)
+
+
+async def _send(response: web.StreamResponse, index: int, events: list[object]) -> None:
+    from nomadsim.events import Event  # noqa: PLC0415
+
+    rendered = [e.render() for e in events if isinstance(e, Event)]
+    await response.write(dumps({"Index": index, "Events": rendered}) + b"\n")
