@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,12 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    InsecureRequestWarning,
+    MaxRetryError,
+    NewConnectionError,
+)
 
 from dispatch.errors import ConfigError, TransportError
 from dispatch.nomad_config import NomadConfig
@@ -133,6 +139,10 @@ def build_session(config: NomadConfig, pool_size: int) -> tuple[requests.Session
         tls = TLSAdapter(tls_context(config), config.tls_server_name, pool_size)
         session.mount("https://", tls)
         session.verify = not config.tls_skip_verify
+        if config.tls_skip_verify:
+            # The user opted out of verification, and the nomad CLI does not warn about it:
+            # urllib3's per-request warning would only clutter stderr.
+            warnings.filterwarnings("ignore", category=InsecureRequestWarning)
     else:
         session.mount("http://", HTTPAdapter(pool_maxsize=pool_size, max_retries=0))
     return session, urlunsplit((parts.scheme, parts.netloc, "", "", ""))
