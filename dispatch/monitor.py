@@ -174,9 +174,7 @@ def _watch_one(
         return None
 
 
-def watch(
-    client: EvaluationReader, eval_id: str, *, wait: float = DEFAULT_WAIT
-) -> Iterator[Event]:
+def watch(client: EvaluationReader, eval_id: str, *, wait: float = DEFAULT_WAIT) -> Iterator[Event]:
     """The monitor's events for `eval_id` and its NextEval chain, until the end."""
     following: str | None = eval_id
     while following:

@@ -72,9 +72,7 @@ class DispatchResponse:
 def check_payload_size(payload: bytes | None) -> None:
     """Refuse, before sending, a payload the server would refuse (same text as its own)."""
     if payload is not None and len(payload) > MAX_PAYLOAD_BYTES:
-        raise ValidationError(
-            f"Payload exceeds maximum size; {len(payload)} > {MAX_PAYLOAD_BYTES}"
-        )
+        raise ValidationError(f"Payload exceeds maximum size; {len(payload)} > {MAX_PAYLOAD_BYTES}")
 
 
 def _go_wait(seconds: float) -> str:
@@ -280,9 +278,7 @@ class NomadClient:
     ) -> tuple[JSON, int]:
         url = self._base + path
         try:
-            response = self._session.request(
-                method, url, params=query, json=body, timeout=timeout
-            )
+            response = self._session.request(method, url, params=query, json=body, timeout=timeout)
         except requests.RequestException as exc:
             raise transport_error(method, url, exc, self._socket_path) from exc
         with response:

@@ -89,9 +89,7 @@ class Outcome:
         return data
 
     @classmethod
-    def failed(
-        cls, job_id: str, *, kind: str, message: str, status: int | None = None
-    ) -> Outcome:
+    def failed(cls, job_id: str, *, kind: str, message: str, status: int | None = None) -> Outcome:
         """An exit-1 outcome for a dispatch that could not be made; it renders as
         `Failed to dispatch job: <message>`."""
         recorder = OutcomeRecorder(job_id)

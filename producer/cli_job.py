@@ -90,9 +90,7 @@ DispatchPath = Callable[[JobDispatch, Callable[[Event], None]], Outcome]
 def dispatch_direct(request: JobDispatch, on_event: Callable[[Event], None]) -> Outcome:
     """Dispatch and monitor from this process, like the nomad CLI."""
     with NomadClient(request.nomad, retry=DIRECT_RETRY) as client:
-        return dispatch_and_follow(
-            client, request.args, detach=request.detach, on_event=on_event
-        )
+        return dispatch_and_follow(client, request.args, detach=request.detach, on_event=on_event)
 
 
 def choose_path(options: argparse.Namespace) -> DispatchPath:
@@ -149,9 +147,14 @@ def register(commands: Any) -> None:
     for name in ("client-cert", "client-key", "tls-server-name"):
         _flag(parser, name)
     parser.add_argument(
-        "-tls-skip-verify", "--tls-skip-verify", "-insecure", "--insecure",
-        action="store_const", const=True, dest="tls_skip_verify",
-    )  # fmt: skip
+        "-tls-skip-verify",
+        "--tls-skip-verify",
+        "-insecure",
+        "--insecure",
+        action="store_const",
+        const=True,
+        dest="tls_skip_verify",
+    )
     _flag(parser, "meta", action="append", default=[])
     _flag(parser, "detach", action="store_true")
     _flag(parser, "verbose", action="store_true")
