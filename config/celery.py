@@ -9,23 +9,34 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import Celery
+
 from config.settings import Settings
 
 TASK_DISPATCH = "dispatchq.dispatch"
 """The task name in every queue message; part of the stable message format."""
 
-VISIBILITY_MARGIN = 300
-
-
 def visibility_timeout(settings: Settings) -> int:
-    """Seconds before kombu redelivers an unacknowledged message to another worker."""
-    retry_delays = settings.retry_max * settings.retry_cap
-    return int(settings.task_time_limit + retry_delays + VISIBILITY_MARGIN)
+    """Seconds before kombu redelivers an unacknowledged message to another worker: the
+    longest task plus every retry delay, plus 10 % (at least 5 s) for clock and queueing.
+
+    A retry is a new message (the old one is acknowledged), so one task holds a message
+    for at most one time limit plus one countdown; the sum over all retries is a bound
+    with room to spare."""
+    longest = settings.task_time_limit + settings.retry_max * settings.retry_cap
+    return int(longest + max(5.0, longest / 10))
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.redis_url.get_secret_value()
-    transport = {"visibility_timeout": visibility_timeout(settings)}
+    visibility = visibility_timeout(settings)
+    transport = {
+        "visibility_timeout": visibility,
+        # kombu sweeps for messages past their visibility timeout every interval x throttle
+        # seconds (100 s by default); one cheap sweep every few seconds bounds the delay.
+        "unacked_restore_interval": max(1, min(10, visibility // 10)),
+        "unacked_restore_throttle": 1,
+    }
     return {
         "broker_url": url,
         "result_backend": url,
@@ -51,3 +62,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_send_sent_event": False,
     }
+
+
+def make_app(settings: Settings, name: str = "dispatchq") -> Celery:
+    """A Celery app configured from the settings (tasks are registered by `worker`)."""
+    app = Celery(name, set_as_current=False)
+    app.config_from_object(celery_config(settings))
+    return app

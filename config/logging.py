@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -21,6 +22,19 @@ _secrets: set[str] = set()
 def register_secrets(values: Iterable[str | None]) -> None:
     """Remember secret values so that no log line ever shows them."""
     _secrets.update(v for v in values if v and len(v) >= 4)
+
+
+def register_env_secrets(environ: Mapping[str, str]) -> None:
+    """Register the secrets found in the environment: NOMAD_TOKEN, NOMAD_HTTP_AUTH's
+    password and the password inside DISPATCHQ_REDIS_URL."""
+    auth = environ.get("NOMAD_HTTP_AUTH", "")
+    register_secrets(
+        [
+            environ.get("NOMAD_TOKEN"),
+            auth.partition(":")[2],
+            urlsplit(environ.get("DISPATCHQ_REDIS_URL", "")).password,
+        ]
+    )
 
 
 def scrub(text: str) -> str:

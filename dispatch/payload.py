@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,11 +152,15 @@ class PayloadResolver:
             raise PayloadError(f"file reference {_short(ref)!r} must be an absolute path")
         if not self.policy.file_roots:
             raise PayloadError("file:// payload references are disabled: no file roots set")
+        # Lexically first, so nothing outside the roots is even looked at; then again on
+        # the real path, which catches a symlink that points out.
+        if not self._inside_roots(Path(os.path.normpath(path))):
+            raise PayloadError(f"payload file {path} is outside the allowed roots")
         try:
             real = path.resolve(strict=True)
         except (OSError, RuntimeError) as err:
             raise PayloadError(f"payload file {path} cannot be read: {_os_reason(err)}") from None
-        if not any(real.is_relative_to(root.resolve()) for root in self.policy.file_roots):
+        if not self._inside_roots(real):
             raise PayloadError(f"payload file {path} is outside the allowed roots")
         try:
             with real.open("rb") as handle:
@@ -165,6 +170,9 @@ class PayloadResolver:
         if len(data) > PAYLOAD_LIMIT:
             raise too_large(real.stat().st_size)
         return data
+
+    def _inside_roots(self, path: Path) -> bool:
+        return any(path.is_relative_to(root.resolve()) for root in self.policy.file_roots)
 
     def _http(self, ref: str) -> bytes:
         url = ref

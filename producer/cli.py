@@ -7,10 +7,15 @@ Each command module exposes `register(subparsers)`, which adds its sub-commands 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from producer import cli_job, cli_sim
+import redis
+from pydantic import ValidationError
+
+from config.logging import register_env_secrets, scrub
+from producer import cli_job, cli_queue, cli_sim
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,19 +24,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dispatch HashiCorp Nomad parameterized jobs through a durable queue.",
     )
     commands = parser.add_subparsers(dest="command", metavar="<command>")
-    for module in (cli_job, cli_sim):
+    for module in (cli_job, cli_queue, cli_sim):
         module.register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    register_env_secrets(os.environ)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
         return 1
-    code: int = handler(args)
+    try:
+        code: int = handler(args)
+    except redis.RedisError as err:
+        print(f"Error talking to Redis (DISPATCHQ_REDIS_URL): {scrub(str(err))}", file=sys.stderr)
+        return 1
+    except (ValidationError, FileNotFoundError) as err:
+        print(f"Error in the settings: {scrub(str(err))}", file=sys.stderr)
+        return 1
     return code
 
 

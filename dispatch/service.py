@@ -1,0 +1,197 @@
+"""One dispatch request, start to finish, as a worker runs it (no Celery here).
+
+The path: load the request record; if it already names a dispatched job (a redelivery after
+a crash), resume monitoring; otherwise resolve the payload, dispatch with the request's
+idempotency token, write the job and eval IDs to the record at once, then follow the
+evaluation. Permanent errors become an outcome with exit code 1. Retryable errors (Nomad
+unreachable, 429, 5xx) are raised as they are, for the task's retry policy; since the
+record and the token survive, a retry never dispatches a second child.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from dispatch.errors import DispatchqError, NomadError
+from dispatch.events import Dispatched, DispatchFailed, EvalReadFailed, Event
+from dispatch.monitor import DEFAULT_WAIT, follow
+from dispatch.nomad import DispatchArgs, NomadClient
+from dispatch.outcome import Outcome, OutcomeRecorder
+from dispatch.payload import PayloadResolver
+from dispatch.records import RecordStore
+from dispatch.request import DispatchRequest
+
+log = structlog.get_logger(__name__)
+
+
+class MonitoringInterrupted(DispatchqError):
+    """Nomad stopped answering while an evaluation was followed. Retryable: the retry
+    resumes from the write-ahead record."""
+
+    kind = "monitoring_interrupted"
+    retryable = True
+
+    def __init__(self, cause: NomadError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _ResumableReader:
+    """The monitor's reads, with retryable failures raised past the monitor, not folded
+    into the outcome: a passing outage must not end a request with exit code 1."""
+
+    def __init__(self, client: NomadClient) -> None:
+        self._client = client
+
+    def read_evaluation(
+        self, eval_id: str, *, index: int = 0, wait: float | None = None
+    ) -> tuple[dict[str, Any], int]:
+        try:
+            return self._client.read_evaluation(eval_id, index=index, wait=wait)
+        except NomadError as err:
+            if err.retryable:
+                raise MonitoringInterrupted(err) from err
+            raise
+
+    def evaluation_allocations(
+        self, eval_id: str, *, index: int = 0, wait: float | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        try:
+            return self._client.evaluation_allocations(eval_id, index=index, wait=wait)
+        except NomadError as err:
+            if err.retryable:
+                raise MonitoringInterrupted(err) from err
+            raise
+
+
+def _emit_error(recorder: OutcomeRecorder, error: DispatchqError, note: str = "") -> None:
+    if isinstance(error, NomadError):
+        kind, status, message, text = error.kind, error.status, error.message, str(error)
+    else:
+        kind, status, message = getattr(error, "kind", "error"), None, str(error)
+        text = message
+    recorder.emit(DispatchFailed(kind, status, note + message, note + text))
+
+
+def failed_outcome(job_id: str, error: DispatchqError) -> Outcome:
+    """The exit-1 outcome of a request refused before or by the dispatch."""
+    recorder = OutcomeRecorder(job_id)
+    _emit_error(recorder, error)
+    return recorder.outcome()
+
+
+@dataclass
+class DispatchService:
+    """What one worker process needs to run requests. Thread-safe if its parts are."""
+
+    client: NomadClient
+    resolver: PayloadResolver
+    records: RecordStore
+    monitor_wait: float = DEFAULT_WAIT
+
+    def run(
+        self, request: DispatchRequest, on_event: Callable[[Event], None] | None = None
+    ) -> Outcome:
+        """The outcome of `request`. Raises only retryable errors."""
+        bound = log.bind(request_id=request.request_id, job_id=request.job_id)
+        record = self.records.load(request.request_id)
+        if record is not None and record.dispatched:
+            bound.info(
+                "request.resumed",
+                dispatched_job_id=record.dispatched_job_id,
+                eval_id=record.eval_id,
+            )
+            return self._follow(request, record.dispatched_job_id, record.eval_id, on_event)
+        self.records.mark_dispatching(request.request_id, request.job_id, request.batch_id)
+        try:
+            payload = self.resolver.resolve(request.payload_ref)
+            response = self.client.send(
+                DispatchArgs(
+                    job_id=request.job_id,
+                    payload=payload,
+                    meta=request.meta,
+                    idempotency_token=request.idempotency_token,
+                    id_prefix_template=request.id_prefix_template,
+                    priority=request.priority,
+                    namespace=request.namespace,
+                )
+            )
+        except DispatchqError as err:
+            if getattr(err, "retryable", False):
+                raise
+            bound.warning(
+                "request.refused", error_kind=getattr(err, "kind", "error"), error=str(err)
+            )
+            return self._finish(request, failed_outcome(request.job_id, err))
+        eval_id = response.eval_id or self._existing_eval(request, response.dispatched_job_id)
+        self.records.mark_dispatched(request.request_id, response.dispatched_job_id, eval_id)
+        bound.info(
+            "request.dispatched",
+            dispatched_job_id=response.dispatched_job_id,
+            eval_id=eval_id,
+        )
+        return self._follow(request, response.dispatched_job_id, eval_id, on_event)
+
+    def give_up(self, request: DispatchRequest, error: DispatchqError, retries: int) -> Outcome:
+        """The exit-1 outcome once the retry policy is spent on a retryable error."""
+        note = f"gave up after {retries} retries: "
+        recorder = OutcomeRecorder(request.job_id)
+        record = self.records.load(request.request_id)
+        if record is not None and record.dispatched:
+            recorder.emit(Dispatched(record.dispatched_job_id, record.eval_id, True))
+            cause = error.cause if isinstance(error, MonitoringInterrupted) else error
+            kind = getattr(cause, "kind", "error")
+            status = getattr(cause, "status", None)
+            message = getattr(cause, "message", str(cause))
+            recorder.emit(EvalReadFailed(record.eval_id, kind, status, note + message))
+        else:
+            _emit_error(recorder, error, note)
+        return self._finish(request, recorder.outcome())
+
+    def _existing_eval(self, request: DispatchRequest, child_id: str) -> str:
+        """The register evaluation of a child that an idempotent repeat returned with no
+        EvalID: this request dispatched it before a crash, so it is still ours to follow."""
+        try:
+            evaluations = self.client.job_evaluations(child_id, namespace=request.namespace)
+        except NomadError as err:
+            if err.retryable:
+                raise
+            return ""
+        registered = [e for e in evaluations if e.get("TriggeredBy") == "job-register"]
+        registered.sort(key=lambda e: int(e.get("CreateIndex") or 0))
+        return str(registered[0]["ID"]) if registered else ""
+
+    def _follow(
+        self,
+        request: DispatchRequest,
+        child_id: str,
+        eval_id: str,
+        on_event: Callable[[Event], None] | None,
+    ) -> Outcome:
+        recorder = OutcomeRecorder(request.job_id, on_event=on_event)
+        followed = bool(eval_id) and not request.detach
+        recorder.emit(Dispatched(child_id, eval_id, followed))
+        if followed:
+            structlog.contextvars.bind_contextvars(eval_id=eval_id, dispatched_job_id=child_id)
+            follow(
+                _ResumableReader(self.client),
+                eval_id,
+                recorder=recorder,
+                wait=self.monitor_wait,
+            )
+        return self._finish(request, recorder.outcome())
+
+    def _finish(self, request: DispatchRequest, outcome: Outcome) -> Outcome:
+        self.records.mark_done(request.request_id, outcome.exit_code)
+        log.info(
+            "request.done",
+            request_id=request.request_id,
+            job_id=request.job_id,
+            status=outcome.status,
+            exit_code=outcome.exit_code,
+        )
+        return outcome

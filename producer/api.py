@@ -1,0 +1,173 @@
+"""The callers' Python API: enqueue dispatch requests, read and await their outcomes.
+
+    from producer import enqueue, result, wait
+    rid = enqueue("video-encode", payload=b"...", meta={"profile": "hd"})
+    print(wait([rid], timeout=60)[rid].outcome)
+
+`result()` never blocks; `wait()` is woken by the result backend's pub/sub channel for each
+request, not by a sleep loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import redis
+from celery.exceptions import TimeoutError as CeleryTimeout
+from celery.result import AsyncResult, ResultSet
+
+from config.celery import make_app
+from config.settings import Settings, load_settings
+from dispatch import keys
+from dispatch.outcome import Outcome
+from dispatch.records import RecordStore, RequestRecord
+from producer.enqueue import Enqueuer, NewRequest
+
+UNKNOWN = "unknown"
+DONE = "done"
+
+
+@dataclass(frozen=True)
+class RequestStatus:
+    """Where a request is: `unknown`, `queued`, `dispatching`, `monitoring` or `done`."""
+
+    request_id: str
+    state: str
+    record: RequestRecord | None = None
+    outcome: Outcome | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"request_id": self.request_id, "state": self.state}
+        if self.record is not None:
+            data.update({k: v for k, v in self.record.to_json().items() if k != "state"})
+        if self.outcome is not None:
+            data["outcome"] = self.outcome.to_json()
+        return data
+
+
+def outcome_from_meta(meta: Mapping[str, Any], job_id: str = "") -> Outcome | None:
+    """The outcome in a Celery result meta, or None while the task is not finished."""
+    status = meta.get("status")
+    if status == "SUCCESS" and isinstance(meta.get("result"), dict):
+        return Outcome.from_json(meta["result"])
+    if status in ("FAILURE", "REVOKED"):
+        exc = meta.get("result") or {}
+        reason = exc.get("exc_message") if isinstance(exc, dict) else exc
+        text = " ".join(map(str, reason)) if isinstance(reason, list) else str(reason)
+        exc_type = exc.get("exc_type", status) if isinstance(exc, dict) else status
+        return Outcome.failed(
+            job_id, kind="internal", message=f"worker task failed: {exc_type}: {text}"
+        )
+    return None
+
+
+class Producer:
+    """A connection to dispatchq's Redis: enqueue, result, wait. Thread-safe for enqueue."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.redis = redis.Redis.from_url(self.settings.redis_url.get_secret_value())
+        self.records = RecordStore(self.redis, self.settings.result_ttl)
+        self.enqueuer = Enqueuer(
+            self.redis,
+            queue=self.settings.queue,
+            result_ttl=self.settings.result_ttl,
+            blob_ttl=self.settings.blob_ttl,
+        )
+
+    @cached_property
+    def _celery(self) -> Any:
+        return make_app(self.settings, name="dispatchq-producer")
+
+    def close(self) -> None:
+        if "_celery" in self.__dict__:
+            self._celery.close()
+        self.redis.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def enqueue(
+        self,
+        job_id: str,
+        *,
+        payload: bytes | None = None,
+        payload_ref: str | None = None,
+        meta: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        namespace: str | None = None,
+        detach: bool = False,
+        id_prefix_template: str = "",
+        priority: int = 0,
+    ) -> str:
+        """Validate locally and enqueue one request; returns its request ID.
+
+        Raises `InvalidRequest` for what can be known bad without Nomad. Enqueueing an ID
+        that already exists does nothing and returns the ID (safe to retry).
+        """
+        request = NewRequest(
+            job_id,
+            payload=payload,
+            payload_ref=payload_ref,
+            meta=meta,
+            request_id=request_id,
+            namespace=namespace,
+            detach=detach,
+            id_prefix_template=id_prefix_template,
+            priority=priority,
+        )
+        [(rid, _added)] = self.enqueuer.enqueue([request])
+        return rid
+
+    def result(self, request_id: str) -> RequestStatus:
+        """The request's state now; its outcome once terminal. Never blocks."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(keys.celery_result(request_id))
+        pipe.hgetall(keys.request(request_id))
+        raw_meta, raw_record = pipe.execute()
+        record = RequestRecord.from_hash(request_id, raw_record) if raw_record else None
+        if raw_meta:
+            outcome = outcome_from_meta(json.loads(raw_meta), record.job_id if record else "")
+            if outcome is not None:
+                return RequestStatus(request_id, DONE, record, outcome)
+        if record is None:
+            return RequestStatus(request_id, UNKNOWN)
+        return RequestStatus(request_id, record.state.value, record)
+
+    def wait(
+        self, request_ids: Iterable[str], timeout: float | None = None
+    ) -> dict[str, RequestStatus]:
+        """Block until every request is done or `timeout` seconds pass.
+
+        Returns the status of each request, done or not. Unknown IDs are not waited for.
+        """
+        statuses = {rid: self.result(rid) for rid in dict.fromkeys(request_ids)}
+        pending = [rid for rid, st in statuses.items() if not st.done and st.state != UNKNOWN]
+        if not pending:
+            return statuses
+        backend = self._celery.backend
+        results = ResultSet([AsyncResult(rid, app=self._celery) for rid in pending])
+        try:
+            for rid, meta in backend.iter_native(results, timeout=timeout, no_ack=True):
+                outcome = outcome_from_meta(meta) if isinstance(meta, dict) else None
+                if outcome is not None:
+                    statuses[rid] = RequestStatus(rid, DONE, statuses[rid].record, outcome)
+        except (CeleryTimeout, TimeoutError):
+            for rid in pending:
+                if not statuses[rid].done:
+                    statuses[rid] = self.result(rid)
+        finally:
+            for res in results.results or []:
+                backend.remove_pending_result(res)
+        return statuses

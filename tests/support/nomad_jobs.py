@@ -1,0 +1,75 @@
+"""Parameterized job specs for tests, and registering them on a Nomad-compatible server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+
+def parameterized_job(
+    job_id: str,
+    *,
+    payload: str = "optional",
+    meta_required: list[str] | None = None,
+    meta_optional: list[str] | None = None,
+    cpu: int = 100,
+    memory_mb: int = 64,
+    count: int = 1,
+    namespace: str = "default",
+) -> dict[str, Any]:
+    """A batch job with one task group, as `nomad job run -output` would render it."""
+    return {
+        "ID": job_id,
+        "Name": job_id,
+        "Namespace": namespace,
+        "Type": "batch",
+        "Datacenters": ["dc1"],
+        "ParameterizedJob": {
+            "Payload": payload,
+            "MetaRequired": meta_required or [],
+            "MetaOptional": meta_optional or [],
+        },
+        "TaskGroups": [
+            {
+                "Name": "encode",
+                "Count": count,
+                "Tasks": [
+                    {
+                        "Name": "ffmpeg",
+                        "Driver": "exec",
+                        "Config": {"command": "/bin/true"},
+                        "Resources": {"CPU": cpu, "MemoryMB": memory_mb},
+                        "DispatchPayload": {"File": "input.json"},
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def register(address: str, job: dict[str, Any], token: str | None = None) -> None:
+    headers = {"X-Nomad-Token": token} if token else {}
+    response = requests.put(f"{address}/v1/jobs", json={"Job": job}, headers=headers, timeout=10)
+    response.raise_for_status()
+
+
+def sim_dispatches(address: str) -> list[dict[str, Any]]:
+    """nomadsim's record of every dispatch it accepted."""
+    response = requests.get(f"{address}/_sim/dispatches", timeout=10)
+    response.raise_for_status()
+    data: list[dict[str, Any]] = response.json()["dispatches"]
+    return data
+
+
+def add_fault(address: str, rule: dict[str, Any]) -> None:
+    requests.post(f"{address}/_sim/faults", json=rule, timeout=10).raise_for_status()
+
+
+def clear_faults(address: str) -> None:
+    requests.delete(f"{address}/_sim/faults", timeout=10).raise_for_status()
+
+
+def set_scheduler(address: str, knobs: dict[str, Any]) -> None:
+    """Change nomadsim's scheduler knobs at run time (e.g. `schedule_delay_ms`)."""
+    requests.put(f"{address}/_sim/scheduler", json=knobs, timeout=10).raise_for_status()

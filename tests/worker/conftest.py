@@ -1,0 +1,94 @@
+"""A real stack for queue tests: redis-server, nomadsim and Celery worker processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from config.settings import Settings
+from devstack.nomadsim_process import NomadSimProcess
+from devstack.redis_server import RedisServer
+from devstack.worker_process import WorkerProcess
+from producer.api import Producer
+from tests.support.nomad_jobs import clear_faults, parameterized_job, register
+
+QUEUE = "dispatchq-test"
+
+
+@dataclass
+class Stack:
+    redis: RedisServer
+    sim: NomadSimProcess
+    env: dict[str, str]
+    log_dir: Path
+
+    def worker(self, name: str = "w1", **kwargs: Any) -> WorkerProcess:
+        return WorkerProcess(
+            env=self.env, name=name, log_path=self.log_dir / f"{name}.log", **kwargs
+        )
+
+    def producer(self) -> Producer:
+        return Producer(Settings(redis_url=self.redis.url, queue=QUEUE))
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[NomadSimProcess]:
+    with NomadSimProcess(args=["--nodes", "2", "--node-cpu", "4000", "--node-memory", "4096"]) as s:
+        register(s.address, parameterized_job("encode", meta_required=["profile"]))
+        register(s.address, parameterized_job("huge", memory_mb=100_000))
+        register(s.address, parameterized_job("needs-payload", payload="required"))
+        yield s
+
+
+@pytest.fixture(scope="module")
+def stack(
+    redis_server: RedisServer, sim: NomadSimProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Stack:
+    root = tmp_path_factory.mktemp("payloads")
+    env = {
+        "DISPATCHQ_REDIS_URL": redis_server.url,
+        "DISPATCHQ_QUEUE": QUEUE,
+        "DISPATCHQ_TASK_TIME_LIMIT": "10",
+        "DISPATCHQ_RETRY_MAX": "4",
+        "DISPATCHQ_RETRY_FLOOR": "0.05",
+        "DISPATCHQ_RETRY_CAP": "0.2",
+        "DISPATCHQ_PAYLOAD_FILE_ROOTS": str(root),
+        "DISPATCHQ_LOG_FORMAT": "json",
+        "NOMAD_ADDR": sim.address,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    for key in [k for k in os.environ if k.startswith(("NOMAD_", "DISPATCHQ_"))]:
+        env.setdefault(key, "")
+    return Stack(redis_server, sim, env, tmp_path_factory.mktemp("logs"))
+
+
+@pytest.fixture
+def clean(stack: Stack, redis_client: redis.Redis) -> Iterator[Stack]:
+    """The stack with an empty Redis and no faults switched on."""
+    clear_faults(stack.sim.address)
+    yield stack
+    clear_faults(stack.sim.address)
+
+
+@pytest.fixture(scope="module")
+def module_worker(stack: Stack) -> Iterator[WorkerProcess]:
+    with stack.worker("shared") as worker:
+        yield worker
+
+
+@pytest.fixture
+def running(module_worker: WorkerProcess, clean: Stack) -> Stack:
+    """The clean stack with the module's worker consuming."""
+    return clean
+
+
+@pytest.fixture
+def producer(clean: Stack) -> Iterator[Producer]:
+    with clean.producer() as p:
+        yield p

@@ -1,0 +1,44 @@
+"""The Celery app: `celery -A worker worker` (or `dispatchq worker`) runs it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
+
+from config.celery import make_app
+from config.logging import configure_logging
+from config.settings import load_settings
+from dispatch.liveness import Heartbeat
+from worker.health import warn_about_redis
+
+settings = load_settings()
+configure_logging(settings.log_format, settings.log_level)
+app: Celery = make_app(settings)
+app.conf.include = ["worker.tasks"]
+
+_heartbeat: list[Heartbeat] = []
+
+
+@worker_ready.connect
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    warn_about_redis(settings)
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    beat = Heartbeat(client, settings.queue, getattr(sender, "hostname", "worker"))
+    beat.start()
+    _heartbeat.append(beat)
+
+
+@worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    while _heartbeat:
+        _heartbeat.pop().stop()
+
+
+@worker_process_shutdown.connect
+def _close_runtime(**_: Any) -> None:
+    from worker.runtime import reset_runtime  # noqa: PLC0415  (not loaded in the main process)
+
+    reset_runtime()

@@ -1,0 +1,79 @@
+"""What one worker process holds: settings, the Nomad client, Redis, the payload resolver.
+
+Built once per process on first use (after the fork, so prefork children never share a
+socket), and shared by the threads or greenlets of that process.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import redis
+
+from config.logging import register_secrets
+from config.settings import Settings, load_settings
+from dispatch.nomad import NomadClient
+from dispatch.nomad_config import NomadConfig
+from dispatch.payload import PayloadPolicy, PayloadResolver
+from dispatch.records import RecordStore
+from dispatch.retry import RetryPolicy
+from dispatch.service import DispatchService
+
+# Fast in-place retries for blips; longer outages go to the task's retry policy, which
+# frees the worker slot while it waits.
+CLIENT_RETRY = RetryPolicy(attempts=3, floor=0.1, cap=1.0)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: redis.Redis
+    service: DispatchService
+
+    def close(self) -> None:
+        self.service.client.close()
+        self.service.resolver.close()
+        self.redis.close()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def build_runtime(settings: Settings | None = None, nomad: NomadConfig | None = None) -> Runtime:
+    settings = settings or load_settings()
+    nomad = nomad or NomadConfig.from_env()
+    register_secrets([nomad.token, nomad.http_auth, settings.redis_password])
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    resolver = PayloadResolver(
+        PayloadPolicy.of(
+            settings.payload_file_roots, settings.payload_http_hosts, settings.payload_http_timeout
+        ),
+        client,
+    )
+    service = DispatchService(
+        client=NomadClient(nomad, retry=CLIENT_RETRY, pool_size=32),
+        resolver=resolver,
+        records=RecordStore(client, settings.result_ttl),
+    )
+    return Runtime(settings, client, service)
+
+
+def runtime() -> Runtime:
+    """The process's runtime, built on first use."""
+    global _runtime  # noqa: PLW0603  (one per process, by design)
+    if _runtime is None:
+        with _lock:
+            if _runtime is None:
+                _runtime = build_runtime()
+    return _runtime
+
+
+def reset_runtime() -> None:
+    """Close and forget the process's runtime (worker shutdown, tests)."""
+    global _runtime  # noqa: PLW0603
+    with _lock:
+        if _runtime is not None:
+            _runtime.close()
+        _runtime = None

@@ -1,0 +1,43 @@
+"""The dispatch task: validate the message, run the request, store the outcome.
+
+Thin on purpose: the work is `dispatch.service`, the retries are `worker.policy`, and the
+outcome's storage is Celery's Redis result backend (under the request ID).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from config.celery import TASK_DISPATCH
+from dispatch.errors import DispatchqError
+from dispatch.request import DispatchRequest, InvalidMessage
+from dispatch.service import failed_outcome
+from worker.app import app
+from worker.deadletter import dead_letter
+from worker.policy import PolicyTask
+from worker.runtime import runtime
+
+log = structlog.get_logger(__name__)
+
+
+@app.task(name=TASK_DISPATCH, bind=True, base=PolicyTask)
+def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Dispatch one request and follow it; returns the outcome as JSON."""
+    structlog.contextvars.clear_contextvars()
+    rt = runtime()
+    task_id = self.request.id
+    structlog.contextvars.bind_contextvars(request_id=task_id, job_id=kwargs.get("job_id"))
+    try:
+        request = DispatchRequest.from_message(args, kwargs, task_id)
+    except InvalidMessage as err:
+        dead_letter(rt.redis, reason=str(err), task_id=task_id, args=args, kwargs=kwargs)
+        job_id = kwargs.get("job_id") if isinstance(kwargs.get("job_id"), str) else ""
+        return failed_outcome(job_id or "", err).to_json()
+
+    def give_up(err: DispatchqError) -> dict[str, Any]:
+        log.error("request.gave_up", retries=self.request.retries, error=str(err))
+        return rt.service.give_up(request, err, self.request.retries).to_json()
+
+    return self.with_retries(lambda: rt.service.run(request).to_json(), give_up)
