@@ -11,10 +11,10 @@ from pathlib import Path
 import redis
 
 from config.settings import Settings
+from devstack.worker_process import WorkerProcess
 from dispatch import keys
 from dispatch.outcome import COMPLETE, ERROR, PLACEMENT_FAILED
 from producer.api import Producer
-from devstack.worker_process import WorkerProcess
 from tests.support.nomad_jobs import add_fault, set_scheduler, sim_dispatches
 from tests.worker.conftest import QUEUE, Stack
 
