@@ -11,7 +11,7 @@ request, not by a sleep loop.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -146,13 +146,21 @@ class Producer:
         return RequestStatus(request_id, record.state.value, record)
 
     def wait(
-        self, request_ids: Iterable[str], timeout: float | None = None
+        self,
+        request_ids: Iterable[str],
+        timeout: float | None = None,
+        on_done: Callable[[RequestStatus], None] | None = None,
     ) -> dict[str, RequestStatus]:
         """Block until every request is done or `timeout` seconds pass.
 
-        Returns the status of each request, done or not. Unknown IDs are not waited for.
+        Returns the status of each request, done or not; `on_done` is called once per
+        request as it finishes (or is found finished). Unknown IDs are not waited for.
         """
         statuses = {rid: self.result(rid) for rid in dict.fromkeys(request_ids)}
+        if on_done is not None:
+            for status in statuses.values():
+                if status.done:
+                    on_done(status)
         pending = [rid for rid, st in statuses.items() if not st.done and st.state != UNKNOWN]
         if not pending:
             return statuses
@@ -163,6 +171,8 @@ class Producer:
                 outcome = outcome_from_meta(meta) if isinstance(meta, dict) else None
                 if outcome is not None:
                     statuses[rid] = RequestStatus(rid, DONE, statuses[rid].record, outcome)
+                    if on_done is not None:
+                        on_done(statuses[rid])
         except (CeleryTimeout, TimeoutError):
             for rid in pending:
                 if not statuses[rid].done:
