@@ -257,6 +257,17 @@ def test_next_eval_chain(env: dict[str, str], sim: Sim) -> None:
     assert re.fullmatch(rf'==> Evaluation "{SHORT}" finished with status "complete"', lines[-1])
 
 
+def test_monitor_blocks_instead_of_polling(env: dict[str, str], sim: Sim) -> None:
+    """While the scheduler sits on the evaluation, the monitor waits in a blocking query."""
+    sim.call("PUT", "/_sim/scheduler", {"schedule_delay_ms": 1500})
+    before = sim.call("GET", "/_sim/stats")["requests_by_route"].get("evaluation", 0)
+    result = run("clijob-video", env=env)
+    assert (result.returncode, err(result)) == (0, "")
+    after = sim.call("GET", "/_sim/stats")["requests_by_route"]["evaluation"]
+    # One read per change of the evaluation (created, complete), plus the first.
+    assert after - before <= 3
+
+
 def test_evaluation_disappearing(env: dict[str, str], sim: Sim) -> None:
     """A proxy in front of nomadsim loses the evaluation after its first read."""
     sim.call("PUT", "/_sim/scheduler", {"schedule_delay_ms": 2000})
