@@ -62,7 +62,7 @@ class EvaluationReader(Protocol):
 
 
 class Dispatcher(EvaluationReader, Protocol):
-    def send(self, request: DispatchArgs) -> DispatchResponse: ...
+    def send(self, args: DispatchArgs) -> DispatchResponse: ...
 
 
 @dataclass

@@ -117,16 +117,16 @@ class NomadClient:
 
     # -- endpoints -------------------------------------------------------------------
 
-    def send(self, request: DispatchArgs) -> DispatchResponse:
+    def send(self, args: DispatchArgs) -> DispatchResponse:
         """`dispatch` with the arguments held in a DispatchArgs."""
         return self.dispatch(
-            request.job_id,
-            payload=request.payload,
-            meta=request.meta,
-            idempotency_token=request.idempotency_token,
-            id_prefix_template=request.id_prefix_template,
-            priority=request.priority,
-            namespace=request.namespace,
+            args.job_id,
+            payload=args.payload,
+            meta=args.meta,
+            idempotency_token=args.idempotency_token,
+            id_prefix_template=args.id_prefix_template,
+            priority=args.priority,
+            namespace=args.namespace,
         )
 
     def dispatch(
