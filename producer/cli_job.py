@@ -251,4 +251,6 @@ def run(options: argparse.Namespace) -> int:
     except ConfigError as err:
         sys.stderr.write(f"Error initializing client: {err}\n")
         return 1
+    except KeyboardInterrupt:
+        return 130  # as a shell reports a CLI killed by SIGINT, without a traceback
     return outcome.exit_code
