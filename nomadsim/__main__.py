@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import sys
@@ -105,7 +106,7 @@ async def serve(config: SimConfig) -> None:
 
     server = NomadSimServer(Sim(config))
     await server.start(config.host, config.port)
-    print(f"nomadsim listening on http://{config.host}:{config.port}", flush=True)  # noqa: T201
+    print(f"nomadsim listening on http://{config.host}:{config.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -119,10 +120,14 @@ async def serve(config: SimConfig) -> None:
 
 def main(argv: list[str]) -> int:
     config = config_from_args(argv)
+    # The store holds many small dicts and objects without reference cycles; with the
+    # default thresholds the cyclic GC would rescan all of them ever more often as the
+    # state grows. Collect young objects rarely and old ones almost never.
+    gc.set_threshold(50_000, 50, 1000)
     try:
         asyncio.run(serve(config))
     except OSError as exc:
-        print(f"nomadsim: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"nomadsim: {exc}", file=sys.stderr)
         return 1
     return 0
 

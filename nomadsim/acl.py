@@ -101,7 +101,7 @@ class _Hcl:
         if kind in ("str", "word"):
             return value
         if value == "[":
-            items = []
+            items: list[str] = []
             while True:
                 kind, item = self.take()
                 if (kind, item) == ("punct", "]"):
@@ -183,6 +183,9 @@ class Authz:
         return caps is not None and "deny" not in caps and capability in caps
 
 
+ALLOW_ALL = Authz(True, {})
+
+
 class AclStore:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -199,14 +202,14 @@ class AclStore:
     def resolve(self, secret: str) -> Authz | None:
         """The request's permissions; None when the token does not authenticate."""
         if not self.enabled:
-            return Authz(True, {})
+            return ALLOW_ALL
         if not secret:
             return self._merge(["anonymous"])
         token = self.tokens.get(secret)
         if token is None:
             return None
         if token.type == "management":
-            return Authz(True, {})
+            return ALLOW_ALL
         return self._merge(token.policies)
 
     def _merge(self, names: list[str]) -> Authz:

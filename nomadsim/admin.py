@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from nomadsim.faults import FaultRule
-from nomadsim.jsonshape import dumps
+from nomadsim.jsonshape import dumps, rfc3339
 from nomadsim.sim import Sim
 
 
@@ -92,7 +92,8 @@ async def _route(sim: Sim, request: web.BaseRequest, path: str) -> web.Response:
             if (parent is None or d["parent"] == parent)
             and (namespace is None or d["namespace"] == namespace)
         ]
-        return _json({"count": len(records), "dispatches": records})
+        rendered = [{**d, "time": rfc3339(d["time_ns"])} for d in records]
+        return _json({"count": len(rendered), "dispatches": rendered})
     elif name == "stats" and method == "GET":
         return _json(sim.stats())
     elif name == "reset" and method == "POST":

@@ -123,7 +123,7 @@ class NomadSimServer:
                                          "Too Many Requests")
             sim.statuses[str(status)] += 1
             return text_response(status, message)
-        ctx = Ctx(sim, request, path, request.query)
+        ctx = Ctx(sim, request, path, request.rel_url.query)
         try:
             response = await _nomad(ctx)
         except ApiError as exc:

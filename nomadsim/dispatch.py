@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from nomadsim import godecode as g
 from nomadsim.httpcore import ApiError, Ctx
 from nomadsim.jobs import is_parameterized, is_periodic
-from nomadsim.jsonshape import go_list, go_quote, now_ns, rfc3339
+from nomadsim.jsonshape import go_list, go_quote, now_ns
 from nomadsim.model import JsonObj
 
 DISPATCH_REQUEST = g.struct(
@@ -91,7 +91,7 @@ def _validate(parent: JsonObj, args: DispatchArgs) -> None:
 def child_id(parent_id: str, template: str) -> str:
     """§4: `<parent>/dispatch-[<template>-]<unix>-<8 hex>`."""
     middle = f"{template}-" if template else ""
-    return f"{parent_id}/dispatch-{middle}{int(time.time())}-{uuid.uuid4().hex[:8]}"
+    return f"{parent_id}/dispatch-{middle}{int(time.time())}-{os.urandom(4).hex()}"
 
 
 def dispatch(ctx: Ctx, args: DispatchArgs) -> tuple[JsonObj, int]:
@@ -110,7 +110,9 @@ def dispatch(ctx: Ctx, args: DispatchArgs) -> tuple[JsonObj, int]:
         existing_id = store.idempotency.get((args.namespace, args.job_id, token))
         existing = store.jobs.get((args.namespace, existing_id or ""))
         if existing is not None:
-            _record(ctx, args, existing["ID"], "", existing["ModifyIndex"], repeat=True)
+            _record(
+                ctx, args, existing["ID"], eval_id="", index=existing["ModifyIndex"], repeat=True
+            )
             response = {
                 "DispatchedJobID": existing["ID"],
                 "EvalID": "",
@@ -152,7 +154,7 @@ def dispatch(ctx: Ctx, args: DispatchArgs) -> tuple[JsonObj, int]:
             store.idempotency[(args.namespace, args.job_id, token)] = new_id
     if eval_id:
         scheduler.enqueue(eval_id)
-    _record(ctx, args, new_id, eval_id, w.index, repeat=False)
+    _record(ctx, args, new_id, eval_id=eval_id, index=w.index, repeat=False)
     response = {
         "DispatchedJobID": new_id,
         "EvalID": eval_id,
@@ -163,7 +165,7 @@ def dispatch(ctx: Ctx, args: DispatchArgs) -> tuple[JsonObj, int]:
     return response, w.index
 
 
-def _record(ctx: Ctx, args: DispatchArgs, child: str, eval_id: str, index: int,
+def _record(ctx: Ctx, args: DispatchArgs, child: str, *, eval_id: str, index: int,
             repeat: bool) -> None:
     now = now_ns()
     ctx.sim.dispatches.append(
@@ -178,7 +180,6 @@ def _record(ctx: Ctx, args: DispatchArgs, child: str, eval_id: str, index: int,
             "priority": args.priority,
             "index": index,
             "repeat": repeat,
-            "time": rfc3339(now),
             "time_ns": now,
         }
     )

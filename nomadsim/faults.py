@@ -10,6 +10,7 @@ tried in order: every firing `slow` rule adds its delay, and the first firing `e
 from __future__ import annotations
 
 import fnmatch
+import json
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ class FaultRule:
         if not isinstance(data, dict):
             raise ValueError("a fault rule must be a JSON object")
         unknown = set(data) - {"kind", "route", "method", "probability", "count", "delay_ms",
-                               "message"}
+                               "message", "id"}
         if unknown:
             raise ValueError(f"unknown fault rule fields: {sorted(unknown)}")
         rule = cls(
@@ -59,8 +60,6 @@ class FaultRule:
     def from_flag(cls, text: str) -> FaultRule:
         """`kind[:route[:probability[:count[:delay_ms]]]]`, or a JSON object."""
         if text.lstrip().startswith("{"):
-            import json  # noqa: PLC0415  (flags only)
-
             return cls.from_json(json.loads(text))
         parts = text.split(":")
         keys = ("kind", "route", "probability", "count", "delay_ms")

@@ -10,7 +10,9 @@ the first value of a body with trailing bytes ends.
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,15 +38,16 @@ class GoType:
     elem: GoType | None = None
     fields: dict[str, GoType] = field(default_factory=dict)
     keep_unknown: bool = False
+    folded: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.folded.update({name.casefold(): name for name in self.fields})
 
     def field_for(self, key: str) -> str | None:
+        """Go's field matching: the exact name, else a case-insensitive match."""
         if key in self.fields:
             return key
-        folded = key.casefold()
-        for name in self.fields:
-            if name.casefold() == folded:
-                return name
-        return None
+        return self.folded.get(key.casefold())
 
 
 STRING = GoType("string", "string")
@@ -89,8 +92,7 @@ class _Scanner:
             pos += 1
         if pos == len(text):
             raise DecodeError("EOF")
-        pos = self._value(pos)
-        return pos
+        return self._value(pos)
 
     def _need(self, pos: int) -> str:
         if pos >= len(self.text):
@@ -228,11 +230,15 @@ def parse_json(body: bytes) -> Any:
 # ---------------------------------------------------------------------------------------
 # Base64: Go's base64.StdEncoding.Decode, for its error offsets.
 
-_B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64 = {c: i for i, c in enumerate(_ALPHABET)}
+_CANONICAL_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 def go_b64decode(src: str) -> bytes:
     """Decode padded standard base64; DecodeError `illegal base64 data at input byte N`."""
+    if len(src) % 4 == 0 and _CANONICAL_B64.fullmatch(src):
+        return base64.b64decode(src)
     out = bytearray()
     si = 0
     n = len(src)
@@ -302,8 +308,9 @@ class _Context:
         if not self.stack:
             return DecodeError(f"json: cannot unmarshal {what} into Go value of type {gotype.name}")
         where = ".".join([self.struct, *self.stack])
-        return DecodeError(f"json: cannot unmarshal {what} into Go struct field {where} of type "
-                           f"{gotype.name}")
+        return DecodeError(
+            f"json: cannot unmarshal {what} into Go struct field {where} of type {gotype.name}"
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -324,12 +331,12 @@ def _decode(value: Any, gotype: GoType, ctx: _Context) -> Any:
     if value is None:
         return None
     kind = gotype.kind
-    if kind == "any":
-        return _plain(value)
     if kind == "string":
-        if isinstance(value, str) and not isinstance(value, GoNumber):
+        if type(value) is str:
             return value
         raise ctx.error(_json_kind(value), gotype)
+    if kind == "any":
+        return _plain(value)
     if kind == "int":
         if not isinstance(value, GoNumber):
             raise ctx.error(_json_kind(value), gotype)
@@ -346,7 +353,7 @@ def _decode(value: Any, gotype: GoType, ctx: _Context) -> Any:
             return value
         raise ctx.error(_json_kind(value), gotype)
     if kind == "bytes":
-        if isinstance(value, str) and not isinstance(value, GoNumber):
+        if type(value) is str:
             return go_b64decode(value)
         raise ctx.error(_json_kind(value), gotype)
     if kind == "slice":
@@ -358,6 +365,8 @@ def _decode(value: Any, gotype: GoType, ctx: _Context) -> Any:
         if not isinstance(value, dict):
             raise ctx.error(_json_kind(value), gotype)
         assert gotype.elem is not None
+        if gotype.elem.kind == "string" and all(type(v) is str for v in value.values()):
+            return value
         zero: Any = "" if gotype.elem.kind == "string" else None
         out = {}
         for key, item in value.items():

@@ -266,7 +266,7 @@ def is_parameterized(job: JsonObj) -> bool:
 
 def is_periodic(job: JsonObj) -> bool:
     periodic = job.get("Periodic")
-    return bool(periodic) and periodic.get("Enabled", True) is not False
+    return isinstance(periodic, dict) and periodic.get("Enabled", True) is not False
 
 
 def list_stub(job: JsonObj, summary: JsonObj | None) -> JsonObj:

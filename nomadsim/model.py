@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from nomadsim.jsonshape import ZERO_TIME, rfc3339
 
@@ -17,9 +17,18 @@ TERMINAL_EVAL = frozenset({"complete", "failed", "canceled"})
 TERMINAL_CLIENT = frozenset({"complete", "failed", "lost"})
 
 JsonObj = dict[str, Any]
+T = TypeVar("T")
 
 
-@dataclass(slots=True)
+def evolve(obj: T, **changes: Any) -> T:
+    """A changed copy of a stored Eval or Alloc (much cheaper than dataclasses.replace)."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
+@dataclass
 class Eval:
     id: str
     namespace: str
@@ -117,7 +126,7 @@ class Node:
     used_memory_mb: int = 0
 
 
-@dataclass(slots=True)
+@dataclass
 class Alloc:
     id: str
     namespace: str
@@ -141,6 +150,10 @@ class Alloc:
     started_at: int = 0
     finished_at: int = 0
     failed: bool = False
+    #: How the simulated client runs it: seconds (None = until stopped, < 0 = the
+    #: configured batch run time) and the final client status.
+    run_for: float | None = None
+    outcome: str = "complete"
 
     @property
     def terminal(self) -> bool:

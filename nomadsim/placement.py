@@ -13,7 +13,9 @@ import re
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 
+from nomadsim.jsonshape import parse_go_duration
 from nomadsim.model import JsonObj, Node
 
 
@@ -138,20 +140,84 @@ def new_metric(nodes_in_pool: int, available: dict[str, int]) -> JsonObj:
     }
 
 
+def run_plan(job: JsonObj, group: JsonObj) -> tuple[float | None, str]:
+    """How long an alloc of group runs (None: until stopped; batch jobs use the
+    configured run time) and how it ends, from its tasks' mock-driver config."""
+    run_for: float | None = None
+    outcome = "complete"
+    for spec in group["Tasks"]:
+        config = spec.get("Config") or {}
+        if isinstance(config.get("run_for"), str):
+            try:
+                seconds = parse_go_duration(config["run_for"]) / 1e9
+            except ValueError:
+                continue
+            run_for = max(run_for or 0.0, seconds)
+        if config.get("exit_code") not in (None, 0):
+            outcome = "failed"
+    if run_for is None and job["Type"] in ("batch", "sysbatch"):
+        return -1.0, outcome
+    return run_for, outcome
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """What placing one alloc of a task group needs, computed once per group."""
+
+    group: JsonObj
+    job_constraints: object
+    constraints: list[JsonObj]
+    cpu: int
+    memory_mb: int
+    tasks: dict[str, tuple[int, int]]
+    run_for: float | None
+    outcome: str
+
+
 class Placer:
     def __init__(self, nodes: list[Node]) -> None:
         self.nodes = nodes
+        self._by_dcs: dict[tuple[str, ...], tuple[list[Node], dict[str, int]]] = {}
+        self._groups: dict[int, GroupInfo] = {}
+
+    def info(self, job: JsonObj, group: JsonObj) -> GroupInfo:
+        """Group facts, cached by the group object (children share their parent's)."""
+        cached = self._groups.get(id(group))
+        job_constraints = job.get("Constraints")
+        if (cached is not None and cached.group is group
+                and cached.job_constraints is job_constraints):
+            return cached
+        if len(self._groups) > 10_000:
+            self._groups.clear()
+        cpu, memory = group_need(group)
+        run_for, outcome = run_plan(job, group)
+        info = GroupInfo(
+            group=group,
+            job_constraints=job_constraints,
+            constraints=group_constraints(job, group),
+            cpu=cpu,
+            memory_mb=memory,
+            tasks={t["Name"]: (t["Resources"]["CPU"], t["Resources"]["MemoryMB"])
+                   for t in group["Tasks"]},
+            run_for=run_for,
+            outcome=outcome,
+        )
+        self._groups[id(group)] = info
+        return info
 
     def candidates(self, job: JsonObj) -> tuple[list[Node], dict[str, int]]:
         """Nodes in the job's datacenters, and NodesAvailable (ready nodes per DC)."""
-        patterns = job.get("Datacenters") or ["*"]
-        available = {p: 0 for p in patterns if not any(c in p for c in "*?[")}
-        chosen = []
-        for node in self.nodes:
-            if any(fnmatch.fnmatchcase(node.datacenter, p) for p in patterns):
-                chosen.append(node)
-                available[node.datacenter] = available.get(node.datacenter, 0) + 1
-        return chosen, available
+        patterns = tuple(job.get("Datacenters") or ["*"])
+        cached = self._by_dcs.get(patterns)
+        if cached is None:
+            available = {p: 0 for p in patterns if not any(c in p for c in "*?[")}
+            chosen = []
+            for node in self.nodes:
+                if any(fnmatch.fnmatchcase(node.datacenter, p) for p in patterns):
+                    chosen.append(node)
+                    available[node.datacenter] = available.get(node.datacenter, 0) + 1
+            cached = self._by_dcs[patterns] = (chosen, available)
+        return cached[0], dict(cached[1])
 
     def feasible(self, node: Node, constraints: Iterable[JsonObj]) -> JsonObj | None:
         """The first constraint the node fails, or None."""
@@ -164,8 +230,8 @@ class Placer:
         started = time.perf_counter_ns()
         nodes, available = self.candidates(job)
         metric = new_metric(len(self.nodes), available)
-        constraints = group_constraints(job, group)
-        cpu, memory = group_need(group)
+        info = self.info(job, group)
+        constraints, cpu, memory = info.constraints, info.cpu, info.memory_mb
         best: Node | None = None
         best_score = -1.0
         for node in nodes:
@@ -189,7 +255,8 @@ class Placer:
                 exhausted[dimension] = exhausted.get(dimension, 0) + 1
                 metric["DimensionExhausted"] = exhausted
                 continue
-            score = (node.used_cpu + cpu) / node.cpu + (node.used_memory_mb + memory) / node.memory_mb
+            score = (node.used_cpu + cpu) / node.cpu
+            score += (node.used_memory_mb + memory) / node.memory_mb
             if score > best_score:
                 best, best_score = node, score
         metric["AllocationTime"] = time.perf_counter_ns() - started
@@ -198,8 +265,8 @@ class Placer:
     def could_fit(self, job: JsonObj, group: JsonObj, free: dict[str, list[int]]) -> bool:
         """Whether some node, with `free` capacity left, could take one alloc of group."""
         nodes, _ = self.candidates(job)
-        constraints = group_constraints(job, group)
-        cpu, memory = group_need(group)
+        info = self.info(job, group)
+        constraints, cpu, memory = info.constraints, info.cpu, info.memory_mb
         for node in nodes:
             room = free[node.id]
             if room[0] >= cpu and room[1] >= memory and self.feasible(node, constraints) is None:

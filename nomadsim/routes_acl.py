@@ -105,9 +105,9 @@ async def create_token(ctx: Ctx) -> web.Response:
     policies = body.get("Policies") or []
     if token_type not in ("client", "management"):
         raise ApiError(400, "token 0 invalid: token type must be client or management")
-    if token_type == "client" and not policies:
+    if token_type == "client" and not policies:  # noqa: S105
         raise ApiError(400, "token 0 invalid: client token missing policies")
-    if token_type == "management" and policies:
+    if token_type == "management" and policies:  # noqa: S105
         raise ApiError(400, "token 0 invalid: management token cannot be associated with policies")
     acl = ctx.sim.acl
     with ctx.sim.store.write("ACLTokenUpsert") as w:

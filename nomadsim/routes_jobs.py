@@ -8,7 +8,7 @@ from nomadsim import dispatch as dispatching
 from nomadsim import jobs
 from nomadsim.filterexpr import FilterError, compile_filter
 from nomadsim.httpcore import ApiError, Ctx, paginate
-from nomadsim.jsonshape import go_quote, now_ns
+from nomadsim.jsonshape import go_quote, multierror, now_ns
 from nomadsim.model import render_job
 
 WRITE_METHODS = ("PUT", "POST")
@@ -85,7 +85,7 @@ async def list_jobs(ctx: Ctx) -> web.Response:
         items.sort()
         page, next_token = paginate(ctx, items)
         stubs: list[object] = [
-            jobs.list_stub(store.jobs[key], store.summary_json(key)) for key in page  # type: ignore[index]
+            jobs.list_stub(store.jobs[key], store.summary_json(key)) for key in page
         ]
         return (stubs, next_token), store.table_index("jobs", "job_summary")
 
@@ -169,8 +169,6 @@ async def register(ctx: Ctx, path_id: str | None) -> web.Response:
         )
     errors = jobs.validate(job)
     if errors:
-        from nomadsim.jsonshape import multierror  # noqa: PLC0415
-
         raise ApiError(500, multierror(errors))
     store = sim.store
     key = (namespace, job["ID"])

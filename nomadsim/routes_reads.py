@@ -11,6 +11,14 @@ from nomadsim.httpcore import ApiError, Ctx, paginate
 from nomadsim.model import Eval, JsonObj
 from nomadsim.sim import namespace_json
 
+ALLOC_STUB_FIELDS = dict.fromkeys(
+    ("ID", "EvalID", "Name", "Namespace", "NodeID", "NodeName", "JobID", "JobType", "JobVersion",
+     "TaskGroup", "AllocatedResources", "DesiredStatus", "DesiredDescription", "ClientStatus",
+     "ClientDescription", "DesiredTransition", "TaskStates", "DeploymentStatus",
+     "FollowupEvalID", "RescheduleTracker", "PreemptedAllocations", "PreemptedByAllocation",
+     "CreateIndex", "ModifyIndex", "CreateTime", "ModifyTime")
+)
+
 
 def _filter(ctx: Ctx, sample: JsonObj) -> Predicate | None:
     text = ctx.query.get("filter", "")
@@ -128,9 +136,7 @@ async def allocations_list(ctx: Ctx) -> web.Response:
     ctx.require(namespace, "read-job")
     store = ctx.sim.store
     prefix = ctx.query.get("prefix", "")
-    sample = next(iter(store.allocs.values()), None)
-    predicate = _filter(ctx, sample.stub() if sample else {"ID": "", "JobID": "", "ClientStatus": "",
-                                                           "DesiredStatus": "", "TaskGroup": ""})
+    predicate = _filter(ctx, ALLOC_STUB_FIELDS)
 
     def query() -> tuple[Any, int]:
         items = []

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from nomadsim.events import Batch, Event, EventBroker
-from nomadsim.model import Alloc, Eval, JsonObj, Summary
+from nomadsim.model import TERMINAL_EVAL, Alloc, Eval, JsonObj, Summary
 
 JobKey = tuple[str, str]
 
@@ -47,19 +47,29 @@ class WatchHub:
                 del self._events[key]
 
     @property
+    def active(self) -> bool:
+        return bool(self._events)
+
+    @property
     def waiting(self) -> int:
         return sum(entry[1] for entry in self._events.values())
 
 
-def job_status(job: JsonObj, evals: list[Eval], allocs: list[Alloc]) -> str:
+def job_status(store: Store, key: JobKey, job: JsonObj) -> str:
     """Nomad's getJobStatus."""
     if job.get("Periodic") or (job.get("ParameterizedJob") and not job.get("Dispatched")):
         return "dead" if job.get("Stop") else "running"
-    if any(not a.terminal for a in allocs):
-        return "running"
-    if any(not e.terminal for e in evals):
-        return "pending"
-    if evals or allocs or job.get("Stop"):
+    alloc_ids = store.allocs_by_job.get(key, ())
+    allocs = store.allocs
+    for alloc_id in alloc_ids:
+        if not allocs[alloc_id].terminal:
+            return "running"
+    eval_ids = store.evals_by_job.get(key, ())
+    evals = store.evals
+    for eval_id in eval_ids:
+        if evals[eval_id].status not in TERMINAL_EVAL:
+            return "pending"
+    if eval_ids or alloc_ids or job.get("Stop"):
         return "dead"
     return "pending"
 
@@ -77,12 +87,18 @@ class Write:
         self.tables: set[str] = set()
         self.jobs_written: dict[JobKey, JsonObj] = {}
         self.touched: set[JobKey] = set()
+        # Nothing can start watching while a write is open (no awaits in between), so
+        # without watchers the write need not collect the keys it changed.
+        self.watching = store.watch.active
 
     def __enter__(self) -> Write:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if exc_type is None:
             self.store.commit(self)
@@ -92,7 +108,7 @@ class Write:
         self.jobs_written[key] = job
         self.touched.add(key)
 
-    def put_eval(self, ev: Eval) -> None:
+    def put_eval(self, ev: Eval, event_type: str = "") -> None:
         store = self.store
         ev.modify_index = self.index
         store.evals[ev.id] = ev
@@ -100,9 +116,11 @@ class Write:
         store.evals_by_job.setdefault(key, {})[ev.id] = None
         self.touched.add(key)
         self.tables.add("evals")
-        self.keys.update((("eval", ev.id), ("evals",), ("job_evals", *key)))
+        if self.watching:
+            self.keys.update((("eval", ev.id), ("evals",), ("job_evals", *key)))
         self.events.append(
-            Event("Evaluation", self.type, ev.id, ev.namespace, [ev.job_id, ""], self.index, ev)
+            Event("Evaluation", event_type or self.type, ev.id, ev.namespace, [ev.job_id, ""],
+                  self.index, ev)
         )
 
     def put_alloc(self, alloc: Alloc) -> None:
@@ -114,13 +132,14 @@ class Write:
         store.allocs_by_eval.setdefault(alloc.eval_id, {})[alloc.id] = None
         self.touched.add(key)
         self.tables.add("allocs")
-        self.keys.update(
-            (("alloc", alloc.id), ("allocs",), ("job_allocs", *key), ("eval_allocs", alloc.eval_id))
-        )
-        self.events.append(
-            Event(
-                "Allocation", self.type, alloc.id, alloc.namespace, [alloc.job_id, ""], self.index, alloc
+        if self.watching:
+            self.keys.update(
+                (("alloc", alloc.id), ("allocs",), ("job_allocs", *key),
+                 ("eval_allocs", alloc.eval_id))
             )
+        self.events.append(
+            Event("Allocation", self.type, alloc.id, alloc.namespace, [alloc.job_id, ""],
+                  self.index, alloc)
         )
 
     def delete_job(self, key: JobKey, emit: bool = True) -> None:
@@ -157,24 +176,25 @@ class Write:
         """Derive job statuses for every job this write touched (Nomad's setJobStatus)."""
         store = self.store
         now = time.monotonic()
+        if self.touched:
+            self.tables.add("job_summary")
         for key in self.touched:
             written = self.jobs_written.get(key)
             old = store.jobs.get(key)
             job = written if written is not None else old
             if job is None:
                 continue
-            evals = [store.evals[i] for i in store.evals_by_job.get(key, ())]
-            allocs = [store.allocs[i] for i in store.allocs_by_job.get(key, ())]
-            status = job_status(job, evals, allocs)
+            status = job_status(store, key, job)
             summary = store.summaries.get(key)
             if summary is None:
                 summary = store.summaries[key] = Summary(self.index, self.index)
             summary.modify_index = self.index
-            self.keys.add(("summary", *key))
-            self.tables.add("job_summary")
+            if self.watching:
+                self.keys.add(("summary", *key))
             if written is None and old is not None and old["Status"] == status:
                 continue
-            job = dict(job)
+            if written is None:
+                job = dict(job)
             job["Status"] = status
             job["ModifyIndex"] = self.index
             if old is None:
@@ -189,7 +209,8 @@ class Write:
                 if old_status != status:
                     self._count_child(job, old_status, status)
             self.tables.add("jobs")
-            self.keys.update((("job", *key), ("jobs",)))
+            if self.watching:
+                self.keys.update((("job", *key), ("jobs",)))
             self.events.append(Event("Job", self.type, key[1], key[0], None, self.index, job))
 
 
@@ -217,8 +238,9 @@ class Store:
         w.finish_jobs()
         for table in w.tables:
             self.tables[table] = w.index
-        for key in w.keys:
-            self.watch.notify(key)
+        if self.watch.active:
+            for key in w.keys:
+                self.watch.notify(key)
         if w.events:
             self.broker.publish(Batch(w.index, w.events))
 

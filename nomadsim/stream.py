@@ -7,7 +7,7 @@ import contextlib
 
 from aiohttp import web
 
-from nomadsim.events import Subscription
+from nomadsim.events import Event, Subscription
 from nomadsim.httpcore import ApiError, Ctx
 from nomadsim.jsonshape import dumps, go_quote
 
@@ -78,8 +78,8 @@ async def event_stream(ctx: Ctx) -> web.StreamResponse:
             if events:
                 await _send(response, batch.index, events)
         await _follow(sim.config.heartbeat, sub, response)
-    except (ConnectionError, asyncio.CancelledError):
-        pass
+    except ConnectionError:
+        return response
     finally:
         sim.streams -= 1
         sim.store.broker.unsubscribe(sub)
@@ -103,8 +103,6 @@ async def _follow(heartbeat: float, sub: Subscription, response: web.StreamRespo
             await _send(response, batch.index, events)
 
 
-async def _send(response: web.StreamResponse, index: int, events: list[object]) -> None:
-    from nomadsim.events import Event  # noqa: PLC0415
-
-    rendered = [e.render() for e in events if isinstance(e, Event)]
+async def _send(response: web.StreamResponse, index: int, events: list[Event]) -> None:
+    rendered = [e.render() for e in events]
     await response.write(dumps({"Index": index, "Events": rendered}) + b"\n")
