@@ -126,6 +126,8 @@ class Write:
     def put_alloc(self, alloc: Alloc) -> None:
         store = self.store
         alloc.modify_index = self.index
+        if not alloc.create_index:
+            alloc.create_index = self.index
         store.allocs[alloc.id] = alloc
         key = (alloc.namespace, alloc.job_id)
         store.allocs_by_job.setdefault(key, {})[alloc.id] = None
