@@ -7,6 +7,9 @@
 | `dispatchq:dlq`                  | list   | worker            | DLQ_TTL, renewed per write |
 | `celery-task-meta-<request id>`  | string | Celery's backend  | result_ttl (result_expires) |
 | `dispatchq:workers`              | zset   | worker heartbeat  | WORKER_TTL, renewed/beat   |
+| `dispatchq:batch:<id>`           | hash   | producer, worker  | result_ttl                 |
+| `dispatchq:batch:<id>:requests`  | list   | producer          | result_ttl                 |
+| `dispatchq:batch:<id>:errors`    | list   | worker            | result_ttl                 |
 
 The request hash is both the caller-visible state (queued, dispatching, monitoring) and the
 worker's write-ahead record: once `dispatched_job_id` is in it, a redelivered request resumes
@@ -46,6 +49,21 @@ def request(request_id: str) -> str:
 def blob(sha256_hex: str) -> str:
     """A content-addressed inline payload. TTL: settings.blob_ttl."""
     return f"{PREFIX}:blob:{sha256_hex}"
+
+
+def batch(batch_id: str) -> str:
+    """A batch: job, total, state and counters per state and exit code. TTL: result_ttl."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_requests(batch_id: str) -> str:
+    """The batch's request IDs in item order (for `batch results`). TTL: result_ttl."""
+    return f"{PREFIX}:batch:{batch_id}:requests"
+
+
+def batch_errors(batch_id: str) -> str:
+    """The first errors of a batch, as JSON entries. TTL: result_ttl."""
+    return f"{PREFIX}:batch:{batch_id}:errors"
 
 
 def celery_result(request_id: str) -> str:

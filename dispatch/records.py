@@ -11,6 +11,7 @@ Every write renews the TTL.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -73,23 +74,51 @@ class RequestRecord:
         }
 
 
+_DISPATCHED_LUA = """
+local first = redis.call('HGET', KEYS[1], 'dispatched_job_id')
+redis.call('HSET', KEYS[1], 'state', 'monitoring', 'dispatched_job_id', ARGV[2], 'eval_id', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if (not first or first == '') and ARGV[4] ~= '' then
+  redis.call('HINCRBY', ARGV[4], 'dispatched', 1)
+  redis.call('EXPIRE', ARGV[4], ARGV[1])
+end
+"""
+
+# Counts a request in its batch once, however often it is finished (a redelivery after
+# the outcome was stored runs the task again).
+_DONE_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+redis.call('HSET', KEYS[1], 'state', 'done', 'exit_code', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if state ~= 'done' and ARGV[3] ~= '' then
+  redis.call('HINCRBY', ARGV[3], 'done', 1)
+  redis.call('EXPIRE', ARGV[3], ARGV[1])
+  redis.call('HINCRBY', ARGV[3], 'exit:' .. ARGV[2], 1)
+  local child = redis.call('HGET', KEYS[1], 'dispatched_job_id')
+  if child and child ~= '' then redis.call('HINCRBY', ARGV[3], 'done_dispatched', 1) end
+  if ARGV[4] ~= '' and redis.call('LLEN', ARGV[5]) < tonumber(ARGV[6]) then
+    redis.call('RPUSH', ARGV[5], ARGV[4])
+    redis.call('EXPIRE', ARGV[5], ARGV[1])
+  end
+end
+"""
+
+MAX_BATCH_ERRORS = 50
+"""A batch keeps the first errors only: enough to see what went wrong, bounded memory."""
+
+
 class RecordStore:
-    """Reads and writes request records with their TTL."""
+    """Reads and writes request records with their TTL, and their batches' counters."""
 
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self.client = client
         self.ttl = ttl
+        self._dispatched = client.register_script(_DISPATCHED_LUA)
+        self._done = client.register_script(_DONE_LUA)
 
     def load(self, request_id: str) -> RequestRecord | None:
         raw = self.client.hgetall(keys.request(request_id))
         return RequestRecord.from_hash(request_id, raw) if raw else None  # type: ignore[arg-type]
-
-    def _write(self, request_id: str, fields: dict[FieldT, EncodableT]) -> None:
-        key = keys.request(request_id)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, self.ttl)
-        pipe.execute()
 
     def mark_dispatching(self, request_id: str, job_id: str, batch_id: str | None) -> None:
         """Also creates the record for a message pushed without one (a foreign producer)."""
@@ -100,18 +129,29 @@ class RecordStore:
         }
         if batch_id:
             fields["batch_id"] = batch_id
-        self._write(request_id, fields)
+        key = keys.request(request_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, self.ttl)
+        pipe.execute()
 
-    def mark_dispatched(self, request_id: str, dispatched_job_id: str, eval_id: str) -> None:
+    def mark_dispatched(
+        self, request_id: str, dispatched_job_id: str, eval_id: str, batch_id: str | None
+    ) -> None:
         """The write-ahead record: from here on a redelivery resumes monitoring."""
-        self._write(
-            request_id,
-            {
-                "state": RequestState.MONITORING.value,
-                "dispatched_job_id": dispatched_job_id,
-                "eval_id": eval_id,
-            },
+        batch = keys.batch(batch_id) if batch_id else ""
+        self._dispatched(
+            keys=[keys.request(request_id)], args=[self.ttl, dispatched_job_id, eval_id, batch]
         )
 
-    def mark_done(self, request_id: str, exit_code: int) -> None:
-        self._write(request_id, {"state": RequestState.DONE.value, "exit_code": exit_code})
+    def mark_done(
+        self, request_id: str, exit_code: int, batch_id: str | None, error: str = ""
+    ) -> None:
+        """Final state; counted once in the batch, with the error among its first ones."""
+        batch = keys.batch(batch_id) if batch_id else ""
+        errors = keys.batch_errors(batch_id) if batch_id else ""
+        entry = json.dumps({"request_id": request_id, "error": error}) if error else ""
+        self._done(
+            keys=[keys.request(request_id)],
+            args=[self.ttl, exit_code, batch, entry, errors, MAX_BATCH_ERRORS],
+        )

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from dispatch.batches import BatchStore
 from dispatch.errors import DispatchqError, NomadError
 from dispatch.events import Dispatched, DispatchFailed, EvalReadFailed, Event
 from dispatch.monitor import DEFAULT_WAIT, follow
@@ -38,6 +39,13 @@ class MonitoringInterrupted(DispatchqError):
     def __init__(self, cause: NomadError) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+class BatchCancelled(DispatchqError):
+    """The request's batch was cancelled before it was dispatched. Permanent."""
+
+    kind = "cancelled"
+    retryable = False
 
 
 class _ResumableReader:
@@ -91,6 +99,7 @@ class DispatchService:
     client: NomadClient
     resolver: PayloadResolver
     records: RecordStore
+    batches: BatchStore
     monitor_wait: float = DEFAULT_WAIT
 
     def run(
@@ -106,6 +115,9 @@ class DispatchService:
                 eval_id=record.eval_id,
             )
             return self._follow(request, record.dispatched_job_id, record.eval_id, on_event)
+        if request.batch_id and self.batches.cancelled(request.batch_id):
+            error = BatchCancelled(f"batch {request.batch_id} was cancelled before this dispatch")
+            return self._finish(request, failed_outcome(request.job_id, error))
         self.records.mark_dispatching(request.request_id, request.job_id, request.batch_id)
         try:
             payload = self.resolver.resolve(request.payload_ref)
@@ -128,7 +140,9 @@ class DispatchService:
             )
             return self._finish(request, failed_outcome(request.job_id, err))
         eval_id = response.eval_id or self._existing_eval(request, response.dispatched_job_id)
-        self.records.mark_dispatched(request.request_id, response.dispatched_job_id, eval_id)
+        self.records.mark_dispatched(
+            request.request_id, response.dispatched_job_id, eval_id, request.batch_id
+        )
         bound.info(
             "request.dispatched",
             dispatched_job_id=response.dispatched_job_id,
@@ -186,7 +200,8 @@ class DispatchService:
         return self._finish(request, recorder.outcome())
 
     def _finish(self, request: DispatchRequest, outcome: Outcome) -> Outcome:
-        self.records.mark_done(request.request_id, outcome.exit_code)
+        error = outcome.error_message or "" if outcome.exit_code == 1 else ""
+        self.records.mark_done(request.request_id, outcome.exit_code, request.batch_id, error)
         log.info(
             "request.done",
             request_id=request.request_id,

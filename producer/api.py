@@ -11,7 +11,7 @@ request, not by a sleep loop.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -23,8 +23,14 @@ from celery.result import AsyncResult, ResultSet
 from config.celery import make_app
 from config.settings import Settings, load_settings
 from dispatch import keys
+from dispatch.batches import BatchStatus, BatchStore
+from dispatch.nomad import NomadClient
+from dispatch.nomad_config import NomadConfig
 from dispatch.outcome import Outcome
 from dispatch.records import RecordStore, RequestRecord
+from producer.batch import BatchSubmitter, as_items, new_batch_id, stop_children, stream_results
+from producer.batch import preflight as check_items
+from producer.batch_input import BatchItem
 from producer.enqueue import Enqueuer, NewRequest
 
 UNKNOWN = "unknown"
@@ -76,6 +82,7 @@ class Producer:
         self.settings = settings or load_settings()
         self.redis = redis.Redis.from_url(self.settings.redis_url.get_secret_value())
         self.records = RecordStore(self.redis, self.settings.result_ttl)
+        self.batches = BatchStore(self.redis, self.settings.result_ttl)
         self.enqueuer = Enqueuer(
             self.redis,
             queue=self.settings.queue,
@@ -90,6 +97,8 @@ class Producer:
     def close(self) -> None:
         if "_celery" in self.__dict__:
             self._celery.close()
+        if "nomad" in self.__dict__:
+            self.nomad.close()
         self.redis.close()
 
     def __enter__(self) -> Producer:
@@ -127,8 +136,57 @@ class Producer:
             id_prefix_template=id_prefix_template,
             priority=priority,
         )
-        [(rid, _added)] = self.enqueuer.enqueue([request])
+        [(rid, _flag)] = self.enqueuer.enqueue([request])
         return rid
+
+    @cached_property
+    def nomad(self) -> NomadClient:
+        """A Nomad client from NOMAD_* (batch preflight and cancellation)."""
+        return NomadClient(NomadConfig.from_env())
+
+    def dispatch_batch(
+        self,
+        job_id: str,
+        items: Iterable[BatchItem | dict[str, Any]],
+        *,
+        batch_id: str | None = None,
+        namespace: str | None = None,
+        detach: bool = False,
+        preflight: bool = True,
+    ) -> str:
+        """Enqueue a batch; returns its ID. With `preflight`, the job is read once from
+        Nomad and a batch with any item it would refuse is rejected whole
+        (BatchInputError, naming the lines) before anything is enqueued. Submitting the
+        same items with the same batch ID again enqueues only what was not enqueued."""
+        listed = as_items(items)
+        if preflight:
+            job, _ = self.nomad.read_job(job_id, namespace=namespace)
+            check_items(job, listed)
+        batch_id = batch_id or new_batch_id()
+        BatchSubmitter(self.enqueuer, self.batches).submit(
+            job_id, listed, batch_id=batch_id, namespace=namespace, detach=detach
+        )
+        return batch_id
+
+    def batch_status(self, batch_id: str) -> BatchStatus | None:
+        """Counts per state and exit code: one read, whatever the batch's size."""
+        return self.batches.status(batch_id)
+
+    def batch_results(self, batch_id: str) -> Iterator[str]:
+        """Every request of the batch as a JSON line, in item order."""
+        return stream_results(self.batches, batch_id)
+
+    def cancel_batch(
+        self, batch_id: str, *, stop_dispatched: bool = False
+    ) -> tuple[int, list[str]]:
+        """Stop what is not yet dispatched; with `stop_dispatched`, also stop (DELETE) the
+        children already dispatched. Returns (children stopped, errors)."""
+        status = self.batches.status(batch_id)
+        if status is None or not self.batches.cancel(batch_id):
+            raise KeyError(batch_id)
+        if not stop_dispatched:
+            return 0, []
+        return stop_children(self.batches, self.nomad, batch_id, status.namespace or None)
 
     def result(self, request_id: str) -> RequestStatus:
         """The request's state now; its outcome once terminal. Never blocks."""

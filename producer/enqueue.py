@@ -17,23 +17,45 @@ from dispatch import keys
 from dispatch.payload import PAYLOAD_LIMIT, blob_digest
 from producer.messages import celery_message, new_request_id, request_body
 
+# Per request (8 arguments): request ID, record key, result key, batch key or '', batch
+# request list or '', job, batch ID or '', message. Returns per request 1 (new), 2
+# (enqueued again: its earlier run ended without dispatching anything, e.g. it gave up
+# while Nomad was down) or 0 (exists: skipped). New batch members join the batch's list.
 _ENQUEUE_LUA = """
 local queue, ttl, now = KEYS[1], tonumber(ARGV[1]), ARGV[2]
-local added = {}
-for i = 3, #ARGV, 4 do
-  local key, job, batch = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if redis.call('EXISTS', key) == 0 then
-    redis.call('HSET', key, 'state', 'queued', 'job_id', job, 'enqueued_at', now)
-    if batch ~= '' then redis.call('HSET', key, 'batch_id', batch) end
-    redis.call('EXPIRE', key, ttl)
-    redis.call('LPUSH', queue, ARGV[i + 3])
-    added[#added + 1] = 1
-  else
-    added[#added + 1] = 0
+local out = {}
+for i = 3, #ARGV, 8 do
+  local rid, key, result, batch, list = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
+  local job, batch_id, message = ARGV[i+5], ARGV[i+6], ARGV[i+7]
+  local flag = 1
+  if redis.call('EXISTS', key) == 1 then
+    flag = 0
+    local f = redis.call('HMGET', key, 'state', 'dispatched_job_id', 'exit_code')
+    if f[1] == 'done' and (not f[2] or f[2] == '') then
+      flag = 2
+      if batch ~= '' and f[3] then
+        redis.call('HINCRBY', batch, 'done', -1)
+        redis.call('HINCRBY', batch, 'exit:' .. f[3], -1)
+      end
+      redis.call('DEL', key, result)
+    end
   end
+  if flag > 0 then
+    redis.call('HSET', key, 'state', 'queued', 'job_id', job, 'enqueued_at', now)
+    if batch_id ~= '' then redis.call('HSET', key, 'batch_id', batch_id) end
+    redis.call('EXPIRE', key, ttl)
+    redis.call('LPUSH', queue, message)
+    if flag == 1 and list ~= '' then
+      redis.call('RPUSH', list, rid)
+      redis.call('EXPIRE', list, ttl)
+    end
+  end
+  out[#out + 1] = flag
 end
-return added
+return out
 """
+
+NEW, AGAIN, SKIPPED = 1, 2, 0
 
 CHUNK = 500
 """Requests per script call: large enough to amortise the round trip, small enough not to
@@ -103,9 +125,12 @@ class Enqueuer:
         self.blob_ttl = blob_ttl
         self._script = client.register_script(_ENQUEUE_LUA)
 
-    def enqueue(self, requests: Iterable[NewRequest]) -> list[tuple[str, bool]]:
-        """(request ID, newly enqueued?) per request, in order. Validates each first."""
-        out: list[tuple[str, bool]] = []
+    def enqueue(self, requests: Iterable[NewRequest]) -> list[tuple[str, int]]:
+        """(request ID, NEW | AGAIN | SKIPPED) per request, in order. Validates each first.
+
+        A request ID that exists is skipped, unless its earlier run ended without
+        dispatching anything: then it is enqueued again (AGAIN)."""
+        out: list[tuple[str, int]] = []
         chunk: list[NewRequest] = []
         for req in requests:
             validate(req)
@@ -117,7 +142,7 @@ class Enqueuer:
             out += self._write(chunk)
         return out
 
-    def _write(self, chunk: list[NewRequest]) -> list[tuple[str, bool]]:
+    def _write(self, chunk: list[NewRequest]) -> list[tuple[str, int]]:
         pipe = self.client.pipeline(transaction=False)
         stored: set[str] = set()
         argv: list[str | float | int] = [self.result_ttl, time.time()]
@@ -144,11 +169,15 @@ class Enqueuer:
                 batch_id=req.batch_id,
             )
             argv += [
+                request_id,
                 keys.request(request_id),
+                keys.celery_result(request_id),
+                keys.batch(req.batch_id) if req.batch_id else "",
+                keys.batch_requests(req.batch_id) if req.batch_id else "",
                 req.job_id,
                 req.batch_id or "",
                 celery_message(body, self.queue),
             ]
         self._script(keys=[self.queue], args=argv, client=pipe)
-        added: list[int] = pipe.execute()[-1]
-        return [(rid, bool(flag)) for rid, flag in zip(ids, added, strict=True)]
+        flags: list[int] = pipe.execute()[-1]
+        return list(zip(ids, flags, strict=True))

@@ -10,6 +10,8 @@ import redis
 from devstack.nomadsim_process import NomadSimProcess
 from devstack.redis_server import RedisServer
 
+pytest_plugins = ["tests.support.stack"]
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:

@@ -13,6 +13,7 @@ import redis
 
 from config.logging import register_secrets
 from config.settings import Settings, load_settings
+from dispatch.batches import BatchStore
 from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
 from dispatch.payload import PayloadPolicy, PayloadResolver
@@ -56,6 +57,7 @@ def build_runtime(settings: Settings | None = None, nomad: NomadConfig | None = 
         client=NomadClient(nomad, retry=CLIENT_RETRY, pool_size=32),
         resolver=resolver,
         records=RecordStore(client, settings.result_ttl),
+        batches=BatchStore(client, settings.result_ttl),
     )
     return Runtime(settings, client, service)
 

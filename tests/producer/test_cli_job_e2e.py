@@ -126,9 +126,6 @@ def test_success(env: dict[str, str]) -> None:
     check_success(out(result), "clijob-video")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="nomadsim: AllocListStub CreateIndex is 0 (NOMAD_API.md 2.6 and 8)"
-)
 def test_new_allocation_is_created(env: dict[str, str]) -> None:
     result = run("clijob-video", env=env)
     check_success(out(result), "clijob-video", verb="created")

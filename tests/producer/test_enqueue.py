@@ -8,7 +8,7 @@ import redis
 
 from dispatch import keys
 from dispatch.payload import blob_digest
-from producer.enqueue import Enqueuer, InvalidRequest, NewRequest
+from producer.enqueue import NEW, SKIPPED, Enqueuer, InvalidRequest, NewRequest
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_one_request_makes_record_blob_and_message(
     [(rid, added)] = enqueuer.enqueue(
         [NewRequest("video", payload=b"hello", meta={"profile": "hd"}, request_id="r-1")]
     )
-    assert (rid, added) == ("r-1", True)
+    assert (rid, added) == ("r-1", NEW)
     record = redis_client.hgetall(keys.request("r-1"))
     assert record[b"state"] == b"queued"
     assert record[b"job_id"] == b"video"
@@ -63,8 +63,8 @@ def test_same_request_id_twice_is_enqueued_once(
 ) -> None:
     first = enqueuer.enqueue([NewRequest("video", request_id="dup")])
     second = enqueuer.enqueue([NewRequest("video", request_id="dup")])
-    assert first == [("dup", True)]
-    assert second == [("dup", False)]
+    assert first == [("dup", NEW)]
+    assert second == [("dup", SKIPPED)]
     assert redis_client.llen("q-test") == 1
 
 
@@ -74,7 +74,7 @@ def test_many_requests_share_one_blob_and_keep_order(
     results = enqueuer.enqueue(NewRequest("video", payload=b"same") for _ in range(1200))
     assert len(results) == 1200
     assert len({rid for rid, _ in results}) == 1200
-    assert all(added for _, added in results)
+    assert all(added == NEW for _, added in results)
     assert redis_client.llen("q-test") == 1200
     assert len(redis_client.keys("dispatchq:blob:*")) == 1
     first_kwargs = _body(_messages(redis_client)[0])[1]

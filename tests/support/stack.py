@@ -1,4 +1,7 @@
-"""A real stack for queue tests: redis-server, nomadsim and Celery worker processes."""
+"""Fixtures for queue tests: a real redis-server, nomadsim and Celery worker processes.
+
+Loaded for every test package by `pytest_plugins` in tests/conftest.py.
+"""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from dispatch import keys
 from dispatch.outcome import COMPLETE, ERROR, PLACEMENT_FAILED
 from producer.api import Producer
 from tests.support.nomad_jobs import add_fault, set_scheduler, sim_dispatches
-from tests.worker.conftest import QUEUE, Stack
+from tests.support.stack import QUEUE, Stack
 
 WAIT = 60
 

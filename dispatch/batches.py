@@ -1,0 +1,148 @@
+"""Batches: a record per batch with O(1) progress, kept current by the workers.
+
+`dispatchq:batch:<id>` holds `job_id`, `namespace`, `total`, `state` (open | cancelled),
+`created_at`, and counters the workers bump atomically and exactly once per request (see
+`records`): `dispatched`, `done`, `done_dispatched`, `exit:0`, `exit:1`, `exit:2`. Reading
+progress is one HGETALL, whatever the batch's size.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from dispatch import keys
+
+OPEN = "open"
+CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    batch_id: str
+    job_id: str
+    namespace: str
+    total: int
+    state: str
+    created_at: float
+    dispatched: int = 0
+    done: int = 0
+    done_dispatched: int = 0
+    exit_codes: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_hash(cls, batch_id: str, raw: dict[bytes, bytes]) -> BatchStatus:
+        data = {k.decode(): v.decode() for k, v in raw.items()}
+        codes = {
+            int(name[len("exit:") :]): int(value)
+            for name, value in data.items()
+            if name.startswith("exit:")
+        }
+        return cls(
+            batch_id=batch_id,
+            job_id=data.get("job_id", ""),
+            namespace=data.get("namespace", ""),
+            total=int(data.get("total", 0)),
+            state=data.get("state", OPEN),
+            created_at=float(data.get("created_at", 0)),
+            dispatched=int(data.get("dispatched", 0)),
+            done=int(data.get("done", 0)),
+            done_dispatched=int(data.get("done_dispatched", 0)),
+            exit_codes=codes,
+        )
+
+    @property
+    def monitoring(self) -> int:
+        """Dispatched and being followed."""
+        return max(0, self.dispatched - self.done_dispatched)
+
+    @property
+    def queued(self) -> int:
+        """Not yet dispatched (queued, or being dispatched)."""
+        return max(0, self.total - self.done - self.monitoring)
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
+
+    def worst_exit_code(self) -> int:
+        """1 beats 2 beats 0; a batch that is not finished counts as 1."""
+        if not self.finished or self.exit_codes.get(1):
+            return 1
+        return 2 if self.exit_codes.get(2) else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "job_id": self.job_id,
+            "namespace": self.namespace or None,
+            "state": self.state,
+            "total": self.total,
+            "queued": self.queued,
+            "monitoring": self.monitoring,
+            "done": self.done,
+            "exit_codes": {str(k): v for k, v in sorted(self.exit_codes.items())},
+        }
+
+
+class BatchStore:
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self.client = client
+        self.ttl = ttl
+
+    def create(
+        self, pipe: Any, batch_id: str, job_id: str, namespace: str | None, total: int
+    ) -> None:
+        """Queue the batch record's creation on `pipe`; a resubmission keeps its counters
+        and raises `total` if the new submission is longer."""
+        key = keys.batch(batch_id)
+        pipe.hsetnx(key, "job_id", job_id)
+        pipe.hsetnx(key, "namespace", namespace or "")
+        pipe.hsetnx(key, "state", OPEN)
+        pipe.hsetnx(key, "created_at", time.time())
+        pipe.hsetnx(key, "total", 0)
+        pipe.eval(_RAISE_TOTAL, 1, key, total)
+        pipe.expire(key, self.ttl)
+
+    def status(self, batch_id: str) -> BatchStatus | None:
+        raw = self.client.hgetall(keys.batch(batch_id))
+        return BatchStatus.from_hash(batch_id, raw) if raw else None  # type: ignore[arg-type]
+
+    def cancelled(self, batch_id: str) -> bool:
+        state = self.client.hget(keys.batch(batch_id), "state")
+        return state == CANCELLED.encode()
+
+    def cancel(self, batch_id: str) -> bool:
+        """Mark the batch cancelled; False when there is no such batch."""
+        key = keys.batch(batch_id)
+        if not self.client.exists(key):
+            return False
+        self.client.hset(key, "state", CANCELLED)
+        return True
+
+    def request_ids(self, batch_id: str, chunk: int = 1000) -> Iterator[str]:
+        """Every request ID of the batch, in item order, read in chunks."""
+        key = keys.batch_requests(batch_id)
+        start = 0
+        while True:
+            part = self.client.lrange(key, start, start + chunk - 1)
+            if not part:
+                return
+            for raw in part:
+                yield raw.decode() if isinstance(raw, bytes) else str(raw)
+            start += chunk
+
+    def errors(self, batch_id: str) -> list[dict[str, str]]:
+        entries = self.client.lrange(keys.batch_errors(batch_id), 0, -1)
+        return [json.loads(e) for e in entries]
+
+
+_RAISE_TOTAL = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+if tonumber(ARGV[1]) > current then redis.call('HSET', KEYS[1], 'total', ARGV[1]) end
+"""
