@@ -32,8 +32,8 @@ DLQ_TTL: Final = 14 * 86_400
 
 WORKERS: Final = f"{PREFIX}:workers"
 """Live consumers: member `<queue>|<hostname>`, score = time of the last heartbeat."""
-WORKER_BEAT: Final = 5.0
-WORKER_TTL: Final = 30
+WORKER_BEAT: Final = 1.0
+WORKER_TTL: Final = 15
 """A worker not heard from for this many seconds is taken for gone."""
 
 CELERY_RESULT_PREFIX: Final = "celery-task-meta-"

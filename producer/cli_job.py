@@ -29,6 +29,7 @@ from dispatch.nomad_config import NomadConfig
 from dispatch.outcome import Outcome
 from dispatch.render import render
 from dispatch.retry import RetryPolicy
+from producer.queued import NoWorker, dispatch_queued
 
 USAGE = """\
 Usage: dispatchq job dispatch [options] <parameterized job> [input source]
@@ -63,7 +64,11 @@ Dispatch Options:
                          A prefix template for the dispatched job's ID.
   -priority=<n>          The dispatched job's priority (1-100; 0 inherits).
   -verbose               Print full 36-character IDs.
-  -direct                Call Nomad from this process.
+  -direct                Call Nomad from this process instead of going through
+                         the queue (the default: a worker dispatches and this
+                         command waits for its outcome; there -detach prints
+                         the request ID, and connection flags such as -address
+                         and -token apply only with -direct).
 """
 
 ARGUMENT_COUNT = "This command takes one or two argument: <parameterized job> [input source]"
@@ -93,9 +98,28 @@ def dispatch_direct(request: JobDispatch, on_event: Callable[[Event], None]) -> 
         return dispatch_and_follow(client, request.args, detach=request.detach, on_event=on_event)
 
 
+def dispatch_through_queue(request: JobDispatch, on_event: Callable[[Event], None]) -> Outcome:
+    """Enqueue for the workers and replay their outcome's events (the default path)."""
+    args = request.args
+    outcome, request_id = dispatch_queued(
+        args.job_id,
+        payload=args.payload,
+        meta=dict(args.meta),
+        namespace=request.nomad.namespace or None,
+        idempotency_token=args.idempotency_token,
+        id_prefix_template=args.id_prefix_template,
+        priority=args.priority,
+        detach=request.detach,
+        on_event=on_event,
+    )
+    if request.detach:
+        sys.stdout.write(f"Request ID = {request_id}\n")
+    return outcome
+
+
 def choose_path(options: argparse.Namespace) -> DispatchPath:
-    """The direct path is the only one so far; `-direct` keeps selecting it."""
-    return dispatch_direct
+    """Through the queue by default; `-direct` calls Nomad from this process."""
+    return dispatch_direct if options.direct else dispatch_through_queue
 
 
 class NomadStyleParser(argparse.ArgumentParser):
@@ -250,6 +274,9 @@ def run(options: argparse.Namespace) -> int:
         outcome = choose_path(options)(request, printer)
     except ConfigError as err:
         sys.stderr.write(f"Error initializing client: {err}\n")
+        return 1
+    except NoWorker as err:
+        sys.stderr.write(f"Error: {err}\n")
         return 1
     except KeyboardInterrupt:
         return 130  # as a shell reports a CLI killed by SIGINT, without a traceback

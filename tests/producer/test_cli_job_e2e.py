@@ -58,10 +58,10 @@ class Sim:
 
 
 def run(*args: str, env: dict[str, str] | None = None, stdin: bytes = b"") -> Any:
-    """`dispatchq job dispatch <args>` with only the given NOMAD_* variables."""
+    """`dispatchq job dispatch -direct <args>` with only the given NOMAD_* variables."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NOMAD_")}
     return subprocess.run(
-        [sys.executable, "-m", "producer.cli", "job", "dispatch", *args],
+        [sys.executable, "-m", "producer.cli", "job", "dispatch", "-direct", *args],
         input=stdin,
         capture_output=True,
         env={**clean, **(env or {})},

@@ -6,6 +6,7 @@ Loaded for every test package by `pytest_plugins` in tests/conftest.py.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from config.settings import Settings
 from devstack.nomadsim_process import NomadSimProcess
 from devstack.redis_server import RedisServer
 from devstack.worker_process import WorkerProcess
+from dispatch.liveness import live_workers
 from producer.api import Producer
 from tests.support.nomad_jobs import clear_faults, parameterized_job, register
 
@@ -86,8 +88,13 @@ def module_worker(stack: Stack) -> Iterator[WorkerProcess]:
 
 
 @pytest.fixture
-def running(module_worker: WorkerProcess, clean: Stack) -> Stack:
-    """The clean stack with the module's worker consuming."""
+def running(module_worker: WorkerProcess, clean: Stack, redis_client: redis.Redis) -> Stack:
+    """The clean stack with the module's worker consuming (and seen to: its heartbeat,
+    which the flush removed, is back)."""
+    deadline = time.monotonic() + 10
+    while not live_workers(redis_client, QUEUE):
+        assert time.monotonic() < deadline, "the module's worker stopped beating"
+        time.sleep(0.05)
     return clean
 
 
