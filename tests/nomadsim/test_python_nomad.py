@@ -1,0 +1,51 @@
+"""A third-party client (python-nomad) registers, dispatches and reads the evaluation."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import nomad
+import pytest
+import requests
+
+from devstack.nomadsim_process import NomadSimProcess
+from tests.nomadsim.conftest import parameterized, unique
+
+
+@pytest.fixture
+def client(nomadsim: NomadSimProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for name in ("NOMAD_ADDR", "NOMAD_TOKEN", "NOMAD_NAMESPACE", "NOMAD_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    with requests.Session() as session:
+        yield nomad.Nomad(host="127.0.0.1", port=nomadsim.port, session=session, timeout=10)
+
+
+def test_register_dispatch_and_read_evaluation(client: Any) -> None:
+    job_id = unique("pynomad")
+    registered = client.job.register_job(
+        job_id, {"Job": parameterized(job_id, payload="required", required=["who"])}
+    )
+    assert registered["JobModifyIndex"] > 0
+    assert client.job.get_job(job_id)["ParameterizedJob"]["Payload"] == "required"
+    result = client.job.dispatch_job(
+        job_id, payload=base64.b64encode(b"hi").decode(), meta={"who": "me"}
+    )
+    child = result["DispatchedJobID"]
+    assert child.startswith(f"{job_id}/dispatch-")
+    evaluation = client.evaluation.get_evaluation(result["EvalID"])
+    assert (evaluation["ID"], evaluation["JobID"]) == (result["EvalID"], child)
+    assert evaluation["TriggeredBy"] == "job-register"
+    assert job_id in [j["ID"] for j in client.jobs.get_jobs(prefix=job_id)]
+    allocations = client.evaluation.get_allocations(result["EvalID"])
+    assert isinstance(allocations, list)
+
+
+def test_validation_errors_surface_as_exceptions(client: Any) -> None:
+    job_id = unique("pynomad-err")
+    client.job.register_job(job_id, {"Job": parameterized(job_id, payload="required")})
+    with pytest.raises(nomad.api.exceptions.BaseNomadException) as caught:
+        client.job.dispatch_job(job_id)
+    assert caught.value.nomad_resp.text == (
+        "Payload is not provided but required by parameterized job")
