@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import jsonschema
 import pytest
 import requests
 import yaml
+from openapi_schema_validator import OAS30Validator
 
 from devstack.nomadsim_process import NomadSimProcess
 
@@ -130,9 +130,9 @@ def _nullable(node: Any) -> Any:
         return node
     out = {k: _nullable(v) for k, v in node.items()}
     if "$ref" in out:
-        return {"anyOf": [{"$ref": out["$ref"]}, {"type": "null"}]}
-    if isinstance(out.get("type"), str):
-        out["type"] = [out["type"], "null"]
+        return {"anyOf": [{"$ref": out["$ref"]}], "nullable": True}
+    if "type" in out:
+        out["nullable"] = True
     return out
 
 
@@ -146,7 +146,7 @@ class OpenApi:
         """Types of every field (null allowed), and the top level must not be null."""
         assert instance is not None, f"{schema} is null"
         root = {"$ref": f"#/components/schemas/{schema}", "components": self.components}
-        jsonschema.Draft202012Validator(root).validate(instance)
+        OAS30Validator(root).validate(instance)
 
     def missing(self, instance: dict[str, Any], schema: str) -> set[str]:
         """The spec's fields of schema that the instance does not have."""

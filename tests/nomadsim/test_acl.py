@@ -94,7 +94,7 @@ def denied(response: Any) -> bool:
     ],
 )
 def test_capability_matrix(cluster: Cluster, job_id: str, policies: tuple[str, ...],
-                           may_dispatch: bool, may_read: bool, may_list: bool) -> None:
+                           *, may_dispatch: bool, may_read: bool, may_list: bool) -> None:
     api = cluster.client(cluster.token(*policies) if policies else "")
     dispatched = api.post(f"/v1/job/{job_id}/dispatch", json={})
     assert (dispatched.status_code == 200) is may_dispatch, dispatched.text

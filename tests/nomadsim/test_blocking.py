@@ -82,7 +82,7 @@ def test_list_and_allocations_block(api: Api) -> None:
     api.register(parameterized(job_id, config={"run_for": "200ms"}))
     result = api.dispatch(job_id)
     child = quote(result["DispatchedJobID"], safe="")
-    seen = set()
+    seen: set[str] = set()
     index = 1
     while "complete" not in seen:
         response = api.get(f"/v1/job/{child}/allocations",

@@ -148,7 +148,7 @@ def test_job_deregistered_event(sim: NomadSimProcess, sapi: Api) -> None:
     try:
         assert stream.line() == {}
         sapi.ok("DELETE", f"/v1/job/{job_id}", params={"purge": "true"})
-        events = stream.events_until(lambda evs: bool(evs))
+        events = stream.events_until(bool)
     finally:
         stream.close()
     assert (events[0]["Type"], events[0]["Key"]) == ("JobDeregistered", job_id)
@@ -162,7 +162,7 @@ def test_namespace_parameter(sim: NomadSimProcess, sapi: Api) -> None:
         assert stream.line() == {}
         sapi.register(parameterized(unique("elsewhere")))
         sapi.register(parameterized(job_id), namespace="evns")
-        events = stream.events_until(lambda evs: bool(evs))
+        events = stream.events_until(bool)
     finally:
         stream.close()
     assert [(e["Key"], e["Namespace"]) for e in events] == [(job_id, "evns")]

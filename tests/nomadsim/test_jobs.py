@@ -228,10 +228,10 @@ def test_child_status_transitions(api: Api) -> None:
     job_id = unique("trans")
     api.register(parameterized(job_id, config={"run_for": "300ms"}))
     child = api.dispatch(job_id)["DispatchedJobID"]
-    seen = []
+    seen: list[str] = []
 
     def progressed() -> bool:
-        status = api.job(child)["Status"]
+        status: str = api.job(child)["Status"]
         if not seen or seen[-1] != status:
             seen.append(status)
         return status == "dead"

@@ -1,0 +1,183 @@
+"""In-process tests of nomadsim's Go-compatibility helpers, filters, policies and flags."""
+
+from __future__ import annotations
+
+import pytest
+
+from nomadsim.__main__ import build_parser, config_from_args
+from nomadsim.acl import AclStore, PolicyError, Token, parse_rules
+from nomadsim.faults import FaultRule, Faults
+from nomadsim.filterexpr import FilterError, compile_filter
+from nomadsim.godecode import STRING_MAP, DecodeError, decode_body, go_b64decode, struct
+from nomadsim.jsonshape import (
+    format_go_duration,
+    go_list,
+    go_quote,
+    multierror,
+    parse_go_duration,
+    rfc3339,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "quoted"),
+    [("video", '"video"'), ('a"b', '"a\\"b"'), ("tab\there", '"tab\\there"'),
+     ("\x01", '"\\x01"'), ("caf\u00e9", '"caf\u00e9"')],
+)
+def test_go_quote(text: str, quoted: str) -> None:
+    assert go_quote(text) == quoted
+
+
+def test_go_list_and_multierror() -> None:
+    assert go_list(["a", "b"]) == "[a b]"
+    assert multierror(["x"]) == "1 error occurred:\n\t* x\n\n"
+    assert multierror(["x", "y"]) == "2 errors occurred:\n\t* x\n\t* y\n\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [("5s", 5_000_000_000), ("300ms", 300_000_000), ("1m30s", 90_000_000_000),
+     ("1.5h", 5_400_000_000_000), ("0", 0), ("-2s", -2_000_000_000), ("10\u00b5s", 10_000)],
+)
+def test_parse_go_duration(text: str, ns: int) -> None:
+    assert parse_go_duration(text) == ns
+
+
+@pytest.mark.parametrize("text", ["", "5", "s", "5x", "1.s.", "--1s"])
+def test_parse_go_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="time: "):
+        parse_go_duration(text)
+
+
+def test_format_go_duration_and_times() -> None:
+    assert format_go_duration(200_000_000) == "200ms"
+    assert format_go_duration(90_000_000_000) == "1m30s"
+    assert format_go_duration(3_600_000_000_000) == "1h0m0s"
+    assert rfc3339(0) == "0001-01-01T00:00:00Z"
+    assert rfc3339(1_485_379_325_500_000_000) == "2017-01-25T21:22:05.5Z"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("aGVsbG8", "illegal base64 data at input byte 4"),
+        ("aGVsbA=", "illegal base64 data at input byte 7"),
+        ("a", "illegal base64 data at input byte 0"),
+        ("aGV!", "illegal base64 data at input byte 3"),
+        ("aGVsbG8=x", "illegal base64 data at input byte 8"),
+        ("=", "illegal base64 data at input byte 0"),
+    ],
+)
+def test_go_base64_errors(text: str, message: str) -> None:
+    with pytest.raises(DecodeError, match=f"^{message}$"):
+        go_b64decode(text)
+
+
+def test_go_base64_accepts_newlines() -> None:
+    assert go_b64decode("aGVs\r\nbG8=") == b"hello"
+    assert go_b64decode("") == b""
+
+
+WIRE = struct("structs.Wire", Name=STRING_MAP)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{\"a\" 1}", "invalid character '1' after object key"),
+        (b"{\"a\":1 \"b\"}", "invalid character '\"' after object key:value pair"),
+        (b"[1 2]", "invalid character '2' after array element"),
+        (b"{1}", "invalid character '1' looking for beginning of object key string"),
+        (b"tru", "unexpected EOF"),
+        (b"trux", "invalid character 'x' in literal true (expecting 'e')"),
+        (b"nul", "unexpected EOF"),
+        (b"\"a\\qb\"", "invalid character 'q' in string escape code"),
+        (b"\"a\nb\"", "invalid character '\\n' in string literal"),
+        (b"-x", "invalid character 'x' in numeric literal"),
+        (b"1.x", "invalid character 'x' after decimal point in numeric literal"),
+        (b"1ex", "invalid character 'x' in exponent of numeric literal"),
+        (b"NaN", "invalid character 'N' looking for beginning of value"),
+        (b"'a'", "invalid character '\\'' looking for beginning of value"),
+    ],
+)
+def test_go_syntax_errors(body: bytes, message: str) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_body(body, WIRE)
+    assert str(caught.value) == message
+
+
+def test_go_struct_decoding() -> None:
+    assert decode_body(b'{"name":{"a":"b","c":null},"other":1}', WIRE) == {
+        "Name": {"a": "b", "c": ""}}
+    with pytest.raises(DecodeError, match="Go struct field Wire.Name of type string$"):
+        decode_body(b'{"Name":{"a":true}}', WIRE)
+    with pytest.raises(DecodeError, match="Go value of type structs.Wire$"):
+        decode_body(b'"x"', WIRE)
+
+
+def test_filter_compile_errors() -> None:
+    fields = {"ID", "Meta"}
+    for text in ("", "ID ==", "Nope == 1", "ID is maybe", "(ID == 1", 'ID matches "["'):
+        with pytest.raises(FilterError):
+            compile_filter(text, fields)
+    predicate = compile_filter('ID != "a" and not Meta is empty', fields)
+    assert predicate({"ID": "b", "Meta": {"k": "v"}})
+    assert not predicate({"ID": "a", "Meta": {"k": "v"}})
+    assert not predicate({"ID": "b", "Meta": None})
+
+
+def test_policy_rules() -> None:
+    rules = parse_rules(
+        """
+        /* block comment */
+        namespace "default" { policy = "read" }
+        namespace "team-*" {
+          policy       = "read"
+          capabilities = ["dispatch-job"]   // extra
+        }
+        node { policy = "read" }
+        """
+    )
+    assert "read-job" in rules["default"] and "dispatch-job" not in rules["default"]
+    assert {"dispatch-job", "list-jobs"} <= rules["team-*"]
+    for bad in ('namespace "x" { policy = "admin" }', 'namespace "x" {', "namespace = ["):
+        with pytest.raises(PolicyError):
+            parse_rules(bad)
+
+
+def test_policy_matching_prefers_exact_then_closest_glob() -> None:
+    acl = AclStore(enabled=True)
+    acl.policies["p"] = {"_caps": parse_rules(
+        'namespace "*" { policy = "write" }\n'
+        'namespace "prod-*" { policy = "read" }\n'
+        'namespace "prod-eu" { capabilities = ["dispatch-job"] }\n')}
+    acl.tokens["s"] = Token("a", "s", "n", "client", ["p"], 1)
+    authz = acl.resolve("s")
+    assert authz is not None
+    assert authz.allows("dev", "dispatch-job")
+    assert not authz.allows("prod-us", "dispatch-job") and authz.allows("prod-us", "read-job")
+    assert authz.allows("prod-eu", "dispatch-job") and not authz.allows("prod-eu", "read-job")
+    assert acl.resolve("unknown") is None
+    assert acl.resolve("") is not None
+
+
+def test_fault_flags_and_counts() -> None:
+    rule = FaultRule.from_flag("error:dispatch:1:2")
+    assert (rule.kind, rule.route, rule.probability, rule.count) == ("error", "dispatch", 1.0, 2)
+    faults = Faults(0, [rule])
+    decisions = [faults.decide("dispatch", "POST").action for _ in range(3)]
+    assert [d is not None for d in decisions] == [True, True, False]
+    assert faults.decide("jobs", "GET").action is None
+    slow = FaultRule.from_flag('{"kind": "slow", "delay_ms": 30}')
+    assert Faults(10, [slow]).decide("jobs", "GET").delay == pytest.approx(0.04)
+
+
+def test_cli_flags() -> None:
+    config = config_from_args(["--port", "1", "--run-time", "2s", "--schedule-delay", "0.5",
+                               "--nodes", "4", "--acl", "--fault", "cut:evaluation",
+                               "--heartbeat", "250ms", "--region", "eu"])
+    assert (config.port, config.run_time, config.schedule_delay, config.nodes) == (1, 2.0, 0.5, 4)
+    assert (config.acl, config.heartbeat, config.region) == (True, 0.25, "eu")
+    assert config.faults[0]["kind"] == "cut"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--fault", "explode"])
