@@ -7,7 +7,9 @@ task plus all its retry delays, so a message is redelivered only when its worker
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from celery import Celery
 
@@ -15,6 +17,30 @@ from config.settings import Settings
 
 TASK_DISPATCH = "dispatchq.dispatch"
 """The task name in every queue message; part of the stable message format."""
+
+_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+_SSL_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def redis_ssl_options(url: str) -> dict[str, Any] | None:
+    """TLS options for Celery's broker and result backend, from a `rediss://` URL.
+
+    They come from the URL's query, with the names and values redis-py itself reads there
+    (`ssl_cert_reqs=required|optional|none`, `ssl_ca_certs`, `ssl_certfile`,
+    `ssl_keyfile`), so the producers' and workers' own Redis clients, the broker and the
+    result backend all verify the server the same way. Verification is required unless
+    the URL says otherwise: kombu alone would fall back to no verification at all."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    query = dict(parse_qsl(parts.query))
+    reqs = query.get("ssl_cert_reqs", "required")
+    if reqs not in _CERT_REQS:
+        raise ValueError(f"ssl_cert_reqs must be one of {sorted(_CERT_REQS)}, not {reqs!r}")
+    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS[reqs]}
+    options.update({name: query[name] for name in _SSL_FILES if query.get(name)})
+    return options
+
 
 def visibility_timeout(settings: Settings) -> int:
     """Seconds before kombu redelivers an unacknowledged message to another worker: the
@@ -37,8 +63,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_interval": max(1, min(10, visibility // 10)),
         "unacked_restore_throttle": 1,
     }
+    tls = redis_ssl_options(url)
     return {
         "broker_url": url,
+        "broker_use_ssl": tls,
+        "redis_backend_use_ssl": tls,
         "result_backend": url,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     task_time_limit: int = Field(
         3_600, ge=5, description="Hard limit on one dispatch task (dispatch + monitoring), s."
     )
+    max_deliveries: int = Field(
+        5,
+        ge=1,
+        description="Deliveries of one request (besides its retries) before it is "
+        "dead-lettered as a message that keeps killing its workers.",
+    )
     payload_file_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="Directories file:// payload references may read."
     )

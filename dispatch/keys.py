@@ -77,5 +77,5 @@ def is_broker_key(key: str, queue: str) -> bool:
         key in KOMBU_KEYS
         or key == queue
         or key.startswith(f"{queue}\x06\x16")
-        or key.startswith("_kombu.binding.")
+        or key.startswith("_kombu.binding")
     )

@@ -18,6 +18,9 @@ settings = load_settings()
 configure_logging(settings.log_format, settings.log_level)
 app: Celery = make_app(settings)
 app.conf.include = ["worker.tasks"]
+# Poison messages go to the dead-letter list instead of stopping or bypassing the worker.
+app.conf.broker_transport = "worker.poison:PoisonTransport"
+app.conf.worker_consumer = "worker.poison:PoisonAwareConsumer"
 
 _heartbeat: list[Heartbeat] = []
 

@@ -1,20 +1,40 @@
-"""The dead-letter list: messages no retry can fix, kept with the reason for `dispatchq dlq`."""
+"""Dead-lettering from the worker: the task (bad arguments) and the consumer (`worker.poison`)
+put what no retry can fix on the dead-letter list (`dispatch.dlq`), with the reason."""
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
 import redis
+import structlog
 
-from dispatch import keys
+from dispatch import dlq
+
+log = structlog.get_logger(__name__)
 
 
-def dead_letter(client: redis.Redis, *, reason: str, **message: Any) -> None:
-    """Append one entry to `keys.DLQ` and renew its TTL."""
-    entry = {"reason": reason, "at": time.time(), **message}
-    pipe = client.pipeline(transaction=False)
-    pipe.rpush(keys.DLQ, json.dumps(entry, default=repr))
-    pipe.expire(keys.DLQ, keys.DLQ_TTL)
-    pipe.execute()
+def dead_letter(
+    client: redis.Redis,
+    *,
+    reason: str,
+    kind: str = "invalid_request",
+    task_id: str | None = None,
+    task: str | None = None,
+    queue: str | None = None,
+    message: str | None = None,
+    **details: Any,
+) -> None:
+    """Append one entry to the dead-letter list and log it. `message` is the raw queue
+    message when there is one (kept for `dispatchq dlq replay`); `details` are kept as
+    they are, for the reader."""
+    entry = dlq.DeadLetter(
+        reason=reason,
+        kind=kind,
+        task_id=task_id,
+        task=task,
+        queue=queue,
+        message=None if message is None else dlq.truncate(message),
+        details=details,
+    )
+    dlq.append(client, entry)
+    log.warning("message.dead_lettered", kind=kind, reason=reason, task_id=task_id, queue=queue)

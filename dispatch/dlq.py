@@ -1,0 +1,197 @@
+"""The dead-letter list: queue messages no retry can fix, each kept with the reason.
+
+Workers append entries (`worker.deadletter`, `worker.poison`); `dispatchq dlq` lists,
+replays and purges them. An entry is one JSON object per element of the Redis list
+`keys.DLQ`:
+
+| field     | meaning                                                                  |
+|-----------|--------------------------------------------------------------------------|
+| `reason`  | what is wrong, in words                                                  |
+| `kind`    | one of `KINDS` below                                                     |
+| `at`      | Unix time it was dead-lettered                                           |
+| `task_id` | the message's task ID (the request ID), when it had one                  |
+| `task`    | the task name the message asked for, when it had one                     |
+| `queue`   | the queue it came from                                                   |
+| `message` | the raw queue message (the kombu envelope), kept for `replay`            |
+| `details` | anything else worth seeing (e.g. the arguments that failed validation)   |
+
+Only `REPLAYABLE` kinds are replayed: the others would fail the same way again.
+
+The delivery cap lives here too: the consumer counts each delivery of a request in its
+request record (`DELIVERIES`), and a request delivered more than `max_deliveries` times
+besides its own retries (a message that keeps killing its worker) is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from dispatch import keys
+from dispatch.errors import DispatchqError
+
+KINDS = {
+    "undecodable": "the queue item is not JSON",
+    "malformed": "JSON, but not a Celery protocol-2 task message",
+    "content": "the body cannot be decoded (bad JSON, or a refused type such as pickle)",
+    "unknown_task": "no such task is registered on the worker",
+    "invalid_task": "Celery refused the task message (bad eta, expires, ...)",
+    "invalid_request": "the arguments are not a valid dispatch request",
+    "delivery_cap": "delivered too many times: it may be killing its workers",
+}
+REPLAYABLE = frozenset({"unknown_task", "delivery_cap"})
+
+MAX_ENTRIES = 10_000
+"""The list keeps the newest entries only, so a flood of bad messages cannot fill Redis."""
+MAX_MESSAGE_CHARS = 64 * 1024
+"""A raw message longer than this is kept truncated (and cannot be replayed)."""
+
+DELIVERIES = "deliveries"
+"""Field of the request record counting the deliveries of its messages."""
+
+
+class DeliveryCapExceeded(DispatchqError):
+    """A request whose messages were delivered too many times. Permanent."""
+
+    kind = "delivery_cap"
+
+
+class NotReplayable(ValueError):
+    """An entry that `replay` refuses; the message says why."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    kind: str
+    at: float = field(default_factory=time.time)
+    task_id: str | None = None
+    task: str | None = None
+    queue: str | None = None
+    message: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    raw: str = field(default="", compare=False)
+    """The stored list element, exactly (what `LREM` needs); not part of the JSON."""
+
+    @property
+    def replayable(self) -> bool:
+        return (
+            self.kind in REPLAYABLE
+            and self.message is not None
+            and len(self.message) < MAX_MESSAGE_CHARS
+            and bool(self.queue)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["raw"]
+        return data
+
+    @classmethod
+    def parse(cls, raw: str) -> DeadLetter:
+        """The entry stored as `raw`; a line that is not an entry becomes one that says so."""
+        try:
+            data = json.loads(raw)
+            return cls(
+                reason=str(data["reason"]),
+                kind=str(data.get("kind", "invalid_request")),
+                at=float(data.get("at", 0.0)),
+                task_id=_opt_str(data.get("task_id")),
+                task=_opt_str(data.get("task")),
+                queue=_opt_str(data.get("queue")),
+                message=_opt_str(data.get("message")),
+                details=data.get("details") if isinstance(data.get("details"), dict) else {},
+                raw=raw,
+            )
+        except (ValueError, TypeError, KeyError):
+            return cls(reason="unreadable dead-letter entry", kind="malformed", at=0.0, raw=raw)
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def truncate(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "...[truncated]"
+
+
+def append(client: redis.Redis, entry: DeadLetter) -> None:
+    """Add `entry`, keep the newest `MAX_ENTRIES`, renew the list's TTL."""
+    pipe = client.pipeline(transaction=False)
+    pipe.rpush(keys.DLQ, json.dumps(entry.to_json(), default=repr))
+    pipe.ltrim(keys.DLQ, -MAX_ENTRIES, -1)
+    pipe.expire(keys.DLQ, keys.DLQ_TTL)
+    pipe.execute()
+
+
+def entries(client: redis.Redis) -> list[DeadLetter]:
+    """Every entry, oldest first."""
+    items: list[bytes] = client.lrange(keys.DLQ, 0, -1)  # type: ignore[assignment]
+    return [DeadLetter.parse(item.decode("utf-8", "replace")) for item in items]
+
+
+def purge(client: redis.Redis) -> int:
+    """Delete every entry; returns how many there were."""
+    pipe = client.pipeline(transaction=True)
+    pipe.llen(keys.DLQ)
+    pipe.delete(keys.DLQ)
+    count, _ = pipe.execute()
+    return int(count)
+
+
+# Replaying un-finishes the request: the counts `records._DONE_LUA` added to its batch
+# are taken back, so that the replayed run is counted once when it finishes.
+_REPLAY_LUA = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+if #KEYS == 4 then
+  redis.call('DEL', KEYS[3])
+  local state, code, batch, child = unpack(redis.call(
+    'HMGET', KEYS[4], 'state', 'exit_code', 'batch_id', 'dispatched_job_id'))
+  if state == 'done' and batch and batch ~= '' then
+    local counters = ARGV[5] .. batch
+    redis.call('HINCRBY', counters, 'done', -1)
+    if code then redis.call('HINCRBY', counters, 'exit:' .. code, -1) end
+    if child and child ~= '' then redis.call('HINCRBY', counters, 'done_dispatched', -1) end
+  end
+  redis.call('HDEL', KEYS[4], ARGV[3], 'exit_code')
+  redis.call('HSET', KEYS[4], 'state', 'queued')
+  redis.call('EXPIRE', KEYS[4], ARGV[4])
+end
+return 1
+"""
+
+
+def replay(client: redis.Redis, entry: DeadLetter, result_ttl: int) -> None:
+    """Put the entry's original message back on its queue and drop the entry, atomically.
+
+    The request starts afresh from its record: the dead-letter outcome and the delivery
+    count are cleared, the write-ahead fields are kept (so a request that had dispatched
+    resumes instead of dispatching again)."""
+    if not entry.replayable:
+        raise NotReplayable(
+            f"a {entry.kind} dead letter cannot be replayed: it would fail the same way"
+            if entry.kind not in REPLAYABLE
+            else "this dead letter has no complete original message to replay"
+        )
+    assert entry.message is not None and entry.queue
+    script_keys = [keys.DLQ, entry.queue]
+    if entry.task_id:
+        script_keys += [keys.celery_result(entry.task_id), keys.request(entry.task_id)]
+    args: list[str | int] = [entry.raw, entry.message, DELIVERIES, result_ttl, keys.batch("")]
+    if not client.eval(_REPLAY_LUA, len(script_keys), *script_keys, *args):
+        raise NotReplayable("the entry is no longer in the dead-letter list")
+
+
+def count_delivery(client: redis.Redis, request_id: str, result_ttl: int) -> int:
+    """Count one more delivery of the request's message; returns the total so far."""
+    record = keys.request(request_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(record, DELIVERIES, 1)
+    pipe.expire(record, result_ttl)
+    total, _ = pipe.execute()
+    return int(total)

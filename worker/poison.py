@@ -1,0 +1,235 @@
+"""Poison messages: what the worker cannot run goes to the dead-letter list, and the worker
+keeps consuming.
+
+Out of the box a bad queue item either vanishes with a log line (Celery acks or rejects an
+undecodable body, an unknown task) or stops the worker for good (kombu raises out of its
+event loop on an item that is not JSON, and Celery's request parser on a JSON body that is
+not `[args, kwargs, embed]`: "Unrecoverable error"). Here every such item is caught where
+it surfaces, dead-lettered with the reason and, when it names one of our requests, given
+an exit-1 outcome so that nobody waits for it forever:
+
+- `PoisonTransport` (kombu level): items that are not JSON, or not a kombu envelope. They
+  were already taken off the queue, so nothing is left to acknowledge.
+- `PoisonAwareConsumer` (Celery level): bodies that do not decode or are not protocol 2,
+  content types other than JSON (pickle is refused), unknown task names, messages Celery
+  refuses, and requests past the delivery cap (`dispatch.dlq`). These are acknowledged
+  once dead-lettered: if the dead-letter write fails they stay unacknowledged and come
+  back, so a bad message is never dropped unrecorded.
+
+`worker.app` installs both (`broker_transport`, `worker_consumer`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import structlog
+from celery.worker.consumer import Consumer
+from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.transport import redis as kombu_redis
+from vine import promise
+
+from config.celery import TASK_DISPATCH
+from config.settings import Settings, load_settings
+from dispatch import dlq
+from dispatch.outcome import Outcome
+from dispatch.records import RecordStore, RequestState
+from worker.deadletter import dead_letter
+
+log = structlog.get_logger(__name__)
+_ack_log = logging.getLogger(__name__)  # kombu's ack_log_error wants a stdlib logger
+
+
+@dataclass(frozen=True)
+class _Sink:
+    """Where the main process writes dead letters: built once, after settings load."""
+
+    settings: Settings
+    redis: redis.Redis
+
+
+@functools.cache
+def _sink() -> _Sink:
+    settings = load_settings()
+    return _Sink(settings, redis.Redis.from_url(settings.redis_url.get_secret_value()))
+
+
+def envelope_problem(raw: Any) -> str | None:
+    """Why a decoded queue item is not a message kombu can deliver, or None if it is."""
+    if not isinstance(raw, dict):
+        return f"a queue message must be a JSON object, not {type(raw).__name__}"
+    props = raw.get("properties")
+    if not isinstance(props, dict):
+        return "the message has no 'properties' object"
+    if not isinstance(props.get("delivery_tag"), str | int):
+        return "properties.delivery_tag is missing"
+    if not isinstance(props.get("delivery_info", {}), dict):
+        return "properties.delivery_info must be an object"
+    for name in ("headers",):
+        if raw.get(name) is not None and not isinstance(raw[name], dict):
+            return f"'{name}' must be an object"
+    for name in ("content-type", "content-encoding"):
+        if raw.get(name) is not None and not isinstance(raw[name], str):
+            return f"'{name}' must be a string"
+    body = raw.get("body")
+    if body is not None and not isinstance(body, str):
+        return "'body' must be a string"
+    encoding = props.get("body_encoding")
+    if body and encoding:
+        if encoding != "base64":
+            return f"unknown properties.body_encoding {encoding!r}"
+        try:
+            base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            return "the body is not valid base64"
+    return None
+
+
+def body_problem(body: Any) -> str | None:
+    """Why a decoded body is not Celery protocol 2 (`[args, kwargs, embed]`), or None."""
+    if (
+        isinstance(body, list)
+        and len(body) == 3
+        and isinstance(body[0], list)
+        and isinstance(body[1], dict)
+        and (body[2] is None or isinstance(body[2], dict))
+    ):
+        return None
+    return "the body is not a Celery protocol-2 body [args, kwargs, embed]"
+
+
+class PoisonChannel(kombu_redis.Channel):
+    def _brpop_read(self, **options: Any) -> bool:
+        # The only JSON decoding before a message exists is kombu's of the queue item
+        # (bodies are decoded later and raise kombu's DecodeError).
+        try:
+            return bool(super()._brpop_read(**options))  # type: ignore[misc]
+        except json.JSONDecodeError as err:
+            raw = err.doc
+        except UnicodeDecodeError as err:
+            raw = err.object.decode("utf-8", "replace")
+        dead_letter(
+            _sink().redis,
+            reason="the queue item is not JSON",
+            kind="undecodable",
+            queue=_sink().settings.queue,
+            message=raw,
+        )
+        return True
+
+
+class PoisonTransport(kombu_redis.Transport):
+    """kombu's Redis transport, with bad queue items dead-lettered instead of raised."""
+
+    Channel = PoisonChannel
+
+    def _deliver(self, message: Any, queue: str | None) -> None:
+        problem = envelope_problem(message)
+        if problem is None:
+            super()._deliver(message, queue)
+            return
+        dead_letter(
+            _sink().redis,
+            reason=problem,
+            kind="malformed",
+            queue=queue,
+            message=json.dumps(message),
+        )
+
+
+class PoisonAwareConsumer(Consumer):
+    """Celery's consumer, with every refused message dead-lettered (see the module doc)."""
+
+    def create_task_handler(self, promise: Any = promise) -> Any:
+        run = super().create_task_handler(promise)
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                body = message.decode()
+            except (DecodeError, ContentDisallowed):
+                return run(message)  # Celery's path: on_decode_error / on_invalid_task
+            problem = body_problem(body)
+            if problem is not None:
+                return self._refuse(message, "malformed", problem, body)
+            if isinstance(message.headers, dict) and message.headers.get("task") == TASK_DISPATCH:
+                over = self._over_delivery_cap(message)
+                if over is not None:
+                    return self._refuse(message, "delivery_cap", over, body)
+            return run(message)
+
+        return on_task_received
+
+    def on_decode_error(self, message: Any, exc: BaseException) -> None:
+        kind = "content" if isinstance(exc, DecodeError | ContentDisallowed) else "malformed"
+        self._refuse(message, kind, f"cannot decode the message: {exc}")
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._refuse(message, "malformed", "the message names no task (no 'task' header)", body)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        name = message.headers.get("task") if isinstance(message.headers, dict) else None
+        self._refuse(message, "unknown_task", f"no task named {name!r} on this worker", body)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        kind = "content" if isinstance(exc, ContentDisallowed) else "invalid_task"
+        self._refuse(message, kind, f"invalid task message: {exc}", body)
+
+    def _over_delivery_cap(self, message: Any) -> str | None:
+        task_id = message.headers.get("id")
+        if not isinstance(task_id, str) or not task_id:
+            return None
+        sink = _sink()
+        deliveries = dlq.count_delivery(sink.redis, task_id, sink.settings.result_ttl)
+        retries = message.headers.get("retries")
+        allowed = sink.settings.max_deliveries + (retries if isinstance(retries, int) else 0)
+        if deliveries <= allowed:
+            return None
+        record = RecordStore(sink.redis, sink.settings.result_ttl).load(task_id)
+        if record is not None and record.state == RequestState.DONE:
+            return None  # a late duplicate of a finished request: let it resume harmlessly
+        return (
+            f"delivered {deliveries} times (cap {sink.settings.max_deliveries} besides its "
+            "retries): it may be killing its workers"
+        )
+
+    def _refuse(self, message: Any, kind: str, reason: str, body: Any = None) -> None:
+        """Dead-letter, give a request of ours its exit-1 outcome, then acknowledge."""
+        sink = _sink()
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
+        task = headers.get("task") if isinstance(headers.get("task"), str) else None
+        delivery_info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
+        dead_letter(
+            sink.redis,
+            reason=reason,
+            kind=kind,
+            task_id=task_id,
+            task=task,
+            queue=delivery_info.get("routing_key") or sink.settings.queue,
+            message=_original(message),
+        )
+        if task == TASK_DISPATCH and task_id:
+            kwargs = body[1] if body_problem(body) is None else {}
+            job_id, batch_id = (
+                value if isinstance(value, str) else ""
+                for value in (kwargs.get("job_id"), kwargs.get("batch_id"))
+            )
+            outcome = Outcome.failed(job_id, kind=kind, message=reason)
+            self.app.backend.mark_as_done(task_id, outcome.to_json())
+            RecordStore(sink.redis, sink.settings.result_ttl).mark_done(
+                task_id, outcome.exit_code, batch_id or None, reason
+            )
+        message.ack_log_error(_ack_log, self.connection_errors)  # type: ignore[attr-defined]
+
+
+def _original(message: Any) -> str | None:
+    """The queue item as it was received (what `replay` pushes back), if kombu kept it."""
+    raw = getattr(message, "_raw", None)
+    return json.dumps(raw) if isinstance(raw, dict) else None
