@@ -215,16 +215,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(name)
 
 
+_DECODER = json.JSONDecoder(
+    parse_int=GoNumber, parse_float=GoNumber, parse_constant=_reject_constant
+)
+
+
 def parse_json(body: bytes) -> Any:
     """The first JSON value of body, as Go's Decoder would accept it."""
     text = body.decode("utf-8", errors="replace")
     try:
-        return json.loads(
-            text, parse_int=GoNumber, parse_float=GoNumber, parse_constant=_reject_constant
-        )
+        return _DECODER.decode(text)
     except ValueError:
         end = _Scanner(text).scan()
-    return json.loads(text[:end], parse_int=GoNumber, parse_float=GoNumber)
+    return _DECODER.decode(text[:end])
 
 
 # ---------------------------------------------------------------------------------------
@@ -381,11 +384,17 @@ def _decode_struct(value: Any, gotype: GoType, ctx: _Context) -> dict[str, Any]:
         raise ctx.error(_json_kind(value), gotype)
     out: dict[str, Any] = {}
     outer = ctx.struct
+    fields = gotype.fields
     for key, item in value.items():
-        name = gotype.field_for(key)
+        name = key if key in fields else gotype.folded.get(key.casefold())
         if name is None:
             if gotype.keep_unknown:
                 out[key] = _plain(item)
+            continue
+        kind = fields[name].kind
+        # fast paths for the common well-typed fields
+        if item is None or (kind == "string" and type(item) is str):
+            out[name] = item
             continue
         ctx.struct = gotype.name.rsplit(".", 1)[-1]
         ctx.stack.append(name)

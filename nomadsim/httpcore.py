@@ -81,6 +81,10 @@ class Ctx:
             raise permission_denied()
 
     async def body(self) -> bytes:
+        content = self.request.content
+        if content.is_eof():
+            # the whole body is already buffered: skip the awaiting read loop
+            return content.read_nowait(-1)
         return await self.request.read()
 
     async def decode(self, gotype: GoType) -> dict[str, Any]:
