@@ -1,0 +1,116 @@
+"""Workers SIGKILLed mid-flight: every request still ends with one outcome and one child."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from devstack.worker_process import WorkerProcess
+from producer.enqueue import NewRequest
+from tests.support.faults import (
+    REDELIVERY,
+    Accounting,
+    Dispatches,
+    FaultStack,
+    deliveries,
+    set_latency,
+    states,
+    token,
+    wait_until,
+)
+from tests.support.nomad_jobs import add_fault
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+BATCH = 1000
+MAX_KILLS = 8
+
+
+def test_sigkill_workers_again_and_again_during_a_1000_request_batch(
+    fault_stack: FaultStack,
+) -> None:
+    """Two workers serve a 1,000-request batch; one of them is SIGKILLed every couple of
+    seconds (alternately) and replaced. Killed workers' messages come back after the
+    visibility timeout and resume from the write-ahead record or Nomad's idempotency."""
+    stack = fault_stack
+    # Every Nomad call takes a while, so kills land on workers mid-request.
+    set_latency(stack.sim.address, 60)
+    incarnation = 0
+
+    def spawn(slot: int) -> WorkerProcess:
+        nonlocal incarnation
+        incarnation += 1
+        return stack.worker(f"w{slot}-{incarnation}").start()
+
+    workers = [spawn(1), spawn(2)]
+    kills = 0
+    try:
+        with stack.producer() as producer:
+            items = [
+                NewRequest("encode", payload=b'{"clip": %d}' % n, meta={"profile": "hd"})
+                for n in range(BATCH)
+            ]
+            ids = [rid for rid, _ in producer.enqueuer.enqueue(items)]
+            while kills < MAX_KILLS and states(producer.redis, ids)["done"] < BATCH * 0.9:
+                time.sleep(1.5)
+                slot = kills % 2
+                workers[slot].kill()
+                kills += 1
+                workers[slot] = spawn(slot + 1)
+            accounting = Accounting.of(stack, producer, ids, timeout=90 + REDELIVERY)
+            redelivered = sum(n for k, n in deliveries(producer.redis, ids).items() if k > 1)
+    finally:
+        for worker in workers:
+            worker.stop()
+    stack.report(
+        "SIGKILL workers, 1,000 requests",
+        requests=BATCH,
+        faults=f"{kills} SIGKILLs of 2 workers",
+        lost=len(accounting.lost),
+        doubled=len(accounting.doubled),
+        notes=f"{redelivered} requests delivered more than once; "
+        f"{sum(accounting.dispatches.repeats[token(r)] for r in ids)} idempotent repeats",
+    )
+    assert kills >= 1
+    accounting.assert_each_succeeded_once(ids)
+
+
+def test_worker_killed_while_monitoring_resumes_without_a_second_dispatch(
+    fault_stack: FaultStack,
+) -> None:
+    """Twenty requests are being monitored when their worker is SIGKILLed; a rescuer gets
+    them again and follows the recorded job and evaluation, without calling dispatch."""
+    stack = fault_stack
+    count = 20
+    # The first read of each evaluation hangs, so the requests stay in `monitoring`.
+    add_fault(
+        stack.sim.address, {"kind": "slow", "route": "evaluation", "delay_ms": 8000, "count": count}
+    )
+    victim = stack.worker("victim", concurrency=count).start()
+    try:
+        with stack.producer() as producer:
+            ids = [producer.enqueue("encode", meta={"profile": "sd"}) for _ in range(count)]
+            wait_until(lambda: states(producer.redis, ids)["monitoring"] == count, 30, "monitoring")
+            victim.kill()
+            assert states(producer.redis, ids)["done"] == 0
+            with stack.worker("rescuer", concurrency=count):
+                accounting = Accounting.of(stack, producer, ids, timeout=30 + REDELIVERY)
+            delivered = deliveries(producer.redis, ids)
+    finally:
+        victim.kill()
+    calls = Dispatches.read(stack.sim.address)
+    stack.report(
+        "SIGKILL while monitoring",
+        requests=count,
+        faults="1 SIGKILL with every request monitoring",
+        lost=len(accounting.lost),
+        doubled=len(accounting.doubled),
+        notes=f"dispatch calls after the kill: {sum(calls.repeats[token(r)] for r in ids)}",
+    )
+    accounting.assert_each_succeeded_once(ids)
+    assert all(calls.repeats[token(rid)] == 0 for rid in ids), "dispatch was called again"
+    assert delivered == {2: count}
+    rescuer_log = (stack.log_dir / "rescuer.log").read_text()
+    assert rescuer_log.count('"request.resumed"') == count
+    assert '"request.dispatched"' not in rescuer_log

@@ -1,0 +1,192 @@
+"""The fault suite's stack and book-keeping: a private redis-server per scenario (so it can
+be killed), one nomadsim for the session, worker processes, and the figures each scenario
+reports (requests, faults injected, lost, doubled), printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import requests
+
+from devstack.worker_process import WorkerProcess
+from dispatch import keys
+from producer.api import Producer, RequestStatus
+from tests.support.nomad_jobs import (
+    sim_dispatches,
+)
+from tests.support.stack import QUEUE, Stack
+
+WORKER_ENV = {
+    # A small time limit keeps the visibility timeout (and so redelivery after a kill)
+    # near 11 s: 6 + 4 x 0.2 + 5 (config.celery.visibility_timeout).
+    "DISPATCHQ_TASK_TIME_LIMIT": "6",
+    "DISPATCHQ_RETRY_MAX": "4",
+    "DISPATCHQ_RETRY_FLOOR": "0.05",
+    "DISPATCHQ_RETRY_CAP": "0.2",
+    "DISPATCHQ_LOG_FORMAT": "json",
+    "DISPATCHQ_QUEUE": QUEUE,
+}
+REDELIVERY = 11.0
+"""Seconds after which kombu gives a dead worker's messages to another (see WORKER_ENV)."""
+
+
+@dataclass
+class Figure:
+    scenario: str
+    requests: int
+    faults: str
+    lost: int
+    doubled: int
+    seconds: float
+    notes: str = ""
+
+
+FIGURES: list[Figure] = []
+"""What each scenario reported, in run order (printed by tests/faults/conftest.py)."""
+
+
+@dataclass
+class FaultStack(Stack):
+    """`Stack` with its own redis-server (killable) and worker environment overrides."""
+
+    started: float = field(default_factory=time.monotonic)
+
+    def with_env(self, **overrides: str) -> FaultStack:
+        return dataclasses.replace(self, env={**self.env, **overrides})
+
+    def workers(self, count: int, prefix: str = "w", **kwargs: Any) -> list[WorkerProcess]:
+        return [self.worker(f"{prefix}{n + 1}", **kwargs) for n in range(count)]
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis.url)
+
+    def report(
+        self, scenario: str, *, requests: int, faults: str, lost: int, doubled: int, notes: str = ""
+    ) -> None:
+        seconds = time.monotonic() - self.started
+        FIGURES.append(Figure(scenario, requests, faults, lost, doubled, seconds, notes))
+
+    def worker_output(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+
+def token(request_id: str) -> str:
+    """The idempotency token dispatchq sends for a request."""
+    return f"dispatchq-{request_id}"
+
+
+@dataclass
+class Dispatches:
+    """nomadsim's record of dispatch calls, per idempotency token."""
+
+    children: Counter[str]
+    repeats: Counter[str]
+    child_of: dict[str, str]
+
+    @classmethod
+    def read(cls, address: str) -> Dispatches:
+        children: Counter[str] = Counter()
+        repeats: Counter[str] = Counter()
+        child_of: dict[str, str] = {}
+        for record in sim_dispatches(address):
+            tok = str(record.get("idempotency_token") or "")
+            if record.get("repeat"):
+                repeats[tok] += 1
+            else:
+                children[tok] += 1
+                child_of[tok] = str(record["child_id"])
+        return cls(children, repeats, child_of)
+
+
+@dataclass
+class Accounting:
+    """Where every request of a scenario ended: the evidence for "nothing lost or doubled"."""
+
+    statuses: dict[str, RequestStatus]
+    dispatches: Dispatches
+    lost: list[str]
+    doubled: list[str]
+    exit_codes: Counter[int]
+    mismatched: list[str]
+    """Requests whose outcome names another child than the one nomadsim created."""
+
+    @classmethod
+    def of(cls, stack: Stack, producer: Producer, ids: list[str], timeout: float) -> Accounting:
+        statuses = producer.wait(ids, timeout=timeout)
+        dispatches = Dispatches.read(stack.sim.address)
+        lost = [rid for rid in ids if not statuses[rid].done]
+        doubled = [rid for rid in ids if dispatches.children[token(rid)] > 1]
+        codes: Counter[int] = Counter()
+        mismatched = []
+        for rid in ids:
+            outcome = statuses[rid].outcome
+            if outcome is None:
+                continue
+            codes[outcome.exit_code] += 1
+            child = dispatches.child_of.get(token(rid))
+            if outcome.dispatched_job_id and outcome.dispatched_job_id != child:
+                mismatched.append(rid)
+        return cls(statuses, dispatches, lost, doubled, codes, mismatched)
+
+    def children_of(self, ids: Iterable[str]) -> Counter[int]:
+        """How many requests got 0, 1, 2... children."""
+        return Counter(self.dispatches.children[token(rid)] for rid in ids)
+
+    def assert_each_succeeded_once(self, ids: list[str]) -> None:
+        assert self.lost == [], f"{len(self.lost)} lost, e.g. {self.statuses[self.lost[0]]}"
+        assert self.doubled == [], f"{len(self.doubled)} with more than one child"
+        assert self.mismatched == []
+        failed = [self.statuses[r].outcome for r in ids if not _ok(self, r)]
+        assert failed == [], f"{len(failed)} did not succeed, e.g. {failed[0]}"
+        assert self.children_of(ids) == Counter({1: len(ids)})
+
+
+def _ok(accounting: Accounting, request_id: str) -> bool:
+    outcome = accounting.statuses[request_id].outcome
+    return outcome is not None and outcome.exit_code == 0
+
+
+def set_latency(address: str, milliseconds: float) -> None:
+    """Delay every Nomad request nomadsim answers (concurrently, unlike scheduling)."""
+    requests.put(
+        f"{address}/_sim/faults", json={"latency_ms": milliseconds}, timeout=10
+    ).raise_for_status()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
+
+
+def states(client: redis.Redis, ids: list[str]) -> Counter[str]:
+    """How many of the requests are in each state (one pipelined round trip)."""
+    pipe = client.pipeline(transaction=False)
+    for rid in ids:
+        pipe.hget(keys.request(rid), "state")
+    return Counter((s or b"unknown").decode() for s in pipe.execute())
+
+
+def deliveries(client: redis.Redis, ids: list[str]) -> Counter[int]:
+    """How many requests were delivered once, twice... (the consumer counts deliveries)."""
+    pipe = client.pipeline(transaction=False)
+    for rid in ids:
+        pipe.hget(keys.request(rid), "deliveries")
+    return Counter(int(n or 0) for n in pipe.execute())
+
+
+def keys_without_ttl(client: redis.Redis, queue: str = QUEUE) -> list[str]:
+    """Every key dispatchq (not kombu) wrote that would live forever."""
+    return [
+        key.decode()
+        for key in client.scan_iter(count=1000)
+        if client.ttl(key) < 0 and not keys.is_broker_key(key.decode(), queue)
+    ]
