@@ -7,53 +7,71 @@ the same request ID twice is a no-op, which makes producers safe to retry.
 
 from __future__ import annotations
 
-import time
+import re
+from collections import deque
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import redis
+from redis.client import Pipeline
 
 from dispatch import keys
 from dispatch.payload import PAYLOAD_LIMIT, blob_digest
 from producer.messages import celery_message, new_request_id, request_body
 
-# Per request (8 arguments): request ID, record key, result key, batch key or '', batch
-# request list or '', job, batch ID or '', message. Returns per request 1 (new), 2
-# (enqueued again: its earlier run ended without dispatching anything, e.g. it gave up
-# while Nomad was down) or 0 (exists: skipped). New batch members join the batch's list.
+# ARGV: ttl, then the key prefixes of a request record, a result, a batch and a batch's
+# request list (from `keys`, so the schema stays in one module), then two arguments per
+# request: "<request ID>\x1f<batch ID or nothing>" (\x1f, the unit separator, cannot occur
+# in either: `validate`) and the message. Returns per request 1 (new), 2 (enqueued again:
+# its earlier run ended without dispatching anything, e.g. it gave up while Nomad was
+# down) or 0 (exists: skipped). New batch members join the batch's list.
+#
+# Cost per request is what bounds a batch enqueue (bench/enqueue), so the new-request path
+# is two calls: HSETNX creates the record (and is the existence check), EXPIRE dates it.
 _ENQUEUE_LUA = """
-local queue, ttl, now = KEYS[1], tonumber(ARGV[1]), ARGV[2]
-local out = {}
-for i = 3, #ARGV, 8 do
-  local rid, key, result, batch, list = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
-  local job, batch_id, message = ARGV[i+5], ARGV[i+6], ARGV[i+7]
-  local flag = 1
-  if redis.call('EXISTS', key) == 1 then
-    flag = 0
+local queue, ttl = KEYS[1], tonumber(ARGV[1])
+local p_request, p_result, p_batch, s_requests = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local out, messages, lists = {}, {}, {}
+for i = 6, #ARGV, 2 do
+  local sep = string.find(ARGV[i], '\\31', 1, true)
+  local rid, batch_id = string.sub(ARGV[i], 1, sep - 1), string.sub(ARGV[i], sep + 1)
+  local key = p_request .. rid
+  local flag = redis.call('HSETNX', key, 'state', 'queued')
+  if flag == 0 then
     local f = redis.call('HMGET', key, 'state', 'dispatched_job_id', 'exit_code')
     if f[1] == 'done' and (not f[2] or f[2] == '') then
       flag = 2
-      if batch ~= '' and f[3] then
-        redis.call('HINCRBY', batch, 'done', -1)
-        redis.call('HINCRBY', batch, 'exit:' .. f[3], -1)
+      if batch_id ~= '' and f[3] then
+        redis.call('HINCRBY', p_batch .. batch_id, 'done', -1)
+        redis.call('HINCRBY', p_batch .. batch_id, 'exit:' .. f[3], -1)
       end
-      redis.call('DEL', key, result)
+      redis.call('DEL', key, p_result .. rid)
+      redis.call('HSET', key, 'state', 'queued')
     end
   end
   if flag > 0 then
-    redis.call('HSET', key, 'state', 'queued', 'job_id', job, 'enqueued_at', now)
-    if batch_id ~= '' then redis.call('HSET', key, 'batch_id', batch_id) end
     redis.call('EXPIRE', key, ttl)
-    redis.call('LPUSH', queue, message)
-    if flag == 1 and list ~= '' then
-      redis.call('RPUSH', list, rid)
-      redis.call('EXPIRE', list, ttl)
+    messages[#messages + 1] = ARGV[i + 1]
+    if flag == 1 and batch_id ~= '' then
+      local list = p_batch .. batch_id .. s_requests
+      if not lists[list] then lists[list] = {} end
+      table.insert(lists[list], rid)
     end
   end
   out[#out + 1] = flag
 end
+if #messages > 0 then redis.call('LPUSH', queue, unpack(messages)) end
+for list, ids in pairs(lists) do
+  redis.call('RPUSH', list, unpack(ids))
+  redis.call('EXPIRE', list, ttl)
+end
 return out
 """
+
+# The batch request list is `keys.batch(id) + _REQUESTS_SUFFIX`.
+_REQUESTS_SUFFIX = keys.batch_requests("")[len(keys.batch("")) :]
+_PREFIXES = (keys.request(""), keys.celery_result(""), keys.batch(""), _REQUESTS_SUFFIX)
 
 NEW, AGAIN, SKIPPED = 1, 2, 0
 
@@ -82,10 +100,17 @@ class NewRequest:
     batch_id: str | None = None
 
 
+_CONTROL = re.compile("[\x00-\x1f]")
+
+
 def validate(req: NewRequest) -> None:
     """What can be checked without Nomad: types, the 16 KiB limit, the meta format."""
     if not isinstance(req.job_id, str) or not req.job_id.strip():
         raise InvalidRequest("job ID must be a non-empty string")
+    for name in ("job_id", "request_id", "batch_id"):
+        value = getattr(req, name)
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise InvalidRequest(f"{name} must not contain control characters")
     if req.payload is not None and req.payload_ref is not None:
         raise InvalidRequest("give either payload or payload_ref, not both")
     if req.payload is not None:
@@ -130,22 +155,29 @@ class Enqueuer:
 
         A request ID that exists is skipped, unless its earlier run ended without
         dispatching anything: then it is enqueued again (AGAIN)."""
+        listed = list(requests)
+        for req in listed:
+            validate(req)  # all of them first: a bad request means nothing is written
+        chunks = [listed[i : i + CHUNK] for i in range(0, len(listed), CHUNK)]
+        if len(chunks) <= 1:
+            return [flag for chunk in chunks for flag in self._execute(*self._prepare(chunk))]
+        # Build chunk n+1 while Redis runs chunk n: the script's time overlaps Python's.
         out: list[tuple[str, int]] = []
-        chunk: list[NewRequest] = []
-        for req in requests:
-            validate(req)
-            chunk.append(req)
-            if len(chunk) >= CHUNK:
-                out += self._write(chunk)
-                chunk = []
-        if chunk:
-            out += self._write(chunk)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatchq-enqueue") as io:
+            in_flight: deque[Future[list[tuple[str, int]]]] = deque()
+            for chunk in chunks:
+                in_flight.append(io.submit(self._execute, *self._prepare(chunk)))
+                if len(in_flight) > 1:
+                    out += in_flight.popleft().result()
+            while in_flight:
+                out += in_flight.popleft().result()
         return out
 
-    def _write(self, chunk: list[NewRequest]) -> list[tuple[str, int]]:
+    def _prepare(self, chunk: list[NewRequest]) -> tuple[Pipeline, list[str]]:
+        """A pipeline holding the chunk's blobs and its one script call, not yet sent."""
         pipe = self.client.pipeline(transaction=False)
         stored: set[str] = set()
-        argv: list[str | float | int] = [self.result_ttl, time.time()]
+        argv: list[str | float | int] = [self.result_ttl, *_PREFIXES]
         ids: list[str] = []
         for req in chunk:
             request_id = req.request_id or new_request_id()
@@ -168,16 +200,11 @@ class Enqueuer:
                 priority=req.priority,
                 batch_id=req.batch_id,
             )
-            argv += [
-                request_id,
-                keys.request(request_id),
-                keys.celery_result(request_id),
-                keys.batch(req.batch_id) if req.batch_id else "",
-                keys.batch_requests(req.batch_id) if req.batch_id else "",
-                req.job_id,
-                req.batch_id or "",
-                celery_message(body, self.queue),
-            ]
+            argv += [f"{request_id}\x1f{req.batch_id or ''}", celery_message(body, self.queue)]
         self._script(keys=[self.queue], args=argv, client=pipe)
+        return pipe, ids
+
+    @staticmethod
+    def _execute(pipe: Pipeline, ids: list[str]) -> list[tuple[str, int]]:
         flags: list[int] = pipe.execute()[-1]
         return list(zip(ids, flags, strict=True))

@@ -1,0 +1,94 @@
+"""Figure 1: enqueue 10,000 requests.
+
+Ours (`Producer.dispatch_batch`: record + blob + message per request, one script call per
+500) against, in the same run and on the same redis-server: a `task.delay()` loop (Celery's
+default publishing, 1,000 requests, scaled), and the same protocol-2 messages built by hand
+and pushed with a raw pipelined LPUSH (the ceiling: no records, no blobs, no checks).
+Medians of 5 runs.
+
+    .venv/bin/python -m bench.enqueue [--count 10000] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import redis
+from celery import Celery
+
+from bench.common import median_rate, ratio, report
+from config.settings import Settings
+from devstack.redis_server import RedisServer
+from producer.api import Producer
+from producer.messages import celery_message, new_request_id, request_body
+
+QUEUE = "bench"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    count = args.count
+    payload = json.dumps({"source": "s3://media/raw/clip.mov"}).encode()
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        settings = Settings(redis_url=server.url, queue=QUEUE)
+        producer = Producer(settings)
+        app = Celery("bench", broker=server.url, backend=server.url)
+        app.conf.task_default_queue = QUEUE
+        app.conf.task_serializer = "json"
+
+        @app.task(name="dispatchq.dispatch")
+        def dispatch(**_: object) -> None:
+            """The real task's name; never run here."""
+
+        def delay_loop() -> int:
+            client.flushall()
+            n = min(count, 1000)
+            for _ in range(n):
+                dispatch.delay(job_id="video-encode", meta={"profile": "hd"})
+            return n
+
+        def raw_lpush() -> int:
+            client.flushall()
+            meta = {"profile": "hd"}
+            messages = [
+                celery_message(request_body(new_request_id(), "video-encode", meta=meta), QUEUE)
+                for _ in range(count)
+            ]
+            pipe = client.pipeline(transaction=False)
+            for i in range(0, count, 500):
+                pipe.lpush(QUEUE, *messages[i : i + 500])
+            pipe.execute()
+            return count
+
+        items = [{"payload": payload, "meta": {"profile": "hd"}} for _ in range(count)]
+
+        def ours() -> int:
+            client.flushall()
+            producer.dispatch_batch("video-encode", items, preflight=False)
+            return count
+
+        rows = []
+        for name, fn in (
+            ("delay() loop", delay_loop),
+            ("raw LPUSH pipeline", raw_lpush),
+            ("dispatch_batch", ours),
+        ):
+            median, runs = median_rate(fn, args.runs)
+            rows.append((name, median, runs))
+        report(f"Enqueue {count:,} requests (medians of {args.runs} runs)", rows)
+        rates = {name: median for name, median, _ in rows}
+        ratio("dispatch_batch / delay() loop", rates["dispatch_batch"], rates["delay() loop"], 4.0)
+        ratio(
+            "dispatch_batch / raw LPUSH", rates["dispatch_batch"], rates["raw LPUSH pipeline"], 0.6
+        )
+        producer.close()
+        client.close()
+
+
+if __name__ == "__main__":
+    main()
