@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    count = args.count
+    count: int = args.count
     payload = json.dumps({"source": "s3://media/raw/clip.mov"}).encode()
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
