@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
 
 from nomadsim import routes_jobs, routes_reads
 from nomadsim.admin import handle_admin
@@ -25,7 +25,7 @@ from nomadsim.sim import Sim
 from nomadsim.stream import event_stream
 
 log = logging.getLogger("nomadsim")
-Handler = Callable[[Ctx], Awaitable[web.StreamResponse]]
+NO_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 
 
 def route_name(path: str) -> str:
@@ -103,7 +103,8 @@ class NomadSimServer:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         sim = self.sim
-        path = unquote(request.raw_path.partition("?")[0])
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        path = unquote(raw_path)
         if path.startswith("/_sim/"):
             return await handle_admin(sim, request, path)
         route = route_name(path)
@@ -123,7 +124,12 @@ class NomadSimServer:
                                          "Too Many Requests")
             sim.statuses[str(status)] += 1
             return text_response(status, message)
-        ctx = Ctx(sim, request, path, request.rel_url.query)
+        # Parsed here rather than through request.rel_url, which builds a yarl URL.
+        query = (
+            MultiDictProxy(MultiDict(parse_qsl(raw_query, keep_blank_values=True)))
+            if raw_query else NO_QUERY
+        )
+        ctx = Ctx(sim, request, path, query)
         try:
             response = await _nomad(ctx)
         except ApiError as exc:

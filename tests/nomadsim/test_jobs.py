@@ -226,7 +226,7 @@ def test_parent_children_summary(api: Api) -> None:
 
 def test_child_status_transitions(api: Api) -> None:
     job_id = unique("trans")
-    api.register(parameterized(job_id, config={"run_for": "300ms"}))
+    api.register(parameterized(job_id, config={"run_for": "1s"}))
     child = api.dispatch(job_id)["DispatchedJobID"]
     seen: list[str] = []
 
