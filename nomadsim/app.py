@@ -138,7 +138,9 @@ class NomadSimServer:
         return response
 
     async def start(self, host: str, port: int) -> None:
-        server = web.Server(self.handle, access_log=None)
+        # handler_cancellation: a client that goes away cancels its blocking query or
+        # event stream at once instead of leaving it parked until its timeout.
+        server = web.Server(self.handle, access_log=None, handler_cancellation=True)
         self.runner = web.ServerRunner(server, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, reuse_address=True)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 import requests
@@ -123,3 +124,15 @@ def test_go_durations_accepted(api: Api, wait: str) -> None:
 @pytest.fixture
 def nomadsim_address(api: Api) -> str:
     return api.address
+
+
+def test_disconnected_client_releases_its_blocking_query(api: Api) -> None:
+    port = urlsplit(api.address).port
+    assert port is not None
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /v1/jobs?index=18446744073709551615&wait=5m HTTP/1.1\r\n"
+                     b"Host: x\r\n\r\n")
+        api.wait_for(lambda: api.ok("GET", "/_sim/stats")["blocking_queries"] >= 1,
+                     "the query to block")
+    api.wait_for(lambda: api.ok("GET", "/_sim/stats")["blocking_queries"] == 0,
+                 "the query to be released")
