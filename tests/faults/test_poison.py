@@ -1,0 +1,160 @@
+"""Poison messages land in the dead-letter list with the reason; the worker keeps working;
+`dispatchq dlq list|replay|purge`; every key has a TTL; Redis settings that lose data are
+warned about at worker start."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from devstack.redis_server import RedisServer
+from devstack.worker_process import WorkerProcess
+from dispatch import dlq, keys
+from producer.cli import main
+from tests.support.faults import FaultStack, keys_without_ttl, wait_until
+from tests.support.stack import QUEUE
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+
+def raw_message(
+    body: bytes,
+    *,
+    task: str = "dispatchq.dispatch",
+    content_type: str = "application/json",
+    request_id: str | None = None,
+) -> str:
+    """A kombu envelope around `body`, the way any Celery client would push it."""
+    rid = request_id or str(uuid.uuid4())
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": content_type,
+            "headers": {"lang": "py", "task": task, "id": rid, "root_id": rid, "retries": 0},
+            "properties": {
+                "correlation_id": rid,
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": QUEUE},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
+
+
+def _kwargs_body(**kwargs: Any) -> bytes:
+    return json.dumps([[], kwargs, {}]).encode()
+
+
+def _no_headers() -> str:
+    message = json.loads(raw_message(_kwargs_body()))
+    message["headers"] = None
+    return json.dumps(message)
+
+
+POISON: list[tuple[str, bytes | str, str]] = [
+    ("undecodable", b"not json{", "the queue item is not JSON"),
+    ("undecodable", b"\xff\xfe\x00", "the queue item is not JSON"),
+    ("malformed", b"[1, 2]", "a queue message must be a JSON object, not list"),
+    ("malformed", b'{"body": "x"}', "the message has no 'properties' object"),
+    ("malformed", _no_headers(), "the message names no task"),
+    ("malformed", raw_message(b'{"x": 1}'), "not a Celery protocol-2 body"),
+    ("content", raw_message(b"not json["), "cannot decode the message"),
+    ("content", raw_message(b"\x80\x04K\x01.", content_type="application/x-python-serialize"),
+     "Refusing to deserialize untrusted content of type pickle"),
+    ("unknown_task", raw_message(_kwargs_body(), task="evil.task"), "no task named 'evil.task'"),
+    ("invalid_request", raw_message(_kwargs_body(v=1, job_id=3)),
+     "invalid dispatch request: request_id: Field required; job_id: Input should be a valid"),
+]  # fmt: skip
+
+
+def _dlq_json(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    assert main(["dlq", "list", "-json"]) == 0
+    rows: list[dict[str, Any]] = json.loads(capsys.readouterr().out)
+    return rows
+
+
+def test_poison_messages_are_dead_lettered_and_the_worker_keeps_working(
+    fault_stack: FaultStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = fault_stack.with_env(DISPATCHQ_MAX_DELIVERIES="2")
+    for name in ("DISPATCHQ_REDIS_URL", "DISPATCHQ_QUEUE"):
+        monkeypatch.setenv(name, stack.env[name])
+    client = stack.client()
+    with stack.worker("w1") as worker, stack.producer() as producer:
+        pid = worker.process.pid if worker.process else 0
+        for _, item, _ in POISON:
+            client.lpush(QUEUE, item)
+        # A request whose message already came back twice (say, it killed two workers):
+        capped = producer.enqueue("encode", meta={"profile": "hd"}, request_id="capped-1")
+        client.hset(keys.request(capped), dlq.DELIVERIES, 2)
+        wait_until(lambda: client.llen(keys.DLQ) == len(POISON) + 1, 30, "dead letters")
+        good = producer.enqueue("encode", meta={"profile": "hd"})
+        after = producer.wait([good, capped], timeout=30)
+        assert worker.process is not None and worker.process.poll() is None
+        assert worker.process.pid == pid, "the worker restarted"
+        good_outcome = after[good].outcome
+        assert good_outcome is not None and good_outcome.exit_code == 0
+
+        entries = _dlq_json(capsys)
+        assert len(entries) == len(POISON) + 1
+        for kind, _, reason in POISON:  # in any order: the worker runs tasks in parallel
+            assert any(e["kind"] == kind and reason in e["reason"] for e in entries), reason
+        cap_entry = next(e for e in entries if e["task_id"] == capped)
+        assert (cap_entry["kind"], cap_entry["replayable"]) == ("delivery_cap", True)
+        assert {e["kind"] for e in entries if e["replayable"]} == {"delivery_cap", "unknown_task"}
+        capped_outcome = after[capped].outcome
+        assert capped_outcome is not None and capped_outcome.exit_code == 1
+        assert capped_outcome.error_kind == "delivery_cap"
+        assert "delivered 3 times (cap 2" in (capped_outcome.error_message or "")
+
+        # replay: the capped request runs afresh; a malformed one is refused
+        malformed_id = next(e["task_id"] for e in entries if e["kind"] == "malformed"
+                            and e["task_id"])  # fmt: skip
+        assert main(["dlq", "replay", malformed_id]) == 1
+        assert main(["dlq", "replay", capped]) == 0
+        assert f"Replayed {capped} to queue {QUEUE}" in capsys.readouterr().out
+        replayed = producer.wait([capped], timeout=30)[capped].outcome
+        assert replayed is not None and replayed.exit_code == 0, replayed
+        assert len(dlq.entries(client)) == len(POISON)
+
+        assert main(["dlq", "purge"]) == 0
+        assert f"Purged {len(POISON)} dead letter(s)" in capsys.readouterr().out
+        assert main(["dlq", "list"]) == 0
+        assert "No dead letters" in capsys.readouterr().out
+        leftover = keys_without_ttl(client)
+    client.close()
+    output = stack.worker_output()
+    stack.report(
+        "poison messages",
+        requests=len(POISON) + 2,
+        faults=f"{len(POISON)} poison messages, 1 past the delivery cap",
+        lost=0,
+        doubled=0,
+        notes="all dead-lettered with the reason; the worker never restarted",
+    )
+    assert leftover == []
+    assert "Unrecoverable error" not in output
+    assert "maxmemory-policy" not in output  # noeviction: nothing to warn about
+
+
+def test_worker_warns_when_redis_may_evict(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A Redis that may evict keys (here allkeys-lru) could drop queued requests: the worker
+    says so at start."""
+    logs = tmp_path_factory.mktemp("evict")
+    with RedisServer(extra_args=["--maxmemory-policy", "allkeys-lru"]) as server:
+        env = {"DISPATCHQ_REDIS_URL": server.url, "DISPATCHQ_QUEUE": QUEUE,
+               "DISPATCHQ_LOG_FORMAT": "json"}  # fmt: skip
+        with WorkerProcess(env=env, name="evict", log_path=logs / "w.log"):
+            policy = redis.Redis.from_url(server.url).config_get("maxmemory-policy")
+        output = (logs / "w.log").read_text()
+    assert policy == {"maxmemory-policy": "allkeys-lru"}
+    assert "redis maxmemory-policy is 'allkeys-lru'" in output
+    assert "set it to 'noeviction'" in output
