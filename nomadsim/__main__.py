@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="event batches kept for replay (default %(default)s)")
     p.add_argument("--gc-after", type=_seconds, default=d.gc_after,
                    help="collect jobs dead for this long, with their evals and allocs "
-                        "(default 600s; 0 = never)")
+                        "(default 300s; 0 = never)")
     p.add_argument("--gc-interval", type=_seconds, default=d.gc_interval,
                    help="how often to look for such jobs (default 10s)")
     p.add_argument("--latency-ms", type=float, default=d.latency_ms,

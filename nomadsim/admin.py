@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from nomadsim.faults import FaultRule
-from nomadsim.jsonshape import dumps, rfc3339
+from nomadsim.jsonshape import dumps
 from nomadsim.sim import Sim
 
 
@@ -87,12 +87,11 @@ async def _route(sim: Sim, request: web.BaseRequest, path: str) -> web.Response:
     elif name == "dispatches" and method == "GET":
         parent = request.query.get("parent")
         namespace = request.query.get("namespace")
-        records = [
-            d for d in sim.dispatches
-            if (parent is None or d["parent"] == parent)
-            and (namespace is None or d["namespace"] == namespace)
+        rendered = [
+            d.to_json() for d in sim.dispatches
+            if (parent is None or d.parent == parent)
+            and (namespace is None or d.namespace == namespace)
         ]
-        rendered = [{**d, "time": rfc3339(d["time_ns"])} for d in records]
         return _json({"count": len(rendered), "dispatches": rendered})
     elif name == "stats" and method == "GET":
         return _json(sim.stats())

@@ -28,7 +28,7 @@ class SimConfig:
     event_buffer: int = 4096
     #: Dead jobs (and their evals and allocs) are removed this many seconds after they
     #: became dead; 0 disables collection. The dispatch record is never collected.
-    gc_after: float = 600.0
+    gc_after: float = 300.0
     gc_interval: float = 10.0
     latency_ms: float = 0.0
     #: The next N scheduled evaluations end `failed` with a NextEval follow-up.

@@ -10,7 +10,7 @@ from typing import Any
 from nomadsim import godecode as g
 from nomadsim.httpcore import ApiError, Ctx
 from nomadsim.jobs import is_parameterized, is_periodic
-from nomadsim.jsonshape import go_list, go_quote, now_ns
+from nomadsim.jsonshape import go_list, go_quote, now_ns, rfc3339
 from nomadsim.model import JsonObj
 
 DISPATCH_REQUEST = g.struct(
@@ -26,6 +26,39 @@ DISPATCH_REQUEST = g.struct(
     IdempotencyToken=g.STRING,
 )
 PAYLOAD_LIMIT = 16 * 1024
+
+
+@dataclass(slots=True)
+class DispatchRecord:
+    """One accepted dispatch, kept for the process lifetime (hence compact)."""
+
+    parent: str
+    child_id: str
+    eval_id: str
+    namespace: str
+    idempotency_token: str
+    meta: dict[str, str] | None
+    payload_len: int
+    priority: int
+    index: int
+    repeat: bool
+    time_ns: int
+
+    def to_json(self) -> JsonObj:
+        return {
+            "parent": self.parent,
+            "child_id": self.child_id,
+            "eval_id": self.eval_id,
+            "namespace": self.namespace,
+            "idempotency_token": self.idempotency_token,
+            "meta": self.meta or {},
+            "payload_len": self.payload_len,
+            "priority": self.priority,
+            "index": self.index,
+            "repeat": self.repeat,
+            "time": rfc3339(self.time_ns),
+            "time_ns": self.time_ns,
+        }
 
 
 @dataclass
@@ -167,19 +200,8 @@ def dispatch(ctx: Ctx, args: DispatchArgs) -> tuple[JsonObj, int]:
 
 def _record(ctx: Ctx, args: DispatchArgs, child: str, *, eval_id: str, index: int,
             repeat: bool) -> None:
-    now = now_ns()
     ctx.sim.dispatches.append(
-        {
-            "parent": args.job_id,
-            "child_id": child,
-            "eval_id": eval_id,
-            "namespace": args.namespace,
-            "idempotency_token": args.idempotency_token,
-            "meta": dict(args.meta),
-            "payload_len": len(args.payload),
-            "priority": args.priority,
-            "index": index,
-            "repeat": repeat,
-            "time_ns": now,
-        }
+        DispatchRecord(args.job_id, child, eval_id, args.namespace, args.idempotency_token,
+                       dict(args.meta) if args.meta else None, len(args.payload),
+                       args.priority, index, repeat, now_ns())
     )

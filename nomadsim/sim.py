@@ -8,6 +8,7 @@ from typing import Any
 
 from nomadsim.acl import AclStore
 from nomadsim.config import SimConfig
+from nomadsim.dispatch import DispatchRecord
 from nomadsim.faults import FaultRule, Faults
 from nomadsim.jsonshape import now_ns
 from nomadsim.scheduler import Scheduler
@@ -23,7 +24,7 @@ class Sim:
         self.acl = AclStore(config.acl)
         self.faults = Faults(config.latency_ms, [FaultRule.from_json(f) for f in config.faults])
         #: Every dispatch accepted, for the process lifetime (never garbage-collected).
-        self.dispatches: list[dict[str, Any]] = []
+        self.dispatches: list[DispatchRecord] = []
         self.requests: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
         self.blocking_queries = 0
@@ -47,8 +48,8 @@ class Sim:
             "requests": sum(self.requests.values()),
             "requests_by_route": dict(self.requests),
             "responses_by_status": dict(self.statuses),
-            "dispatches": sum(1 for d in self.dispatches if not d["repeat"]),
-            "idempotent_repeats": sum(1 for d in self.dispatches if d["repeat"]),
+            "dispatches": sum(1 for d in self.dispatches if not d.repeat),
+            "idempotent_repeats": sum(1 for d in self.dispatches if d.repeat),
             "faults_injected": dict(self.faults.injected),
             "jobs": len(store.jobs),
             "jobs_by_status": dict(jobs),
