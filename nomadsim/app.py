@@ -49,6 +49,7 @@ def route_name(path: str) -> str:
         ("/v1/namespaces", "namespaces"),
         ("/v1/namespace", "namespace"),
         ("/v1/nodes", "nodes"),
+        ("/v1/operator/", "operator"),
         ("/v1/regions", "regions"),
     ):
         if path.startswith(prefix):
@@ -89,6 +90,8 @@ async def _nomad(ctx: Ctx) -> web.StreamResponse:
         return ctx.respond([ctx.sim.config.region])
     if path == "/v1/agent/self":
         return routes_reads.agent_self(ctx)
+    if path == "/v1/operator/scheduler/configuration":
+        return await routes_reads.scheduler_configuration(ctx)
     if path == "/v1/nodes":
         return routes_reads.nodes_list(ctx)
     return text_response(404, "404 page not found\n")

@@ -130,7 +130,7 @@ def child_id(parent_id: str, template: str) -> str:
 def dispatch(ctx: Ctx, args: DispatchArgs) -> tuple[JsonObj, int]:
     """Validate and dispatch; returns the JobDispatchResponse and its index."""
     sim = ctx.sim
-    ctx.require(args.namespace, "dispatch-job", args.token)
+    ctx.check_registration_allowed(ctx.require(args.namespace, "dispatch-job", args.token))
     if not args.job_id:
         raise ApiError(500, "missing parameterized job ID")
     store = sim.store

@@ -44,6 +44,7 @@ class Ctx:
     request: web.BaseRequest
     path: str
     query: MultiDictProxy[str]
+    _body: bytes | None = None
 
     @property
     def method(self) -> str:
@@ -76,16 +77,29 @@ class Ctx:
             raise permission_denied()
         return authz
 
+    def check_registration_allowed(self, authz: Authz) -> None:
+        """§3 row 3: the scheduler configuration rejects registrations and dispatches
+        from non-management tokens (only reachable with ACLs on, as in Nomad)."""
+        if self.sim.reject_job_registration and self.sim.acl.enabled and not authz.management:
+            raise ApiError(
+                403,
+                "Job registration, dispatch, and scale are disabled by the scheduler "
+                "configuration",
+            )
+
     def require_management(self) -> None:
         if not self.authz().management:
             raise permission_denied()
 
     async def body(self) -> bytes:
-        content = self.request.content
-        if content.is_eof():
-            # the whole body is already buffered: skip the awaiting read loop
-            return content.read_nowait(-1)
-        return await self.request.read()
+        if self._body is None:
+            content = self.request.content
+            if content.is_eof():
+                # the whole body is already buffered: skip the awaiting read loop
+                self._body = content.read_nowait(-1)
+            else:
+                self._body = await self.request.read()
+        return self._body
 
     async def decode(self, gotype: GoType) -> dict[str, Any]:
         """Nomad's decodeBody: 400 `Request body is empty`, or Go's decode error."""

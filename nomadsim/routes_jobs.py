@@ -160,7 +160,9 @@ async def register(ctx: Ctx, path_id: str | None) -> web.Response:
     namespace = (
         ctx.query.get("namespace") or args.get("Namespace") or raw.get("Namespace") or "default"
     )
-    ctx.require(namespace, "submit-job", ctx.token or args.get("SecretID") or "")
+    ctx.check_registration_allowed(
+        ctx.require(namespace, "submit-job", ctx.token or args.get("SecretID") or "")
+    )
     sim = ctx.sim
     job = jobs.canonicalize(raw, namespace, sim.config.region)
     if namespace not in sim.store.namespaces:

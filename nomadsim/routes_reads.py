@@ -7,10 +7,15 @@ from typing import Any
 from aiohttp import web
 
 from nomadsim.filterexpr import FilterError, Predicate, compile_filter
+from nomadsim.godecode import BOOL, STRING, struct
 from nomadsim.httpcore import ApiError, Ctx, paginate
 from nomadsim.model import Eval, JsonObj
 from nomadsim.sim import namespace_json
 
+NAMESPACE = struct("api.Namespace", Name=STRING, Description=STRING)
+SCHEDULER_CONFIG = struct(
+    "structs.SchedulerConfiguration", RejectJobRegistration=BOOL, SchedulerAlgorithm=STRING
+)
 ALLOC_STUB_FIELDS = dict.fromkeys(
     ("ID", "EvalID", "Name", "Namespace", "NodeID", "NodeName", "JobID", "JobType", "JobVersion",
      "TaskGroup", "AllocatedResources", "DesiredStatus", "DesiredDescription", "ClientStatus",
@@ -169,13 +174,7 @@ async def namespace_route(ctx: Ctx, name: str) -> web.Response:
         body = await ctx.body()
         description = ""
         if body:
-            from nomadsim.godecode import STRING, DecodeError, decode_body, struct  # noqa: PLC0415
-
-            try:
-                decoded = decode_body(body, struct("api.Namespace", Name=STRING,
-                                                   Description=STRING))
-            except DecodeError as exc:
-                raise ApiError(400, str(exc)) from None
+            decoded = await ctx.decode(NAMESPACE)
             name = name or decoded.get("Name") or ""
             description = decoded.get("Description") or ""
         if not name:
@@ -254,3 +253,32 @@ def nodes_list(ctx: Ctx) -> web.Response:
         ],
         1,
     )
+
+
+async def scheduler_configuration(ctx: Ctx) -> web.Response:
+    """`/v1/operator/scheduler/configuration`: only RejectJobRegistration has an effect."""
+    sim = ctx.sim
+    if ctx.method == "GET":
+        ctx.require_management()
+        config = {
+            "SchedulerAlgorithm": "binpack",
+            "MemoryOversubscriptionEnabled": False,
+            "RejectJobRegistration": sim.reject_job_registration,
+            "PauseEvalBroker": False,
+            "PreemptionConfig": {"SystemSchedulerEnabled": True,
+                                 "SysBatchSchedulerEnabled": False,
+                                 "BatchSchedulerEnabled": False,
+                                 "ServiceSchedulerEnabled": False},
+            "CreateIndex": 1,
+            "ModifyIndex": sim.scheduler_config_index,
+        }
+        return ctx.respond({"SchedulerConfig": config, "Index": sim.scheduler_config_index},
+                           sim.scheduler_config_index)
+    if ctx.method not in ("PUT", "POST"):
+        raise ApiError(405, "Invalid method")
+    body = await ctx.decode(SCHEDULER_CONFIG)
+    ctx.require_management()
+    with sim.store.write("SchedulerConfig") as w:
+        sim.reject_job_registration = bool(body.get("RejectJobRegistration"))
+        sim.scheduler_config_index = w.index
+    return ctx.respond({"Updated": True, "Index": w.index}, w.index, read=False)

@@ -28,6 +28,9 @@ class Sim:
         self.requests: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
         self.blocking_queries = 0
+        #: SchedulerConfiguration.RejectJobRegistration (PUT /v1/operator/scheduler/...).
+        self.reject_job_registration = False
+        self.scheduler_config_index = 1
         self.streams = 0
         self.started = now_ns()
         self._add_default_namespace()

@@ -213,3 +213,26 @@ def test_acl_disabled_accepts_any_token(api: Api) -> None:
                         headers={"X-Nomad-Token": "anything"})
     assert response.status_code == 200
     assert api.post("/v1/acl/bootstrap").text == "ACL support disabled"
+
+
+def test_scheduler_configuration_rejects_registration(cluster: Cluster, job_id: str) -> None:
+    writer = cluster.client(cluster.token("writer"))
+    assert denied(writer.post("/v1/operator/scheduler/configuration",
+                              json={"RejectJobRegistration": True}))
+    cluster.admin.ok("POST", "/v1/operator/scheduler/configuration",
+                     json={"RejectJobRegistration": True})
+    try:
+        config = cluster.admin.ok("GET", "/v1/operator/scheduler/configuration")
+        assert config["SchedulerConfig"]["RejectJobRegistration"] is True
+        message = ("Job registration, dispatch, and scale are disabled by the scheduler "
+                   "configuration")
+        for response in (writer.post(f"/v1/job/{job_id}/dispatch", json={}),
+                         writer.put("/v1/jobs", json={"Job": parameterized(unique("r"))})):
+            assert (response.status_code, response.text) == (403, message)
+        # rows 1-2 come first; management tokens are not affected
+        assert denied(cluster.client("bogus").post(f"/v1/job/{job_id}/dispatch", json={}))
+        assert cluster.admin.post(f"/v1/job/{job_id}/dispatch", json={}).status_code == 200
+    finally:
+        cluster.admin.ok("PUT", "/v1/operator/scheduler/configuration",
+                         json={"RejectJobRegistration": False})
+    assert writer.post(f"/v1/job/{job_id}/dispatch", json={}).status_code == 200

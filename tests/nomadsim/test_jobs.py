@@ -276,3 +276,13 @@ def test_enforce_index(api: Api) -> None:
                                             "JobModifyIndex": created["JobModifyIndex"]})
     assert api.job(job_id)["Version"] == 1
     assert again["JobModifyIndex"] > created["JobModifyIndex"]
+
+
+def test_pretty_and_namespace_body(api: Api) -> None:
+    response = api.get("/v1/status/leader", params={"pretty": ""})
+    assert response.json() == "127.0.0.1:4647"
+    job_id = unique("pretty")
+    api.register(batch_job(job_id))
+    assert "\n    " in api.get(f"/v1/job/{job_id}", params={"pretty": "true"}).text
+    api.ok("POST", "/v1/namespace", json={"Name": "from-body", "Description": "d"})
+    assert api.ok("GET", "/v1/namespace/from-body")["Description"] == "d"
