@@ -1,0 +1,372 @@
+"""Figures 2 and 3: dispatches end to end against nomadsim (dispatch, follow the
+evaluation, store the outcome), ours against two baselines measured in the same run.
+
+    .venv/bin/python -m bench.e2e [--latency-ms 0|20] [--count 10000] [--runs 3]
+        [--workers N] [--pool P] [--concurrency C] [--only bare,naive,ours]
+
+Scenarios; each run of each starts its own nomadsim (50 nodes x 100,000 MHz, allocations
+run 10 ms: nothing ever waits for capacity; `--latency-ms` makes it answer every request
+after that many ms) and, where it needs one, its own redis-server:
+
+- **bare**: no queue, no Redis. A ThreadPoolExecutor (`--bare-threads`, 32) with one
+  `requests.Session` per thread makes, per request, the HTTP calls the worker's monitor
+  makes: PUT /v1/job/<id>/dispatch (with an idempotency token), then GET
+  /v1/evaluation/<eval> (a blocking query `?index=` after the first read) and GET
+  /v1/evaluation/<eval>/allocations after each read, until the evaluation is terminal.
+  Rate = requests / wall time of the whole pool.
+- **naive**: `bench/naive_app.py`, a default Celery app whose task only POSTs the
+  dispatch and returns Nomad's answer (stored by Celery's Redis backend), run by
+  `celery -A bench.naive_app worker --pool prefork --concurrency 2` (`--naive-pool`,
+  `--naive-concurrency`). Its messages are built by hand before the clock starts and
+  pushed with one pipelined LPUSH, so the publisher is not the bottleneck; the clock stops
+  when the last result has been published by the backend (a PSUBSCRIBE on
+  `celery-task-meta-*` counts them), then every result is read back.
+- **ours**: `--workers` `dispatchq worker` processes (default: one per core, as the
+  README advises; `--pool`/`--concurrency` are passed to `dispatchq worker` only when
+  given, so by default this measures whatever `dispatchq worker` defaults to), fed by
+  `Producer.dispatch_batch(preflight=False)`. The clock runs from the start of
+  `dispatch_batch` until `Producer.batch_status()` (polled every 50 ms) says finished and
+  every outcome key exists.
+
+Workers are started idle before each measured run and stopped after it. Each run is
+checked: every request must end with a stored outcome, and the requests that did not
+end with exit code 0 (or an HTTP error, for bare) are counted as failures; the bench
+exits 1 if any run had a failure. Runs are interleaved (run 1 of every scenario, then
+run 2...) so machine noise hits every scenario alike; the table shows medians.
+
+Targets: with `--latency-ms 0` (figure 2) ours >= 0.6x bare and >= 1x naive; with
+`--latency-ms 20` (figure 3) ours >= 4x naive (prefork, concurrency 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import tempfile
+import threading
+import time
+from base64 import b64encode
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import requests
+
+from bench import naive_app, stack
+from bench.common import ratio, report
+from devstack.nomadsim_process import NomadSimProcess
+from devstack.redis_server import RedisServer
+from dispatch import keys
+from producer.api import Producer
+
+TERMINAL = frozenset({"complete", "failed", "canceled"})
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measured run of one scenario."""
+
+    items: int
+    seconds: float
+    stored: int  # outcomes stored (bare: requests that got to a terminal evaluation)
+    failures: int  # not exit code 0 / not SUCCESS / an HTTP error
+    nomad_requests: int  # HTTP requests nomadsim answered during the run
+    dispatches: int  # children nomadsim created
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds
+
+
+def _nomad_counts(sim: NomadSimProcess) -> tuple[int, int]:
+    stats = stack.sim_stats(sim)
+    return int(stats["requests"]), int(stats["dispatches"])
+
+
+# -- bare ---------------------------------------------------------------------------------
+
+
+def bare(sim: NomadSimProcess, count: int, threads: int, timeout: float) -> Run:
+    """The monitor's HTTP calls from a thread pool, no queue."""
+    base = sim.address
+    local = threading.local()
+    bodies = [
+        {"JobID": stack.JOB_ID, "Payload": b64encode(stack.payload(n)).decode(),
+         "Meta": stack.META, "IdPrefixTemplate": "", "Priority": 0}
+        for n in range(count)
+    ]  # fmt: skip
+    sessions: list[requests.Session] = []
+
+    def session() -> requests.Session:
+        s: requests.Session | None = getattr(local, "session", None)
+        if s is None:
+            s = local.session = requests.Session()
+            sessions.append(s)
+        return s
+
+    def one(n: int) -> bool:
+        s = session()
+        answer = s.put(
+            f"{base}/v1/job/{stack.JOB_ID}/dispatch",
+            params={"idempotency_token": f"bare-{n}"},
+            json=bodies[n],
+            timeout=30,
+        )
+        answer.raise_for_status()
+        eval_id = answer.json()["EvalID"]
+        index = 0
+        while True:
+            params = {"index": str(index), "wait": "60000ms"} if index else {}
+            read = s.get(f"{base}/v1/evaluation/{eval_id}", params=params, timeout=90)
+            read.raise_for_status()
+            index = int(read.headers["X-Nomad-Index"])
+            evaluation = read.json()
+            allocs = s.get(f"{base}/v1/evaluation/{eval_id}/allocations", timeout=30)
+            allocs.raise_for_status()
+            allocs.json()
+            if evaluation["Status"] in TERMINAL:
+                return evaluation["Status"] == "complete" and not evaluation.get("FailedTGAllocs")
+
+    requests0, dispatches0 = _nomad_counts(sim)
+    ok = failed = 0
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(one, n) for n in range(count)]
+        for future in futures:
+            try:
+                if future.result(timeout=max(1.0, started + timeout - time.perf_counter())):
+                    ok += 1
+                else:
+                    failed += 1
+            except Exception:  # noqa: BLE001  (counted: an HTTP error is a failed request)
+                failed += 1
+    seconds = time.perf_counter() - started
+    for s in sessions:
+        s.close()
+    requests1, dispatches1 = _nomad_counts(sim)
+    return Run(
+        count, seconds, ok + failed, failed, requests1 - requests0, dispatches1 - dispatches0
+    )
+
+
+# -- naive Celery -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    count: int
+    timeout: float
+    log_dir: Path
+    workers: int
+    pool: str | None
+    concurrency: int | None
+    bare_threads: int
+    naive_pool: str
+    naive_concurrency: int
+
+
+def naive(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
+    """The naive task on a default worker; the clock stops when the last result is stored."""
+    count = opts.count
+    client = redis.Redis.from_url(server.url)
+    messages = [naive_app.message(stack.JOB_ID, stack.payload(n), stack.META) for n in range(count)]
+    task_ids = [task_id for task_id, _ in messages]
+    worker = stack.NaiveWorker(
+        server.url, sim.address, pool=opts.naive_pool, concurrency=opts.naive_concurrency,
+        log_path=opts.log_dir / "naive.log",
+    )  # fmt: skip
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    with worker, contextlib.closing(pubsub):
+        pubsub.psubscribe(keys.CELERY_RESULT_PREFIX + "*")
+        while pubsub.get_message(timeout=1.0) is None:  # the psubscribe confirmation
+            pass
+        requests0, dispatches0 = _nomad_counts(sim)
+        published = 0
+        started = time.perf_counter()
+        pipe = client.pipeline(transaction=False)
+        for i in range(0, count, 500):
+            pipe.lpush(naive_app.QUEUE, *(body for _, body in messages[i : i + 500]))
+        pipe.execute()
+        deadline = time.monotonic() + opts.timeout
+        while published < count and time.monotonic() < deadline:
+            if pubsub.get_message(timeout=1.0) is not None:
+                published += 1
+        seconds = time.perf_counter() - started
+        requests1, dispatches1 = _nomad_counts(sim)
+    metas = stack.result_states(client, task_ids)
+    client.close()
+    stored = sum(1 for m in metas if m is not None)
+    succeeded = sum(1 for m in metas if m is not None and m.get("status") == "SUCCESS")
+    return Run(
+        count, seconds, stored, count - succeeded, requests1 - requests0, dispatches1 - dispatches0
+    )
+
+
+# -- ours ---------------------------------------------------------------------------------
+
+
+def ours(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
+    """dispatch_batch + dispatchq workers until batch_status says finished and every
+    outcome is stored."""
+    count = opts.count
+    env = stack.worker_env(server.url, sim.address)
+    items = stack.items(count)
+    procs = stack.start_workers(
+        opts.workers, env, pool=opts.pool, concurrency=opts.concurrency, log_dir=opts.log_dir
+    )
+    try:
+        with Producer(stack.settings(server.url)) as producer:
+            requests0, dispatches0 = _nomad_counts(sim)
+            started = time.perf_counter()
+            batch_id = producer.dispatch_batch(stack.JOB_ID, items, preflight=False)
+            deadline = time.monotonic() + opts.timeout
+            while True:
+                status = producer.batch_status(batch_id)
+                if (status is not None and status.finished) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            request_ids = list(producer.batches.request_ids(batch_id))
+            stored = stack.wait_stored(producer.redis, request_ids, 10.0)
+            seconds = time.perf_counter() - started
+            requests1, dispatches1 = _nomad_counts(sim)
+            status = producer.batch_status(batch_id)
+    finally:
+        stack.stop_all(procs)
+    ok = status.exit_codes.get(0, 0) if status is not None else 0
+    return Run(
+        count, seconds, stored, count - ok, requests1 - requests0, dispatches1 - dispatches0
+    )
+
+
+# -- driver -------------------------------------------------------------------------------
+
+
+def measure(name: str, opts: Options, sim_extra: list[str]) -> Run:
+    """One run of one scenario on a fresh nomadsim (and redis-server)."""
+    with stack.nomadsim(sim_extra) as sim:
+        if name == "bare":
+            return bare(sim, opts.count, opts.bare_threads, opts.timeout)
+        with RedisServer() as server:
+            return (naive if name == "naive" else ours)(server, sim, opts)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=10_000, help="requests per run")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="nomadsim answers every request after this many ms (figure 3: 20)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="dispatchq worker processes (default: one per core)")
+    parser.add_argument("--pool", default=None,
+                        help="`dispatchq worker --pool` (default: the command's default)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="`dispatchq worker --concurrency` (default: the command's default)")
+    parser.add_argument("--bare-threads", type=int, default=32)
+    parser.add_argument("--naive-pool", default="prefork")
+    parser.add_argument("--naive-concurrency", type=int, default=2)
+    parser.add_argument("--only", default="bare,naive,ours",
+                        help="comma-separated scenarios to run (bare, naive, ours)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds one run may take (default: max(120, count / 20))")
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="keep the workers' logs here (default: a temporary directory)")
+    return parser.parse_args()  # fmt: skip
+
+
+def summarize(results: dict[str, list[Run]], labels: dict[str, str], figure: int) -> bool:
+    """Print the table, the machine-independent counts and the ratios; True if any run
+    had a failure or a missing outcome."""
+    rows = []
+    medians: dict[str, float] = {}
+    for name, runs in results.items():
+        rates = [r.rate for r in runs]
+        medians[name] = statistics.median(rates)
+        rows.append((labels[name], medians[name], rates))
+    report(f"Throughput, requests/s (medians of {len(rows[0][2])} runs)", rows)
+
+    print("\nMachine-independent (all runs)")
+    bad = False
+    for name, runs in results.items():
+        total = sum(r.items for r in runs)
+        stored = sum(r.stored for r in runs)
+        failed = sum(r.failures for r in runs)
+        per_item = statistics.median(r.nomad_requests / r.items for r in runs)
+        children = sum(r.dispatches for r in runs)
+        bad = bad or failed > 0 or stored < total
+        print(f"  {name:<5} requests {total:,}  outcomes stored {stored:,}  failed {failed:,}  "
+              f"children dispatched {children:,}  nomad HTTP requests per item {per_item:.2f}")
+
+    print("\nRatios (medians)")
+
+    def check(ours_name: str, baseline: str, target: float) -> None:
+        if ours_name in medians and baseline in medians:
+            ratio(f"{ours_name} / {baseline}", medians[ours_name], medians[baseline], target)
+
+    if figure == 2:
+        check("ours", "bare", 0.6)
+        check("ours", "naive", 1.0)
+    else:
+        check("ours", "naive", 4.0)
+        if "ours" in medians and "bare" in medians:
+            print(f"  ours / bare: {medians['ours'] / medians['bare']:.2f}x (no target)")
+    return bad
+
+
+def main() -> int:
+    args = parse_args()
+    scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
+    sim_extra = ["--latency-ms", str(args.latency_ms)] if args.latency_ms else []
+    figure = 3 if args.latency_ms else 2
+    labels = {
+        "bare": f"bare: {args.bare_threads} threads, no queue",
+        "naive": f"naive Celery task ({args.naive_pool} -c {args.naive_concurrency})",
+        "ours": (
+            f"ours: {args.workers} x dispatchq worker"
+            + (f" --pool {args.pool}" if args.pool else "")
+            + (f" -c {args.concurrency}" if args.concurrency else "")
+        ),
+    }
+    print(
+        f"Figure {figure}: {args.count:,} dispatches end to end, nomadsim latency "
+        f"{args.latency_ms:g} ms, {args.runs} runs, {os.cpu_count()} CPUs"
+    )
+    results: dict[str, list[Run]] = {name: [] for name in scenarios}
+    with contextlib.ExitStack() as exits:
+        log_dir: Path = args.log_dir or Path(
+            exits.enter_context(tempfile.TemporaryDirectory(prefix="bench-e2e-"))
+        )
+        log_dir.mkdir(parents=True, exist_ok=True)
+        opts = Options(
+            count=args.count,
+            timeout=args.timeout or max(120.0, args.count / 20),
+            log_dir=log_dir,
+            workers=args.workers,
+            pool=args.pool,
+            concurrency=args.concurrency,
+            bare_threads=args.bare_threads,
+            naive_pool=args.naive_pool,
+            naive_concurrency=args.naive_concurrency,
+        )
+        for run in range(1, args.runs + 1):
+            for name in scenarios:
+                result = measure(name, opts, sim_extra)
+                results[name].append(result)
+                print(
+                    f"  run {run} {name:<5} {result.rate:8,.0f}/s  {result.seconds:6.1f} s  "
+                    f"stored {result.stored:,}/{result.items:,}  failed {result.failures:,}  "
+                    f"nomad requests/item {result.nomad_requests / result.items:.2f}  "
+                    f"children {result.dispatches:,}",
+                    flush=True,
+                )
+    bad = summarize(results, labels, figure)
+    if bad:
+        print("\nSOME RUNS FAILED: see the failures above (worker logs with --log-dir)")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
