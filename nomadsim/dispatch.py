@@ -154,29 +154,29 @@ def dispatch(ctx: Ctx, args: DispatchArgs) -> tuple[JsonObj, int]:
                 "Index": existing["ModifyIndex"],
             }
             return response, existing["ModifyIndex"]
-    child = dict(parent)
     new_id = child_id(args.job_id, args.prefix_template)
     meta = parent.get("Meta")
     if args.meta:
         meta = {**(meta or {}), **args.meta}
     scheduler = sim.scheduler
     with store.write("JobRegistered") as w:
-        child.update(
-            ID=new_id,
-            Name=new_id,
-            ParentID=args.job_id,
-            Dispatched=True,
-            DispatchIdempotencyToken=token,
-            Priority=args.priority or parent["Priority"],
-            Meta=meta,
-            Payload=args.payload or None,
-            Status="pending",
-            Stop=False,
-            SubmitTime=now_ns(),
-            CreateIndex=w.index,
-            ModifyIndex=w.index,
-            JobModifyIndex=w.index,
-        )
+        child = {
+            **parent,
+            "ID": new_id,
+            "Name": new_id,
+            "ParentID": args.job_id,
+            "Dispatched": True,
+            "DispatchIdempotencyToken": token,
+            "Priority": args.priority or parent["Priority"],
+            "Meta": meta,
+            "Payload": args.payload or None,
+            "Status": "pending",
+            "Stop": False,
+            "SubmitTime": now_ns(),
+            "CreateIndex": w.index,
+            "ModifyIndex": w.index,
+            "JobModifyIndex": w.index,
+        }
         w.put_job(child)
         eval_id = ""
         if not is_periodic(parent):

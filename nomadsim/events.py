@@ -83,6 +83,8 @@ class EventBroker:
 
     def publish(self, batch: Batch) -> None:
         self.buffer.append(batch)
+        if not self.subscribers:
+            return
         for sub in list(self.subscribers):
             try:
                 sub.queue.put_nowait(batch)

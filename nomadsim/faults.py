@@ -78,6 +78,9 @@ class Decision:
     action: FaultRule | None = None
 
 
+NO_FAULT = Decision()
+
+
 class Faults:
     def __init__(self, latency_ms: float, rules: list[FaultRule]) -> None:
         self.latency_ms = latency_ms
@@ -98,6 +101,8 @@ class Faults:
         self.latency_ms = 0.0
 
     def decide(self, route: str, method: str) -> Decision:
+        if not self.rules and not self.latency_ms:
+            return NO_FAULT
         decision = Decision(self.latency_ms / 1000.0)
         for rule in self.rules:
             if rule.count == 0 or not rule.matches(route, method):

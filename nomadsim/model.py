@@ -260,7 +260,7 @@ class Summary:
 
     create_index: int
     modify_index: int
+    #: QueuedAllocations of the latest eval (replaced, never mutated in place).
     queued: dict[str, int] = field(default_factory=dict)
-    children: dict[str, int] = field(
-        default_factory=lambda: {"Pending": 0, "Running": 0, "Dead": 0}
-    )
+    #: Children counts, created when the job gets its first child.
+    children: dict[str, int] | None = None

@@ -18,6 +18,7 @@ from nomadsim.events import Batch, Event, EventBroker
 from nomadsim.model import TERMINAL_EVAL, Alloc, Eval, JsonObj, Summary
 
 JobKey = tuple[str, str]
+CHILD_COUNT = {"pending": "Pending", "running": "Running", "dead": "Dead"}
 
 
 class WatchHub:
@@ -166,10 +167,13 @@ class Write:
         summary = self.store.summaries.get(parent_key)
         if summary is None:
             return
+        children = summary.children
+        if children is None:
+            children = summary.children = {"Pending": 0, "Running": 0, "Dead": 0}
         if old is not None:
-            summary.children[old.capitalize()] -= 1
+            children[CHILD_COUNT[old]] -= 1
         if new is not None:
-            summary.children[new.capitalize()] += 1
+            children[CHILD_COUNT[new]] += 1
         summary.modify_index = self.index
         self.keys.add(("summary", *parent_key))
         self.tables.add("job_summary")
@@ -284,7 +288,7 @@ class Store:
             "JobID": key[1],
             "Namespace": key[0],
             "Summary": groups,
-            "Children": dict(summary.children),
+            "Children": dict(summary.children or {"Pending": 0, "Running": 0, "Dead": 0}),
             "CreateIndex": summary.create_index,
             "ModifyIndex": summary.modify_index,
         }
