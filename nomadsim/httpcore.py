@@ -11,7 +11,8 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from nomadsim.acl import Authz
-from nomadsim.godecode import DecodeError, GoType, decode_body
+from nomadsim.godecode import GoType, decode_body
+from nomadsim.goscan import DecodeError
 from nomadsim.jsonshape import dumps, parse_go_duration
 
 if TYPE_CHECKING:

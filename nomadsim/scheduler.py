@@ -1,18 +1,17 @@
-"""The scheduler worker, the simulated clients' alloc lifecycle, blocked evals and GC.
+"""The scheduler worker: evaluations, placements, blocked evals, the NextEval knob, GC.
 
-- Evaluations are processed one at a time from a FIFO queue (after `schedule_delay`).
-  A placement writes the allocs (`PlanResult`), then the eval update
-  (`EvaluationUpdated`), as Nomad's plan applier and worker do.
+- Evaluations are taken from a FIFO queue (one at a time after `schedule_delay` when
+  it is set, otherwise in batches). Each eval is planned on its own; a batch's
+  placements (`PlanResult` events) and eval outcomes (`EvaluationUpdated` events) are
+  written as one entry.
 - A task group that does not fit gets FailedTGAllocs and a blocked eval (§7). When an
   alloc frees capacity, blocked evals that could now place go back to `pending` (oldest
   first, only as many as the freed capacity could take) and are re-evaluated; one that
-  still cannot place is blocked again (Nomad's ReblockEval).
-- Simulated clients move allocs pending -> running -> complete (`AllocationUpdated`);
-  updates due in the same loop iteration are written as one entry, like a client's
-  batched updates. Task Config `run_for` (Go duration) and `exit_code` behave like
-  Nomad's mock driver; service jobs without `run_for` run until stopped.
+  still cannot place is blocked again (Nomad's ReblockEval). A newer blocked eval for
+  the same job cancels the older one.
 - `fail_next`: the next N evaluations end `failed` (delivery limit) with a NextEval
   follow-up that is scheduled after `followup_wait` seconds (the NextEval knob).
+- Allocs then run on the simulated clients (clients.py).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import contextlib
 from collections import deque
 from dataclasses import dataclass
 
+from nomadsim.clients import Clients
 from nomadsim.config import SimConfig
 from nomadsim.jsonshape import go_quote, new_uuid, now_ns
 from nomadsim.model import Alloc, Eval, JsonObj, Node, evolve
@@ -31,11 +31,6 @@ from nomadsim.state import JobKey, Store, Write
 DELIVERY_LIMIT = 3
 #: Evals planned per scheduler round (their writes are shared).
 BATCH = 256
-CLIENT_TEXT = {
-    "running": "Tasks are running",
-    "complete": "All tasks have completed",
-    "failed": "Failed tasks",
-}
 
 
 @dataclass
@@ -58,11 +53,8 @@ class Scheduler:
         self.queue: deque[str] = deque()
         self.wake = asyncio.Event()
         self.blocked: dict[JobKey, str] = {}
-        self.holding: dict[str, tuple[Node, int, int]] = {}
+        self.clients = Clients(store, config, self._capacity_freed)
         self.fail_next = config.fail_evals
-        self.updates: list[tuple[str, str]] = []
-        self.timers: dict[float, deque[tuple[float, str, str]]] = {}
-        self.flush_pending = False
         self.unblock_pending = False
         self.processed = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -186,8 +178,8 @@ class Scheduler:
                             modify_time=now_ns(),
                         )
                     )
-                    self._release(alloc.id)
-                    self._later(self.config.start_time, alloc.id, "complete")
+                    self.clients.release(alloc.id)
+                    self.clients.later(self.config.start_time, alloc.id, "complete")
         blocked_id = self.blocked.pop(key, None)
         with store.write("EvaluationUpdated") as w:
             blocked = store.evals.get(blocked_id or "")
@@ -235,7 +227,7 @@ class Scheduler:
             for plan in plans:
                 for alloc in plan.placed:
                     w.put_alloc(alloc)
-                    self._later(start, alloc.id, "running")
+                    self.clients.later(start, alloc.id, "running")
             for plan in plans:
                 ev, key, failed, queued = plan.ev, plan.key, plan.failed, plan.queued
                 summary = store.summaries.get(key)
@@ -324,84 +316,8 @@ class Scheduler:
             metrics=metric,
         )
         alloc.run_for, alloc.outcome = info.run_for, info.outcome
-        cpu, memory = info.cpu, info.memory_mb
-        node.used_cpu += cpu
-        node.used_memory_mb += memory
-        self.holding[alloc.id] = (node, cpu, memory)
+        self.clients.hold(alloc.id, node, info.cpu, info.memory_mb)
         return alloc
-
-    # -- simulated clients -----------------------------------------------------------
-
-    def _later(self, delay: float, alloc_id: str, status: str) -> None:
-        """Deliver a client status after delay. Entries with the same delay are due in
-        the order they were added, so each delay has a FIFO and at most one loop timer
-        (much cheaper than one asyncio timer per alloc transition)."""
-        loop = asyncio.get_running_loop()
-        fifo = self.timers.get(delay)
-        if fifo is None:
-            fifo = self.timers[delay] = deque()
-        fifo.append((loop.time() + delay, alloc_id, status))
-        if len(fifo) == 1:
-            loop.call_at(fifo[0][0], self._fire, delay)
-
-    def _fire(self, delay: float) -> None:
-        fifo = self.timers[delay]
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        while fifo and fifo[0][0] <= now:
-            _, alloc_id, status = fifo.popleft()
-            self.updates.append((alloc_id, status))
-        if fifo:
-            loop.call_at(fifo[0][0], self._fire, delay)
-        else:
-            del self.timers[delay]
-        if self.updates and not self.flush_pending:
-            self.flush_pending = True
-            loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self.flush_pending = False
-        updates, self.updates = self.updates, []
-        freed = False
-        now = now_ns()
-        with self.store.write("AllocationUpdated") as w:
-            for alloc_id, wanted in updates:
-                alloc = self.store.allocs.get(alloc_id)
-                if alloc is None or alloc.client_status in ("complete", "failed", "lost"):
-                    continue
-                if wanted == "running" and alloc.desired_status != "run":
-                    continue
-                status = wanted
-                if wanted == "complete" and alloc.desired_status == "run":
-                    status = alloc.outcome
-                changed = evolve(
-                    alloc,
-                    client_status=status,
-                    client_description=CLIENT_TEXT[status],
-                    modify_time=now,
-                    failed=status == "failed",
-                )
-                if status == "running":
-                    changed.started_at = now
-                    run_for = alloc.run_for
-                    if run_for is not None:
-                        run_for = self.config.run_time if run_for < 0 else run_for
-                        self._later(run_for, alloc_id, "complete")
-                else:
-                    changed.finished_at = now
-                    freed = self._release(alloc_id) or freed
-                w.put_alloc(changed)
-        if freed:
-            self._capacity_freed()
-
-    def _release(self, alloc_id: str) -> bool:
-        held = self.holding.pop(alloc_id, None)
-        if held is None:
-            return False
-        node, cpu, memory = held
-        node.used_cpu -= cpu
-        node.used_memory_mb -= memory
-        return True
 
     # -- blocked evals ---------------------------------------------------------------
 

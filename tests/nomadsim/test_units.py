@@ -8,7 +8,8 @@ from nomadsim.__main__ import build_parser, config_from_args
 from nomadsim.acl import AclStore, PolicyError, Token, parse_rules
 from nomadsim.faults import FaultRule, Faults
 from nomadsim.filterexpr import FilterError, compile_filter
-from nomadsim.godecode import STRING_MAP, DecodeError, decode_body, go_b64decode, struct
+from nomadsim.godecode import STRING_MAP, decode_body, go_b64decode, struct
+from nomadsim.goscan import DecodeError
 from nomadsim.jsonshape import (
     format_go_duration,
     go_list,
