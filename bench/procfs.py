@@ -1,7 +1,8 @@
 """Memory and TCP connections of a process tree, read from /proc (Linux; no psutil).
 
     tree(pid)                  the pid and all its descendants
-    memory(pids)               summed RSS and PSS in bytes (PSS shares forked pages fairly)
+    memory(pids)               summed RSS and PSS in bytes (PSS shares forked pages fairly),
+                               processes and threads
     tcp_connections(pids, p)   the tree's sockets connected to 127.0.0.1:p, by TCP state
 """
 
@@ -51,24 +52,30 @@ class Memory:
     rss: int
     pss: int
     processes: int
+    threads: int
 
 
 def memory(pids: list[int]) -> Memory:
-    """Summed RSS and PSS (bytes) of `pids`, from /proc/<pid>/smaps_rollup."""
-    rss = pss = count = 0
+    """Summed RSS and PSS (bytes) of `pids`, from /proc/<pid>/smaps_rollup, and how many
+    processes and threads there are."""
+    rss = pss = count = threads = 0
     for pid in pids:
         try:
             text = (PROC / str(pid) / "smaps_rollup").read_text()
+            status = (PROC / str(pid) / "status").read_text()
         except OSError:
             continue
         count += 1
+        threads += next(
+            int(line.split()[1]) for line in status.splitlines() if line.startswith("Threads:")
+        )
         for line in text.splitlines():
             name, _, rest = line.partition(":")
             if name == "Rss":
                 rss += int(rest.split()[0]) * 1024
             elif name == "Pss":
                 pss += int(rest.split()[0]) * 1024
-    return Memory(rss, pss, count)
+    return Memory(rss, pss, count, threads)
 
 
 def _socket_inodes(pid: int) -> set[str]:
