@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         default_factory=list, description="Hosts (host or host:port) http(s):// refs may fetch."
     )
     payload_http_timeout: float = Field(10.0, gt=0, description="Timeout of one payload fetch, s.")
+    event_feed: bool = Field(
+        True,
+        description="Follow evaluations through one event-stream subscription per worker "
+        "process (falls back to blocking queries where Nomad has no stream or refuses it).",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="Log rendering: JSON lines, console, or console only on a TTY."
     )

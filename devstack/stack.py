@@ -73,7 +73,7 @@ class LocalStack:
 
 
 @contextlib.contextmanager
-def local_stack(workers: int = 1, concurrency: int = 32) -> Iterator[LocalStack]:
+def local_stack(workers: int = 1, concurrency: int = 500) -> Iterator[LocalStack]:
     """Start everything on loopback ports; stop it all on exit, Ctrl-C included."""
     with contextlib.ExitStack() as stack:
         logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dispatchq-")))

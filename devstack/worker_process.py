@@ -21,8 +21,8 @@ class WorkerProcess:
     """A worker in its own process group, configured by environment variables."""
 
     env: Mapping[str, str]
-    pool: str = "threads"
-    concurrency: int = 8
+    pool: str = "gevent"
+    concurrency: int = 500
     name: str = "w1"
     log_path: Path | None = None
     extra_args: list[str] = field(default_factory=list)

@@ -11,8 +11,9 @@ could dispatch twice.
 from __future__ import annotations
 
 import base64
+import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -209,6 +210,51 @@ class NomadClient:
         path = f"/v1/evaluation/{quote(eval_id, safe='')}/allocations"
         body, last = self._call("GET", path, index=index, wait=wait)
         return list(body or []), last
+
+    def event_stream(
+        self,
+        *,
+        topics: Sequence[str],
+        index: int = 0,
+        namespace: str | None = None,
+        heartbeat: float = 30.0,
+    ) -> Iterator[tuple[int, list[dict[str, JSON]]]]:
+        """`GET /v1/event/stream`: (index, events) per ndjson batch, heartbeats skipped.
+
+        The stream holds one pooled connection until the iterator is closed. A stream
+        silent for longer than two heartbeats is dead: TransportError."""
+        query: list[tuple[str, str]] = [("index", str(index))]
+        query += [("topic", topic) for topic in topics]
+        if self.config.region:
+            query.append(("region", self.config.region))
+        if namespace or self.config.namespace:
+            query.append(("namespace", namespace or self.config.namespace))
+        url = self._base + "/v1/event/stream"
+        try:
+            response = self._session.get(
+                url, params=query, stream=True, timeout=(self.timeout, 2 * heartbeat + 5)
+            )
+        except requests.RequestException as exc:
+            raise transport_error("GET", url, exc, self._socket_path) from exc
+        with response:
+            if not 200 <= response.status_code < 300:
+                raise classify_http(response.status_code, response.text)
+            try:
+                for line in response.iter_lines():
+                    if not line:
+                        continue
+                    batch = json.loads(line)
+                    if batch.get("Events"):
+                        yield int(batch.get("Index") or 0), batch["Events"]
+            except requests.RequestException as exc:
+                raise transport_error("GET", url, exc, self._socket_path) from exc
+            except ValueError as exc:
+                raise ServerError(f"invalid JSON in the event stream: {exc}") from exc
+
+    def current_index(self) -> int:
+        """The cluster's latest index, from a cheap read (one evaluation listed)."""
+        _, index = self._call("GET", "/v1/evaluations", params={"per_page": "1"})
+        return index
 
     def stop_job(self, job_id: str, *, namespace: str | None = None, purge: bool = False) -> str:
         """`DELETE /v1/job/<id>`; returns the deregistration eval ID."""

@@ -18,8 +18,9 @@ import structlog
 
 from dispatch.batches import BatchStore
 from dispatch.errors import DispatchqError, NomadError
+from dispatch.eventfeed import EvaluationFeed, FeedReader
 from dispatch.events import Dispatched, DispatchFailed, EvalReadFailed, Event
-from dispatch.monitor import DEFAULT_WAIT, follow
+from dispatch.monitor import DEFAULT_WAIT, EvaluationReader, follow
 from dispatch.nomad import DispatchArgs, NomadClient
 from dispatch.outcome import Outcome, OutcomeRecorder
 from dispatch.payload import PayloadResolver
@@ -52,7 +53,7 @@ class _ResumableReader:
     """The monitor's reads, with retryable failures raised past the monitor, not folded
     into the outcome: a passing outage must not end a request with exit code 1."""
 
-    def __init__(self, client: NomadClient) -> None:
+    def __init__(self, client: EvaluationReader) -> None:
         self._client = client
 
     def read_evaluation(
@@ -100,6 +101,7 @@ class DispatchService:
     resolver: PayloadResolver
     records: RecordStore
     batches: BatchStore
+    feed: EvaluationFeed | None = None
     monitor_wait: float = DEFAULT_WAIT
 
     def run(
@@ -114,7 +116,7 @@ class DispatchService:
                 dispatched_job_id=record.dispatched_job_id,
                 eval_id=record.eval_id,
             )
-            return self._follow(request, record.dispatched_job_id, record.eval_id, on_event)
+            return self._follow(request, record.dispatched_job_id, record.eval_id, on_event, 0)
         if request.batch_id and self.batches.cancelled(request.batch_id):
             error = BatchCancelled(f"batch {request.batch_id} was cancelled before this dispatch")
             return self._finish(request, failed_outcome(request.job_id, error))
@@ -148,7 +150,8 @@ class DispatchService:
             dispatched_job_id=response.dispatched_job_id,
             eval_id=eval_id,
         )
-        return self._follow(request, response.dispatched_job_id, eval_id, on_event)
+        created = response.eval_create_index if eval_id == response.eval_id else 0
+        return self._follow(request, response.dispatched_job_id, eval_id, on_event, created)
 
     def give_up(self, request: DispatchRequest, error: DispatchqError, retries: int) -> Outcome:
         """The exit-1 outcome once the retry policy is spent on a retryable error."""
@@ -179,12 +182,21 @@ class DispatchService:
         registered.sort(key=lambda e: int(e.get("CreateIndex") or 0))
         return str(registered[0]["ID"]) if registered else ""
 
+    def _reader(self, eval_id: str, created: int) -> EvaluationReader:
+        """The shared event feed where there is one, else blocking queries per request."""
+        if self.feed is None or self.feed.refused:
+            return self.client
+        reader = FeedReader(self.feed, self.client)
+        reader.expect(eval_id, created)
+        return reader
+
     def _follow(
         self,
         request: DispatchRequest,
         child_id: str,
         eval_id: str,
         on_event: Callable[[Event], None] | None,
+        created: int,
     ) -> Outcome:
         recorder = OutcomeRecorder(request.job_id, on_event=on_event)
         followed = bool(eval_id) and not request.detach
@@ -192,7 +204,7 @@ class DispatchService:
         if followed:
             structlog.contextvars.bind_contextvars(eval_id=eval_id, dispatched_job_id=child_id)
             follow(
-                _ResumableReader(self.client),
+                _ResumableReader(self._reader(eval_id, created)),
                 eval_id,
                 recorder=recorder,
                 wait=self.monitor_wait,

@@ -61,7 +61,9 @@ class UnixSocketAdapter(HTTPAdapter):
     """Sends every request of the session it is mounted on to one unix socket."""
 
     def __init__(self, socket_path: str, pool_size: int) -> None:
-        self._pool = _UnixConnectionPool("localhost", maxsize=pool_size, socket_path=socket_path)
+        self._pool = _UnixConnectionPool(
+            "localhost", maxsize=pool_size, block=True, socket_path=socket_path
+        )
         super().__init__(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
 
     def get_connection_with_tls_context(
@@ -87,7 +89,7 @@ class TLSAdapter(HTTPAdapter):
         self._tls_kwargs: dict[str, Any] = {"ssl_context": context}
         if server_name:
             self._tls_kwargs["server_hostname"] = server_name
-        super().__init__(pool_maxsize=pool_size, max_retries=0)
+        super().__init__(pool_maxsize=pool_size, max_retries=0, pool_block=True)
 
     def init_poolmanager(
         self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
@@ -121,7 +123,10 @@ def tls_context(config: NomadConfig) -> ssl.SSLContext:
 
 
 def build_session(config: NomadConfig, pool_size: int) -> tuple[requests.Session, str]:
-    """A pooled session for `config.address`, and the base URL to put paths after."""
+    """A pooled session for `config.address`, and the base URL to put paths after.
+
+    The pool blocks: at most `pool_size` connections to Nomad, however many threads or
+    greenlets share the session; the others wait for a free connection."""
     session = requests.Session()
     # No proxies, .netrc or REQUESTS_CA_BUNDLE from the environment: only NOMAD_* count.
     session.trust_env = False
@@ -144,7 +149,9 @@ def build_session(config: NomadConfig, pool_size: int) -> tuple[requests.Session
             # urllib3's per-request warning would only clutter stderr.
             warnings.filterwarnings("ignore", category=InsecureRequestWarning)
     else:
-        session.mount("http://", HTTPAdapter(pool_maxsize=pool_size, max_retries=0))
+        session.mount(
+            "http://", HTTPAdapter(pool_maxsize=pool_size, max_retries=0, pool_block=True)
+        )
     return session, urlunsplit((parts.scheme, parts.netloc, "", "", ""))
 
 

@@ -26,8 +26,16 @@ def register(commands: Any) -> None:
         description="Run a Celery worker consuming dispatch requests. Extra arguments after "
         "`--` go to `celery worker` unchanged.",
     )
-    worker.add_argument("--pool", choices=POOLS, default="threads", help="execution pool")
-    worker.add_argument("--concurrency", "-c", type=int, default=16, help="parallel tasks")
+    worker.add_argument(
+        "--pool",
+        choices=POOLS,
+        default="gevent",
+        help="execution pool (default gevent: a request waiting on Nomad costs a greenlet, "
+        "not a thread or a process)",
+    )
+    worker.add_argument(
+        "--concurrency", "-c", type=int, default=500, help="requests in flight per process"
+    )
     worker.add_argument("--loglevel", default="INFO", help="Celery's own log level")
     worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="more `celery worker` args")
     worker.set_defaults(handler=run_worker)

@@ -8,11 +8,12 @@ import redis
 from celery import Celery
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
-from config.celery import make_app
+from config.celery import celery_config, make_app
 from config.logging import configure_logging
 from config.settings import load_settings
 from dispatch.liveness import Heartbeat
 from worker.health import warn_about_redis
+from worker.redelivery import RedeliverySweeper
 
 settings = load_settings()
 configure_logging(settings.log_format, settings.log_level)
@@ -22,7 +23,7 @@ app.conf.include = ["worker.tasks"]
 app.conf.broker_transport = "worker.poison:PoisonTransport"
 app.conf.worker_consumer = "worker.poison:PoisonAwareConsumer"
 
-_heartbeat: list[Heartbeat] = []
+_background: list[Heartbeat | RedeliverySweeper] = []
 
 
 @worker_ready.connect
@@ -31,13 +32,15 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
     beat = Heartbeat(client, settings.queue, getattr(sender, "hostname", "worker"))
     beat.start()
-    _heartbeat.append(beat)
+    _background.append(beat)
+    interval = celery_config(settings)["broker_transport_options"]["unacked_restore_interval"]
+    _background.append(RedeliverySweeper(app, interval).start())
 
 
 @worker_shutdown.connect
 def _on_shutdown(**_: Any) -> None:
-    while _heartbeat:
-        _heartbeat.pop().stop()
+    while _background:
+        _background.pop().stop()
 
 
 @worker_process_shutdown.connect

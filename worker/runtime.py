@@ -14,6 +14,7 @@ import redis
 from config.logging import register_secrets
 from config.settings import Settings, load_settings
 from dispatch.batches import BatchStore
+from dispatch.eventfeed import EvaluationFeed
 from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
 from dispatch.payload import PayloadPolicy, PayloadResolver
@@ -24,6 +25,9 @@ from dispatch.service import DispatchService
 # Fast in-place retries for blips; longer outages go to the task's retry policy, which
 # frees the worker slot while it waits.
 CLIENT_RETRY = RetryPolicy(attempts=3, floor=0.1, cap=1.0)
+NOMAD_CONNECTIONS = 15
+"""Connections to Nomad per worker process, the event stream's included: the pool blocks,
+so however many tasks run at once, a process never opens more."""
 
 
 @dataclass
@@ -33,6 +37,8 @@ class Runtime:
     service: DispatchService
 
     def close(self) -> None:
+        if self.service.feed is not None:
+            self.service.feed.stop()
         self.service.client.close()
         self.service.resolver.close()
         self.redis.close()
@@ -53,8 +59,11 @@ def build_runtime(settings: Settings | None = None, nomad: NomadConfig | None = 
         ),
         client,
     )
+    nomad_client = NomadClient(nomad, retry=CLIENT_RETRY, pool_size=NOMAD_CONNECTIONS)
+    feed = EvaluationFeed(nomad_client, nomad.namespace or None) if settings.event_feed else None
     service = DispatchService(
-        client=NomadClient(nomad, retry=CLIENT_RETRY, pool_size=32),
+        client=nomad_client,
+        feed=feed.start() if feed else None,
         resolver=resolver,
         records=RecordStore(client, settings.result_ttl),
         batches=BatchStore(client, settings.result_ttl),

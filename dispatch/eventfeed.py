@@ -1,0 +1,230 @@
+"""One event-stream subscription per worker process, shared by every monitor in it.
+
+Following thousands of evaluations with a blocking query each holds thousands of
+connections to Nomad. Instead, one background thread (a greenlet under gevent) reads
+`/v1/event/stream?topic=Evaluation&topic=Allocation` and keeps, for every evaluation seen
+recently, its latest state and its allocations (as list stubs). `FeedReader` serves the
+monitor's reads (`dispatch.monitor.EvaluationReader`) from that cache, and falls back to
+plain HTTP for what the feed cannot vouch for:
+
+- an evaluation created before the feed was listening (a request resumed after a crash),
+  or while it was reconnecting: read over HTTP;
+- a wait during which the stream reconnected (events may have been missed): re-read over
+  HTTP when it ends;
+- a stream Nomad refuses (ACL, an old version without it): every read over HTTP, as
+  before.
+
+Stream events are ordered by raft index, and Nomad writes a plan's allocations before it
+marks the evaluation complete, so once the cache holds an evaluation at some index it
+also holds every allocation written before it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from dispatch.errors import NomadError, PermissionDenied
+from dispatch.nomad import NomadClient
+
+log = structlog.get_logger(__name__)
+
+TOPICS = ("Evaluation", "Allocation")
+STUB_FIELDS = (
+    "ID", "EvalID", "Name", "Namespace", "NodeID", "JobID", "TaskGroup", "DesiredStatus",
+    "DesiredDescription", "ClientStatus", "ClientDescription", "CreateIndex", "ModifyIndex",
+)  # fmt: skip
+EVAL_FIELDS = (
+    "ID", "Namespace", "Type", "TriggeredBy", "JobID", "NodeID", "DeploymentID", "Status",
+    "StatusDescription", "Wait", "NextEval", "PreviousEval", "BlockedEval", "FailedTGAllocs",
+    "QueuedAllocations", "CreateIndex", "ModifyIndex",
+)  # fmt: skip
+KEEP = 20_000
+"""Evaluations remembered (with their allocations), oldest forgotten first: a few KB
+each, so tens of MB at most."""
+CATCH_UP = 5.0
+"""Seconds a first read waits for the feed to reach the dispatch's index before HTTP."""
+
+
+@dataclass
+class _Entry:
+    evaluation: dict[str, Any] | None = None
+    allocations: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def index(self) -> int:
+        return int(self.evaluation.get("ModifyIndex") or 0) if self.evaluation else 0
+
+
+class EvaluationFeed:
+    """The shared cache, kept current by a background reader of the event stream."""
+
+    def __init__(self, client: NomadClient, namespace: str | None = None) -> None:
+        self.client = client
+        self.namespace = namespace
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._changed = threading.Condition()
+        self.covered_from: int | None = None  # evals created after this index are complete
+        self.last_index = 0
+        self.generation = 0  # bumped on every (re)connection: waits across it re-check
+        self.refused = False  # the server will not stream to us: HTTP only
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dispatchq-eventfeed", daemon=True)
+
+    def start(self) -> EvaluationFeed:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    # -- the reader thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                start = self.client.current_index()
+                with self._changed:
+                    self.generation += 1
+                    self.covered_from = start
+                    self.last_index = max(self.last_index, start)
+                    self._changed.notify_all()
+                log.info("eventfeed.connected", index=start)
+                for index, events in self.client.event_stream(
+                    topics=TOPICS, index=start + 1, namespace=self.namespace
+                ):
+                    self._apply(index, events)
+                    backoff = 0.5
+                    if self._stop.is_set():
+                        return
+            except PermissionDenied as err:
+                self._refuse(f"the event stream was refused ({err}); following by HTTP")
+                return
+            except NomadError as err:
+                if err.status == 404:
+                    self._refuse("this Nomad has no event stream; following by HTTP")
+                    return
+                log.warning("eventfeed.disconnected", error=str(err), retry_in=backoff)
+            with self._changed:
+                self.covered_from = None  # until reconnected, vouch for nothing new
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    def _refuse(self, why: str) -> None:
+        log.warning("eventfeed.unavailable", reason=why)
+        with self._changed:
+            self.refused = True
+            self.covered_from = None
+            self.generation += 1
+            self._changed.notify_all()
+
+    def _apply(self, index: int, events: list[dict[str, Any]]) -> None:
+        with self._changed:
+            for event in events:
+                payload = event.get("Payload") or {}
+                if event.get("Topic") == "Evaluation" and payload.get("Evaluation"):
+                    full = payload["Evaluation"]
+                    evaluation = {name: full[name] for name in EVAL_FIELDS if name in full}
+                    self._entry(full["ID"]).evaluation = evaluation
+                elif event.get("Topic") == "Allocation" and payload.get("Allocation"):
+                    alloc = payload["Allocation"]
+                    stub = {name: alloc.get(name) for name in STUB_FIELDS}
+                    self._entry(alloc.get("EvalID") or "").allocations[alloc["ID"]] = stub
+            self.last_index = max(self.last_index, index)
+            self._changed.notify_all()
+
+    def _entry(self, eval_id: str) -> _Entry:
+        entry = self._entries.get(eval_id)
+        if entry is None:
+            entry = self._entries[eval_id] = _Entry()
+            while len(self._entries) > KEEP:
+                self._entries.popitem(last=False)
+        return entry
+
+    # -- readers ------------------------------------------------------------------------
+
+    def vouched(self, eval_id: str) -> _Entry | None:
+        """The entry, if the feed saw this evaluation from its creation on."""
+        entry = self._entries.get(eval_id)
+        if entry is None or entry.evaluation is None or self.covered_from is None:
+            return None
+        created = int(entry.evaluation.get("CreateIndex") or 0)
+        return entry if created > self.covered_from else None
+
+    def allocations(self, eval_id: str) -> list[dict[str, Any]]:
+        with self._changed:
+            entry = self._entries.get(eval_id)
+            return list(entry.allocations.values()) if entry else []
+
+    def catch_up(self, index: int, timeout: float) -> bool:
+        """Wait until the feed has read past `index`; False if it cannot say so in time."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.last_index < index or self.covered_from is None:
+                remaining = deadline - time.monotonic()
+                if self.refused or remaining <= 0 or self._stop.is_set():
+                    return False
+                self._changed.wait(remaining)
+            return self.covered_from < index
+
+    def wait_change(self, eval_id: str, index: int, timeout: float) -> tuple[_Entry | None, bool]:
+        """Wait until the evaluation's ModifyIndex passes `index` (or timeout). Returns
+        the entry and whether the feed stayed connected all along (else re-check)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            generation = self.generation
+            while True:
+                entry = self.vouched(eval_id)
+                steady = self.generation == generation and not self.refused
+                if not steady or (entry is not None and entry.index > index):
+                    return entry, steady
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    return entry, steady
+                self._changed.wait(remaining)
+
+
+class FeedReader:
+    """`EvaluationReader` for the monitor: the feed where it can vouch, HTTP otherwise."""
+
+    def __init__(self, feed: EvaluationFeed, client: NomadClient) -> None:
+        self.feed = feed
+        self.client = client
+        self._from_feed: set[str] = set()
+
+    def expect(self, eval_id: str, create_index: int) -> None:
+        """The dispatch created `eval_id` at `create_index`: let the feed catch up."""
+        if create_index and self.feed.catch_up(create_index, CATCH_UP):
+            self._from_feed.add(eval_id)
+
+    def read_evaluation(
+        self, eval_id: str, *, index: int = 0, wait: float | None = None
+    ) -> tuple[dict[str, Any], int]:
+        if index == 0 or eval_id not in self._from_feed:
+            entry = self.feed.vouched(eval_id)
+            if entry is not None and entry.evaluation is not None:
+                self._from_feed.add(eval_id)
+                return entry.evaluation, entry.index
+            self._from_feed.discard(eval_id)
+            return self.client.read_evaluation(eval_id, index=index, wait=wait)
+        entry, steady = self.feed.wait_change(eval_id, index, wait if wait is not None else 60)
+        if steady and entry is not None and entry.evaluation is not None:
+            return entry.evaluation, entry.index
+        self._from_feed.discard(eval_id)  # missed events are possible: ask Nomad
+        return self.client.read_evaluation(eval_id)
+
+    def evaluation_allocations(
+        self, eval_id: str, *, index: int = 0, wait: float | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        entry = self.feed.vouched(eval_id) if eval_id in self._from_feed else None
+        if entry is not None:
+            return self.feed.allocations(eval_id), entry.index
+        return self.client.evaluation_allocations(eval_id, index=index, wait=wait)
