@@ -152,7 +152,10 @@ def new_uuid() -> str:
 _VARIANT = dict(zip("0123456789abcdef", "89ab89ab89ab89ab", strict=True))
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_PRETTY = json.JSONEncoder(indent=4)
+
+
 def dumps(value: Any, pretty: bool = False) -> bytes:
-    if pretty:
-        return json.dumps(value, indent=4).encode()
-    return json.dumps(value, separators=(",", ":")).encode()
+    """JSON as Nomad sends it (`?pretty` indents); encoders are reused, not rebuilt."""
+    return (_PRETTY if pretty else _COMPACT).encode(value).encode()
