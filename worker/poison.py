@@ -68,10 +68,13 @@ def envelope_problem(raw: Any) -> str | None:
     props = raw.get("properties")
     if not isinstance(props, dict):
         return "the message has no 'properties' object"
-    if not isinstance(props.get("delivery_tag"), str | int):
-        return "properties.delivery_tag is missing"
-    if not isinstance(props.get("delivery_info", {}), dict):
-        return "properties.delivery_info must be an object"
+    if not isinstance(props.get("delivery_tag"), str) or not props["delivery_tag"]:
+        return "properties.delivery_tag must be a non-empty string"
+    info = props.get("delivery_info")
+    if not isinstance(info, dict) or not all(
+        isinstance(info.get(name), str) for name in ("exchange", "routing_key")
+    ):
+        return "properties.delivery_info must be an object with exchange and routing_key"
     for name in ("headers",):
         if raw.get(name) is not None and not isinstance(raw[name], dict):
             return f"'{name}' must be an object"
@@ -89,6 +92,38 @@ def envelope_problem(raw: Any) -> str | None:
             base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
             return "the body is not valid base64"
+    return None
+
+
+_STRING_HEADERS = ("id", "root_id", "parent_id", "group", "shadow", "origin", "lang",
+                   "argsrepr", "kwargsrepr")  # fmt: skip
+
+
+def headers_problem(headers: Any) -> str | None:
+    """Why protocol-2 headers would trip Celery's consumer itself (which stops the worker on
+    e.g. a task name that is not a string), or None. Celery reports the rest."""
+    if not isinstance(headers, dict) or "task" not in headers:
+        return None  # Celery's on_unknown_message reports it
+    if not isinstance(headers["task"], str):
+        return "the 'task' header must be a string"
+    for name in _STRING_HEADERS:
+        if headers.get(name) is not None and not isinstance(headers[name], str):
+            return f"the {name!r} header must be a string"
+    if not isinstance(headers.get("id"), str) or not headers["id"]:
+        return "the 'id' header (the task ID) is missing"
+    retries = headers.get("retries")
+    if retries is not None and (type(retries) is not int or retries < 0):
+        return "the 'retries' header must be a whole number"
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+        isinstance(limits, list)
+        and len(limits) == 2
+        and all(v is None or type(v) in (int, float) for v in limits)
+    ):
+        return "the 'timelimit' header must be [soft, hard]"
+    for name in ("ignore_result",):
+        if headers.get(name) is not None and not isinstance(headers[name], bool):
+            return f"the {name!r} header must be true or false"
     return None
 
 
@@ -151,6 +186,9 @@ class PoisonAwareConsumer(Consumer):
         run = super().create_task_handler(promise)
 
         def on_task_received(message: Any) -> Any:
+            problem = headers_problem(message.headers)
+            if problem is not None:
+                return self._refuse(message, "malformed", problem)
             try:
                 body = message.decode()
             except (DecodeError, ContentDisallowed):
