@@ -136,8 +136,16 @@ def validate(req: NewRequest) -> None:
         not isinstance(req.request_id, str) or not 0 < len(req.request_id) <= 200
     ):
         raise InvalidRequest("request_id must be a string of 1 to 200 characters")
-    if not isinstance(req.priority, int) or not 0 <= req.priority <= 100:
+    if type(req.priority) is not int or not 0 <= req.priority <= 100:
         raise InvalidRequest("priority must be an integer from 0 (inherit) to 100")
+    for name in ("namespace", "batch_id"):
+        value = getattr(req, name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"{name} must be a string, not {type(value).__name__}")
+    if not isinstance(req.id_prefix_template, str):
+        raise InvalidRequest("id_prefix_template must be a string")
+    if not isinstance(req.detach, bool):
+        raise InvalidRequest(f"detach must be true or false, not {type(req.detach).__name__}")
 
 
 class Enqueuer:

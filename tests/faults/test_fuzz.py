@@ -49,7 +49,7 @@ kwargs_like = st.dictionaries(
 
 
 producer_inputs = st.fixed_dictionaries(
-    {"job_id": anything},
+    {"job_id": st.sampled_from(["encode", "plain"]) | anything},
     optional={
         "payload": st.binary(max_size=17_000) | json_values,
         "payload_ref": anything,
