@@ -4,9 +4,7 @@ warned about at worker start."""
 
 from __future__ import annotations
 
-import base64
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -16,37 +14,10 @@ from devstack.redis_server import RedisServer
 from devstack.worker_process import WorkerProcess
 from dispatch import dlq, keys
 from producer.cli import main
-from tests.support.faults import FaultStack, keys_without_ttl, wait_until
+from tests.support.faults import FaultStack, keys_without_ttl, raw_message, wait_until
 from tests.support.stack import QUEUE
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
-
-
-def raw_message(
-    body: bytes,
-    *,
-    task: str = "dispatchq.dispatch",
-    content_type: str = "application/json",
-    request_id: str | None = None,
-) -> str:
-    """A kombu envelope around `body`, the way any Celery client would push it."""
-    rid = request_id or str(uuid.uuid4())
-    return json.dumps(
-        {
-            "body": base64.b64encode(body).decode(),
-            "content-encoding": "utf-8",
-            "content-type": content_type,
-            "headers": {"lang": "py", "task": task, "id": rid, "root_id": rid, "retries": 0},
-            "properties": {
-                "correlation_id": rid,
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": QUEUE},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
-    )
 
 
 def _kwargs_body(**kwargs: Any) -> bytes:

@@ -5,8 +5,11 @@ reports (requests, faults injected, lost, doubled), printed at the end of the ru
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -181,6 +184,33 @@ def deliveries(client: redis.Redis, ids: list[str]) -> Counter[int]:
     for rid in ids:
         pipe.hget(keys.request(rid), "deliveries")
     return Counter(int(n or 0) for n in pipe.execute())
+
+
+def raw_message(
+    body: bytes,
+    *,
+    task: str = "dispatchq.dispatch",
+    content_type: str = "application/json",
+    request_id: str | None = None,
+) -> str:
+    """A kombu envelope around `body`, the way any Celery client would push it."""
+    rid = request_id or str(uuid.uuid4())
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": content_type,
+            "headers": {"lang": "py", "task": task, "id": rid, "root_id": rid, "retries": 0},
+            "properties": {
+                "correlation_id": rid,
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": QUEUE},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
 
 
 def keys_without_ttl(client: redis.Redis, queue: str = QUEUE) -> list[str]:
