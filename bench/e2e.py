@@ -159,6 +159,7 @@ def bare(sim: NomadSimProcess, count: int, threads: int, timeout: float) -> Run:
 class Options:
     count: int
     timeout: float
+    stall: float
     log_dir: Path
     workers: int
     pool: str | None
@@ -191,9 +192,13 @@ def naive(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
             pipe.lpush(naive_app.QUEUE, *(body for _, body in messages[i : i + 500]))
         pipe.execute()
         deadline = time.monotonic() + opts.timeout
+        last = time.monotonic()
         while published < count and time.monotonic() < deadline:
             if pubsub.get_message(timeout=1.0) is not None:
                 published += 1
+                last = time.monotonic()
+            elif time.monotonic() - last > opts.stall:
+                break
         seconds = time.perf_counter() - started
         requests1, dispatches1 = _nomad_counts(sim)
     metas = stack.result_states(client, task_ids)
@@ -222,17 +227,16 @@ def ours(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
             requests0, dispatches0 = _nomad_counts(sim)
             started = time.perf_counter()
             batch_id = producer.dispatch_batch(stack.JOB_ID, items, preflight=False)
-            deadline = time.monotonic() + opts.timeout
-            while True:
-                status = producer.batch_status(batch_id)
-                if (status is not None and status.finished) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
+            status = stack.wait_finished(
+                producer, batch_id, timeout=opts.timeout, stall=opts.stall
+            )
             request_ids = list(producer.batches.request_ids(batch_id))
             stored = stack.wait_stored(producer.redis, request_ids, 10.0)
             seconds = time.perf_counter() - started
             requests1, dispatches1 = _nomad_counts(sim)
             status = producer.batch_status(batch_id)
+            if status is None or not status.finished:
+                print(f"  ours: batch not finished: {stack.unfinished(producer, batch_id)}")
     finally:
         stack.stop_all(procs)
     ok = status.exit_codes.get(0, 0) if status is not None else 0
@@ -272,6 +276,8 @@ def parse_args() -> argparse.Namespace:
                         help="comma-separated scenarios to run (bare, naive, ours)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds one run may take (default: max(120, count / 20))")
+    parser.add_argument("--stall", type=float, default=60.0,
+                        help="give up on a run when no request finished for this long")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="keep the workers' logs here (default: a temporary directory)")
     return parser.parse_args()  # fmt: skip
@@ -343,6 +349,7 @@ def main() -> int:
         opts = Options(
             count=args.count,
             timeout=args.timeout or max(120.0, args.count / 20),
+            stall=args.stall,
             log_dir=log_dir,
             workers=args.workers,
             pool=args.pool,

@@ -65,14 +65,11 @@ def run_batch(producer: Producer, count: int, offset: int, timeout: float) -> st
     """Enqueue a batch of `count` items and wait until every outcome is stored."""
     items = [{"payload": stack.payload(offset + n), "meta": stack.META} for n in range(count)]
     batch_id = producer.dispatch_batch(stack.JOB_ID, items, preflight=False)
-    deadline = time.monotonic() + timeout
-    while True:
-        status = producer.batch_status(batch_id)
-        if status is not None and status.finished:
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"batch {batch_id} not finished after {timeout:g} s")
-        time.sleep(0.1)
+    status = stack.wait_finished(producer, batch_id, timeout=timeout, stall=60, poll=0.1)
+    if status is None or not status.finished:
+        raise RuntimeError(
+            f"batch {batch_id} did not finish: {stack.unfinished(producer, batch_id)}"
+        )
     ids = list(producer.batches.request_ids(batch_id))
     stored = stack.wait_stored(producer.redis, ids, 30)
     if stored < count:

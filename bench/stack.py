@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from config.settings import Settings
 from devstack.nomadsim_process import NomadSimProcess
 from devstack.worker_process import WorkerProcess
 from dispatch import keys
+from dispatch.batches import BatchStatus
+from producer.api import Producer
 
 REPO = Path(__file__).resolve().parent.parent
 JOB_ID = "bench-encode"
@@ -222,6 +225,48 @@ class NaiveWorker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_finished(
+    producer: Producer, batch_id: str, *, timeout: float, stall: float, poll: float = 0.05
+) -> BatchStatus | None:
+    """Poll `batch_status` every `poll` seconds until the batch is finished, `timeout`
+    seconds pass, or `done` has not moved for `stall` seconds (a stuck run ends early
+    instead of hanging; the caller reports what did not finish)."""
+    started = last_move = time.monotonic()
+    last_done = -1
+    while True:
+        status = producer.batch_status(batch_id)
+        now = time.monotonic()
+        if status is not None and status.finished:
+            return status
+        done = status.done if status else 0
+        if done != last_done:
+            last_done, last_move = done, now
+        if now - started > timeout or now - last_move > stall:
+            return status
+        time.sleep(poll)
+
+
+def unfinished(producer: Producer, batch_id: str) -> str:
+    """What the requests of a batch that did not finish are doing: record states, and
+    outcomes stored as a Celery FAILURE (a task that raised) — for the report."""
+    ids = list(producer.batches.request_ids(batch_id))
+    pipe = producer.redis.pipeline(transaction=False)
+    for rid in ids:
+        pipe.hget(keys.request(rid), "state")
+    states = Counter((s or b"none").decode() for s in pipe.execute())
+    metas = result_states(producer.redis, ids)
+    failures = Counter(
+        str(m["result"].get("exc_type") if isinstance(m.get("result"), dict) else m["status"])
+        for m in metas
+        if m is not None and m.get("status") != "SUCCESS"
+    )
+    missing = sum(1 for m in metas if m is None)
+    return (
+        f"record states {dict(states)}, outcomes missing {missing}, "
+        f"Celery task failures {dict(failures)}"
+    )
 
 
 def count_existing(client: redis.Redis, names: list[str], chunk: int = 1000) -> int:
