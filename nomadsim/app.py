@@ -11,7 +11,6 @@ fault rules and global latency are applied.
 from __future__ import annotations
 
 import asyncio
-import logging
 from urllib.parse import parse_qsl, unquote
 
 from aiohttp import web
@@ -19,12 +18,12 @@ from multidict import MultiDict, MultiDictProxy
 
 from nomadsim import routes_jobs, routes_reads
 from nomadsim.admin import handle_admin
+from nomadsim.faults import DEFAULT_MESSAGES
 from nomadsim.httpcore import ApiError, Ctx, text_response
 from nomadsim.routes_acl import acl_route
 from nomadsim.sim import Sim
 from nomadsim.stream import event_stream
 
-log = logging.getLogger("nomadsim")
 NO_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 
 
@@ -123,10 +122,8 @@ class NomadSimServer:
                     request.transport.abort()
                 raise asyncio.CancelledError
             status = 500 if action.kind == "error" else 429
-            message = action.message or ("No cluster leader" if status == 500 else
-                                         "Too Many Requests")
             sim.statuses[str(status)] += 1
-            return text_response(status, message)
+            return text_response(status, action.message or DEFAULT_MESSAGES[action.kind])
         # Parsed here rather than through request.rel_url, which builds a yarl URL.
         query = (
             MultiDictProxy(MultiDict(parse_qsl(raw_query, keep_blank_values=True)))

@@ -39,11 +39,7 @@ class GoType:
     def __post_init__(self) -> None:
         self.folded.update({name.casefold(): name for name in self.fields})
 
-    def field_for(self, key: str) -> str | None:
-        """Go's field matching: the exact name, else a case-insensitive match."""
-        if key in self.fields:
-            return key
-        return self.folded.get(key.casefold())
+
 
 
 STRING = GoType("string", "string")

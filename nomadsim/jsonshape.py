@@ -110,24 +110,6 @@ def parse_go_duration(text: str) -> int:
     return sign * int(total)
 
 
-def format_go_duration(ns: int) -> str:
-    """time.Duration.String() for the whole-millisecond values nomadsim produces."""
-    if ns == 0:
-        return "0s"
-    if ns < 1_000_000_000:
-        return f"{ns / 1_000_000:g}ms"
-    seconds, rem = divmod(ns, 1_000_000_000)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    frac = f"{rem / 1e9:.9f}".rstrip("0").rstrip(".")[1:] if rem else ""
-    out = f"{seconds}{frac}s"
-    if minutes or hours:
-        out = f"{minutes}m{out}"
-    if hours:
-        out = f"{hours}h{out}"
-    return out
-
-
 def now_ns() -> int:
     return time.time_ns()
 

@@ -51,10 +51,6 @@ class WatchHub:
     def active(self) -> bool:
         return bool(self._events)
 
-    @property
-    def waiting(self) -> int:
-        return sum(entry[1] for entry in self._events.values())
-
 
 def job_status(store: Store, key: JobKey, job: JsonObj) -> str:
     """Nomad's getJobStatus."""
