@@ -286,3 +286,37 @@ def test_pretty_and_namespace_body(api: Api) -> None:
     assert "\n    " in api.get(f"/v1/job/{job_id}", params={"pretty": "true"}).text
     api.ok("POST", "/v1/namespace", json={"Name": "from-body", "Description": "d"})
     assert api.ok("GET", "/v1/namespace/from-body")["Description"] == "d"
+
+
+def test_eval_and_alloc_lists(api: Api) -> None:
+    job_id = unique("lists")
+    api.register(parameterized(job_id))
+    result = api.dispatch(job_id)
+    child = result["DispatchedJobID"]
+    api.wait_for(lambda: api.job(child)["Status"] == "dead", "the child to finish")
+    evals = api.ok("GET", "/v1/evaluations", params={"job": child, "status": "complete"})
+    assert [e["ID"] for e in evals] == [result["EvalID"]]
+    assert api.ok("GET", "/v1/evaluations", params={"job": child, "status": "pending"}) == []
+    filtered = api.ok("GET", "/v1/evaluations", params={"filter": f'JobID == "{child}"'})
+    assert [e["ID"] for e in filtered] == [result["EvalID"]]
+    allocs = api.ok("GET", "/v1/allocations", params={"filter": f'JobID == "{child}"'})
+    assert len(allocs) == 1 and allocs[0]["ClientStatus"] == "complete"
+    by_prefix = api.ok("GET", "/v1/allocations", params={"prefix": allocs[0]["ID"][:8]})
+    assert allocs[0]["ID"] in [a["ID"] for a in by_prefix]
+    assert api.get("/v1/allocation/nope").status_code == 404
+    assert api.get("/v1/evaluation/nope").text == "eval not found"
+
+
+def test_misc_endpoints(api: Api) -> None:
+    assert api.ok("GET", "/v1/regions") == ["global"]
+    assert api.ok("GET", "/v1/status/peers") == ["127.0.0.1:4647"]
+    agent = api.ok("GET", "/v1/agent/self")
+    assert agent["config"]["Region"] == "global" and agent["config"]["ACL"]["Enabled"] is False
+    nodes = api.ok("GET", "/v1/nodes")
+    assert {n["Datacenter"] for n in nodes} == {"dc1"} and len(nodes) == 3
+    missing = api.get("/v1/nothing-here")
+    assert (missing.status_code, missing.text) == (404, "404 page not found\n")
+    api.ok("PUT", "/v1/namespace/short-lived")
+    api.ok("DELETE", "/v1/namespace/short-lived")
+    assert api.get("/v1/namespace/short-lived").status_code == 404
+    assert api.delete("/v1/namespace/default").status_code == 500
