@@ -113,10 +113,6 @@ class BatchStore:
         raw = self.client.hgetall(keys.batch(batch_id))
         return BatchStatus.from_hash(batch_id, raw) if raw else None  # type: ignore[arg-type]
 
-    def cancelled(self, batch_id: str) -> bool:
-        state = self.client.hget(keys.batch(batch_id), "state")
-        return state == CANCELLED.encode()
-
     def cancel(self, batch_id: str) -> bool:
         """Mark the batch cancelled; False when there is no such batch."""
         key = keys.batch(batch_id)

@@ -18,7 +18,6 @@ from enum import StrEnum
 from typing import Any
 
 import redis
-from redis.typing import EncodableT, FieldT
 
 from dispatch import keys
 
@@ -103,6 +102,22 @@ if state ~= 'done' and ARGV[3] ~= '' then
 end
 """
 
+# A worker taking a request: the record as it was, whether its batch was cancelled, and
+# (unless the request is already dispatched, or cancelled) the record marked dispatching.
+# One round trip where three separate reads and writes cost a third of a request's time.
+_BEGIN_LUA = """
+local previous = redis.call('HGETALL', KEYS[1])
+local cancelled = 0
+if ARGV[3] ~= '' and redis.call('HGET', ARGV[5], 'state') == 'cancelled' then cancelled = 1 end
+local child = redis.call('HGET', KEYS[1], 'dispatched_job_id')
+if (not child or child == '') and cancelled == 0 then
+  redis.call('HSET', KEYS[1], 'state', 'dispatching', 'job_id', ARGV[2], 'started_at', ARGV[4])
+  if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'batch_id', ARGV[3]) end
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return {previous, cancelled}
+"""
+
 MAX_BATCH_ERRORS = 50
 """A batch keeps the first errors only: enough to see what went wrong, bounded memory."""
 
@@ -115,25 +130,26 @@ class RecordStore:
         self.ttl = ttl
         self._dispatched = client.register_script(_DISPATCHED_LUA)
         self._done = client.register_script(_DONE_LUA)
+        self._begin = client.register_script(_BEGIN_LUA)
 
     def load(self, request_id: str) -> RequestRecord | None:
         raw = self.client.hgetall(keys.request(request_id))
         return RequestRecord.from_hash(request_id, raw) if raw else None  # type: ignore[arg-type]
 
-    def mark_dispatching(self, request_id: str, job_id: str, batch_id: str | None) -> None:
-        """Also creates the record for a message pushed without one (a foreign producer)."""
-        fields: dict[FieldT, EncodableT] = {
-            "state": RequestState.DISPATCHING.value,
-            "job_id": job_id,
-            "started_at": time.time(),
-        }
-        if batch_id:
-            fields["batch_id"] = batch_id
-        key = keys.request(request_id)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, self.ttl)
-        pipe.execute()
+    def begin(
+        self, request_id: str, job_id: str, batch_id: str | None
+    ) -> tuple[RequestRecord | None, bool]:
+        """Take a request: (its record before, whether its batch is cancelled). Unless it
+        was already dispatched or is cancelled, the record now says `dispatching` (and
+        exists, for a message pushed without one by a foreign producer)."""
+        batch = keys.batch(batch_id) if batch_id else ""
+        flat, cancelled = self._begin(
+            keys=[keys.request(request_id)],
+            args=[self.ttl, job_id, batch_id or "", time.time(), batch],
+        )
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        record = RequestRecord.from_hash(request_id, raw) if raw else None
+        return record, bool(cancelled)
 
     def mark_dispatched(
         self, request_id: str, dispatched_job_id: str, eval_id: str, batch_id: str | None

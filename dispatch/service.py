@@ -16,7 +16,6 @@ from typing import Any
 
 import structlog
 
-from dispatch.batches import BatchStore
 from dispatch.errors import DispatchqError, NomadError
 from dispatch.eventfeed import EvaluationFeed, FeedReader
 from dispatch.events import Dispatched, DispatchFailed, EvalReadFailed, Event
@@ -100,7 +99,6 @@ class DispatchService:
     client: NomadClient
     resolver: PayloadResolver
     records: RecordStore
-    batches: BatchStore
     feed: EvaluationFeed | None = None
     monitor_wait: float = DEFAULT_WAIT
 
@@ -109,7 +107,9 @@ class DispatchService:
     ) -> Outcome:
         """The outcome of `request`. Raises only retryable errors."""
         bound = log.bind(request_id=request.request_id, job_id=request.job_id)
-        record = self.records.load(request.request_id)
+        record, cancelled = self.records.begin(
+            request.request_id, request.job_id, request.batch_id
+        )
         if record is not None and record.dispatched:
             bound.info(
                 "request.resumed",
@@ -117,10 +117,9 @@ class DispatchService:
                 eval_id=record.eval_id,
             )
             return self._follow(request, record.dispatched_job_id, record.eval_id, on_event, 0)
-        if request.batch_id and self.batches.cancelled(request.batch_id):
+        if cancelled:
             error = BatchCancelled(f"batch {request.batch_id} was cancelled before this dispatch")
             return self._finish(request, failed_outcome(request.job_id, error))
-        self.records.mark_dispatching(request.request_id, request.job_id, request.batch_id)
         try:
             payload = self.resolver.resolve(request.payload_ref)
             response = self.client.send(

@@ -13,7 +13,6 @@ import redis
 
 from config.logging import register_secrets
 from config.settings import Settings, load_settings
-from dispatch.batches import BatchStore
 from dispatch.eventfeed import EvaluationFeed
 from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
@@ -66,7 +65,6 @@ def build_runtime(settings: Settings | None = None, nomad: NomadConfig | None = 
         feed=feed.start() if feed else None,
         resolver=resolver,
         records=RecordStore(client, settings.result_ttl),
-        batches=BatchStore(client, settings.result_ttl),
     )
     return Runtime(settings, client, service)
 
