@@ -136,3 +136,31 @@ def test_disconnected_client_releases_its_blocking_query(api: Api) -> None:
                      "the query to block")
     api.wait_for(lambda: api.ok("GET", "/_sim/stats")["blocking_queries"] == 0,
                  "the query to be released")
+
+
+def test_many_blocking_queries_wake_only_on_their_change(api: Api) -> None:
+    """Hundreds of parked queries cost no polling and each wakes on its own job."""
+    port = urlsplit(api.address).port
+    assert port is not None
+    prefix = unique("many")
+    index = api.get(f"/v1/job/{prefix}-0").headers["X-Nomad-Index"]
+    socks = []
+    try:
+        for n in range(300):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(f"GET /v1/job/{prefix}-{n}?index={index}&wait=60s "
+                         "HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            socks.append(sock)
+        api.wait_for(lambda: api.ok("GET", "/_sim/stats")["blocking_queries"] >= 300,
+                     "the queries to block")
+        api.register(batch_job(f"{prefix}-7"))
+        socks[7].settimeout(10)
+        assert socks[7].recv(64).startswith(b"HTTP/1.1 200 OK")
+        socks[8].settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            socks[8].recv(64)
+    finally:
+        for sock in socks:
+            sock.close()
+    api.wait_for(lambda: api.ok("GET", "/_sim/stats")["blocking_queries"] == 0,
+                 "the queries to be released")
