@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from nomadsim import dispatch as dispatching
@@ -222,6 +224,8 @@ def deregister(ctx: Ctx, job_id: str) -> web.Response:
     with store.write("JobDeregistered") as w:
         if purge:
             w.delete_job(key)
+            # its evals and allocs stay readable until the garbage collector takes them
+            store.dead_since[key] = time.monotonic()
         else:
             w.put_job({**job, "Stop": True, "JobModifyIndex": w.index})
         if not jobs.is_parameterized(job) and not jobs.is_periodic(job):

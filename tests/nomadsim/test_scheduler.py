@@ -221,5 +221,12 @@ def test_garbage_collection_keeps_the_dispatch_record() -> None:
             assert [d["child_id"] for d in record["dispatches"]] == [
                 child, second["DispatchedJobID"]]
             assert api.job(job_id)["Status"] == "running"
+            plain = unique("purged")
+            eval_id = api.register(batch_job(plain, config={"run_for": "1h"}))["EvalID"]
+            purge_eval = api.ok("DELETE", f"/v1/job/{plain}", params={"purge": "true"})["EvalID"]
+            assert api.get(f"/v1/evaluation/{eval_id}").status_code == 200
+            api.wait_for(lambda: api.get(f"/v1/evaluation/{purge_eval}").status_code == 404,
+                         "a purged job's evals to be collected")
+            assert api.get(f"/v1/evaluation/{eval_id}").status_code == 404
         finally:
             api.close()
