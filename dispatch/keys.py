@@ -38,6 +38,23 @@ WORKER_TTL: Final = 15
 
 CELERY_RESULT_PREFIX: Final = "celery-task-meta-"
 
+INFLIGHT: Final = f"{PREFIX}:inflight"
+"""Broker keys of `worker.fetch` (no TTL, like kombu's): the set of consumer IDs, and per
+consumer `<INFLIGHT>:<id>:<queue>`, the list a message sits in between leaving the queue
+and entering kombu's `unacked` (milliseconds, unless the worker died there)."""
+LEASE_TTL: Final = 15
+"""`<PREFIX>:lease:<consumer id>` lives this long unless its worker renews it; a consumer
+without a lease is gone, and its in-flight messages go back to their queue."""
+
+
+def inflight(consumer_id: str, queue: str) -> str:
+    return f"{INFLIGHT}:{consumer_id}:{queue}"
+
+
+def lease(consumer_id: str) -> str:
+    """A consumer's liveness. TTL: LEASE_TTL, renewed while it consumes."""
+    return f"{PREFIX}:lease:{consumer_id}"
+
 KOMBU_KEYS: Final = ("unacked", "unacked_index", "unacked_mutex")
 
 
@@ -74,8 +91,6 @@ def celery_result(request_id: str) -> str:
 def is_broker_key(key: str, queue: str) -> bool:
     """True for kombu's own keys, which carry no TTL by design (see the module docstring)."""
     return (
-        key in KOMBU_KEYS
-        or key == queue
-        or key.startswith(f"{queue}\x06\x16")
-        or key.startswith("_kombu.binding")
+        key in (*KOMBU_KEYS, queue, INFLIGHT)
+        or key.startswith((f"{queue}\x06\x16", "_kombu.binding", f"{INFLIGHT}:"))
     )

@@ -42,6 +42,7 @@ from dispatch import dlq
 from dispatch.outcome import Outcome
 from dispatch.records import RecordStore, RequestState
 from worker.deadletter import dead_letter
+from worker.fetch import ReliableChannel
 
 log = structlog.get_logger(__name__)
 _ack_log = logging.getLogger(__name__)  # kombu's ack_log_error wants a stdlib logger
@@ -140,24 +141,19 @@ def body_problem(body: Any) -> str | None:
     return "the body is not a Celery protocol-2 body [args, kwargs, embed]"
 
 
-class PoisonChannel(kombu_redis.Channel):
-    def _brpop_read(self, **options: Any) -> bool:
-        # The only JSON decoding before a message exists is kombu's of the queue item
-        # (bodies are decoded later and raise kombu's DecodeError).
+class PoisonChannel(ReliableChannel):
+    def _decode(self, item: bytes) -> Any:
         try:
-            return bool(super()._brpop_read(**options))  # type: ignore[misc]
-        except json.JSONDecodeError as err:
-            raw = err.doc
-        except UnicodeDecodeError as err:
-            raw = err.object.decode("utf-8", "replace")
-        dead_letter(
-            _sink().redis,
-            reason="the queue item is not JSON",
-            kind="undecodable",
-            queue=_sink().settings.queue,
-            message=raw,
-        )
-        return True
+            return super()._decode(item)
+        except ValueError:  # not UTF-8, or not JSON
+            dead_letter(
+                _sink().redis,
+                reason="the queue item is not JSON",
+                kind="undecodable",
+                queue=_sink().settings.queue,
+                message=item.decode("utf-8", "replace"),
+            )
+            return None
 
 
 class PoisonTransport(kombu_redis.Transport):

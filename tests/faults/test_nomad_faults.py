@@ -58,17 +58,15 @@ def test_thirty_percent_of_nomad_requests_fail(fault_stack: FaultStack) -> None:
             worker.stop()
     injected = _injected(address) - before
     calls = int(str(_stats(address)["requests"])) - int(str(calls_before))
-    retried = stack.worker_output().count("Retry in")
     stack.report(
         "nomadsim 30% 500/429/cut + timeouts",
         requests=count,
         faults=f"{injected} of {calls} Nomad calls failed",
         lost=len(accounting.lost),
         doubled=len(accounting.doubled),
-        notes=f"{retried} task retries; "
-        f"{sum(accounting.dispatches.repeats[token(r)] for r in ids)} idempotent repeats",
+        notes=f"{sum(accounting.dispatches.repeats[token(r)] for r in ids)} idempotent repeats",
     )
-    assert injected > count // 2
+    assert injected >= 0.2 * calls  # about 30% of every Nomad call failed
     accounting.assert_each_succeeded_once(ids)
 
 
@@ -104,7 +102,6 @@ def test_validation_errors_are_not_retried(
         assert text in outcome.error_message
     assert accounting.children_of(ids) == {0: len(ids)}
     assert calls == len(ids), "a validation error was retried"
-    assert "Retry in" not in stack.worker_output()
 
     for name in ("DISPATCHQ_REDIS_URL", "DISPATCHQ_QUEUE"):
         monkeypatch.setenv(name, stack.env[name])

@@ -81,11 +81,12 @@ def test_worker_killed_while_monitoring_resumes_without_a_second_dispatch(
 ) -> None:
     """Twenty requests are being monitored when their worker is SIGKILLed; a rescuer gets
     them again and follows the recorded job and evaluation, without calling dispatch."""
-    stack = fault_stack
+    # Monitoring by blocking queries, the first of which hangs for each evaluation, so the
+    # requests stay in `monitoring`.
+    stack = fault_stack.with_env(DISPATCHQ_EVENT_FEED="false", DISPATCHQ_TASK_TIME_LIMIT="10")
     count = 20
-    # The first read of each evaluation hangs, so the requests stay in `monitoring`.
     add_fault(
-        stack.sim.address, {"kind": "slow", "route": "evaluation", "delay_ms": 8000, "count": count}
+        stack.sim.address, {"kind": "slow", "route": "evaluation", "delay_ms": 9000, "count": count}
     )
     victim = stack.worker("victim", concurrency=count).start()
     try:
@@ -95,7 +96,7 @@ def test_worker_killed_while_monitoring_resumes_without_a_second_dispatch(
             victim.kill()
             assert states(producer.redis, ids)["done"] == 0
             with stack.worker("rescuer", concurrency=count):
-                accounting = Accounting.of(stack, producer, ids, timeout=30 + REDELIVERY)
+                accounting = Accounting.of(stack, producer, ids, timeout=35 + REDELIVERY)
             delivered = deliveries(producer.redis, ids)
     finally:
         victim.kill()
