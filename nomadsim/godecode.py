@@ -71,12 +71,17 @@ _DECODER = json.JSONDecoder(
 
 def parse_json(body: bytes) -> Any:
     """The first JSON value of body, as Go's Decoder would accept it."""
-    text = body.decode("utf-8", errors="replace")
+    text = body.decode("utf-8", errors="replace").lstrip(" \t\r\n")
     try:
-        return _DECODER.decode(text)
+        # raw_decode stops after the first value, like Go's Decoder; a top-level scalar
+        # is rechecked, since Python stops a number where Go reports a syntax error
+        value = _DECODER.raw_decode(text)[0]
     except ValueError:
         end = Scanner(text).scan()
-    return _DECODER.decode(text[:end])
+        return _DECODER.raw_decode(text[:end])[0]
+    if not isinstance(value, dict | list):
+        Scanner(text).scan()
+    return value
 
 
 # ---------------------------------------------------------------------------------------

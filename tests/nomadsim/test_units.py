@@ -110,6 +110,10 @@ def test_go_struct_decoding() -> None:
         decode_body(b'{"Name":{"a":true}}', WIRE)
     with pytest.raises(DecodeError, match="Go value of type structs.Wire$"):
         decode_body(b'"x"', WIRE)
+    # Go's Decoder ends a top-level number at the first non-number byte
+    with pytest.raises(DecodeError, match="^json: cannot unmarshal number into Go value"):
+        decode_body(b"1x", WIRE)
+    assert decode_body(b' \n{"Name":null} trailing', WIRE) == {"Name": None}
 
 
 def test_filter_compile_errors() -> None:
