@@ -21,6 +21,8 @@ also holds every allocation written before it.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -62,13 +64,20 @@ class _Entry:
 
 
 class EvaluationFeed:
-    """The shared cache, kept current by a background reader of the event stream."""
+    """The shared cache, kept current by a background reader of the event stream.
+
+    Waiters are woken selectively: a monitor waiting on one evaluation is woken by that
+    evaluation's events only, and a dispatch waiting for the feed to reach an index by that
+    index only, so thousands of waiters cost nothing while nothing happens to them."""
 
     def __init__(self, client: NomadClient, namespace: str | None = None) -> None:
         self.client = client
         self.namespace = namespace
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        self._eval_waiters: dict[str, set[threading.Event]] = {}
+        self._index_waiters: list[tuple[int, int, threading.Event]] = []  # a heap
+        self._sequence = itertools.count()
         self.covered_from: int | None = None  # evals created after this index are complete
         self.last_index = 0
         self.generation = 0  # bumped on every (re)connection: waits across it re-check
@@ -82,8 +91,7 @@ class EvaluationFeed:
 
     def stop(self) -> None:
         self._stop.set()
-        with self._changed:
-            self._changed.notify_all()
+        self._wake_everyone()
 
     # -- the reader thread --------------------------------------------------------------
 
@@ -92,11 +100,11 @@ class EvaluationFeed:
         while not self._stop.is_set():
             try:
                 start = self.client.current_index()
-                with self._changed:
+                with self._lock:
                     self.generation += 1
                     self.covered_from = start
                     self.last_index = max(self.last_index, start)
-                    self._changed.notify_all()
+                self._wake_everyone()
                 log.info("eventfeed.connected", index=start)
                 for index, events in self.client.event_stream(
                     topics=TOPICS, index=start + 1, namespace=self.namespace
@@ -113,33 +121,46 @@ class EvaluationFeed:
                     self._refuse("this Nomad has no event stream; following by HTTP")
                     return
                 log.warning("eventfeed.disconnected", error=str(err), retry_in=backoff)
-            with self._changed:
+            with self._lock:
                 self.covered_from = None  # until reconnected, vouch for nothing new
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 10.0)
 
     def _refuse(self, why: str) -> None:
         log.warning("eventfeed.unavailable", reason=why)
-        with self._changed:
+        with self._lock:
             self.refused = True
             self.covered_from = None
             self.generation += 1
-            self._changed.notify_all()
+        self._wake_everyone()
 
     def _apply(self, index: int, events: list[dict[str, Any]]) -> None:
-        with self._changed:
+        to_wake: list[threading.Event] = []
+        with self._lock:
             for event in events:
                 payload = event.get("Payload") or {}
                 if event.get("Topic") == "Evaluation" and payload.get("Evaluation"):
                     full = payload["Evaluation"]
                     evaluation = {name: full[name] for name in EVAL_FIELDS if name in full}
                     self._entry(full["ID"]).evaluation = evaluation
+                    to_wake += self._eval_waiters.get(full["ID"], ())
                 elif event.get("Topic") == "Allocation" and payload.get("Allocation"):
                     alloc = payload["Allocation"]
                     stub = {name: alloc.get(name) for name in STUB_FIELDS}
                     self._entry(alloc.get("EvalID") or "").allocations[alloc["ID"]] = stub
             self.last_index = max(self.last_index, index)
-            self._changed.notify_all()
+            while self._index_waiters and self._index_waiters[0][0] <= self.last_index:
+                to_wake.append(heapq.heappop(self._index_waiters)[2])
+        for waiter in to_wake:
+            waiter.set()
+
+    def _wake_everyone(self) -> None:
+        with self._lock:
+            waiters = [w for group in self._eval_waiters.values() for w in group]
+            waiters += [entry[2] for entry in self._index_waiters]
+            self._index_waiters.clear()
+        for waiter in waiters:
+            waiter.set()
 
     def _entry(self, eval_id: str) -> _Entry:
         entry = self._entries.get(eval_id)
@@ -160,36 +181,54 @@ class EvaluationFeed:
         return entry if created > self.covered_from else None
 
     def allocations(self, eval_id: str) -> list[dict[str, Any]]:
-        with self._changed:
+        with self._lock:
             entry = self._entries.get(eval_id)
             return list(entry.allocations.values()) if entry else []
 
     def catch_up(self, index: int, timeout: float) -> bool:
         """Wait until the feed has read past `index`; False if it cannot say so in time."""
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while self.last_index < index or self.covered_from is None:
+        while True:
+            with self._lock:
+                if self.covered_from is not None and self.last_index >= index:
+                    return self.covered_from < index
                 remaining = deadline - time.monotonic()
                 if self.refused or remaining <= 0 or self._stop.is_set():
                     return False
-                self._changed.wait(remaining)
-            return self.covered_from < index
+                waiter = threading.Event()
+                if self.covered_from is not None:
+                    heapq.heappush(self._index_waiters, (index, next(self._sequence), waiter))
+            # Not connected: a reconnection wakes everyone; else the index wakes this one.
+            waiter.wait(min(remaining, 0.5) if self.covered_from is None else remaining)
 
     def wait_change(self, eval_id: str, index: int, timeout: float) -> tuple[_Entry | None, bool]:
         """Wait until the evaluation's ModifyIndex passes `index` (or timeout). Returns
         the entry and whether the feed stayed connected all along (else re-check)."""
         deadline = time.monotonic() + timeout
-        with self._changed:
-            generation = self.generation
-            while True:
+        generation = self.generation
+        while True:
+            with self._lock:
                 entry = self.vouched(eval_id)
                 steady = self.generation == generation and not self.refused
-                if not steady or (entry is not None and entry.index > index):
-                    return entry, steady
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stop.is_set():
+                if (
+                    not steady
+                    or (entry is not None and entry.index > index)
+                    or remaining <= 0
+                    or self._stop.is_set()
+                ):
                     return entry, steady
-                self._changed.wait(remaining)
+                waiter = threading.Event()
+                self._eval_waiters.setdefault(eval_id, set()).add(waiter)
+            try:
+                waiter.wait(remaining)
+            finally:
+                with self._lock:
+                    group = self._eval_waiters.get(eval_id)
+                    if group is not None:
+                        group.discard(waiter)
+                        if not group:
+                            del self._eval_waiters[eval_id]
 
 
 class FeedReader:
