@@ -5,6 +5,12 @@ a 5xx that is not a validation text, monitoring interrupted); the policy retries
 Celery with bounded exponential backoff (floor, cap, jitter), which frees the worker slot
 while it waits. When the retries are spent, the request ends with an exit-1 outcome that
 names the last error, instead of a task failure.
+
+Redis not answering (a restart, a failover) is retried the same way but without a budget:
+giving up would store an error outcome for a request that merely waited out an outage, and
+the write-ahead record makes every retry safe. While Redis is down even the retry cannot
+be published; the message then stays unacknowledged and comes back after the visibility
+timeout.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+import redis
 from celery import Task
 
 from dispatch.errors import DispatchqError
@@ -36,6 +43,11 @@ class PolicyTask(Task):  # type: ignore[type-arg]
     def with_retries(self, body: Callable[[], T], give_up: Callable[[DispatchqError], T]) -> T:
         try:
             return body()
+        except (redis.ConnectionError, redis.TimeoutError) as err:
+            done = self.request.retries
+            raise self.retry(
+                exc=err, countdown=task_policy().delay(done + 1), max_retries=None
+            ) from err
         except DispatchqError as err:
             if not getattr(err, "retryable", False):
                 raise
