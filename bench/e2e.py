@@ -34,6 +34,11 @@ end with exit code 0 (or an HTTP error, for bare) are counted as failures; the b
 exits 1 if any run had a failure. Runs are interleaved (run 1 of every scenario, then
 run 2...) so machine noise hits every scenario alike; the table shows medians.
 
+Machine-independent figures printed too: outcomes stored, failures, children nomadsim
+created (exactly one per request, or something was doubled or lost), and per request the
+HTTP requests nomadsim answered and the commands redis-server processed (INFO stats; the
+bench's own polling and the naive run's final read-back are included, a few per request).
+
 Targets: with `--latency-ms 0` (figure 2) ours >= 0.6x bare and >= 1x naive; with
 `--latency-ms 20` (figure 3) ours >= 4x naive (prefork, concurrency 2).
 """
@@ -75,10 +80,15 @@ class Run:
     failures: int  # not exit code 0 / not SUCCESS / an HTTP error
     nomad_requests: int  # HTTP requests nomadsim answered during the run
     dispatches: int  # children nomadsim created
+    redis_commands: int = 0  # commands redis-server processed during the run (bare: 0)
 
     @property
     def rate(self) -> float:
         return self.items / self.seconds
+
+
+def _redis_commands(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_commands_processed"])
 
 
 def _nomad_counts(sim: NomadSimProcess) -> tuple[int, int]:
@@ -185,6 +195,7 @@ def naive(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
         while pubsub.get_message(timeout=1.0) is None:  # the psubscribe confirmation
             pass
         requests0, dispatches0 = _nomad_counts(sim)
+        commands0 = _redis_commands(client)
         published = 0
         started = time.perf_counter()
         pipe = client.pipeline(transaction=False)
@@ -201,13 +212,15 @@ def naive(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
                 break
         seconds = time.perf_counter() - started
         requests1, dispatches1 = _nomad_counts(sim)
+        commands = _redis_commands(client) - commands0
     metas = stack.result_states(client, task_ids)
     client.close()
     stored = sum(1 for m in metas if m is not None)
     succeeded = sum(1 for m in metas if m is not None and m.get("status") == "SUCCESS")
     return Run(
-        count, seconds, stored, count - succeeded, requests1 - requests0, dispatches1 - dispatches0
-    )
+        count, seconds, stored, count - succeeded, requests1 - requests0,
+        dispatches1 - dispatches0, commands,
+    )  # fmt: skip
 
 
 # -- ours ---------------------------------------------------------------------------------
@@ -225,6 +238,7 @@ def ours(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
     try:
         with Producer(stack.settings(server.url)) as producer:
             requests0, dispatches0 = _nomad_counts(sim)
+            commands0 = _redis_commands(producer.redis)
             started = time.perf_counter()
             batch_id = producer.dispatch_batch(stack.JOB_ID, items, preflight=False)
             status = stack.wait_finished(
@@ -234,6 +248,7 @@ def ours(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
             stored = stack.wait_stored(producer.redis, request_ids, 10.0)
             seconds = time.perf_counter() - started
             requests1, dispatches1 = _nomad_counts(sim)
+            commands = _redis_commands(producer.redis) - commands0
             status = producer.batch_status(batch_id)
             if status is None or not status.finished:
                 print(f"  ours: batch not finished: {stack.unfinished(producer, batch_id)}")
@@ -241,8 +256,9 @@ def ours(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
         stack.stop_all(procs)
     ok = status.exit_codes.get(0, 0) if status is not None else 0
     return Run(
-        count, seconds, stored, count - ok, requests1 - requests0, dispatches1 - dispatches0
-    )
+        count, seconds, stored, count - ok, requests1 - requests0, dispatches1 - dispatches0,
+        commands,
+    )  # fmt: skip
 
 
 # -- driver -------------------------------------------------------------------------------
@@ -301,10 +317,12 @@ def summarize(results: dict[str, list[Run]], labels: dict[str, str], figure: int
         stored = sum(r.stored for r in runs)
         failed = sum(r.failures for r in runs)
         per_item = statistics.median(r.nomad_requests / r.items for r in runs)
+        commands = statistics.median(r.redis_commands / r.items for r in runs)
         children = sum(r.dispatches for r in runs)
         bad = bad or failed > 0 or stored < total
         print(f"  {name:<5} requests {total:,}  outcomes stored {stored:,}  failed {failed:,}  "
-              f"children dispatched {children:,}  nomad HTTP requests per item {per_item:.2f}")
+              f"children dispatched {children:,}  per item: nomad HTTP requests "
+              f"{per_item:.2f}, Redis commands {commands:.1f} (includes the bench's polling)")
 
     print("\nRatios (medians)")
 
@@ -365,7 +383,8 @@ def main() -> int:
                 print(
                     f"  run {run} {name:<5} {result.rate:8,.0f}/s  {result.seconds:6.1f} s  "
                     f"stored {result.stored:,}/{result.items:,}  failed {result.failures:,}  "
-                    f"nomad requests/item {result.nomad_requests / result.items:.2f}  "
+                    f"per item: nomad requests {result.nomad_requests / result.items:.2f}, "
+                    f"Redis commands {result.redis_commands / result.items:.1f}  "
                     f"children {result.dispatches:,}",
                     flush=True,
                 )
