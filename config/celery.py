@@ -7,11 +7,13 @@ task plus all its retry delays, so a message is redelivered only when its worker
 
 from __future__ import annotations
 
+import json
 import ssl
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from celery import Celery
+from kombu.serialization import register
 
 from config.settings import Settings
 
@@ -40,6 +42,24 @@ def redis_ssl_options(url: str) -> dict[str, Any] | None:
     options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS[reqs]}
     options.update({name: query[name] for name in _SSL_FILES if query.get(name)})
     return options
+
+
+RESULT_SERIALIZER = "dispatchq-json"
+
+
+def _compact_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+# Results are JSON without the spaces of the stock serializer: a few percent of every
+# stored outcome (see bench/redis_memory), still plain JSON for any reader.
+register(
+    RESULT_SERIALIZER,
+    _compact_dumps,
+    json.loads,
+    content_type="application/x-dispatchq-json",
+    content_encoding="utf-8",
+)
 
 
 def visibility_timeout(settings: Settings) -> int:
@@ -73,9 +93,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
-        "result_serializer": "json",
+        "result_serializer": RESULT_SERIALIZER,
         "accept_content": ["json"],
-        "result_accept_content": ["json"],
+        "result_accept_content": ["json", RESULT_SERIALIZER],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,

@@ -22,6 +22,10 @@ class Event:
     def to_json(self) -> dict[str, Any]:
         return {"event": self.name, **dataclasses.asdict(self)}
 
+    def to_row(self) -> list[Any]:
+        """The compact form stored with outcomes: the name, then the fields in order."""
+        return [self.name, *(getattr(self, f.name) for f in dataclasses.fields(self))]
+
 
 @dataclass(frozen=True)
 class Dispatched(Event):
@@ -205,3 +209,14 @@ def event_from_json(data: dict[str, Any]) -> Event:
         return cls(**fields)
     except TypeError as err:
         raise ValueError(f"bad {cls.name} record: {err}") from err
+
+
+def event_from_row(row: list[Any]) -> Event:
+    """The inverse of `Event.to_row`; raises ValueError for an unknown or bad row."""
+    cls = _TYPES.get(row[0]) if row else None
+    if cls is None:
+        raise ValueError(f"unknown event row: {row!r}")
+    try:
+        return cls(*row[1:])
+    except TypeError as err:
+        raise ValueError(f"bad {cls.name} row: {err}") from err

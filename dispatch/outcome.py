@@ -28,6 +28,7 @@ from dispatch.events import (
     NextEvalScheduled,
     TaskGroupFailed,
     event_from_json,
+    event_from_row,
 )
 
 COMPLETE = "complete"  # followed to the end; the last evaluation placed everything
@@ -36,6 +37,11 @@ DISPATCHED = "dispatched"  # accepted and not followed: -detach, or no evaluatio
 ERROR = "error"  # refused, unreachable, or the evaluation could not be read
 
 EXIT_CODES = {COMPLETE: 0, DISPATCHED: 0, PLACEMENT_FAILED: 2, ERROR: 1}
+STORED_VERSION = 2  # `to_stored`'s form; `to_json`'s full form has no "v"
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 4)
 
 
 @dataclass
@@ -96,8 +102,46 @@ class Outcome:
         recorder.emit(DispatchFailed(kind, status, message, message))
         return recorder.outcome()
 
+    def to_stored(self) -> dict[str, Any]:
+        """The compact form kept in Redis (well under 1 KB for a usual dispatch): the
+        summary a reader in any language needs, and the transcript as rows, from which
+        `from_stored` rebuilds everything else (allocations, placement failures)."""
+        data: dict[str, Any] = {"v": STORED_VERSION, "status": self.status}
+        data["exit_code"] = self.exit_code
+        for name in ("job_id", "dispatched_job_id", "eval_id", "eval_status", "blocked_eval_id",
+                     "error_kind", "error_message"):  # fmt: skip
+            value = getattr(self, name)
+            if value:
+                data[name] = value
+        data["timings"] = [
+            round(self.timings.started_at, 3),
+            _rounded(self.timings.dispatch_seconds),
+            _rounded(self.timings.monitor_seconds),
+        ]
+        events = self.events
+        if events and isinstance(events[0], Dispatched):
+            events = events[1:]  # rebuilt from the summary by `from_stored`
+        data["events"] = [event.to_row() for event in events]
+        return data
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> Outcome:
+        """Rebuild an outcome from `to_stored`'s form by replaying its transcript."""
+        recorder = OutcomeRecorder(data.get("job_id", ""))
+        if data.get("dispatched_job_id"):
+            followed = data["status"] != DISPATCHED
+            recorder.emit(Dispatched(data["dispatched_job_id"], data.get("eval_id", ""), followed))
+        for row in data.get("events", []):
+            recorder.emit(event_from_row(row))
+        outcome = recorder.outcome()
+        started, dispatch_seconds, monitor_seconds = data["timings"]
+        outcome.timings = Timings(started, dispatch_seconds, monitor_seconds)
+        return outcome
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Outcome:
+        if data.get("v") == STORED_VERSION:
+            return cls.from_stored(data)
         fields = {k: v for k, v in data.items() if k != "exit_code"}
         fields["timings"] = Timings(**data["timings"])
         fields["placement_failures"] = {

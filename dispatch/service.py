@@ -107,6 +107,7 @@ class DispatchService:
     ) -> Outcome:
         """The outcome of `request`. Raises only retryable errors."""
         bound = log.bind(request_id=request.request_id, job_id=request.job_id)
+        recorder = OutcomeRecorder(request.job_id, on_event=on_event)  # times the dispatch
         record, cancelled = self.records.begin(
             request.request_id, request.job_id, request.batch_id
         )
@@ -116,10 +117,11 @@ class DispatchService:
                 dispatched_job_id=record.dispatched_job_id,
                 eval_id=record.eval_id,
             )
-            return self._follow(request, record.dispatched_job_id, record.eval_id, on_event, 0)
+            return self._follow(request, recorder, record.dispatched_job_id, record.eval_id, 0)
         if cancelled:
             error = BatchCancelled(f"batch {request.batch_id} was cancelled before this dispatch")
-            return self._finish(request, failed_outcome(request.job_id, error))
+            _emit_error(recorder, error)
+            return self._finish(request, recorder.outcome())
         try:
             payload = self.resolver.resolve(request.payload_ref)
             response = self.client.send(
@@ -139,7 +141,8 @@ class DispatchService:
             bound.warning(
                 "request.refused", error_kind=getattr(err, "kind", "error"), error=str(err)
             )
-            return self._finish(request, failed_outcome(request.job_id, err))
+            _emit_error(recorder, err)
+            return self._finish(request, recorder.outcome())
         eval_id = response.eval_id or self._existing_eval(request, response.dispatched_job_id)
         self.records.mark_dispatched(
             request.request_id, response.dispatched_job_id, eval_id, request.batch_id
@@ -150,7 +153,7 @@ class DispatchService:
             eval_id=eval_id,
         )
         created = response.eval_create_index if eval_id == response.eval_id else 0
-        return self._follow(request, response.dispatched_job_id, eval_id, on_event, created)
+        return self._follow(request, recorder, response.dispatched_job_id, eval_id, created)
 
     def give_up(self, request: DispatchRequest, error: DispatchqError, retries: int) -> Outcome:
         """The exit-1 outcome once the retry policy is spent on a retryable error."""
@@ -192,12 +195,11 @@ class DispatchService:
     def _follow(
         self,
         request: DispatchRequest,
+        recorder: OutcomeRecorder,
         child_id: str,
         eval_id: str,
-        on_event: Callable[[Event], None] | None,
         created: int,
     ) -> Outcome:
-        recorder = OutcomeRecorder(request.job_id, on_event=on_event)
         followed = bool(eval_id) and not request.detach
         recorder.emit(Dispatched(child_id, eval_id, followed))
         if followed:

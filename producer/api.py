@@ -32,6 +32,7 @@ from producer.batch import BatchSubmitter, as_items, new_batch_id, stop_children
 from producer.batch import preflight as check_items
 from producer.batch_input import BatchItem
 from producer.enqueue import Enqueuer, NewRequest
+from producer.results import outcome_from_meta
 
 UNKNOWN = "unknown"
 DONE = "done"
@@ -57,22 +58,6 @@ class RequestStatus:
         if self.outcome is not None:
             data["outcome"] = self.outcome.to_json()
         return data
-
-
-def outcome_from_meta(meta: Mapping[str, Any], job_id: str = "") -> Outcome | None:
-    """The outcome in a Celery result meta, or None while the task is not finished."""
-    status = meta.get("status")
-    if status == "SUCCESS" and isinstance(meta.get("result"), dict):
-        return Outcome.from_json(meta["result"])
-    if status in ("FAILURE", "REVOKED"):
-        exc = meta.get("result") or {}
-        reason = exc.get("exc_message") if isinstance(exc, dict) else exc
-        text = " ".join(map(str, reason)) if isinstance(reason, list) else str(reason)
-        exc_type = exc.get("exc_type", status) if isinstance(exc, dict) else status
-        return Outcome.failed(
-            job_id, kind="internal", message=f"worker task failed: {exc_type}: {text}"
-        )
-    return None
 
 
 class Producer:

@@ -21,6 +21,7 @@ from dispatch.nomad import NomadClient
 from dispatch.payload import PAYLOAD_LIMIT
 from producer.batch_input import BatchInputError, BatchItem, summarise
 from producer.enqueue import Enqueuer, NewRequest
+from producer.results import outcome_from_meta
 
 
 def new_batch_id() -> str:
@@ -118,11 +119,11 @@ def stream_results(batches: BatchStore, batch_id: str, chunk: int = 500) -> Iter
         metas, *states = pipe.execute()
         for rid, meta, state in zip(ids, metas, states, strict=True):
             line: dict[str, Any] = {"request_id": rid}
-            result = json.loads(meta) if meta else None
-            if result and result.get("status") == "SUCCESS":
-                outcome = dict(result["result"])
-                outcome.pop("events", None)
-                line.update(state="done", outcome=outcome)
+            outcome = outcome_from_meta(json.loads(meta)) if meta else None
+            if outcome is not None:
+                summary = outcome.to_json()
+                summary.pop("events")
+                line.update(state="done", outcome=summary)
             else:
                 line["state"] = state.decode() if state else "unknown"
             yield json.dumps(line)

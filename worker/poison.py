@@ -256,7 +256,7 @@ class PoisonAwareConsumer(Consumer):
                 for value in (kwargs.get("job_id"), kwargs.get("batch_id"))
             )
             outcome = Outcome.failed(job_id, kind=kind, message=reason)
-            self.app.backend.mark_as_done(task_id, outcome.to_json())
+            self.app.backend.mark_as_done(task_id, outcome.to_stored())
             RecordStore(sink.redis, sink.settings.result_ttl).mark_done(
                 task_id, outcome.exit_code, batch_id or None, reason
             )

@@ -24,7 +24,7 @@ log = structlog.get_logger(__name__)
 
 @app.task(name=TASK_DISPATCH, bind=True, base=PolicyTask)
 def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Dispatch one request and follow it; returns the outcome as JSON."""
+    """Dispatch one request and follow it; returns the outcome in its stored form."""
     structlog.contextvars.clear_contextvars()
     rt = runtime()
     task_id = self.request.id
@@ -34,10 +34,10 @@ def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
     except InvalidMessage as err:
         dead_letter(rt.redis, reason=str(err), task_id=task_id, args=args, kwargs=kwargs)
         job_id = kwargs.get("job_id") if isinstance(kwargs.get("job_id"), str) else ""
-        return failed_outcome(job_id or "", err).to_json()
+        return failed_outcome(job_id or "", err).to_stored()
 
     def give_up(err: DispatchqError) -> dict[str, Any]:
         log.error("request.gave_up", retries=self.request.retries, error=str(err))
-        return rt.service.give_up(request, err, self.request.retries).to_json()
+        return rt.service.give_up(request, err, self.request.retries).to_stored()
 
-    return self.with_retries(lambda: rt.service.run(request).to_json(), give_up)
+    return self.with_retries(lambda: rt.service.run(request).to_stored(), give_up)

@@ -111,3 +111,27 @@ def test_interrupted_outcome_is_an_error() -> None:
     rec.emit(MonitorStarted("e1"))
     outcome = rec.outcome()
     assert (outcome.status, outcome.exit_code, outcome.error_kind) == ("error", 1, "interrupted")
+
+
+def test_stored_form_rebuilds_the_same_outcome() -> None:
+    """What the worker keeps in Redis: compact, plain JSON, and the same outcome once read."""
+    original = placement_failure_outcome()
+    stored = json.loads(json.dumps(original.to_stored()))
+    assert stored["v"] == 2
+    assert stored["exit_code"] == 2
+    assert stored["blocked_eval_id"] == "b1"
+    assert "allocations" not in stored
+    assert all(isinstance(row, list) for row in stored["events"])
+    rebuilt = Outcome.from_json(stored)
+    assert rebuilt.to_json() == json.loads(json.dumps(original.to_json()))
+
+
+def test_stored_form_of_a_refused_dispatch() -> None:
+    rec = recorder()
+    rec.dispatch_failed(PermissionDenied("Permission denied", status=403))
+    stored = rec.outcome().to_stored()
+    assert stored["error_kind"] == "permission"
+    rebuilt = Outcome.from_json(json.loads(json.dumps(stored)))
+    assert rebuilt.exit_code == 1
+    assert rebuilt.error_status == 403
+    assert rebuilt.error_message == "Permission denied"
