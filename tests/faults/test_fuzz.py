@@ -18,7 +18,7 @@ from dispatch import dlq, keys
 from dispatch.request import DispatchRequest, InvalidMessage
 from producer.api import Producer
 from producer.enqueue import InvalidRequest
-from tests.support.faults import FaultStack, wait_until
+from tests.support.faults import FaultStack, drained, wait_until
 from tests.support.stack import QUEUE
 
 pytestmark = [pytest.mark.faults]
@@ -167,7 +167,7 @@ def test_raw_queue_messages_never_stop_the_worker(fault_stack: FaultStack) -> No
         pid = worker.process.pid if worker.process else 0
         started = time.monotonic()
         push()
-        wait_until(lambda: client.llen(QUEUE) == 0 and not client.hlen("unacked"), 60, "drain")
+        wait_until(lambda: drained(client), 60, "every item taken")
         sentinel = producer.enqueue("encode", meta={"profile": "hd"})
         outcome = producer.wait([sentinel], timeout=30)[sentinel].outcome
         assert worker.process is not None and worker.process.poll() is None

@@ -35,7 +35,8 @@ def _injected(address: str) -> int:
 def test_thirty_percent_of_nomad_requests_fail(fault_stack: FaultStack) -> None:
     """About 30% of every Nomad call fails (10% 500 "No cluster leader", 10% 429, 10% cut
     connections) and three dispatches time out: every request succeeds, with one child."""
-    stack = fault_stack
+    # A time limit above the Nomad client's 10 s timeout, so the timeouts are retried.
+    stack = fault_stack.with_env(DISPATCHQ_TASK_TIME_LIMIT="30")
     address = stack.sim.address
     before = _injected(address)
     calls_before = _stats(address)["requests"]

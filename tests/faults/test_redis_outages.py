@@ -18,6 +18,7 @@ from tests.support.faults import (
     keys_without_ttl,
     set_latency,
     states,
+    wait_until,
 )
 from tests.support.stack import QUEUE
 
@@ -109,6 +110,8 @@ def test_dropped_broker_connections_and_duplicate_messages_are_harmless(
                 admin.client_kill_filter(_type="normal", skipme=True)
                 drops += 1
             accounting = Accounting.of(stack, producer, ids, timeout=60 + REDELIVERY)
+            # The second copies queued last: let the workers take them all.
+            wait_until(lambda: admin.llen(QUEUE) == 0 and not admin.hlen("unacked"), 60, "drained")
             delivered = deliveries(producer.redis, ids)
             duplicates_delivered = deliveries(producer.redis, ids[::2])
     finally:

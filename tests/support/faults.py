@@ -170,6 +170,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.05)
 
 
+def drained(client: redis.Redis, queue: str = QUEUE) -> bool:
+    """Nothing waiting, in flight (`worker.fetch`) or unacknowledged: every message taken."""
+    members = [m.decode() for m in client.smembers(keys.INFLIGHT)]  # type: ignore[union-attr]
+    inflight = [keys.inflight(*m.split(":", 1)) for m in members]
+    pipe = client.pipeline(transaction=False)
+    for key in (queue, *inflight):
+        pipe.llen(key)
+    pipe.hlen("unacked")
+    return not any(pipe.execute())
+
+
 def states(client: redis.Redis, ids: list[str]) -> Counter[str]:
     """How many of the requests are in each state (one pipelined round trip)."""
     pipe = client.pipeline(transaction=False)
