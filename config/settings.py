@@ -66,6 +66,16 @@ class Settings(BaseSettings):
         "auto", description="Log rendering: JSON lines, console, or console only on a TTY."
     )
     log_level: str = Field("INFO", description="Lowest level logged.")
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65_535,
+        description="Port of a worker's Prometheus metrics endpoint (/metrics); 0: off.",
+    )
+    metrics_addr: str = Field(
+        "0.0.0.0",  # noqa: S104  (scraped from other machines; the metrics hold no secret)
+        description="Address the metrics endpoint listens on.",
+    )
 
     @field_validator("payload_file_roots", "payload_http_hosts", mode="before")
     @classmethod

@@ -33,10 +33,18 @@ def encode_requests(count: int, seed: int = 7) -> list[dict[str, Any]]:
 
 
 def run_demo(count: int = 1000, workers: int = 1, console: Console | None = None) -> int:
+    """Start the local stack, fan out `count` requests, print the outcomes, stop the stack.
+
+    Ctrl-C and SIGTERM (see `sigterm_as_interrupt`), while starting or fanning out, stop
+    every process and return 130."""
     console = console or Console()
-    with console.status("Starting redis-server, nomadsim and a worker..."):
-        stack_cm = local_stack(workers=workers)
-        stack = stack_cm.__enter__()
+    stack_cm = local_stack(workers=workers)
+    try:
+        with console.status("Starting redis-server, nomadsim and a worker..."):
+            stack = stack_cm.__enter__()
+    except KeyboardInterrupt:  # local_stack has stopped what it had started
+        console.print("[yellow]Interrupted while starting: stopped.[/]")
+        return 130
     try:
         return _fan_out(stack, count, console)
     except KeyboardInterrupt:

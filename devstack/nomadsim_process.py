@@ -17,6 +17,8 @@ class NomadSimProcess:
 
     args: list[str] = field(default_factory=list)
     port: int = 0
+    new_session: bool = False
+    """Run in a session of its own (see `RedisServer.new_session`)."""
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -29,6 +31,7 @@ class NomadSimProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nomadsim", "--port", str(self.port), *self.args],
             stdout=subprocess.DEVNULL,
+            start_new_session=self.new_session,
         )
         try:
             wait_for_port(self.port, timeout)

@@ -46,6 +46,9 @@ class RedisServer:
     password: str | None = None
     data_dir: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    new_session: bool = False
+    """Run in a session of its own, out of reach of signals sent to the caller's process
+    group (a terminal's Ctrl-C, `timeout`), so that the caller stops it when it is done."""
     process: subprocess.Popen[bytes] | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -90,7 +93,10 @@ class RedisServer:
         if not self.port:
             self.port = free_port()
         self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=self.new_session,
         )
         try:
             wait_for_port(self.port, timeout)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, Protocol, Self, TypeVar
 
 import requests
 
@@ -21,6 +24,7 @@ from devstack.worker_process import WorkerProcess
 
 DEMO_JOB = "video-encode"
 DEMO_QUEUE = "dispatchq"
+LOOPBACK = "127.0.0.1"
 # Six nodes of 8 x 500 MHz encode slots: a burst fills the cluster and
 # some placements wait for capacity (blocked evaluations), as on a busy real cluster.
 SIM_ARGS = ["--nodes", "6", "--node-cpu", "4000", "--node-memory", "8192", "--run-time", "300ms"]
@@ -61,6 +65,7 @@ class LocalStack:
     redis: RedisServer
     sim: NomadSimProcess
     workers: list[WorkerProcess]
+    log_dir: Path
 
     @property
     def env(self) -> dict[str, str]:
@@ -73,12 +78,67 @@ class LocalStack:
 
 
 @contextlib.contextmanager
-def local_stack(workers: int = 1, concurrency: int = 500) -> Iterator[LocalStack]:
-    """Start everything on loopback ports; stop it all on exit, Ctrl-C included."""
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises KeyboardInterrupt in the main thread, like Ctrl-C.
+
+    Python's default for SIGTERM ends the process at once, without running a `finally`:
+    `timeout 60 dispatchq demo` left the worker processes running, since they are in
+    sessions of their own and no signal sent to the demo's process group reaches them.
+    Raised as KeyboardInterrupt, a SIGTERM takes Ctrl-C's path, which stops every child.
+    Only the first SIGTERM is raised: a second must not cut that stopping short.
+    Elsewhere than in the main thread, where no handler can be installed, nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _ChildProcess(Protocol):
+    def start(self) -> Self: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+_P = TypeVar("_P", bound=_ChildProcess)
+
+
+def _start(stack: contextlib.ExitStack, child: _P) -> _P:
+    """Start `child` with its stop already on `stack`: interrupted while it starts up (a
+    worker takes seconds), it is stopped too instead of left running."""
+    stack.push(child)
+    return child.start()
+
+
+@contextlib.contextmanager
+def local_stack(
+    workers: int = 1, concurrency: int = 500, metrics_port: int = 0
+) -> Iterator[LocalStack]:
+    """Start everything on loopback ports; stop it all on exit, Ctrl-C and SIGTERM included.
+
+    With `metrics_port`, worker i (from 0) serves its Prometheus metrics on that port + i.
+    """
     with contextlib.ExitStack() as stack:
+        stack.enter_context(sigterm_as_interrupt())
         logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dispatchq-")))
-        redis_server = stack.enter_context(RedisServer())
-        sim = stack.enter_context(NomadSimProcess(args=SIM_ARGS))
+        # Every process in a session of its own: a Ctrl-C or `timeout` reaches only this one,
+        # which stops them in order (workers, nomadsim, Redis) so no worker loses its Redis.
+        redis_server = _start(stack, RedisServer(new_session=True))
+        sim = _start(stack, NomadSimProcess(args=SIM_ARGS, new_session=True))
         response = requests.put(f"{sim.address}/v1/jobs", json={"Job": demo_job()}, timeout=10)
         response.raise_for_status()
         env = {
@@ -88,15 +148,27 @@ def local_stack(workers: int = 1, concurrency: int = 500) -> Iterator[LocalStack
             "DISPATCHQ_LOG_FORMAT": "json",
             "NOMAD_ADDR": sim.address,
         }
-        procs = [
-            stack.enter_context(
-                WorkerProcess(
-                    env=env,
-                    name=f"demo{i + 1}",
-                    concurrency=concurrency,
-                    log_path=logs / f"worker{i + 1}.log",
-                )
+        procs = []
+        for i in range(workers):
+            worker_env = dict(env)
+            if metrics_port:
+                worker_env["DISPATCHQ_METRICS_PORT"] = str(metrics_port + i)
+                worker_env["DISPATCHQ_METRICS_ADDR"] = LOOPBACK
+            worker = WorkerProcess(
+                env=worker_env,
+                name=f"demo{i + 1}",
+                concurrency=concurrency,
+                log_path=logs / f"worker{i + 1}.log",
             )
-            for i in range(workers)
-        ]
-        yield LocalStack(redis_server, sim, procs)
+            procs.append(_start(stack, worker))
+        stack.callback(_stop_together, procs)  # the first thing done on the way out
+        yield LocalStack(redis_server, sim, procs, logs)
+
+
+def _stop_together(workers: list[WorkerProcess]) -> None:
+    """Stop the workers at once rather than one after another: each takes seconds."""
+    threads = [threading.Thread(target=worker.stop) for worker in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

@@ -14,6 +14,7 @@ from config.logging import configure_logging
 from config.settings import load_settings
 from dispatch.liveness import Heartbeat
 from worker.health import warn_about_redis
+from worker.metrics import WorkerMetrics
 from worker.redelivery import RedeliverySweeper
 
 settings = load_settings()
@@ -27,7 +28,10 @@ app.conf.include = ["worker.tasks"]
 app.conf.broker_transport = "worker.poison:PoisonTransport"
 app.conf.worker_consumer = "worker.poison:PoisonAwareConsumer"
 
-_background: list[Heartbeat | RedeliverySweeper] = []
+_background: list[Heartbeat | RedeliverySweeper | WorkerMetrics] = []
+# Prometheus metrics (DISPATCHQ_METRICS_PORT, 0 = off): counted from task signals from now
+# on, served over HTTP once the worker is ready.
+_metrics = WorkerMetrics.from_settings(settings).connect() if settings.metrics_port else None
 
 
 @worker_ready.connect
@@ -39,6 +43,9 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     _background.append(beat)
     interval = celery_config(settings)["broker_transport_options"]["unacked_restore_interval"]
     _background.append(RedeliverySweeper(app, interval).start())
+    if _metrics is not None:
+        pool = getattr(sender, "pool", None)
+        _background.append(_metrics.serve(settings.metrics_addr, settings.metrics_port, pool))
 
 
 @worker_shutdown.connect

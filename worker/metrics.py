@@ -1,0 +1,210 @@
+"""Prometheus metrics of a worker process, served over HTTP on `DISPATCHQ_METRICS_PORT`.
+
+- `dispatchq_dispatch_latency_seconds` (histogram): from a worker taking a request to
+  Nomad's answer to the dispatch call (payload read and in-place retries included).
+- `dispatchq_task_seconds{state}` (histogram): one run of the dispatch task, dispatch and
+  monitoring; `state` is `success` (an outcome was stored), `retry` or `failure`.
+- `dispatchq_outcomes_total{exit_code,status,error_kind}` (counter): outcomes stored.
+- `dispatchq_retries_total{kind}` (counter): task retries, by the kind of error retried.
+- `dispatchq_in_flight` (gauge): requests this process is working on now.
+- `dispatchq_queue_depth{queue}` (gauge): requests waiting in the queue (LLEN at scrape).
+- `dispatchq_dead_letters` (gauge): entries in the dead-letter list (LLEN at scrape).
+
+plus the `process_*` metrics of prometheus_client (CPU, memory, open files).
+
+The task metrics are counted from Celery's task signals, in the process that runs the
+tasks: with the gevent, threads or solo pool that is the worker's one process, which also
+serves them. With prefork they would be counted in the pool's children and never served,
+so a prefork worker serves only the queue gauges (and says so in its log).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, Self
+from wsgiref.simple_server import WSGIServer
+
+import redis
+import structlog
+from celery.signals import task_postrun, task_prerun, task_retry
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from config.celery import TASK_DISPATCH
+from config.settings import Settings
+from dispatch import keys
+
+log = structlog.get_logger(__name__)
+
+DISPATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TASK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+SCRAPE_TIMEOUT = 2.0
+"""Seconds a scrape waits for Redis before leaving the queue gauges out."""
+
+
+class RedisGauges(Collector):
+    """Queue depth and dead letters, read from Redis when Prometheus scrapes."""
+
+    def __init__(self, client: redis.Redis, queue: str) -> None:
+        self.client = client
+        self.queue = queue
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "dispatchq_queue_depth", "Requests waiting in the queue.", labels=["queue"]
+        )
+        dead = GaugeMetricFamily("dispatchq_dead_letters", "Entries in the dead-letter list.")
+        return depth, dead
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        """The names alone, so that registering does not read Redis."""
+        return self._families()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.llen(self.queue)
+            pipe.llen(keys.DLQ)
+            queued, dead_letters = pipe.execute()
+        except redis.RedisError as err:
+            # Absent rather than a made-up 0: an alert on the depth must not go quiet.
+            log.warning("metrics.redis_unavailable", error=str(err))
+            return ()
+        depth, dead = self._families()
+        depth.add_metric([self.queue], queued)
+        dead.add_metric([], dead_letters)
+        return depth, dead
+
+
+class WorkerMetrics:
+    """The metrics of one worker process: `connect()` the signals, `serve()` over HTTP."""
+
+    def __init__(self, client: redis.Redis, queue: str) -> None:
+        self.registry = CollectorRegistry()
+        self.dispatch_latency = Histogram(
+            "dispatchq_dispatch_latency_seconds",
+            "From a worker taking a request to Nomad's answer to the dispatch call.",
+            buckets=DISPATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.task_seconds = Histogram(
+            "dispatchq_task_seconds",
+            "One run of the dispatch task (dispatch and monitoring), by its end state.",
+            ["state"],
+            buckets=TASK_BUCKETS,
+            registry=self.registry,
+        )
+        self.outcomes = Counter(
+            "dispatchq_outcomes",
+            "Outcomes stored by this worker.",
+            ["exit_code", "status", "error_kind"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "dispatchq_retries",
+            "Task retries, by the kind of error retried.",
+            ["kind"],
+            registry=self.registry,
+        )
+        in_flight = Gauge(
+            "dispatchq_in_flight",
+            "Requests this worker process is working on now.",
+            registry=self.registry,
+        )
+        in_flight.set_function(lambda: len(self._started))
+        self.registry.register(RedisGauges(client, queue))
+        ProcessCollector(registry=self.registry)
+        self._client = client
+        self._started: dict[str, float] = {}  # task ID -> monotonic start of its run
+        self._server: WSGIServer | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerMetrics:
+        client = redis.Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=SCRAPE_TIMEOUT,
+            socket_connect_timeout=SCRAPE_TIMEOUT,
+        )
+        return cls(client, settings.queue)
+
+    def connect(self) -> Self:
+        """Count from Celery's task signals from now on."""
+        task_prerun.connect(self.on_prerun, weak=False)
+        task_postrun.connect(self.on_postrun, weak=False)
+        task_retry.connect(self.on_retry, weak=False)
+        return self
+
+    def on_prerun(self, task_id: str = "", task: Any = None, **_: Any) -> None:
+        if getattr(task, "name", None) == TASK_DISPATCH:
+            self._started[task_id] = time.monotonic()
+
+    def on_postrun(
+        self, task_id: str = "", retval: Any = None, state: str | None = None, **_: Any
+    ) -> None:
+        started = self._started.pop(task_id, None)
+        if started is None:
+            return  # not a dispatch task
+        self.task_seconds.labels(state=(state or "unknown").lower()).observe(
+            time.monotonic() - started
+        )
+        if state == "SUCCESS" and isinstance(retval, dict):
+            self._count_outcome(retval)
+        elif state == "FAILURE":
+            # An exception no outcome was made for: waiters see Celery's failure, exit 1.
+            kind = type(retval).__name__ if isinstance(retval, BaseException) else "unknown"
+            self.outcomes.labels(exit_code="1", status="task_failed", error_kind=kind).inc()
+
+    def _count_outcome(self, outcome: dict[str, Any]) -> None:
+        """`outcome` is the task's return value, `Outcome.to_stored()`."""
+        self.outcomes.labels(
+            exit_code=str(outcome.get("exit_code", "")),
+            status=str(outcome.get("status", "")),
+            error_kind=str(outcome.get("error_kind") or ""),
+        ).inc()
+        timings = outcome.get("timings")  # [started_at, dispatch_seconds, monitor_seconds]
+        if isinstance(timings, list) and len(timings) > 1:
+            dispatch_seconds = timings[1]
+            if isinstance(dispatch_seconds, int | float):
+                self.dispatch_latency.observe(dispatch_seconds)
+
+    def on_retry(self, sender: Any = None, reason: Any = None, **_: Any) -> None:
+        if getattr(sender, "name", None) != TASK_DISPATCH:
+            return
+        kind = getattr(reason, "kind", None) or type(reason).__name__
+        self.retries.labels(kind=str(kind)).inc()
+
+    def serve(self, addr: str, port: int, pool: Any = None) -> Self:
+        """Serve /metrics on addr:port from a background thread (a greenlet under gevent).
+
+        A port that cannot be bound is logged, not raised: a worker without its metrics
+        still dispatches."""
+        if type(pool).__module__ == "celery.concurrency.prefork":
+            log.warning(
+                "metrics.prefork",
+                problem="task metrics are counted in the pool's child processes and not "
+                "served; use --pool gevent, threads or solo to export them",
+            )
+        try:
+            self._server, _thread = start_http_server(port, addr, registry=self.registry)
+        except OSError as err:
+            log.error("metrics.unavailable", addr=addr, port=port, error=str(err))
+        else:
+            log.info("metrics.serving", addr=addr, port=port)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (worker shutdown)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        self._client.close()
