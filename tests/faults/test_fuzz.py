@@ -21,7 +21,7 @@ from producer.enqueue import InvalidRequest
 from tests.support.faults import FaultStack, drained, wait_until
 from tests.support.stack import QUEUE
 
-pytestmark = [pytest.mark.faults]
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 FUZZ = settings(
     max_examples=1500,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -267,3 +268,17 @@ def test_redis_auth_and_tls(fault_stack: FaultStack, tmp_path: Path) -> None:
         lost=len(accounting.lost),
         doubled=len(accounting.doubled),
     )
+
+
+def test_rediss_urls_verify_the_server_unless_told_otherwise() -> None:
+    from config.celery import celery_config, redis_ssl_options
+
+    assert redis_ssl_options("redis://:pw@h:6379/0") is None
+    assert redis_ssl_options("rediss://h:6380/0") == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    url = "rediss://:pw@h:6380/0?ssl_cert_reqs=none&ssl_ca_certs=%2Fca.pem"
+    assert redis_ssl_options(url) == {"ssl_cert_reqs": ssl.CERT_NONE, "ssl_ca_certs": "/ca.pem"}
+    with pytest.raises(ValueError, match="ssl_cert_reqs must be one of"):
+        redis_ssl_options("rediss://h/0?ssl_cert_reqs=CERT_MAYBE")
+    config = celery_config(Settings(redis_url="rediss://h:6380/0?ssl_ca_certs=/ca.pem"))
+    expected = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem"}
+    assert config["broker_use_ssl"] == config["redis_backend_use_ssl"] == expected
