@@ -38,6 +38,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from config.celery import TASK_DISPATCH
 from config.settings import Settings
@@ -85,6 +87,13 @@ class RedisGauges(Collector):
         return depth, dead
 
 
+def _attempt(task_id: str, task: Any) -> tuple[str, int]:
+    """One run of a task: the retry of a request can start before the run that retried it
+    has finished (its postrun waits for the RETRY state to be written), so the task ID
+    alone does not tell them apart."""
+    return task_id, getattr(getattr(task, "request", None), "retries", None) or 0
+
+
 class WorkerMetrics:
     """The metrics of one worker process: `connect()` the signals, `serve()` over HTTP."""
 
@@ -124,7 +133,7 @@ class WorkerMetrics:
         self.registry.register(RedisGauges(client, queue))
         ProcessCollector(registry=self.registry)
         self._client = client
-        self._started: dict[str, float] = {}  # task ID -> monotonic start of its run
+        self._started: dict[tuple[str, int], float] = {}  # _attempt -> monotonic start
         self._server: WSGIServer | None = None
 
     @classmethod
@@ -133,6 +142,7 @@ class WorkerMetrics:
             settings.redis_url.get_secret_value(),
             socket_timeout=SCRAPE_TIMEOUT,
             socket_connect_timeout=SCRAPE_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),  # a scrape answers now, not after retries
         )
         return cls(client, settings.queue)
 
@@ -145,12 +155,17 @@ class WorkerMetrics:
 
     def on_prerun(self, task_id: str = "", task: Any = None, **_: Any) -> None:
         if getattr(task, "name", None) == TASK_DISPATCH:
-            self._started[task_id] = time.monotonic()
+            self._started[_attempt(task_id, task)] = time.monotonic()
 
     def on_postrun(
-        self, task_id: str = "", retval: Any = None, state: str | None = None, **_: Any
+        self,
+        task_id: str = "",
+        task: Any = None,
+        retval: Any = None,
+        state: str | None = None,
+        **_: Any,
     ) -> None:
-        started = self._started.pop(task_id, None)
+        started = self._started.pop(_attempt(task_id, task), None)
         if started is None:
             return  # not a dispatch task
         self.task_seconds.labels(state=(state or "unknown").lower()).observe(
@@ -177,9 +192,11 @@ class WorkerMetrics:
                 self.dispatch_latency.observe(dispatch_seconds)
 
     def on_retry(self, sender: Any = None, reason: Any = None, **_: Any) -> None:
+        """`reason` is Celery's Retry exception; the error retried is its `exc`."""
         if getattr(sender, "name", None) != TASK_DISPATCH:
             return
-        kind = getattr(reason, "kind", None) or type(reason).__name__
+        error = getattr(reason, "exc", None) or reason
+        kind = getattr(error, "kind", None) or type(error).__name__
         self.retries.labels(kind=str(kind)).inc()
 
     def serve(self, addr: str, port: int, pool: Any = None) -> Self:
