@@ -29,6 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import requests
 import structlog
 
 from dispatch.errors import NomadError, PermissionDenied
@@ -49,8 +50,9 @@ EVAL_FIELDS = (
 KEEP = 20_000
 """Evaluations remembered (with their allocations), oldest forgotten first: a few KB
 each, so tens of MB at most."""
-CATCH_UP = 5.0
-"""Seconds a first read waits for the feed to reach the dispatch's index before HTTP."""
+CATCH_UP = 2.0
+"""Seconds a first read waits for a connected feed to reach the dispatch's index; past
+that (a feed lagging that far), the read goes over HTTP."""
 
 
 @dataclass
@@ -83,6 +85,7 @@ class EvaluationFeed:
         self.generation = 0  # bumped on every (re)connection: waits across it re-check
         self.refused = False  # the server will not stream to us: HTTP only
         self._stop = threading.Event()
+        self._stream: requests.Response | None = None
         self._thread = threading.Thread(target=self._run, name="dispatchq-eventfeed", daemon=True)
 
     def start(self) -> EvaluationFeed:
@@ -90,8 +93,17 @@ class EvaluationFeed:
         return self
 
     def stop(self) -> None:
+        """Stop reading: the open stream is closed at once, its connection released."""
         self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
         self._wake_everyone()
+
+    def _opened(self, response: requests.Response) -> None:
+        self._stream = response
+        if self._stop.is_set():
+            response.close()
 
     # -- the reader thread --------------------------------------------------------------
 
@@ -107,7 +119,7 @@ class EvaluationFeed:
                 self._wake_everyone()
                 log.info("eventfeed.connected", index=start)
                 for index, events in self.client.event_stream(
-                    topics=TOPICS, index=start + 1, namespace=self.namespace
+                    topics=TOPICS, index=start + 1, namespace=self.namespace, on_open=self._opened
                 ):
                     self._apply(index, events)
                     backoff = 0.5
@@ -117,10 +129,18 @@ class EvaluationFeed:
                 self._refuse(f"the event stream was refused ({err}); following by HTTP")
                 return
             except NomadError as err:
+                if self._stop.is_set():
+                    return
                 if err.status == 404:
                     self._refuse("this Nomad has no event stream; following by HTTP")
                     return
                 log.warning("eventfeed.disconnected", error=str(err), retry_in=backoff)
+            except (OSError, ValueError, AttributeError):
+                if self._stop.is_set():
+                    return  # stop() closed the stream under the reader
+                raise
+            finally:
+                self._stream = None
             with self._lock:
                 self.covered_from = None  # until reconnected, vouch for nothing new
             self._stop.wait(backoff)
@@ -190,16 +210,16 @@ class EvaluationFeed:
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                if self.covered_from is not None and self.last_index >= index:
+                if self.covered_from is None or self.refused or self._stop.is_set():
+                    return False  # not connected: nothing to wait for, HTTP it is
+                if self.last_index >= index:
                     return self.covered_from < index
                 remaining = deadline - time.monotonic()
-                if self.refused or remaining <= 0 or self._stop.is_set():
+                if remaining <= 0:
                     return False
                 waiter = threading.Event()
-                if self.covered_from is not None:
-                    heapq.heappush(self._index_waiters, (index, next(self._sequence), waiter))
-            # Not connected: a reconnection wakes everyone; else the index wakes this one.
-            waiter.wait(min(remaining, 0.5) if self.covered_from is None else remaining)
+                heapq.heappush(self._index_waiters, (index, next(self._sequence), waiter))
+            waiter.wait(remaining)
 
     def wait_change(self, eval_id: str, index: int, timeout: float) -> tuple[_Entry | None, bool]:
         """Wait until the evaluation's ModifyIndex passes `index` (or timeout). Returns

@@ -218,11 +218,13 @@ class NomadClient:
         index: int = 0,
         namespace: str | None = None,
         heartbeat: float = 30.0,
+        on_open: Callable[[requests.Response], None] | None = None,
     ) -> Iterator[tuple[int, list[dict[str, JSON]]]]:
         """`GET /v1/event/stream`: (index, events) per ndjson batch, heartbeats skipped.
 
-        The stream holds one pooled connection until the iterator is closed. A stream
-        silent for longer than two heartbeats is dead: TransportError."""
+        The stream holds one pooled connection until the iterator is closed; `on_open`
+        receives the response, so another thread can close it to end the stream at once.
+        A stream silent for longer than two heartbeats is dead: TransportError."""
         query: list[tuple[str, str]] = [("index", str(index))]
         query += [("topic", topic) for topic in topics]
         if self.config.region:
@@ -239,6 +241,8 @@ class NomadClient:
         with response:
             if not 200 <= response.status_code < 300:
                 raise classify_http(response.status_code, response.text)
+            if on_open is not None:
+                on_open(response)
             try:
                 for line in response.iter_lines():
                     if not line:
