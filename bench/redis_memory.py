@@ -265,7 +265,7 @@ def print_memory(fig: Figures) -> None:
     print(f"  freed by deleting the baseline results {baseline:7.0f} B per result")
     outcome = fig.freed["outcomes"] / count
     ok = outcome <= TARGET_BYTES
-    print(f"\n  per stored outcome: {outcome:.0f} B (target <= {TARGET_BYTES} B) "
+    print(f"\n  per stored outcome: {outcome:.1f} B (target <= {TARGET_BYTES} B) "
           f"{'OK' if ok else 'MISSED'}; {outcome / baseline:.2f}x the baseline")
 
 
