@@ -9,8 +9,8 @@ names the last error, instead of a task failure.
 Redis not answering (a restart, a failover) is retried the same way but without a budget:
 giving up would store an error outcome for a request that merely waited out an outage, and
 the write-ahead record makes every retry safe. While Redis is down even the retry cannot
-be published; the message then stays unacknowledged and comes back after the visibility
-timeout.
+be published; the message is then rejected for redelivery (or, if even that fails, stays
+unacknowledged and comes back after the visibility timeout).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import TypeVar
 
 import redis
 from celery import Task
+from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
 
 from dispatch.errors import DispatchqError
 from dispatch.retry import RetryPolicy
@@ -44,10 +46,14 @@ class PolicyTask(Task):  # type: ignore[type-arg]
         try:
             return body()
         except (redis.ConnectionError, redis.TimeoutError) as err:
-            done = self.request.retries
-            raise self.retry(
-                exc=err, countdown=task_policy().delay(done + 1), max_retries=None
-            ) from err
+            countdown = task_policy().delay(self.request.retries + 1)
+            try:
+                retry = self.retry(exc=err, countdown=countdown, max_retries=None, throw=False)
+            except (redis.RedisError, OperationalError) as publish_err:
+                # Redis is still away: hand the message back (or leave it unacknowledged)
+                # rather than store a failure.
+                raise Reject(err, requeue=True) from publish_err
+            raise retry from err
         except DispatchqError as err:
             if not getattr(err, "retryable", False):
                 raise
