@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from devstack.ports import free_port, wait_for_port
+from devstack.ports import free_port, stop_process, wait_for_port
 
 
 @dataclass
@@ -42,13 +42,7 @@ class NomadSimProcess:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
 
     def __enter__(self) -> NomadSimProcess:

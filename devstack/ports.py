@@ -1,8 +1,9 @@
-"""Free loopback ports and waiting for a listener."""
+"""Free loopback ports, waiting for a listener, and stopping a child process."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 
 
@@ -25,3 +26,15 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> 
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s") from None
             time.sleep(0.02)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited after `grace` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

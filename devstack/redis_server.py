@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack.ports import free_port, wait_for_port
+from devstack.ports import free_port, stop_process, wait_for_port
 
 
 class RedisServerNotFound(RuntimeError):
@@ -106,13 +106,7 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
 
     def restart(self, timeout: float = 10.0) -> None:
