@@ -27,7 +27,9 @@ figure, whatever its memory). Then scheduling is released (`PUT /_sim/scheduler
 {"schedule_delay_ms": 0}`; the scheduler picks it up when its current delay ends) and the
 bench waits for the batch to finish (or for `--stall` seconds without progress), printing
 the exit codes and, for requests that did not finish, their record states and Celery
-failures. It exits 1 unless every limit was met and every request ended with exit code 0.
+failures, and how many children nomadsim created (exactly one per request, or something
+was doubled). It exits 1 unless every limit was met, every request ended with exit code 0
+and nothing was doubled.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def wait_dispatched(
         time.sleep(0.5)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=5_000)
     parser.add_argument("--schedule-delay", type=float, default=5.0,
@@ -126,7 +128,11 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="seconds to wait for all dispatches, and again for the finish")
     parser.add_argument("--log-dir", type=Path, default=None)
-    args = parser.parse_args()  # fmt: skip
+    return parser.parse_args()  # fmt: skip
+
+
+def main() -> int:
+    args = parse_args()
     count: int = args.count
     delay = ["--schedule-delay", f"{args.schedule_delay:g}"]
     with (
@@ -178,11 +184,14 @@ def main() -> int:
                 print(f"\nAfter release: {done:,}/{count:,} done in {drained:.1f} s, exit codes "
                       f"{dict(sorted(codes.items()))}, "
                       f"failed (exit != 0 or unfinished) {count - ok:,}")  # fmt: skip
+                children = int(stack.sim_stats(sim)["dispatches"])
+                print(f"  children nomadsim created: {children:,} (one per request: "
+                      f"{'yes' if children == count else 'NO'})")  # fmt: skip
                 if ok < count:
                     print(f"  not finished or failed: {stack.unfinished(producer, batch_id)}")
         finally:
             stack.stop_all([worker])
-    return 0 if ok == count and held_ok else 1
+    return 0 if ok == count and held_ok and children == count else 1
 
 
 def print_held(count: int, idle: procfs.Memory, samples: list[Sample], filled: float) -> bool:
