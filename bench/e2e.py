@@ -37,7 +37,10 @@ run 2...) so machine noise hits every scenario alike; the table shows medians.
 Machine-independent figures printed too: outcomes stored, failures, children nomadsim
 created (exactly one per request, or something was doubled or lost), and per request the
 HTTP requests nomadsim answered and the commands redis-server processed (INFO stats; the
-bench's own polling and the naive run's final read-back are included, a few per request).
+bench's own polling is included, a fraction of a command per request), and the CPU time
+per request of the processes doing the work (the worker processes, all their children
+included; for bare, the bench process itself), from /proc: less sensitive to a shared
+machine than the rates, though not immune to it.
 
 Targets: with `--latency-ms 0` (figure 2) ours >= 0.6x bare and >= 1x naive; with
 `--latency-ms 20` (figure 3) ours >= 4x naive (prefork, concurrency 2).
@@ -60,7 +63,7 @@ from pathlib import Path
 import redis
 import requests
 
-from bench import naive_app, stack
+from bench import naive_app, procfs, stack
 from bench.common import ratio, report
 from devstack.nomadsim_process import NomadSimProcess
 from devstack.redis_server import RedisServer
@@ -81,6 +84,7 @@ class Run:
     nomad_requests: int  # HTTP requests nomadsim answered during the run
     dispatches: int  # children nomadsim created
     redis_commands: int = 0  # commands redis-server processed during the run (bare: 0)
+    cpu: float = 0.0  # CPU seconds of the worker processes (bare: the bench process)
 
     @property
     def rate(self) -> float:
@@ -142,6 +146,7 @@ def bare(sim: NomadSimProcess, count: int, threads: int, timeout: float) -> Run:
 
     requests0, dispatches0 = _nomad_counts(sim)
     ok = failed = 0
+    cpu0 = time.process_time()
     started = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         futures = [pool.submit(one, n) for n in range(count)]
@@ -154,12 +159,14 @@ def bare(sim: NomadSimProcess, count: int, threads: int, timeout: float) -> Run:
             except Exception:  # noqa: BLE001  (counted: an HTTP error is a failed request)
                 failed += 1
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu0
     for s in sessions:
         s.close()
     requests1, dispatches1 = _nomad_counts(sim)
     return Run(
-        count, seconds, ok + failed, failed, requests1 - requests0, dispatches1 - dispatches0
-    )
+        count, seconds, ok + failed, failed, requests1 - requests0, dispatches1 - dispatches0,
+        0, cpu,
+    )  # fmt: skip
 
 
 # -- naive Celery -------------------------------------------------------------------------
@@ -196,6 +203,8 @@ def naive(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
             pass
         requests0, dispatches0 = _nomad_counts(sim)
         commands0 = _redis_commands(client)
+        assert worker.process is not None
+        cpu0 = procfs.cpu_seconds(procfs.tree(worker.process.pid))
         published = 0
         started = time.perf_counter()
         pipe = client.pipeline(transaction=False)
@@ -213,17 +222,24 @@ def naive(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
         seconds = time.perf_counter() - started
         requests1, dispatches1 = _nomad_counts(sim)
         commands = _redis_commands(client) - commands0
+        cpu = procfs.cpu_seconds(procfs.tree(worker.process.pid)) - cpu0
     metas = stack.result_states(client, task_ids)
     client.close()
     stored = sum(1 for m in metas if m is not None)
     succeeded = sum(1 for m in metas if m is not None and m.get("status") == "SUCCESS")
     return Run(
         count, seconds, stored, count - succeeded, requests1 - requests0,
-        dispatches1 - dispatches0, commands,
+        dispatches1 - dispatches0, commands, cpu,
     )  # fmt: skip
 
 
 # -- ours ---------------------------------------------------------------------------------
+
+
+def _workers_cpu(procs: list[stack.DispatchqWorker]) -> float:
+    return sum(
+        procfs.cpu_seconds(procfs.tree(w.process.pid)) for w in procs if w.process is not None
+    )
 
 
 def ours(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
@@ -239,6 +255,7 @@ def ours(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
         with Producer(stack.settings(server.url)) as producer:
             requests0, dispatches0 = _nomad_counts(sim)
             commands0 = _redis_commands(producer.redis)
+            cpu0 = _workers_cpu(procs)
             started = time.perf_counter()
             batch_id = producer.dispatch_batch(stack.JOB_ID, items, preflight=False)
             status = stack.wait_finished(
@@ -249,6 +266,7 @@ def ours(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
             seconds = time.perf_counter() - started
             requests1, dispatches1 = _nomad_counts(sim)
             commands = _redis_commands(producer.redis) - commands0
+            cpu = _workers_cpu(procs) - cpu0
             status = producer.batch_status(batch_id)
             if status is None or not status.finished:
                 print(f"  ours: batch not finished: {stack.unfinished(producer, batch_id)}")
@@ -257,7 +275,7 @@ def ours(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
     ok = status.exit_codes.get(0, 0) if status is not None else 0
     return Run(
         count, seconds, stored, count - ok, requests1 - requests0, dispatches1 - dispatches0,
-        commands,
+        commands, cpu,
     )  # fmt: skip
 
 
@@ -310,7 +328,7 @@ def summarize(results: dict[str, list[Run]], labels: dict[str, str], figure: int
         rows.append((labels[name], medians[name], rates))
     report(f"Throughput, requests/s (medians of {len(rows[0][2])} runs)", rows)
 
-    print("\nMachine-independent (all runs)")
+    print("\nCounts (all runs) and costs per request (medians of the runs)")
     bad = False
     for name, runs in results.items():
         total = sum(r.items for r in runs)
@@ -318,11 +336,12 @@ def summarize(results: dict[str, list[Run]], labels: dict[str, str], figure: int
         failed = sum(r.failures for r in runs)
         per_item = statistics.median(r.nomad_requests / r.items for r in runs)
         commands = statistics.median(r.redis_commands / r.items for r in runs)
+        cpu_ms = statistics.median(r.cpu / r.items * 1000 for r in runs)
         children = sum(r.dispatches for r in runs)
         bad = bad or failed > 0 or stored < total
         print(f"  {name:<5} requests {total:,}  outcomes stored {stored:,}  failed {failed:,}  "
               f"children dispatched {children:,}  per item: nomad HTTP requests "
-              f"{per_item:.2f}, Redis commands {commands:.1f} (includes the bench's polling)")
+              f"{per_item:.2f}, Redis commands {commands:.1f}, CPU {cpu_ms:.2f} ms")
 
     print("\nRatios (medians)")
 
@@ -384,7 +403,8 @@ def main() -> int:
                     f"  run {run} {name:<5} {result.rate:8,.0f}/s  {result.seconds:6.1f} s  "
                     f"stored {result.stored:,}/{result.items:,}  failed {result.failures:,}  "
                     f"per item: nomad requests {result.nomad_requests / result.items:.2f}, "
-                    f"Redis commands {result.redis_commands / result.items:.1f}  "
+                    f"Redis commands {result.redis_commands / result.items:.1f}, "
+                    f"CPU {result.cpu / result.items * 1000:.2f} ms  "
                     f"children {result.dispatches:,}",
                     flush=True,
                 )

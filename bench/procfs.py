@@ -3,11 +3,13 @@
     tree(pid)                  the pid and all its descendants
     memory(pids)               summed RSS and PSS in bytes (PSS shares forked pages fairly),
                                processes and threads
+    cpu_seconds(pids)          user + system CPU seconds used so far
     tcp_connections(pids, p)   the tree's sockets connected to 127.0.0.1:p, by TCP state
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,20 @@ def memory(pids: list[int]) -> Memory:
             elif name == "Pss":
                 pss += int(rest.split()[0]) * 1024
     return Memory(rss, pss, count, threads)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds `pids` have used so far (/proc/<pid>/stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            stat = (PROC / str(pid) / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
 
 
 def _socket_inodes(pid: int) -> set[str]:
