@@ -63,9 +63,14 @@ def stored_outcome(exit_code: int, status: str, dispatch_seconds: float | None) 
     }
 
 
+UNIT_QUEUE = "metrics-unit"
+"""Not the queue of the stack's workers, which would take what the unit tests push."""
+
+
 @pytest.fixture
-def metrics(redis_client: redis.Redis) -> WorkerMetrics:
-    return WorkerMetrics(redis_client, QUEUE)
+def metrics(redis_client: redis.Redis) -> Iterator[WorkerMetrics]:
+    yield WorkerMetrics(redis_client, UNIT_QUEUE)
+    redis_client.delete(UNIT_QUEUE, keys.DLQ)
 
 
 def value(m: WorkerMetrics, name: str, **labels: str) -> float | None:
@@ -146,16 +151,16 @@ def test_other_tasks_are_not_counted(metrics: WorkerMetrics) -> None:
 def test_queue_gauges_are_read_at_scrape_time(
     metrics: WorkerMetrics, redis_client: redis.Redis
 ) -> None:
-    assert value(metrics, "dispatchq_queue_depth", queue=QUEUE) == 0
-    redis_client.lpush(QUEUE, "a", "b", "c")
+    assert value(metrics, "dispatchq_queue_depth", queue=UNIT_QUEUE) == 0
+    redis_client.lpush(UNIT_QUEUE, "a", "b", "c")
     redis_client.lpush(keys.DLQ, "x", "y")
-    assert value(metrics, "dispatchq_queue_depth", queue=QUEUE) == 3
+    assert value(metrics, "dispatchq_queue_depth", queue=UNIT_QUEUE) == 3
     assert value(metrics, "dispatchq_dead_letters") == 2
 
 
 def test_queue_gauges_are_absent_while_redis_cannot_be_read() -> None:
     unreachable = redis.Redis(port=free_port(), retry=RedisRetry(NoBackoff(), 0))
-    metrics = WorkerMetrics(unreachable, QUEUE)
+    metrics = WorkerMetrics(unreachable, UNIT_QUEUE)
     names = {f.name for f in metrics.registry.collect()}
     assert "dispatchq_queue_depth" not in names
     assert "dispatchq_outcomes" in names  # the rest is still served
