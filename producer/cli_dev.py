@@ -23,8 +23,8 @@ def register(commands: Any) -> None:
         description="Start a private redis-server, nomadsim with the `video-encode` "
         "parameterized job and worker processes on loopback ports, print `export` lines "
         "that point other shells at them, and keep running until Ctrl-C or SIGTERM, which "
-        "stop every process. Exit code 0 when stopped so, 1 if a process of the stack "
-        "ended on its own.",
+        "stop every process. Exits 0 when stopped that way, 1 if a process of the stack "
+        "ends by itself.",
     )
     dev.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     dev.add_argument(
