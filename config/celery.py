@@ -104,6 +104,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {TASK_DISPATCH: {"queue": settings.queue}},
         "task_time_limit": settings.task_time_limit,
         "result_expires": settings.result_ttl,
+        # A dropped or restarting Redis must not turn a finished request into a failure:
+        # the outcome write is retried (bounded: about a minute at most).
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
         "result_backend_thread_safe": True,
         "result_extended": False,
         "worker_hijack_root_logger": False,
