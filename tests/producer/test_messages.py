@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 from kombu import Connection
 
@@ -19,7 +20,7 @@ def test_envelope_matches_what_kombu_builds() -> None:
         {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
     ]
     with Connection("memory://") as conn:
-        channel = conn.default_channel
+        channel: Any = conn.default_channel  # kombu's virtual channel; untyped there
         kombu_message = channel.prepare_message(
             body,
             priority=0,
