@@ -46,6 +46,11 @@ def redis_ssl_options(url: str) -> dict[str, Any] | None:
 
 RESULT_SERIALIZER = "dispatchq-json"
 
+REDIS_CONNECTIONS = 4096
+"""Upper bound of each Redis pool of a worker process (broker, result backend): above the
+greenlets a worker runs at once, so a burst of acknowledgements or stored results never
+meets redis-py's or kombu's much lower defaults. Actual use follows the concurrency."""
+
 
 def _compact_dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
@@ -82,6 +87,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # seconds (100 s by default); one cheap sweep every few seconds bounds the delay.
         "unacked_restore_interval": max(1, min(10, visibility // 10)),
         "unacked_restore_throttle": 1,
+        # kombu's Redis pool allows 10 connections by default; a gevent worker acknowledges
+        # hundreds of messages at once, so it would fail with "Too many connections".
+        "max_connections": REDIS_CONNECTIONS,
     }
     tls = redis_ssl_options(url)
     return {
@@ -91,6 +99,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": url,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
+        "redis_max_connections": REDIS_CONNECTIONS,
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "result_serializer": RESULT_SERIALIZER,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+import redis
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -121,6 +122,15 @@ def mask_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def worker_redis(settings: Settings, max_connections: int = 256) -> redis.Redis:
+    """A Redis client for a worker process: its pool blocks (up to 30 s) when every
+    connection is in use, instead of failing, since hundreds of greenlets share it."""
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url.get_secret_value(), max_connections=max_connections, timeout=30
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -43,6 +43,7 @@ MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_WAIT = 300.0
 
 JSON = Any  # a decoded JSON value
+STREAM_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,9 @@ class NomadClient:
             if on_open is not None:
                 on_open(response)
             try:
-                for line in response.iter_lines():
+                # Big chunks: requests re-joins its buffer per chunk, and a batch of
+                # evaluations can be a line of megabytes (quadratic at the default 512 B).
+                for line in response.iter_lines(chunk_size=STREAM_CHUNK):
                     if not line:
                         continue
                     batch = json.loads(line)

@@ -34,7 +34,7 @@ def register(commands: Any) -> None:
         "not a thread or a process)",
     )
     worker.add_argument(
-        "--concurrency", "-c", type=int, default=500, help="requests in flight per process"
+        "--concurrency", "-c", type=int, default=1000, help="requests in flight per process"
     )
     worker.add_argument("--loglevel", default="INFO", help="Celery's own log level")
     worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="more `celery worker` args")

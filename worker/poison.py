@@ -37,7 +37,7 @@ from kombu.transport import redis as kombu_redis
 from vine import promise
 
 from config.celery import TASK_DISPATCH
-from config.settings import Settings, load_settings
+from config.settings import Settings, load_settings, worker_redis
 from dispatch import dlq
 from dispatch.outcome import Outcome
 from dispatch.records import RecordStore, RequestState
@@ -59,7 +59,7 @@ class _Sink:
 @functools.cache
 def _sink() -> _Sink:
     settings = load_settings()
-    return _Sink(settings, redis.Redis.from_url(settings.redis_url.get_secret_value()))
+    return _Sink(settings, worker_redis(settings))
 
 
 def envelope_problem(raw: Any) -> str | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import redis
 
 from config.logging import register_secrets
-from config.settings import Settings, load_settings
+from config.settings import Settings, load_settings, worker_redis
 from dispatch.eventfeed import EvaluationFeed
 from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
@@ -51,7 +51,7 @@ def build_runtime(settings: Settings | None = None, nomad: NomadConfig | None = 
     settings = settings or load_settings()
     nomad = nomad or NomadConfig.from_env()
     register_secrets([nomad.token, nomad.http_auth, settings.redis_password])
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = worker_redis(settings)
     resolver = PayloadResolver(
         PayloadPolicy.of(
             settings.payload_file_roots, settings.payload_http_hosts, settings.payload_http_timeout
