@@ -79,13 +79,24 @@ _ENVELOPE = (
 _EMBED_JSON = json.dumps(_EMBED, separators=(",", ":"))
 
 
+_SHOWN = ("job_id", "meta", "payload_ref", "namespace", "batch_id")
+KWARGSREPR_MAX = 256
+
+
+def _readable(request: dict[str, Any]) -> str:
+    """What Flower and `celery inspect` show as the task's arguments: the request's
+    fields a person looks for, capped."""
+    shown = repr({name: request[name] for name in _SHOWN if name in request})
+    return shown if len(shown) <= KWARGSREPR_MAX else shown[: KWARGSREPR_MAX - 3] + "..."
+
+
 def celery_message(request: dict[str, Any], queue: str) -> str:
     """The serialized kombu envelope that goes onto the queue list with LPUSH."""
     body = f"[[],{json.dumps(request, separators=(',', ':'))},{_EMBED_JSON}]"
     return _ENVELOPE.format(
         body=base64.b64encode(body.encode()).decode("ascii"),
         rid=json.dumps(request["request_id"]),
-        kwargsrepr=json.dumps(f"{{job_id: {request['job_id']!r}}}"),
+        kwargsrepr=json.dumps(_readable(request)),
         origin=json.dumps(_ORIGIN),
         queue=json.dumps(queue),
         tag=f"{_TAG_PREFIX}{next(_tags)}",

@@ -42,3 +42,13 @@ def test_every_message_has_its_own_delivery_tag() -> None:
     first = json.loads(celery_message(request, "q"))["properties"]["delivery_tag"]
     second = json.loads(celery_message(request, "q"))["properties"]["delivery_tag"]
     assert first != second
+
+
+def test_arguments_are_readable_in_flower() -> None:
+    request = request_body("r-1", "video", meta={"profile": "hd"}, payload_ref="data:,x")
+    headers = json.loads(celery_message(request, "q"))["headers"]
+    assert headers["kwargsrepr"] == (
+        "{'job_id': 'video', 'meta': {'profile': 'hd'}, 'payload_ref': 'data:,x'}"
+    )
+    long = request_body("r-2", "video", meta={"k": "v" * 500})
+    assert len(json.loads(celery_message(long, "q"))["headers"]["kwargsrepr"]) == 256
