@@ -37,15 +37,15 @@ _metrics = WorkerMetrics.from_settings(settings).connect() if settings.metrics_p
 @worker_ready.connect
 def _on_ready(sender: Any = None, **_: Any) -> None:
     warn_about_redis(settings)
+    if _metrics is not None:  # serving before the first heartbeat: "seen alive" means scrapable
+        pool = getattr(sender, "pool", None)
+        _background.append(_metrics.serve(settings.metrics_addr, settings.metrics_port, pool))
+    interval = celery_config(settings)["broker_transport_options"]["unacked_restore_interval"]
+    _background.append(RedeliverySweeper(app, interval).start())
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
     beat = Heartbeat(client, settings.queue, getattr(sender, "hostname", "worker"))
     beat.start()
     _background.append(beat)
-    interval = celery_config(settings)["broker_transport_options"]["unacked_restore_interval"]
-    _background.append(RedeliverySweeper(app, interval).start())
-    if _metrics is not None:
-        pool = getattr(sender, "pool", None)
-        _background.append(_metrics.serve(settings.metrics_addr, settings.metrics_port, pool))
 
 
 @worker_shutdown.connect
