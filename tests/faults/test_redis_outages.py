@@ -15,6 +15,7 @@ from tests.support.faults import (
     Accounting,
     FaultStack,
     deliveries,
+    drained,
     keys_without_ttl,
     set_latency,
     states,
@@ -111,7 +112,7 @@ def test_dropped_broker_connections_and_duplicate_messages_are_harmless(
                 drops += 1
             accounting = Accounting.of(stack, producer, ids, timeout=60 + REDELIVERY)
             # The second copies queued last: let the workers take them all.
-            wait_until(lambda: admin.llen(QUEUE) == 0 and not admin.hlen("unacked"), 60, "drained")
+            wait_until(lambda: drained(admin), 60, "every message taken")
             delivered = deliveries(producer.redis, ids)
             duplicates_delivered = deliveries(producer.redis, ids[::2])
     finally:
