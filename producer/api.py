@@ -81,6 +81,11 @@ class Producer:
 
     def close(self) -> None:
         if "_celery" in self.__dict__:
+            # The result backend's connections (the pub/sub one `wait` used, the pool) live
+            # in reference cycles: close them now rather than whenever GC gets to them.
+            backend = self._celery.backend
+            backend.result_consumer.stop()
+            backend.client.connection_pool.disconnect()
             self._celery.close()
         if "nomad" in self.__dict__:
             self.nomad.close()
