@@ -122,6 +122,13 @@ class Ctx:
         body = dumps(value, pretty="pretty" in self.query)
         return web.Response(status=200, body=body, headers=headers)
 
+    def respond_page(self, page: list[Any], next_token: str, index: int) -> web.Response:
+        """A paginated list: `X-Nomad-NextToken` says where the next page starts."""
+        response = self.respond(page, index)
+        if next_token:
+            response.headers["X-Nomad-NextToken"] = next_token
+        return response
+
     def not_found(self, message: str, index: int) -> web.Response:
         response = text_response(404, message)
         response.headers.update(

@@ -92,10 +92,7 @@ async def list_jobs(ctx: Ctx) -> web.Response:
         return (stubs, next_token), store.table_index("jobs", "job_summary")
 
     (stubs, next_token), index = await ctx.blocking(("jobs",), query)
-    response = ctx.respond(stubs, index)
-    if next_token:
-        response.headers["X-Nomad-NextToken"] = next_token
-    return response
+    return ctx.respond_page(stubs, next_token, index)
 
 
 async def read_job(ctx: Ctx, job_id: str) -> web.Response:

@@ -108,10 +108,7 @@ async def evaluations_list(ctx: Ctx) -> web.Response:
         return paginate(ctx, items), store.table_index("evals")
 
     (page, next_token), index = await ctx.blocking(("evals",), query)
-    response = ctx.respond(page, index)
-    if next_token:
-        response.headers["X-Nomad-NextToken"] = next_token
-    return response
+    return ctx.respond_page(page, next_token, index)
 
 
 async def allocation_route(ctx: Ctx, alloc_id: str) -> web.Response:
@@ -155,10 +152,7 @@ async def allocations_list(ctx: Ctx) -> web.Response:
         return paginate(ctx, items), store.table_index("allocs")
 
     (page, next_token), index = await ctx.blocking(("allocs",), query)
-    response = ctx.respond(page, index)
-    if next_token:
-        response.headers["X-Nomad-NextToken"] = next_token
-    return response
+    return ctx.respond_page(page, next_token, index)
 
 
 async def namespace_route(ctx: Ctx, name: str) -> web.Response:
