@@ -63,6 +63,27 @@ class Settings(BaseSettings):
         description="Follow evaluations through one event-stream subscription per worker "
         "process (falls back to blocking queries where Nomad has no stream or refuses it).",
     )
+    dispatch_rate: float = Field(
+        500.0,
+        gt=0,
+        description="Most dispatches per second, all workers together; halved on a 429 or "
+        "when an evaluation finds the cluster's resources exhausted, then back within 30 s.",
+    )
+    dispatch_burst: int = Field(
+        50, ge=1, description="Dispatches let through at once before dispatch_rate applies."
+    )
+    dispatch_max_wait: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request waits for its turn under dispatch_rate and "
+        "max_unfinished_children before it is requeued (a requeue is not a retry).",
+    )
+    max_unfinished_children: int = Field(
+        0,
+        ge=0,
+        description="Most pending or running children per parameterized job (its "
+        "JobSummary) before dispatches of it wait; 0: no cap.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="Log rendering: JSON lines, console, or console only on a TTY."
     )

@@ -10,6 +10,9 @@
 | `dispatchq:batch:<id>`           | hash   | producer, worker  | result_ttl                 |
 | `dispatchq:batch:<id>:requests`  | list   | producer          | result_ttl                 |
 | `dispatchq:batch:<id>:errors`    | list   | worker            | result_ttl                 |
+| `dispatchq:rate`                 | hash   | worker gate       | RATE_TTL, renewed/write    |
+| `dispatchq:children:<ns>:<job>`  | hash   | worker gate       | CHILDREN_TTL, renewed      |
+| `dispatchq:children:<ns>:<job>:refresh` | string | worker gate | CHILDREN_REFRESH_LOCK ms |
 
 The request hash is both the caller-visible state (queued, dispatching, monitoring) and the
 worker's write-ahead record: once `dispatched_job_id` is in it, a redelivered request resumes
@@ -37,6 +40,15 @@ WORKER_TTL: Final = 15
 """A worker not heard from for this many seconds is taken for gone."""
 
 CELERY_RESULT_PREFIX: Final = "celery-task-meta-"
+
+RATE: Final = f"{PREFIX}:rate"
+"""The global dispatch rate (`dispatch.backpressure`): the next free slot (`tat`) and,
+after a slow-down, the rate it cut to and when (`rate`, `cut_at`)."""
+RATE_TTL: Final = 3_600
+CHILDREN_TTL: Final = 60
+"""A job's unfinished-children count outlives its last use by this much."""
+CHILDREN_REFRESH_LOCK: Final = 5_000
+"""Milliseconds one worker has to read a job's summary before another may try."""
 
 INFLIGHT: Final = f"{PREFIX}:inflight"
 """Broker keys of `worker.fetch` (no TTL, like kombu's): the set of consumer IDs, and per
@@ -94,3 +106,14 @@ def is_broker_key(key: str, queue: str) -> bool:
         key in (*KOMBU_KEYS, queue, INFLIGHT)
         or key.startswith((f"{queue}\x06\x16", "_kombu.binding", f"{INFLIGHT}:"))
     )
+
+
+def children(namespace: str, job_id: str) -> str:
+    """A parameterized job's unfinished children as last read from its JobSummary, plus
+    the dispatches admitted since. TTL: CHILDREN_TTL, renewed on every refresh."""
+    return f"{PREFIX}:children:{namespace}:{job_id}"
+
+
+def children_refresh(namespace: str, job_id: str) -> str:
+    """Held by the worker reading the job's summary. TTL: CHILDREN_REFRESH_LOCK ms."""
+    return f"{children(namespace, job_id)}:refresh"

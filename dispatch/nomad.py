@@ -22,7 +22,13 @@ import requests
 import structlog
 
 from config.logging import register_secrets
-from dispatch.errors import NomadError, ServerError, ValidationError, classify_http
+from dispatch.errors import (
+    NomadError,
+    RateLimited,
+    ServerError,
+    ValidationError,
+    classify_http,
+)
 from dispatch.nomad_config import NomadConfig
 from dispatch.retry import NO_RETRY, RetryPolicy
 from dispatch.transport import UNIX_PREFIX, build_session, transport_error
@@ -96,6 +102,8 @@ class NomadClient:
     ) -> None:
         self.config = config
         self.timeout = timeout
+        self.on_rate_limited: Callable[[], object] | None = None
+        """Called on every 429 (retried in place or not): where backpressure hooks in."""
         self.retry = retry or NO_RETRY
         self._sleep = sleep
         self._session, self._base = build_session(config, pool_size)
@@ -187,6 +195,12 @@ class NomadClient:
         path = f"/v1/job/{quote(job_id, safe='')}"
         body, last = self._call("GET", path, namespace=namespace, index=index, wait=wait)
         return body, last
+
+    def job_summary(self, job_id: str, *, namespace: str | None = None) -> dict[str, JSON]:
+        """`GET /v1/job/<id>/summary`: the JobSummary, with `Children` for a parent job."""
+        path = f"/v1/job/{quote(job_id, safe='')}/summary"
+        body, _ = self._call("GET", path, namespace=namespace)
+        return dict(body or {})
 
     def job_evaluations(
         self, job_id: str, *, namespace: str | None = None
@@ -302,6 +316,8 @@ class NomadClient:
             try:
                 return self._send(method, path, query, body, (self.timeout, read_timeout))
             except NomadError as err:
+                if isinstance(err, RateLimited) and self.on_rate_limited is not None:
+                    self.on_rate_limited()
                 retry += 1
                 if not (
                     err.retryable

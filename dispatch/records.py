@@ -171,3 +171,7 @@ class RecordStore:
             keys=[keys.request(request_id)],
             args=[self.ttl, exit_code, batch, entry, errors, MAX_BATCH_ERRORS],
         )
+
+    def batch_cancelled(self, batch_id: str) -> bool:
+        """Whether the batch has been cancelled (for a request that waited its turn)."""
+        return bool(self.client.hget(keys.batch(batch_id), "state") == b"cancelled")

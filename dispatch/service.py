@@ -3,9 +3,12 @@
 The path: load the request record; if it already names a dispatched job (a redelivery after
 a crash), resume monitoring; otherwise resolve the payload, dispatch with the request's
 idempotency token, write the job and eval IDs to the record at once, then follow the
-evaluation. Permanent errors become an outcome with exit code 1. Retryable errors (Nomad
-unreachable, 429, 5xx) are raised as they are, for the task's retry policy; since the
-record and the token survive, a retry never dispatches a second child.
+evaluation. With a gate (`dispatch.backpressure`) the dispatch first waits its turn under
+the shared rate and the per-job cap, and exhausted resources slow the rate down (so does
+a 429, through the client's hook). Permanent errors become an outcome with exit code 1.
+Retryable errors (Nomad unreachable, 429, 5xx) are raised as they are, for the task's
+retry policy; since the record and the token survive, a retry never dispatches a second
+child.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from dispatch.backpressure import DispatchGate, resources_exhausted
 from dispatch.errors import DispatchqError, NomadError
 from dispatch.eventfeed import EvaluationFeed, FeedReader
 from dispatch.events import Dispatched, DispatchFailed, EvalReadFailed, Event
@@ -100,6 +104,7 @@ class DispatchService:
     resolver: PayloadResolver
     records: RecordStore
     feed: EvaluationFeed | None = None
+    gate: DispatchGate | None = None
     monitor_wait: float = DEFAULT_WAIT
 
     def run(
@@ -108,9 +113,7 @@ class DispatchService:
         """The outcome of `request`. Raises only retryable errors."""
         bound = log.bind(request_id=request.request_id, job_id=request.job_id)
         recorder = OutcomeRecorder(request.job_id, on_event=on_event)  # times the dispatch
-        record, cancelled = self.records.begin(
-            request.request_id, request.job_id, request.batch_id
-        )
+        record, cancelled = self.records.begin(request.request_id, request.job_id, request.batch_id)
         if record is not None and record.dispatched:
             bound.info(
                 "request.resumed",
@@ -118,7 +121,7 @@ class DispatchService:
                 eval_id=record.eval_id,
             )
             return self._follow(request, recorder, record.dispatched_job_id, record.eval_id, 0)
-        if cancelled:
+        if cancelled or self._waited_until_cancelled(request):
             error = BatchCancelled(f"batch {request.batch_id} was cancelled before this dispatch")
             _emit_error(recorder, error)
             return self._finish(request, recorder.outcome())
@@ -171,6 +174,15 @@ class DispatchService:
             _emit_error(recorder, error, note)
         return self._finish(request, recorder.outcome())
 
+    def _waited_until_cancelled(self, request: DispatchRequest) -> bool:
+        """Wait at the gate, if there is one; True if the batch was cancelled meanwhile."""
+        if self.gate is None:
+            return False
+        namespace = request.namespace or self.client.config.namespace or "default"
+        if not self.gate.admit(request.job_id, namespace) or not request.batch_id:
+            return False
+        return self.records.batch_cancelled(request.batch_id)
+
     def _existing_eval(self, request: DispatchRequest, child_id: str) -> str:
         """The register evaluation of a child that an idempotent repeat returned with no
         EvalID: this request dispatched it before a crash, so it is still ours to follow."""
@@ -210,7 +222,10 @@ class DispatchService:
                 recorder=recorder,
                 wait=self.monitor_wait,
             )
-        return self._finish(request, recorder.outcome())
+        outcome = recorder.outcome()
+        if self.gate is not None and resources_exhausted(outcome):
+            self.gate.overloaded("resources exhausted")
+        return self._finish(request, outcome)
 
     def _finish(self, request: DispatchRequest, outcome: Outcome) -> Outcome:
         error = outcome.error_message or "" if outcome.exit_code == 1 else ""

@@ -11,23 +11,33 @@ giving up would store an error outcome for a request that merely waited out an o
 the write-ahead record makes every retry safe. While Redis is down even the retry cannot
 be published; the message is then rejected for redelivery (or, if even that fails, stays
 unacknowledged and comes back after the visibility timeout).
+
+A request held at the backpressure gate for too long (`Throttled`) is requeued at once, and
+that retry is free: the message's `THROTTLED_HEADER` counts them, and they are taken off
+the retries the budget sees, so a long wait for capacity never ends a request.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
+import structlog
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from kombu.exceptions import OperationalError
 
+from dispatch.backpressure import Throttled
 from dispatch.errors import DispatchqError
 from dispatch.retry import RetryPolicy
 from worker.runtime import runtime
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+THROTTLED_HEADER = "dispatchq_throttled"
 
 
 def task_policy() -> RetryPolicy:
@@ -41,14 +51,29 @@ class PolicyTask(Task):  # type: ignore[type-arg]
     """Base class: `self.with_retries(body, give_up)`."""
 
     abstract = True
+    max_retries = None  # the budget is counted here, not by Celery
+
+    @property
+    def throttled(self) -> int:
+        """The free requeues of this request so far (`THROTTLED_HEADER`)."""
+        return int(getattr(self.request, THROTTLED_HEADER, None) or 0)
+
+    @property
+    def retries_spent(self) -> int:
+        """The retries that count against the budget."""
+        return int(self.request.retries) - self.throttled
 
     def with_retries(self, body: Callable[[], T], give_up: Callable[[DispatchqError], T]) -> T:
         try:
             return body()
+        except Throttled as err:
+            log.info("request.throttled", requeues=self.throttled + 1, reason=str(err))
+            jitter = random.uniform(0.5, 2.0)  # noqa: S311  (spreads requeues, not a secret)
+            raise self._retry(err, jitter, self.throttled + 1) from err
         except (redis.ConnectionError, redis.TimeoutError) as err:
-            countdown = task_policy().delay(self.request.retries + 1)
+            countdown = task_policy().delay(self.retries_spent + 1)
             try:
-                retry = self.retry(exc=err, countdown=countdown, max_retries=None, throw=False)
+                retry = self._retry(err, countdown, self.throttled, throw=False)
             except (redis.RedisError, OperationalError) as publish_err:
                 # Redis is still away: hand the message back (or leave it unacknowledged)
                 # rather than store a failure.
@@ -58,9 +83,16 @@ class PolicyTask(Task):  # type: ignore[type-arg]
             if not getattr(err, "retryable", False):
                 raise
             policy = task_policy()
-            done = self.request.retries
+            done = self.retries_spent
             if done >= policy.retries:
                 return give_up(err)
-            raise self.retry(
-                exc=err, countdown=policy.delay(done + 1), max_retries=policy.retries
-            ) from err
+            raise self._retry(err, policy.delay(done + 1), self.throttled) from err
+
+    def _retry(self, err: Exception, countdown: float, throttled: int, **options: Any) -> Retry:
+        return self.retry(
+            exc=err,
+            countdown=countdown,
+            max_retries=None,
+            headers={THROTTLED_HEADER: str(throttled)},
+            **options,
+        )

@@ -13,6 +13,7 @@ import redis
 
 from config.logging import register_secrets
 from config.settings import Settings, load_settings, worker_redis
+from dispatch.backpressure import DispatchGate, GatePolicy, unfinished_children
 from dispatch.eventfeed import EvaluationFeed
 from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
@@ -60,11 +61,25 @@ def build_runtime(settings: Settings | None = None, nomad: NomadConfig | None = 
     )
     nomad_client = NomadClient(nomad, retry=CLIENT_RETRY, pool_size=NOMAD_CONNECTIONS)
     feed = EvaluationFeed(nomad_client, nomad.namespace or None) if settings.event_feed else None
+    gate = DispatchGate(
+        client,
+        GatePolicy(
+            rate=settings.dispatch_rate,
+            burst=settings.dispatch_burst,
+            max_unfinished_children=settings.max_unfinished_children,
+            max_wait=settings.dispatch_max_wait,
+        ),
+        lambda job_id, namespace: unfinished_children(
+            nomad_client.job_summary(job_id, namespace=namespace)
+        ),
+    )
+    nomad_client.on_rate_limited = lambda: gate.overloaded("429")
     service = DispatchService(
         client=nomad_client,
         feed=feed.start() if feed else None,
         resolver=resolver,
         records=RecordStore(client, settings.result_ttl),
+        gate=gate,
     )
     return Runtime(settings, client, service)
 

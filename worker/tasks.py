@@ -37,7 +37,7 @@ def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return failed_outcome(job_id or "", err).to_stored()
 
     def give_up(err: DispatchqError) -> dict[str, Any]:
-        log.error("request.gave_up", retries=self.request.retries, error=str(err))
-        return rt.service.give_up(request, err, self.request.retries).to_stored()
+        log.error("request.gave_up", retries=self.retries_spent, error=str(err))
+        return rt.service.give_up(request, err, self.retries_spent).to_stored()
 
     return self.with_retries(lambda: rt.service.run(request).to_stored(), give_up)

@@ -152,6 +152,16 @@ def test_reads_retry_transient_errors_until_success(stub: StubServer) -> None:
     assert len(stub.seen) == 3
 
 
+def test_every_429_reaches_the_rate_limited_hook(stub: StubServer) -> None:
+    stub.script(Reply(429, "slow down"), Reply(503, "busy"), Reply(429, "slow down"))
+    calls: list[int] = []
+    with client_for(stub) as client:
+        client.on_rate_limited = lambda: calls.append(1)
+        with pytest.raises(RateLimited):
+            client.read_job("video")  # three attempts: 429, 503, 429
+    assert len(calls) == 2
+
+
 def test_validation_error_is_never_retried_even_with_a_token(stub: StubServer) -> None:
     stub.script(Reply(500, "Payload is not provided but required by parameterized job"))
     with client_for(stub) as client, pytest.raises(ValidationError):

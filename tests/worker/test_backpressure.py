@@ -1,0 +1,122 @@
+"""Backpressure end to end: real worker processes, redis-server and nomadsim."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+import requests
+
+from devstack.nomadsim_process import NomadSimProcess
+from devstack.worker_process import WorkerProcess
+from dispatch import keys
+from producer.api import Producer
+from tests.support.nomad_jobs import add_fault, parameterized_job, register
+from tests.support.stack import Stack
+
+WAIT = 90
+SLOW_JOB = "slow-encode"
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[NomadSimProcess]:
+    """Overrides the stack's nomadsim: children of `slow-encode` run for 1.5 s."""
+    with NomadSimProcess(args=["--nodes", "2", "--node-cpu", "4000", "--node-memory", "4096"]) as s:
+        job = parameterized_job(SLOW_JOB)
+        job["TaskGroups"][0]["Tasks"][0]["Config"] = {"run_for": "1500ms"}
+        register(s.address, job)
+        register(s.address, parameterized_job("encode"))
+        register(s.address, parameterized_job("huge", memory_mb=100_000))
+        yield s
+
+
+def worker(stack: Stack, name: str, **settings: str) -> WorkerProcess:
+    env = {**stack.env, **{f"DISPATCHQ_{k.upper()}": v for k, v in settings.items()}}
+    return WorkerProcess(env=env, name=name, log_path=stack.log_dir / f"{name}.log")
+
+
+class UnfinishedSampler:
+    """Polls the parent's JobSummary and keeps the largest Pending + Running seen."""
+
+    def __init__(self, address: str, job_id: str) -> None:
+        self.url = f"{address}/v1/job/{job_id}/summary"
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> UnfinishedSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                children = session.get(self.url, timeout=5).json()["Children"]
+                self.most = max(self.most, children["Pending"] + children["Running"])
+                self._stop.wait(0.02)
+
+
+def test_the_cap_bounds_unfinished_children(clean: Stack, producer: Producer) -> None:
+    """Eight 1.5 s children under a cap of 2: never more than 3 unfinished at once (the cap,
+    plus at most one dispatch in flight while the summary is re-read: see
+    dispatch.backpressure), and every request still ends scheduled, none requeued to
+    failure. Without the cap all eight run together."""
+    items: list[dict[str, object]] = [{} for _ in range(8)]
+    with (
+        worker(clean, "capped", max_unfinished_children="2", retry_max="0"),
+        UnfinishedSampler(clean.sim.address, SLOW_JOB) as sampler,
+    ):
+        batch_id = producer.dispatch_batch(SLOW_JOB, items, preflight=False)
+        deadline = time.monotonic() + WAIT
+        while not (status := producer.batch_status(batch_id)) or not status.finished:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+    assert status.exit_codes == {0: 8}, status
+    assert 2 <= sampler.most <= 3
+
+
+def test_requeues_at_the_gate_do_not_use_up_retries(clean: Stack, producer: Producer) -> None:
+    """With no retries allowed and a 0.3 s wait at the gate, requests that wait for a
+    child slot several times are requeued each time and still end scheduled."""
+    settings = {"max_unfinished_children": "1", "dispatch_max_wait": "0.3", "retry_max": "0"}
+    with worker(clean, "requeued", **settings):
+        batch_id = producer.dispatch_batch(SLOW_JOB, [{} for _ in range(3)], preflight=False)
+        deadline = time.monotonic() + WAIT
+        while not (status := producer.batch_status(batch_id)) or not status.finished:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+    assert status.exit_codes == {0: 3}, status
+    log = (clean.log_dir / "requeued.log").read_text()
+    assert '"event": "request.throttled"' in log
+
+
+def test_a_429_slows_the_shared_rate(
+    clean: Stack, producer: Producer, redis_client: redis.Redis
+) -> None:
+    add_fault(clean.sim.address, {"kind": "rate_limit", "route": "dispatch", "count": 2})
+    with worker(clean, "slowed", dispatch_rate="100"):
+        rid = producer.enqueue("encode")
+        outcome = producer.wait([rid], timeout=WAIT)[rid].outcome
+    assert outcome is not None
+    assert outcome.exit_code == 0
+    assert float(redis_client.hget(keys.RATE, "rate") or 0) == pytest.approx(50, rel=0.2)
+    log = (clean.log_dir / "slowed.log").read_text()
+    assert '"event": "backpressure.slowed"' in log
+
+
+def test_exhausted_resources_slow_the_shared_rate(
+    clean: Stack, producer: Producer, redis_client: redis.Redis
+) -> None:
+    with worker(clean, "exhausted", dispatch_rate="100"):
+        rid = producer.enqueue("huge")
+        outcome = producer.wait([rid], timeout=WAIT)[rid].outcome
+    assert outcome is not None
+    assert outcome.exit_code == 2
+    assert float(redis_client.hget(keys.RATE, "rate") or 0) == pytest.approx(50, rel=0.2)
