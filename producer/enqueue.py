@@ -105,12 +105,44 @@ _CONTROL = re.compile("[\x00-\x1f]")
 
 def validate(req: NewRequest) -> None:
     """What can be checked without Nomad: types, the 16 KiB limit, the meta format."""
+    validate_shared(req)
+    validate_own(req)
+
+
+def _shared(req: NewRequest) -> tuple[object, ...]:
+    """The fields the items of one batch have in common."""
+    return (
+        req.job_id,
+        req.namespace,
+        req.batch_id,
+        req.detach,
+        req.id_prefix_template,
+        req.priority,
+    )
+
+
+def validate_shared(req: NewRequest) -> None:
+    """The checks of the fields in `_shared`."""
     if not isinstance(req.job_id, str) or not req.job_id.strip():
         raise InvalidRequest("job ID must be a non-empty string")
-    for name in ("job_id", "request_id", "batch_id"):
+    for name in ("namespace", "batch_id"):
+        value = getattr(req, name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"{name} must be a string, not {type(value).__name__}")
+    for name in ("job_id", "batch_id"):
         value = getattr(req, name)
         if isinstance(value, str) and _CONTROL.search(value):
             raise InvalidRequest(f"{name} must not contain control characters")
+    if type(req.priority) is not int or not 0 <= req.priority <= 100:
+        raise InvalidRequest("priority must be an integer from 0 (inherit) to 100")
+    if not isinstance(req.id_prefix_template, str):
+        raise InvalidRequest("id_prefix_template must be a string")
+    if not isinstance(req.detach, bool):
+        raise InvalidRequest(f"detach must be true or false, not {type(req.detach).__name__}")
+
+
+def validate_own(req: NewRequest) -> None:
+    """The checks of each request's own fields: payload, meta, request ID."""
     if req.payload is not None and req.payload_ref is not None:
         raise InvalidRequest("give either payload or payload_ref, not both")
     if req.payload is not None:
@@ -133,19 +165,13 @@ def validate(req: NewRequest) -> None:
                     f"meta value for {key!r} must be a string, not {type(value).__name__}"
                 )
     if req.request_id is not None and (
-        not isinstance(req.request_id, str) or not 0 < len(req.request_id) <= 200
+        not isinstance(req.request_id, str)
+        or not 0 < len(req.request_id) <= 200
+        or _CONTROL.search(req.request_id)
     ):
-        raise InvalidRequest("request_id must be a string of 1 to 200 characters")
-    if type(req.priority) is not int or not 0 <= req.priority <= 100:
-        raise InvalidRequest("priority must be an integer from 0 (inherit) to 100")
-    for name in ("namespace", "batch_id"):
-        value = getattr(req, name)
-        if value is not None and not isinstance(value, str):
-            raise InvalidRequest(f"{name} must be a string, not {type(value).__name__}")
-    if not isinstance(req.id_prefix_template, str):
-        raise InvalidRequest("id_prefix_template must be a string")
-    if not isinstance(req.detach, bool):
-        raise InvalidRequest(f"detach must be true or false, not {type(req.detach).__name__}")
+        raise InvalidRequest(
+            "request_id must be a string of 1 to 200 characters, without control characters"
+        )
 
 
 class Enqueuer:
@@ -164,8 +190,17 @@ class Enqueuer:
         A request ID that exists is skipped, unless its earlier run ended without
         dispatching anything: then it is enqueued again (AGAIN)."""
         listed = list(requests)
-        for req in listed:
-            validate(req)  # all of them first: a bad request means nothing is written
+        checked: set[tuple[object, ...]] = set()  # a batch's shared fields: checked once
+        for req in listed:  # all of them first: a bad request means nothing is written
+            shared = _shared(req)
+            try:
+                known = shared in checked
+            except TypeError:  # an unhashable value, which validate_shared refuses
+                known = False
+            if not known:
+                validate_shared(req)
+                checked.add(shared)
+            validate_own(req)
         chunks = [listed[i : i + CHUNK] for i in range(0, len(listed), CHUNK)]
         if len(chunks) <= 1:
             return [flag for chunk in chunks for flag in self._execute(*self._prepare(chunk))]
