@@ -1,8 +1,10 @@
 """The Celery configuration object, derived from `Settings`.
 
 Chosen for "nothing lost, nothing doubled": JSON only (pickle refused), acks late with
-reject-on-worker-lost, prefetch 1, and a broker visibility timeout longer than the longest
-task plus all its retry delays, so a message is redelivered only when its worker is gone.
+reject-on-worker-lost, prefetch 1. A message is redelivered only when its worker is gone:
+the worker's transport (`worker.fetch`) keeps it in its consumer's in-flight list until
+acknowledged, under a lease, rather than in kombu's `unacked` hash with a visibility
+timeout.
 """
 
 from __future__ import annotations
@@ -67,26 +69,9 @@ register(
 )
 
 
-def visibility_timeout(settings: Settings) -> int:
-    """Seconds before kombu redelivers an unacknowledged message to another worker: the
-    longest task plus every retry delay, plus 10 % (at least 5 s) for clock and queueing.
-
-    A retry is a new message (the old one is acknowledged), so one task holds a message
-    for at most one time limit plus one countdown; the sum over all retries is a bound
-    with room to spare."""
-    longest = settings.task_time_limit + settings.retry_max * settings.retry_cap
-    return int(longest + max(5.0, longest / 10))
-
-
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.redis_url.get_secret_value()
-    visibility = visibility_timeout(settings)
     transport = {
-        "visibility_timeout": visibility,
-        # kombu sweeps for messages past their visibility timeout every interval x throttle
-        # seconds (100 s by default); one cheap sweep every few seconds bounds the delay.
-        "unacked_restore_interval": max(1, min(10, visibility // 10)),
-        "unacked_restore_throttle": 1,
         # kombu's Redis pool allows 10 connections by default; a gevent worker acknowledges
         # hundreds of messages at once, so it would fail with "Too many connections".
         "max_connections": REDIS_CONNECTIONS,

@@ -9,7 +9,7 @@ import redis
 from celery import Celery
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
-from config.celery import celery_config, make_app
+from config.celery import make_app
 from config.logging import configure_logging
 from config.settings import load_settings
 from dispatch.liveness import Heartbeat
@@ -40,8 +40,7 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     if _metrics is not None:  # serving before the first heartbeat: "seen alive" means scrapable
         pool = getattr(sender, "pool", None)
         _background.append(_metrics.serve(settings.metrics_addr, settings.metrics_port, pool))
-    interval = celery_config(settings)["broker_transport_options"]["unacked_restore_interval"]
-    _background.append(RedeliverySweeper(app, interval).start())
+    _background.append(RedeliverySweeper().start())
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
     beat = Heartbeat(client, settings.queue, getattr(sender, "hostname", "worker"))
     beat.start()

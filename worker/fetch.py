@@ -1,16 +1,26 @@
-"""A fetch from the Redis queue that a SIGKILL cannot lose.
+"""Fetching from the Redis queue, and holding unacknowledged messages, so that a SIGKILL
+cannot lose one.
 
 kombu's Redis transport takes a message with `BRPOP` and only then records it in its
 `unacked` hash. A worker killed in between (the reply can wait in the socket buffer for a
 while on a busy machine) takes the message with it: it is in neither place, and nothing
 ever redelivers it. The fault suite saw this: 3 of 1,000 requests lost to 4 SIGKILLs.
 
-`ReliableChannel` fetches with `BLMOVE` instead, into a list of its own (`keys.inflight`),
-and removes the message from there only once kombu has recorded it as unacknowledged. Each
-consumer keeps a lease (`keys.lease`, renewed while it consumes); every few seconds each
-consumer gives back to their queue the in-flight messages of consumers whose lease is gone,
-and its own strays (a read interrupted by a connection error). A message can so be
-delivered twice (harmless: see `dispatch.service`), never zero times.
+`ReliableChannel` fetches with `BLMOVE` instead, into a list of its own consumer
+(`keys.inflight`), and the message stays there until it is acknowledged (`LREM`) or
+rejected (`LREM`, and back to its queue if requeued): the in-flight list is the one record
+of an unacknowledged message, and kombu's QoS keeps only its bookkeeping in memory
+(`InflightQoS`), where kombu's own would write a hash and a sorted set on delivery and
+again on acknowledgement.
+
+Each consumer holds a lease (`keys.lease`) while its channel is open, renewed every
+RENEW_EVERY seconds whether or not it fetches (a consumer with every slot busy does not:
+`worker.redelivery` renews on a timer too). Every consumer gives back to their queue the
+in-flight messages of consumers whose lease is gone, so a killed worker's messages come
+back within LEASE_TTL + RENEW_EVERY seconds, and a worker that lives is never redelivered
+from, however long its requests run. A closing channel (warm shutdown, a lost connection)
+gives its own back at once, as kombu restores its unacknowledged messages then. A message
+can so be delivered twice (harmless: see `dispatch.service`), never zero times.
 
 `BLMOVE` takes one source list: queue priorities are not used (one list per queue), and a
 worker consuming several queues takes from one at a time, in turn.
@@ -20,46 +30,121 @@ from __future__ import annotations
 
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from queue import Empty
 from typing import Any
 
+import structlog
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
-from redis import Redis
+from redis import Redis, RedisError
 
 from dispatch import keys
 
-RENEW_EVERY = 5.0
-"""Seconds between lease renewals and sweeps for abandoned in-flight messages."""
+log = structlog.get_logger(__name__)
 
-# Give a consumer's in-flight messages back to their queue if it is gone (no lease) or if
-# it is the caller (its own strays). KEYS: lease, in-flight list, queue, registry.
+RENEW_EVERY = 5.0
+"""Seconds between lease renewals and sweeps for the messages of consumers that are gone."""
+
+# Give a consumer's in-flight messages back to their queue and forget the list: if it is
+# gone (no lease), or unconditionally when ARGV[2] is '1' (the caller's own, at close).
+# KEYS: lease, in-flight list, queue, registry. ARGV: registry member, '0' or '1'.
 _RECLAIM_LUA = """
 if ARGV[2] == '0' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local moved = 0
 while redis.call('RPOPLPUSH', KEYS[2], KEYS[3]) do moved = moved + 1 end
-if ARGV[2] == '0' then redis.call('SREM', KEYS[4], ARGV[1]) end
+redis.call('SREM', KEYS[4], ARGV[1])
 return moved
 """
 
+# A rejected message back to its queue (where kombu puts it: the end fetched last), unless
+# it already left the in-flight list. KEYS: in-flight list, queue. ARGV: the item.
+_REQUEUE_LUA = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('LPUSH', KEYS[2], ARGV[1]) end
+"""
+
+Fetched = tuple[str, str, bytes]
+"""A message in an in-flight list: the list, the queue it came from, the item as fetched."""
+
+_open: weakref.WeakSet[ReliableChannel] = weakref.WeakSet()
+
+
+def look_after_open_channels() -> None:
+    """`ReliableChannel.look_after` for every open channel of this process."""
+    for channel in list(_open):
+        channel.look_after()
+
+
+class NoConsumer(Exception):
+    """A fetched message for a queue that nobody on this connection consumes any more."""
+
+
+class InflightQoS(virtual.QoS):
+    """kombu's QoS (prefetch, delivery tags) in memory only: an unacknowledged message stays
+    in its consumer's in-flight list, so an acknowledgement is one `LREM`."""
+
+    channel: ReliableChannel
+    _delivered: Any
+
+    def __init__(self, channel: ReliableChannel, prefetch_count: int = 0) -> None:
+        super().__init__(channel, prefetch_count)
+        self._held: dict[str, Fetched] = {}
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        fetched = self.channel.take_fetched()
+        if fetched is not None:
+            self._held[delivery_tag] = fetched
+        super().append(message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        fetched = self._held.get(delivery_tag)
+        if fetched is not None:
+            self.channel.drop(fetched)
+            self._held.pop(delivery_tag, None)
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        fetched = self._held.get(delivery_tag)
+        if fetched is not None:
+            if requeue:
+                self.channel.requeue(fetched)
+            else:
+                self.channel.drop(fetched)
+            self._held.pop(delivery_tag, None)
+        super().ack(delivery_tag)  # virtual.QoS.reject would restore through kombu's hash
+
+    def restore_unacked(self) -> None:
+        """Called as the channel closes (`basic_recover` is refused), which gives its whole
+        in-flight list back: nothing is left to restore but the bookkeeping."""
+        self._held.clear()
+        self._delivered.clear()
+
 
 class ReliableChannel(kombu_redis.Channel):
+    # kombu's stubs want its Redis QoS here, a subclass of the virtual one that ours extends.
+    QoS = InflightQoS  # type: ignore[assignment]
     priority_steps = [0]  # noqa: RUF012  (kombu's attribute: one list per queue)
     # kombu attributes its type stubs do not declare:
     _queue_cycle: Any
     _flush_brpop_reauth: Any
     _create_client: Any
+    _closing: bool
+    closed: bool
     connection_errors: tuple[type[BaseException], ...]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.consumer_id = uuid.uuid4().hex
+        self._lists: set[str] = set()  # the queues this consumer has an in-flight list for
         self._renew_at = 0.0
         self._fetching_from = ""
+        self._fetched: Fetched | None = None
         self._shared: Redis | None = None
+        _open.add(self)
 
     @contextmanager
     def conn_or_acquire(self, client: Redis | None = None) -> Iterator[Redis]:
@@ -79,8 +164,11 @@ class ReliableChannel(kombu_redis.Channel):
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
-        self._look_after(queues)
         queue = self._fetching_from = queues[0]
+        if queue not in self._lists:  # registered, with a lease, before its first fetch
+            self._lists.add(queue)
+            self._renew_at = 0.0
+        self.look_after()
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
         wait = self.brpop_timeout if timeout is None else timeout
@@ -99,29 +187,63 @@ class ReliableChannel(kombu_redis.Channel):
             if item is None:
                 raise Empty()
             self._queue_cycle.rotate(queue)
-            message = self._decode(item)
-            if message is not None:
-                self.connection._deliver(message, queue)
-            # Only now that kombu holds it in `unacked` may it leave the in-flight list.
-            with self.conn_or_acquire() as client:
-                client.lrem(keys.inflight(self.consumer_id, queue), 1, item)
+            self._hand_over((keys.inflight(self.consumer_id, queue), queue, item))
             return True
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
 
+    def _hand_over(self, fetched: Fetched) -> None:
+        """Deliver a fetched item to kombu. If kombu holds it (`InflightQoS.append` took
+        it), it stays in the in-flight list until acknowledged; if no consumer wants it,
+        it goes back to its queue; if it was disposed of (dead-lettered), it leaves the
+        list. Should delivery fail, it stays, to be given back."""
+        self._fetched = fetched
+        try:
+            message = self._decode(fetched[2])
+            if message is not None:
+                self.connection._deliver(message, fetched[1])
+        except NoConsumer:
+            self.requeue(fetched)
+        else:
+            if self._fetched is not None:
+                self.drop(fetched)
+        finally:
+            self._fetched = None
+
+    def take_fetched(self) -> Fetched | None:
+        """The item being delivered, for the QoS that now holds it (once)."""
+        fetched, self._fetched = self._fetched, None
+        return fetched
+
+    def drop(self, fetched: Fetched) -> None:
+        with self.conn_or_acquire() as client:
+            client.lrem(fetched[0], 1, fetched[2])  # type: ignore[arg-type]
+
+    def requeue(self, fetched: Fetched) -> None:
+        with self.conn_or_acquire() as client:
+            client.eval(_REQUEUE_LUA, 2, fetched[0], fetched[1], fetched[2])
+
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
+        raise NotImplementedError("messages are fetched by basic_consume only (worker.fetch)")
+
+    def basic_recover(self, requeue: bool = False) -> None:
+        raise NotImplementedError("unacknowledged messages go back when the channel closes")
+
     def _decode(self, item: bytes) -> Any:
         """The queue item as kombu's envelope; None for an item this channel disposed of."""
         return loads(bytes_to_str(item))
 
-    def _look_after(self, queues: list[str]) -> None:
-        """Every RENEW_EVERY seconds: renew the lease, take back this consumer's strays and
-        the in-flight messages of consumers that are gone."""
-        now = time.monotonic()
-        if now < self._renew_at:
+    def _member(self, queue: str) -> str:
+        return f"{self.consumer_id}:{queue}"
+
+    def look_after(self) -> None:
+        """Every RENEW_EVERY seconds, from the fetch and from `worker.redelivery`'s timer:
+        renew this consumer's lease, and give back to their queue the in-flight messages of
+        consumers that are gone. A channel that never fetched has nothing to look after."""
+        if not self._lists or self.closed or time.monotonic() < self._renew_at:
             return
-        self._renew_at = now + RENEW_EVERY
-        mine = [f"{self.consumer_id}:{queue}" for queue in queues]
+        mine = {self._member(queue) for queue in self._lists}
         with self.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=False)
             pipe.set(keys.lease(self.consumer_id), 1, ex=keys.LEASE_TTL)
@@ -129,14 +251,41 @@ class ReliableChannel(kombu_redis.Channel):
             pipe.smembers(keys.INFLIGHT)
             members = {bytes_to_str(m) for m in pipe.execute()[-1]}
             reclaim = client.register_script(_RECLAIM_LUA)
-            for member in sorted(members):
+            for member in sorted(members - mine):
                 consumer, _, queue = member.partition(":")
-                reclaim(
-                    keys=[
-                        keys.lease(consumer),
-                        keys.inflight(consumer, queue),
-                        queue,
-                        keys.INFLIGHT,
-                    ],
-                    args=[member, "1" if member in mine else "0"],
-                )
+                lists = [keys.lease(consumer), keys.inflight(consumer, queue), queue]
+                reclaim(keys=[*lists, keys.INFLIGHT], args=[member, "0"])
+        self._renew_at = time.monotonic() + RENEW_EVERY
+
+    def close(self) -> None:
+        _open.discard(self)
+        if not self.closed and self._lists:
+            self._closing = True
+            errors: tuple[type[BaseException], ...] = (RedisError, *self.connection_errors)
+            try:
+                if self._in_poll:  # a fetch under way: its item into the list first
+                    with suppress(Empty):
+                        self._brpop_read()
+                self._give_back()
+            except errors as err:
+                # The lease lapses instead, and another consumer gives them back.
+                log.warning("inflight.give_back_failed", error=str(err))
+        super().close()
+
+    def _give_back(self) -> None:
+        """Every message of this consumer's in-flight lists back to its queue, at once."""
+        with self.conn_or_acquire() as client:
+            reclaim = client.register_script(_RECLAIM_LUA)
+            for queue in sorted(self._lists):
+                lists = [keys.lease(self.consumer_id), keys.inflight(self.consumer_id, queue)]
+                reclaim(keys=[*lists, queue, keys.INFLIGHT], args=[self._member(queue), "1"])
+            client.delete(keys.lease(self.consumer_id))
+
+
+class ReliableTransport(kombu_redis.Transport):
+    Channel = ReliableChannel
+
+    def _reject_inbound_message(self, raw_message: Any) -> None:
+        # kombu would requeue it through some channel's unacknowledged-message hash; the
+        # channel that fetched it puts it back from its in-flight list instead.
+        raise NoConsumer()

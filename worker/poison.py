@@ -8,8 +8,9 @@ not `[args, kwargs, embed]`: "Unrecoverable error"). Here every such item is cau
 it surfaces, dead-lettered with the reason and, when it names one of our requests, given
 an exit-1 outcome so that nobody waits for it forever:
 
-- `PoisonTransport` (kombu level): items that are not JSON, or not a kombu envelope. They
-  were already taken off the queue, so nothing is left to acknowledge.
+- `PoisonTransport` (kombu level): items that are not JSON, or not a kombu envelope. Once
+  dead-lettered they leave the in-flight list (`worker.fetch`); never delivered, they have
+  nothing to acknowledge.
 - `PoisonAwareConsumer` (Celery level): bodies that do not decode or are not protocol 2,
   content types other than JSON (pickle is refused), unknown task names, messages Celery
   refuses, and requests past the delivery cap (`dispatch.dlq`). These are acknowledged
@@ -33,7 +34,6 @@ import redis
 import structlog
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed, DecodeError
-from kombu.transport import redis as kombu_redis
 from vine import promise
 
 from config.celery import TASK_DISPATCH
@@ -42,7 +42,7 @@ from dispatch import dlq
 from dispatch.outcome import Outcome
 from dispatch.records import RecordStore, RequestState
 from worker.deadletter import dead_letter
-from worker.fetch import ReliableChannel
+from worker.fetch import ReliableChannel, ReliableTransport
 
 log = structlog.get_logger(__name__)
 _ack_log = logging.getLogger(__name__)  # kombu's ack_log_error wants a stdlib logger
@@ -156,8 +156,8 @@ class PoisonChannel(ReliableChannel):
             return None
 
 
-class PoisonTransport(kombu_redis.Transport):
-    """kombu's Redis transport, with bad queue items dead-lettered instead of raised."""
+class PoisonTransport(ReliableTransport):
+    """The reliable Redis transport, with bad queue items dead-lettered instead of raised."""
 
     Channel = PoisonChannel
 

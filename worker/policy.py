@@ -10,7 +10,8 @@ Redis not answering (a restart, a failover) is retried the same way but without 
 giving up would store an error outcome for a request that merely waited out an outage, and
 the write-ahead record makes every retry safe. While Redis is down even the retry cannot
 be published; the message is then rejected for redelivery (or, if even that fails, stays
-unacknowledged and comes back after the visibility timeout).
+in the worker's in-flight list and comes back when the worker's channel closes or its
+lease lapses: `worker.fetch`).
 
 A request held at the backpressure gate for too long (`Throttled`) is requeued at once, and
 that retry is free: the message's `THROTTLED_HEADER` counts them, and they are taken off

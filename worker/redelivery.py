@@ -1,30 +1,30 @@
-"""Give abandoned messages back to the queue, whatever the pool.
+"""Keep the leases of this process's consumers, and give back the messages of consumers
+that are gone, whatever the pool.
 
-kombu's Redis transport redelivers a message whose worker died (unacknowledged past the
-visibility timeout) from a timer of the worker's event loop. Workers on a green pool
-(gevent) run Celery's blocking loop instead, where that sweep is never reached
-(celery/kombu#1025), so their crashed requests would wait for a worker with an event loop.
-This thread runs the same sweep, kombu's own `restore_visible`, on a fixed period, in every
-worker: it is cheap (one sorted-set range under kombu's mutex) and idempotent.
+A consumer renews its lease and sweeps for dead consumers' in-flight messages when it
+fetches (`worker.fetch`). One with every slot busy does not fetch, yet its lease must not
+lapse while it holds messages (they would be redelivered while they run), and the sweep
+must not wait for a fetch either. This thread runs `look_after` for every open channel on
+a short period, in every worker; it costs nothing until a renewal is due (every
+RENEW_EVERY seconds), and a failure (Redis restarting) is only logged.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import structlog
-from celery import Celery
+
+from worker.fetch import look_after_open_channels
 
 log = structlog.get_logger(__name__)
 
-BATCH = 100
-"""Messages restored per sweep at most (kombu's `num`)."""
+TICK = 1.0
+"""Seconds between checks: a renewal is never more than this late."""
 
 
 class RedeliverySweeper:
-    def __init__(self, app: Celery, interval: float) -> None:
-        self.app = app
+    def __init__(self, interval: float = TICK) -> None:
         self.interval = interval
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dispatchq-redelivery", daemon=True)
@@ -36,14 +36,9 @@ class RedeliverySweeper:
     def stop(self) -> None:
         self._stopped.set()
 
-    def sweep(self) -> None:
-        with self.app.connection_for_write() as connection:
-            channel: Any = connection.default_channel
-            channel.qos.restore_visible(num=BATCH, interval=1)
-
     def _run(self) -> None:
         while not self._stopped.wait(self.interval):
             try:
-                self.sweep()
+                look_after_open_channels()
             except Exception as err:  # noqa: BLE001  (a Redis restart must not end the loop)
                 log.warning("redelivery.sweep_failed", error=str(err))

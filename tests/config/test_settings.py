@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from config.celery import celery_config, visibility_timeout
+from config.celery import celery_config
 from config.settings import Settings, load_settings, mask_url
 
 
@@ -65,6 +65,3 @@ def test_celery_config_is_safe_by_default() -> None:
     assert conf["task_reject_on_worker_lost"] is True
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["result_expires"] == settings.result_ttl
-    longest = settings.task_time_limit + settings.retry_max * settings.retry_cap
-    assert visibility_timeout(settings) > longest
-    assert conf["broker_transport_options"]["visibility_timeout"] == visibility_timeout(settings)

@@ -31,8 +31,8 @@ def test_sigkill_workers_again_and_again_during_a_1000_request_batch(
     fault_stack: FaultStack,
 ) -> None:
     """Two workers serve a 1,000-request batch; one of them is SIGKILLed every couple of
-    seconds (alternately) and replaced. Killed workers' messages come back after the
-    visibility timeout and resume from the write-ahead record or Nomad's idempotency."""
+    seconds (alternately) and replaced. Killed workers' messages come back once their
+    lease lapses and resume from the write-ahead record or Nomad's idempotency."""
     stack = fault_stack
     # Every Nomad call takes a while, so kills land on workers mid-request.
     set_latency(stack.sim.address, 60)

@@ -25,10 +25,10 @@ from tests.support.nomad_jobs import (
     sim_dispatches,
 )
 from tests.support.stack import QUEUE, Stack
+from worker.fetch import RENEW_EVERY
 
 WORKER_ENV = {
-    # A small time limit keeps the visibility timeout (and so redelivery after a kill)
-    # near 11 s: 6 + 4 x 0.2 + 5 (config.celery.visibility_timeout).
+    # A small time limit and short retries: no scenario waits long for a stuck request.
     "DISPATCHQ_TASK_TIME_LIMIT": "6",
     "DISPATCHQ_RETRY_MAX": "4",
     "DISPATCHQ_RETRY_FLOOR": "0.05",
@@ -36,8 +36,9 @@ WORKER_ENV = {
     "DISPATCHQ_LOG_FORMAT": "json",
     "DISPATCHQ_QUEUE": QUEUE,
 }
-REDELIVERY = 11.0
-"""Seconds after which kombu gives a dead worker's messages to another (see WORKER_ENV)."""
+REDELIVERY = keys.LEASE_TTL + RENEW_EVERY
+"""Seconds after which a dead worker's messages are given to another, at most (its lease
+lapses, then a live consumer's next sweep finds it gone: `worker.fetch`)."""
 
 
 @dataclass
@@ -171,13 +172,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def drained(client: redis.Redis, queue: str = QUEUE) -> bool:
-    """Nothing waiting, in flight (`worker.fetch`) or unacknowledged: every message taken."""
+    """Nothing waiting or in flight (unacknowledged: `worker.fetch`): every message taken."""
     members = [m.decode() for m in client.smembers(keys.INFLIGHT)]  # type: ignore[union-attr]
     inflight = [keys.inflight(*m.split(":", 1)) for m in members]
     pipe = client.pipeline(transaction=False)
     for key in (queue, *inflight):
         pipe.llen(key)
-    pipe.hlen("unacked")
     return not any(pipe.execute())
 
 

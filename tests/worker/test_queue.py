@@ -184,7 +184,7 @@ def test_worker_killed_after_dispatch_resumes_without_a_second_child(
     clean: Stack, redis_client: redis.Redis
 ) -> None:
     """SIGKILL the whole worker while it monitors; a new worker gets the message again once
-    the visibility timeout passes, finds the write-ahead record and only monitors."""
+    the victim's lease lapses, finds the write-ahead record and only monitors."""
     queue = "dispatchq-kill"
     env = {**clean.env, "DISPATCHQ_QUEUE": queue, "DISPATCHQ_TASK_TIME_LIMIT": "6"}
     set_scheduler(clean.sim.address, {"schedule_delay_ms": 3000})
