@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import requests
 import structlog
@@ -115,6 +115,13 @@ class NomadClient:
         if config.token:
             self._session.headers["X-Nomad-Token"] = config.token
         self._session.auth = config.basic_auth
+        # What `Session.request` would work out for every call and pass to `send`, once:
+        # proxies, TLS verification and client cert (none from the environment, see
+        # `build_session`), and redirects followed.
+        self._send_options: dict[str, Any] = {
+            **self._session.merge_environment_settings(self._base, {}, None, None, None),
+            "allow_redirects": True,
+        }
 
     def __enter__(self) -> NomadClient:
         return self
@@ -337,6 +344,23 @@ class NomadClient:
                 )
                 self._sleep(delay)
 
+    def _prepare(
+        self, method: str, url: str, query: Mapping[str, str], body: JSON
+    ) -> requests.PreparedRequest:
+        """The request `Session.request` would build, less its per-call merging: the
+        session's headers, auth and cookies as they are, and the query encoded here (as
+        requests encodes `params`, without its costly type checks)."""
+        request = requests.PreparedRequest()
+        request.prepare(
+            method=method,
+            url=f"{url}?{urlencode(query)}" if query else url,
+            headers=self._session.headers,
+            json=body,
+            auth=self._session.auth,
+            cookies=self._session.cookies,
+        )
+        return request
+
     def _send(
         self,
         method: str,
@@ -347,7 +371,9 @@ class NomadClient:
     ) -> tuple[JSON, int]:
         url = self._base + path
         try:
-            response = self._session.request(method, url, params=query, json=body, timeout=timeout)
+            response = self._session.send(
+                self._prepare(method, url, query, body), timeout=timeout, **self._send_options
+            )
         except requests.RequestException as exc:
             raise transport_error(method, url, exc, self._socket_path) from exc
         with response:

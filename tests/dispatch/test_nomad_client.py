@@ -237,6 +237,29 @@ def test_basic_auth_from_http_auth(stub: StubServer) -> None:
     assert stub.seen[0].headers["authorization"] == expected
 
 
+def test_requests_carry_what_a_requests_session_would_send(stub: StubServer) -> None:
+    """The client prepares its requests itself (`NomadClient._prepare`): the session's
+    default headers, its auth and its cookies still go out, as `Session.request` sends them."""
+    stub.script(
+        Reply(200, {"ID": "video"}, {"X-Nomad-Index": "3", "Set-Cookie": "lb=node-2; Path=/"}),
+        ok(DISPATCHED, index=13),
+    )
+    with client_for(stub, token="t0k", http_auth="alice:pw") as client:
+        client.read_job("video")
+        client.dispatch("video", meta={"k": "v"}, idempotency_token="tok-1")
+    first, second = stub.seen
+    for seen in (first, second):
+        assert seen.headers["user-agent"] == "dispatchq"
+        assert seen.headers["x-nomad-token"] == "t0k"
+        assert seen.headers["authorization"].startswith("Basic ")
+        assert seen.headers["accept"] == "*/*"
+        assert "gzip" in seen.headers["accept-encoding"]
+    assert "cookie" not in first.headers
+    assert second.headers["cookie"] == "lb=node-2"
+    assert second.headers["content-type"] == "application/json"
+    assert second.raw_path == "/v1/job/video/dispatch?idempotency_token=tok-1"
+
+
 def test_stop_register_and_evaluations(stub: StubServer) -> None:
     def respond(seen: Seen) -> Reply:
         if seen.method == "DELETE":
