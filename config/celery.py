@@ -4,18 +4,22 @@ Chosen for "nothing lost, nothing doubled": JSON only (pickle refused), acks lat
 reject-on-worker-lost, prefetch 1. A message is redelivered only when its worker is gone:
 the worker's transport (`worker.fetch`) keeps it in its consumer's in-flight list until
 acknowledged, under a lease, rather than in kombu's `unacked` hash with a visibility
-timeout.
+timeout. Results go through `GuardedRedisBackend`: Celery's Redis backend, one round trip
+per stored outcome.
 """
 
 from __future__ import annotations
 
 import json
 import ssl
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from celery import Celery
+from celery import Celery, states
+from celery.backends.redis import RedisBackend
 from kombu.serialization import register
+from kombu.utils.encoding import bytes_to_str
 
 from config.settings import Settings
 
@@ -69,6 +73,65 @@ register(
 )
 
 
+# Celery's guard against a late duplicate, as one script: leave a stored SUCCESS alone,
+# else store and publish the new meta. KEYS: the result key. ARGV: meta, seconds to keep.
+_STORE_UNLESS_SUCCEEDED_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+class GuardedRedisBackend(RedisBackend):
+    """Celery's Redis result backend, storing a result in one round trip instead of two.
+
+    Celery reads the stored result before every write and skips the write if it says
+    SUCCESS, so that a late duplicate of a finished task (a redelivery after a crash
+    between storing and acknowledging) cannot replace its result: a GET and a decode per
+    outcome, then a MULTI/SETEX/PUBLISH/EXEC. Outcomes are not quite idempotent per
+    request ID (a resumed duplicate that runs out of retries would store exit code 1 over
+    a 0), so the guard stays, in the script above, atomic besides."""
+
+    # Celery attributes its type stubs do not declare:
+    _get_result_meta: Any
+    expires: int | None
+    failure_expires: int | None
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = bytes_to_str(task_id)
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        args = (self.get_key_for_task(task_id), self.encode(meta), expires or 0)
+        self.ensure(self._store_unless_succeeded, args)
+        return result
+
+    def _store_unless_succeeded(self, key: bytes, value: str, expires: int) -> None:
+        self._store_script(keys=[key], args=[value, expires])
+
+    @cached_property
+    def _store_script(self) -> Any:
+        return self.client.register_script(_STORE_UNLESS_SUCCEEDED_LUA)
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = settings.redis_url.get_secret_value()
     transport = {
@@ -81,7 +144,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": url,
         "broker_use_ssl": tls,
         "redis_backend_use_ssl": tls,
-        "result_backend": url,
+        "result_backend": f"{__name__}:{GuardedRedisBackend.__name__}+{url}",
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "redis_max_connections": REDIS_CONNECTIONS,
