@@ -17,8 +17,9 @@ replays and purges them. An entry is one JSON object per element of the Redis li
 
 Only `REPLAYABLE` kinds are replayed: the others would fail the same way again.
 
-The delivery cap lives here too: the consumer counts each delivery of a request in its
-request record (`DELIVERIES`), and a request delivered more than `max_deliveries` times
+The delivery cap lives here too: each delivery of a request is counted in its request
+record (`DELIVERIES`: by the worker's fetch itself where it can, `worker.fetch`, else by the
+consumer with `count_delivery`), and a request delivered more than `max_deliveries` times
 besides its own retries (a message that keeps killing its worker) is dead-lettered.
 """
 

@@ -22,6 +22,12 @@ from, however long its requests run. A closing channel (warm shutdown, a lost co
 gives its own back at once, as kombu restores its unacknowledged messages then. A message
 can so be delivered twice (harmless: see `dispatch.service`), never zero times.
 
+A queue that just gave a message likely has more: the next fetch from it is a script that
+does not block, and moves the item as `BLMOVE` does and, for a message of the task a
+subclass names (`counted`), counts its delivery in its request record in the same step,
+where the consumer would spend a round trip of its own on it (the delivery cap,
+`worker.poison`). An empty queue is waited on with `BLMOVE` again.
+
 `BLMOVE` takes one source list: queue priorities are not used (one list per queue), and a
 worker consuming several queues takes from one at a time, in turn.
 """
@@ -34,7 +40,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from queue import Empty
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from kombu.transport import redis as kombu_redis
@@ -42,6 +48,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from redis import Redis, RedisError
+from redis.exceptions import NoScriptError
 
 from dispatch import keys
 
@@ -66,6 +73,34 @@ return moved
 _REQUEUE_LUA = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('LPUSH', KEYS[2], ARGV[1]) end
 """
+
+# The non-blocking fetch, counting: nil for an empty queue, else {item, deliveries so far,
+# or -1 when the item is not a message of the counted task}. KEYS: queue, in-flight list.
+# ARGV: task name, request record key prefix, count field, seconds the record is kept.
+_FETCH_COUNTED_LUA = """
+local item = redis.call('RPOPLPUSH', KEYS[1], KEYS[2])
+if not item then return false end
+local ok, message = pcall(cjson.decode, item)
+local headers = ok and type(message) == 'table' and message['headers']
+if type(headers) ~= 'table' or headers['task'] ~= ARGV[1] or type(headers['id']) ~= 'string'
+    or headers['id'] == '' then
+  return {item, -1}
+end
+local record = ARGV[2] .. headers['id']
+local deliveries = redis.call('HINCRBY', record, ARGV[3], 1)
+redis.call('EXPIRE', record, ARGV[4])
+return {item, deliveries}
+"""
+
+
+class Counted(NamedTuple):
+    """Whose deliveries a fetch counts, and where (see `_FETCH_COUNTED_LUA`)."""
+
+    task: str
+    record_prefix: str
+    field: str
+    ttl: int
+
 
 Fetched = tuple[str, str, bytes]
 """A message in an in-flight list: the list, the queue it came from, the item as fetched."""
@@ -142,7 +177,12 @@ class ReliableChannel(kombu_redis.Channel):
         self._lists: set[str] = set()  # the queues this consumer has an in-flight list for
         self._renew_at = 0.0
         self._fetching_from = ""
+        self._fetch_command = "BLMOVE"
+        self._fetch_script: str | None = None  # its SHA, once loaded
+        self._queue_busy = False  # the last fetch found a message
         self._fetched: Fetched | None = None
+        self.deliveries: int | None = None
+        """While a message is handed over: its deliveries, if the fetch counted them."""
         self._shared: Redis | None = None
         _open.add(self)
 
@@ -169,36 +209,59 @@ class ReliableChannel(kombu_redis.Channel):
             self._lists.add(queue)
             self._renew_at = 0.0
         self.look_after()
+        inflight = keys.inflight(self.consumer_id, queue)
+        counted = self.counted() if self._queue_busy else None
+        if counted is not None and self._fetch_script is None:
+            with self.conn_or_acquire() as client:
+                self._fetch_script = client.script_load(_FETCH_COUNTED_LUA)
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
-        wait = self.brpop_timeout if timeout is None else timeout
-        self.client.connection.send_command(
-            "BLMOVE", queue, keys.inflight(self.consumer_id, queue), "RIGHT", "LEFT", wait or 0
-        )
+        if counted is not None:
+            self._fetch_command = "EVALSHA"
+            self.client.connection.send_command(
+                "EVALSHA", self._fetch_script, 2, queue, inflight, *counted
+            )
+        else:
+            self._fetch_command = "BLMOVE"
+            wait = self.brpop_timeout if timeout is None else timeout
+            self.client.connection.send_command(
+                "BLMOVE", queue, inflight, "RIGHT", "LEFT", wait or 0
+            )
 
     def _brpop_read(self, **options: Any) -> bool:
-        queue = self._fetching_from
+        queue, command = self._fetching_from, self._fetch_command
         try:
             try:
-                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+                reply = self.client.parse_response(self.client.connection, command, **options)
+            except NoScriptError:  # Redis restarted without it: load it again next time
+                self._fetch_script, reply = None, None
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
+            item, deliveries = reply, -1
+            if command == "EVALSHA" and reply:
+                item, deliveries = reply[0], int(reply[1])
+            self._queue_busy = item is not None
+            self._queue_cycle.rotate(queue)  # the next fetch from the next queue, if several
             if item is None:
                 raise Empty()
-            self._queue_cycle.rotate(queue)
-            self._hand_over((keys.inflight(self.consumer_id, queue), queue, item))
+            self._hand_over((keys.inflight(self.consumer_id, queue), queue, item), deliveries)
             return True
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
 
-    def _hand_over(self, fetched: Fetched) -> None:
+    def counted(self) -> Counted | None:
+        """Whose deliveries a fetch counts (None: nobody's, and every fetch blocks)."""
+        return None
+
+    def _hand_over(self, fetched: Fetched, deliveries: int) -> None:
         """Deliver a fetched item to kombu. If kombu holds it (`InflightQoS.append` took
         it), it stays in the in-flight list until acknowledged; if no consumer wants it,
         it goes back to its queue; if it was disposed of (dead-lettered), it leaves the
         list. Should delivery fail, it stays, to be given back."""
         self._fetched = fetched
+        self.deliveries = deliveries if deliveries >= 0 else None
         try:
             message = self._decode(fetched[2])
             if message is not None:
@@ -209,7 +272,7 @@ class ReliableChannel(kombu_redis.Channel):
             if self._fetched is not None:
                 self.drop(fetched)
         finally:
-            self._fetched = None
+            self._fetched = self.deliveries = None
 
     def take_fetched(self) -> Fetched | None:
         """The item being delivered, for the QoS that now holds it (once)."""

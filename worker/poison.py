@@ -38,11 +38,11 @@ from vine import promise
 
 from config.celery import TASK_DISPATCH
 from config.settings import Settings, load_settings, worker_redis
-from dispatch import dlq
+from dispatch import dlq, keys
 from dispatch.outcome import Outcome
 from dispatch.records import RecordStore, RequestState
 from worker.deadletter import dead_letter
-from worker.fetch import ReliableChannel, ReliableTransport
+from worker.fetch import Counted, ReliableChannel, ReliableTransport
 
 log = structlog.get_logger(__name__)
 _ack_log = logging.getLogger(__name__)  # kombu's ack_log_error wants a stdlib logger
@@ -142,6 +142,12 @@ def body_problem(body: Any) -> str | None:
 
 
 class PoisonChannel(ReliableChannel):
+    def counted(self) -> Counted:
+        """Requests' deliveries are counted as they are fetched where a fetch can (the
+        consumer counts the others): see `PoisonAwareConsumer._over_delivery_cap`."""
+        ttl = _sink().settings.result_ttl
+        return Counted(TASK_DISPATCH, keys.request(""), dlq.DELIVERIES, ttl)
+
     def _decode(self, item: bytes) -> Any:
         try:
             return super()._decode(item)
@@ -220,7 +226,9 @@ class PoisonAwareConsumer(Consumer):
         if not isinstance(task_id, str) or not task_id:
             return None
         sink = _sink()
-        deliveries = dlq.count_delivery(sink.redis, task_id, sink.settings.result_ttl)
+        deliveries = getattr(message.channel, "deliveries", None)  # counted as it was fetched
+        if not isinstance(deliveries, int):
+            deliveries = dlq.count_delivery(sink.redis, task_id, sink.settings.result_ttl)
         retries = message.headers.get("retries")
         allowed = sink.settings.max_deliveries + (retries if isinstance(retries, int) else 0)
         if deliveries <= allowed:

@@ -12,9 +12,10 @@ import redis
 
 from config.settings import Settings
 from devstack.worker_process import WorkerProcess
-from dispatch import keys
+from dispatch import dlq, keys
 from dispatch.outcome import COMPLETE, ERROR, PLACEMENT_FAILED
 from producer.api import Producer
+from producer.enqueue import NewRequest
 from tests.support.nomad_jobs import add_fault, set_scheduler, sim_dispatches
 from tests.support.stack import QUEUE, Stack
 
@@ -163,6 +164,20 @@ def test_raw_protocol2_message_from_a_foreign_producer(
     outcome = producer.wait([rid], timeout=WAIT)[rid].outcome
     assert outcome is not None
     assert outcome.exit_code == 0
+
+
+def test_a_burst_counts_each_delivery_once(
+    running: Stack, producer: Producer, redis_client: redis.Redis
+) -> None:
+    """A busy queue is fetched by a script that also counts the delivery (`worker.fetch`),
+    an idle one by BLMOVE and the consumer's count: either way, once per delivery."""
+    items = [NewRequest("encode", meta={"profile": "hd"}) for _ in range(40)]
+    ids = [rid for rid, _ in producer.enqueuer.enqueue(items)]
+    statuses = producer.wait(ids, timeout=WAIT)
+    assert all(s.outcome is not None and s.outcome.exit_code == 0 for s in statuses.values())
+    counts = [redis_client.hget(keys.request(rid), dlq.DELIVERIES) for rid in ids]
+    assert counts == [b"1"] * len(ids)
+    assert redis_client.llen(QUEUE) == 0
 
 
 def test_every_key_has_a_ttl(running: Stack, producer: Producer, redis_client: redis.Redis) -> None:
