@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
 _GO_ESCAPES = {
@@ -139,5 +141,15 @@ _PRETTY = json.JSONEncoder(indent=4)
 
 
 def dumps(value: Any, pretty: bool = False) -> bytes:
-    """JSON as Nomad sends it (`?pretty` indents); encoders are reused, not rebuilt."""
+    """JSON as Nomad sends it (`?pretty` indents with the stdlib encoder, reused).
+
+    Compact JSON comes from orjson, several times faster; it writes non-ASCII as UTF-8
+    (as Go does) rather than `\\u` escapes. What it refuses (integers beyond 64 bits,
+    non-string keys) goes to the stdlib encoder.
+    """
+    if not pretty:
+        try:
+            return orjson.dumps(value)
+        except TypeError:
+            pass
     return (_PRETTY if pretty else _COMPACT).encode(value).encode()
