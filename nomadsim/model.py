@@ -23,8 +23,9 @@ T = TypeVar("T")
 def evolve(obj: T, **changes: Any) -> T:
     """A changed copy of a stored Eval or Alloc (much cheaper than dataclasses.replace)."""
     new = object.__new__(type(obj))
-    new.__dict__.update(obj.__dict__)
-    new.__dict__.update(changes)
+    values = obj.__dict__.copy()
+    values.update(changes)
+    new.__dict__ = values
     return new
 
 

@@ -6,9 +6,10 @@ import pytest
 
 from nomadsim.__main__ import build_parser, config_from_args
 from nomadsim.acl import AclStore, PolicyError, Token, parse_rules
+from nomadsim.dispatch import DISPATCH_REQUEST
 from nomadsim.faults import FaultRule, Faults
 from nomadsim.filterexpr import FilterError, compile_filter
-from nomadsim.godecode import STRING_MAP, decode_body, go_b64decode, struct
+from nomadsim.godecode import STRING_MAP, decode_body, decode_body_go, go_b64decode, struct
 from nomadsim.goscan import DecodeError
 from nomadsim.jsonshape import (
     go_list,
@@ -114,6 +115,31 @@ def test_go_struct_decoding() -> None:
     with pytest.raises(DecodeError, match="^json: cannot unmarshal number into Go value"):
         decode_body(b"1x", WIRE)
     assert decode_body(b' \n{"Name":null} trailing', WIRE) == {"Name": None}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"JobID":"j","Payload":"aGVsbG8=","Meta":{"k":"v"},"Priority":0}',
+        b'{"JobID":"j","Payload":"aGVsbG8","Priority":-3}',
+        b'{"Payload":"aGVs\\nbG8=","Meta":{"k":null},"Priority":1.0}',
+        b'{"jobid":"a","JobID":"b","Priority":9223372036854775808}',
+        b'{"JobID":"j","Unknown":[1],"Meta":{}} {"JobID":"x"}',
+        b'{"JobID":"\\ud800","Payload":null,"Priority":true}',
+        b'{"JobID":"\xff"}',
+    ],
+)
+def test_fast_decoding_agrees_with_go_path(body: bytes) -> None:
+    """The orjson shortcut answers what the Go-faithful decoder answers, or defers."""
+    try:
+        expected: object = decode_body_go(body, DISPATCH_REQUEST)
+    except DecodeError as exc:
+        expected = str(exc)
+    try:
+        got: object = decode_body(body, DISPATCH_REQUEST)
+    except DecodeError as exc:
+        got = str(exc)
+    assert got == expected
 
 
 def test_filter_compile_errors() -> None:
