@@ -108,9 +108,10 @@ class Write:
     def put_eval(self, ev: Eval, event_type: str = "") -> None:
         store = self.store
         ev.modify_index = self.index
-        store.evals[ev.id] = ev
         key = (ev.namespace, ev.job_id)
-        store.evals_by_job.setdefault(key, {})[ev.id] = None
+        if ev.id not in store.evals:  # an update is indexed already
+            store.evals_by_job.setdefault(key, {})[ev.id] = None
+        store.evals[ev.id] = ev
         self.touched.add(key)
         self.tables.add("evals")
         if self.watching:
@@ -125,10 +126,11 @@ class Write:
         alloc.modify_index = self.index
         if not alloc.create_index:
             alloc.create_index = self.index
-        store.allocs[alloc.id] = alloc
         key = (alloc.namespace, alloc.job_id)
-        store.allocs_by_job.setdefault(key, {})[alloc.id] = None
-        store.allocs_by_eval.setdefault(alloc.eval_id, {})[alloc.id] = None
+        if alloc.id not in store.allocs:  # an update is indexed already
+            store.allocs_by_job.setdefault(key, {})[alloc.id] = None
+            store.allocs_by_eval.setdefault(alloc.eval_id, {})[alloc.id] = None
+        store.allocs[alloc.id] = alloc
         self.touched.add(key)
         self.tables.add("allocs")
         if self.watching:
@@ -171,37 +173,41 @@ class Write:
         if new is not None:
             children[CHILD_COUNT[new]] += 1
         summary.modify_index = self.index
-        self.keys.add(("summary", *parent_key))
+        if self.watching:
+            self.keys.add(("summary", *parent_key))
         self.tables.add("job_summary")
 
     def finish_jobs(self) -> None:
         """Derive job statuses for every job this write touched (Nomad's setJobStatus)."""
+        if not self.touched:
+            return
         store = self.store
+        jobs, summaries, written_jobs = store.jobs, store.summaries, self.jobs_written
+        index, watching = self.index, self.watching
         now = time.monotonic()
-        if self.touched:
-            self.tables.add("job_summary")
+        self.tables.add("job_summary")
         for key in self.touched:
-            written = self.jobs_written.get(key)
-            old = store.jobs.get(key)
+            written = written_jobs.get(key)
+            old = jobs.get(key)
             job = written if written is not None else old
             if job is None:
                 continue
             status = job_status(store, key, job)
-            summary = store.summaries.get(key)
+            summary = summaries.get(key)
             if summary is None:
-                summary = store.summaries[key] = Summary(self.index, self.index)
-            summary.modify_index = self.index
-            if self.watching:
+                summary = summaries[key] = Summary(index, index)
+            summary.modify_index = index
+            if watching:
                 self.keys.add(("summary", *key))
-            if written is None and old is not None and old["Status"] == status:
-                continue
             if written is None:
+                if old is not None and old["Status"] == status:
+                    continue
                 job = dict(job)
             job["Status"] = status
-            job["ModifyIndex"] = self.index
+            job["ModifyIndex"] = index
             if old is None:
-                job["CreateIndex"] = self.index
-            store.jobs[key] = job
+                job["CreateIndex"] = index
+            jobs[key] = job
             if status == "dead":
                 store.dead_since.setdefault(key, now)
             else:
@@ -211,9 +217,9 @@ class Write:
                 if old_status != status:
                     self._count_child(job, old_status, status)
             self.tables.add("jobs")
-            if self.watching:
+            if watching:
                 self.keys.update((("job", *key), ("jobs",)))
-            self.events.append(Event("Job", self.type, key[1], key[0], None, self.index, job))
+            self.events.append(Event("Job", self.type, key[1], key[0], None, index, job))
 
 
 class Store:
