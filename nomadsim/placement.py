@@ -236,7 +236,7 @@ class Placer:
         best_score = -1.0
         for node in nodes:
             metric["NodesEvaluated"] += 1
-            failed = self.feasible(node, constraints)
+            failed = self.feasible(node, constraints) if constraints else None
             if failed is not None:
                 metric["NodesFiltered"] += 1
                 filtered = metric["ConstraintFiltered"] or {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 from aiohttp import web
@@ -21,8 +22,10 @@ UNIMPLEMENTED = ("/periodic/force", "/plan", "/deployments", "/deployment", "/ve
                  "/revert", "/stable", "/scale", "/services", "/submission")
 
 
+@functools.lru_cache(maxsize=1024)
 def split_job_path(rest: str) -> tuple[str, str]:
-    """(job ID, suffix) for the part of the path after `/v1/job/`."""
+    """(job ID, suffix) for the part of the path after `/v1/job/` (cached: the route
+    name and the handler both need it, and a dispatch path repeats)."""
     for suffix in SUFFIXES + UNIMPLEMENTED:
         if rest.endswith(suffix):
             return rest[: -len(suffix)], suffix
