@@ -194,7 +194,8 @@ class AclStore:
         self.bootstrap_index = 0
 
     def bootstrap(self, index: int) -> Token:
-        token = Token(new_uuid(), new_uuid(), "Bootstrap Token", "management", [], index)
+        secret = new_uuid(secure=True)
+        token = Token(new_uuid(secure=True), secret, "Bootstrap Token", "management", [], index)
         self.tokens[token.secret] = token
         self.bootstrap_index = index
         return token

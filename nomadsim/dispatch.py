@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -124,7 +124,7 @@ def _validate(parent: JsonObj, args: DispatchArgs) -> None:
 def child_id(parent_id: str, template: str) -> str:
     """§4: `<parent>/dispatch-[<template>-]<unix>-<8 hex>`."""
     middle = f"{template}-" if template else ""
-    return f"{parent_id}/dispatch-{middle}{int(time.time())}-{os.urandom(4).hex()}"
+    return f"{parent_id}/dispatch-{middle}{int(time.time())}-{random.getrandbits(32):08x}"
 
 
 def dispatch(ctx: Ctx, args: DispatchArgs) -> tuple[JsonObj, int]:

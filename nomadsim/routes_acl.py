@@ -111,8 +111,8 @@ async def create_token(ctx: Ctx) -> web.Response:
         raise ApiError(400, "token 0 invalid: management token cannot be associated with policies")
     acl = ctx.sim.acl
     with ctx.sim.store.write("ACLTokenUpsert") as w:
-        token = Token(new_uuid(), new_uuid(), body.get("Name") or "", token_type, policies,
-                      w.index)
+        accessor, secret = new_uuid(secure=True), new_uuid(secure=True)
+        token = Token(accessor, secret, body.get("Name") or "", token_type, policies, w.index)
         acl.tokens[token.secret] = token
         w.tables.add("acl_token")
     return ctx.respond(token.render(), w.index, read=False)
