@@ -19,7 +19,8 @@ failure from constraints alone is the job's problem, not the cluster's, and slow
 
 Within one worker process only one thread (or greenlet) at a time polls Redis for a given
 job's slot or for the rate, the others queue on a local lock: hundreds of waiting requests
-cost one poll per `POLL` seconds, not hundreds. A request that waits longer than `max_wait`
+cost one poll per `POLL` seconds, not hundreds. Rate tokens are taken `PREFETCH` seconds'
+worth at a time and spent locally, so at full speed most dispatches make no round trip. A request that waits longer than `max_wait`
 raises `Throttled`, which the worker's retry policy turns into a requeue that does not
 count against the request's retries, so a long wait never runs into the task time limit.
 """
@@ -50,6 +51,11 @@ RECOVERY_SECONDS = 30.0
 """Seconds the rate takes to climb back from the floor to the ceiling."""
 FLOOR_SHARE = 0.01
 """The rate never falls below this share of the ceiling."""
+PREFETCH = 0.05
+"""A process takes this many seconds' worth of tokens per round trip (at least one) and
+spends them locally within that time, so a dispatch rarely costs a round trip of its own."""
+RECHECK_AFTER = 0.05
+"""A request that waited longer than this at the gate re-reads its batch's cancel flag."""
 
 _NOW = """
 local t = redis.call('TIME')
@@ -63,8 +69,9 @@ local function current_rate(h_rate, h_cut)
   return math.min(tonumber(ARGV[1]), tonumber(h_rate) + climbed)
 end
 """
-# KEYS[1] rate hash. ARGV: ceiling, burst, recovery s, ttl. {1, 0, rate} when admitted,
-# else {0, seconds to wait, rate}. Lua numbers would reach the reply truncated: strings.
+# KEYS[1] rate hash. ARGV: ceiling, burst, recovery s, ttl, tokens wanted. {n, 0, rate}
+# when n >= 1 tokens (at most those wanted) are granted, else {0, seconds to wait, rate}.
+# Lua numbers would reach the reply truncated: strings.
 _TAKE_LUA = (
     _NOW
     + _CURRENT_RATE
@@ -75,9 +82,10 @@ local interval = 1 / rate
 local tat = math.max(tonumber(h[1] or now), now)
 local wait = tat - now - (tonumber(ARGV[2]) - 1) * interval
 if wait > 0 then return {0, tostring(wait), tostring(rate)} end
-redis.call('HSET', KEYS[1], 'tat', tostring(tat + interval))
+local granted = math.min(tonumber(ARGV[5]), math.floor(-wait / interval) + 1)
+redis.call('HSET', KEYS[1], 'tat', tostring(tat + granted * interval))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-return {1, '0', tostring(rate)}
+return {granted, '0', tostring(rate)}
 """
 )
 # KEYS[1] rate hash. ARGV: ceiling, floor, recovery s, cooldown s, ttl. Returns the rate.
@@ -176,57 +184,68 @@ class DispatchGate:
     sleep: Callable[[float], None] = time.sleep
     _rate_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _job_locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict, init=False)
+    _tokens: int = field(default=0, init=False)
+    _tokens_until: float = field(default=0.0, init=False)
+    _rate_seen: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
+        self._rate_seen = self.policy.rate
         self._take = self.client.register_script(_TAKE_LUA)
         self._cut = self.client.register_script(_CUT_LUA)
         self._slot = self.client.register_script(_SLOT_LUA)
         self._refresh = self.client.register_script(_REFRESH_LUA)
 
     def admit(self, job_id: str, namespace: str) -> bool:
-        """Wait for this dispatch's turn; whether it had to wait. Raises Throttled after
-        `max_wait`, and the summary read's retryable errors."""
-        deadline = time.monotonic() + self.policy.max_wait
-        waited = False
+        """Wait for this dispatch's turn; whether it waited longer than RECHECK_AFTER.
+        Raises Throttled after `max_wait`, and the summary read's retryable errors."""
+        start = time.monotonic()
+        deadline = start + self.policy.max_wait
         if self.policy.max_unfinished_children:
             lock = self._job_locks.setdefault((namespace, job_id), threading.Lock())
-            with _Held(lock, deadline, f"a slot among the children of {job_id!r}") as held:
-                waited = self._wait_for_slot(job_id, namespace, deadline) or held.contended
-        with _Held(self._rate_lock, deadline, "the dispatch rate") as held:
-            return self._wait_for_token(deadline) or held.contended or waited
+            with _Held(lock, deadline, f"a slot among the children of {job_id!r}"):
+                self._wait_for_slot(job_id, namespace, deadline)
+        with _Held(self._rate_lock, deadline, "the dispatch rate"):
+            self._wait_for_token(deadline)
+        return time.monotonic() - start > RECHECK_AFTER
 
     def overloaded(self, reason: str) -> float:
         """Nomad pushed back (a 429, exhausted resources): halve the rate. The new rate."""
         p = self.policy
         args = [p.rate, p.floor, RECOVERY_SECONDS, CUT_COOLDOWN, keys.RATE_TTL]
         rate = float(self._cut(keys=[keys.RATE], args=args))
+        self._tokens = 0  # spend no more at the old rate
         log.warning("backpressure.slowed", reason=reason, rate=round(rate, 2))
         return rate
 
-    def _wait_for_token(self, deadline: float) -> bool:
+    def _wait_for_token(self, deadline: float) -> None:
+        if self._tokens and time.monotonic() < self._tokens_until:
+            self._tokens -= 1
+            return
         p = self.policy
-        args = [p.rate, p.burst, RECOVERY_SECONDS, keys.RATE_TTL]
-        paused = False
         while True:
-            admitted, wait, _ = self._take(keys=[keys.RATE], args=args)
-            if int(admitted):
-                return paused
-            paused = self._pause(float(wait), deadline, "the dispatch rate")
+            wanted = max(1, int(self._rate_seen * PREFETCH))
+            args = [p.rate, p.burst, RECOVERY_SECONDS, keys.RATE_TTL, wanted]
+            granted, wait, rate = self._take(keys=[keys.RATE], args=args)
+            self._rate_seen = float(rate)
+            if int(granted):
+                self._tokens = int(granted) - 1
+                self._tokens_until = time.monotonic() + PREFETCH
+                return
+            self._pause(float(wait), deadline, "the dispatch rate")
 
-    def _wait_for_slot(self, job_id: str, namespace: str, deadline: float) -> bool:
+    def _wait_for_slot(self, job_id: str, namespace: str, deadline: float) -> None:
         cap = self.policy.max_unfinished_children
         counted = [keys.children(namespace, job_id), keys.children_refresh(namespace, job_id)]
         args = [cap, SUMMARY_MAX_AGE, keys.CHILDREN_REFRESH_LOCK]
-        paused = False
         while True:
             verdict = int(self._slot(keys=counted, args=args))
             if verdict == 0:
-                return paused
+                return
             if verdict == -1:
                 self._read_summary(job_id, namespace, counted)
                 continue
             what = f"{job_id!r} at its cap of {cap} unfinished children"
-            paused = self._pause(POLL, deadline, what)
+            self._pause(POLL, deadline, what)
 
     def _read_summary(self, job_id: str, namespace: str, counted: list[str]) -> None:
         try:
@@ -238,11 +257,10 @@ class DispatchGate:
             unfinished = 0  # no such job: the dispatch itself reports it
         self._refresh(keys=counted, args=[unfinished, keys.CHILDREN_TTL])
 
-    def _pause(self, seconds: float, deadline: float, what: str) -> bool:
+    def _pause(self, seconds: float, deadline: float, what: str) -> None:
         if time.monotonic() + seconds > deadline:
             raise Throttled(f"not admitted within {self.policy.max_wait:g} s ({what}); requeued")
         self.sleep(seconds)
-        return True
 
 
 @dataclass
@@ -252,16 +270,10 @@ class _Held:
     lock: threading.Lock
     deadline: float
     what: str
-    contended: bool = False
-    """Whether another thread held the lock (and so this one waited)."""
 
-    def __enter__(self) -> _Held:
-        if self.lock.acquire(blocking=False):
-            return self
-        self.contended = True
+    def __enter__(self) -> None:
         if not self.lock.acquire(timeout=max(0.0, self.deadline - time.monotonic())):
             raise Throttled(f"not admitted in time (waiting for {self.what}); requeued")
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.lock.release()

@@ -18,9 +18,9 @@ The request hash is both the caller-visible state (queued, dispatching, monitori
 worker's write-ahead record: once `dispatched_job_id` is in it, a redelivered request resumes
 monitoring instead of dispatching again.
 
-Broker keys belong to kombu and carry no TTL by design, since a queue must not expire: the
-queue list `<queue>` (plus `<queue>\\x06\\x16<n>` per priority), `unacked`, `unacked_index`,
-`unacked_mutex` and `_kombu.binding.*`. They hold only messages in flight.
+Broker keys carry no TTL by design, since a queue must not expire: kombu's queue list
+`<queue>` (plus `<queue>\\x06\\x16<n>` per priority) and `_kombu.binding.*`, and the
+in-flight lists of `worker.fetch` (below). They hold only messages waiting or in flight.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ CHILDREN_REFRESH_LOCK: Final = 5_000
 
 INFLIGHT: Final = f"{PREFIX}:inflight"
 """Broker keys of `worker.fetch` (no TTL, like kombu's): the set of consumer IDs, and per
-consumer `<INFLIGHT>:<id>:<queue>`, the list a message sits in between leaving the queue
-and entering kombu's `unacked` (milliseconds, unless the worker died there)."""
+consumer `<INFLIGHT>:<id>:<queue>`, the list a message sits in from leaving the queue until
+it is acknowledged or rejected: the one record of an unacknowledged message."""
 LEASE_TTL: Final = 15
 """`<PREFIX>:lease:<consumer id>` lives this long unless its worker renews it; a consumer
 without a lease is gone, and its in-flight messages go back to their queue."""
@@ -66,8 +66,6 @@ def inflight(consumer_id: str, queue: str) -> str:
 def lease(consumer_id: str) -> str:
     """A consumer's liveness. TTL: LEASE_TTL, renewed while it consumes."""
     return f"{PREFIX}:lease:{consumer_id}"
-
-KOMBU_KEYS: Final = ("unacked", "unacked_index", "unacked_mutex")
 
 
 def request(request_id: str) -> str:
@@ -101,10 +99,9 @@ def celery_result(request_id: str) -> str:
 
 
 def is_broker_key(key: str, queue: str) -> bool:
-    """True for kombu's own keys, which carry no TTL by design (see the module docstring)."""
-    return (
-        key in (*KOMBU_KEYS, queue, INFLIGHT)
-        or key.startswith((f"{queue}\x06\x16", "_kombu.binding", f"{INFLIGHT}:"))
+    """True for the broker's keys, which carry no TTL by design (see the module docstring)."""
+    return key in (queue, INFLIGHT) or key.startswith(
+        (f"{queue}\x06\x16", "_kombu.binding", f"{INFLIGHT}:")
     )
 
 

@@ -10,6 +10,7 @@ import redis
 from dispatch import keys
 from dispatch.backpressure import (
     FLOOR_SHARE,
+    PREFETCH,
     SUMMARY_MAX_AGE,
     DispatchGate,
     GatePolicy,
@@ -79,6 +80,16 @@ def test_a_burst_passes_at_once_then_the_rate_spaces_dispatches(
     assert len(asked) >= 4
     assert 0.05 <= sum(asked) <= 0.2
     assert redis_client.ttl(keys.RATE) > 0
+
+
+def test_tokens_are_taken_in_batches(redis_client: redis.Redis) -> None:
+    g = gate(redis_client, rate=2000, burst=1000)
+    redis_client.config_resetstat()
+    for _ in range(200):
+        g.admit("encode", "default")
+    calls = redis_client.info("commandstats")["cmdstat_evalsha"]["calls"]
+    # Up to 2000 * PREFETCH = 100 tokens per round trip; one per dispatch would be 200.
+    assert calls <= 200 / (2000 * PREFETCH) * 10
 
 
 def test_the_rate_is_shared_by_every_gate_on_the_same_redis(redis_client: redis.Redis) -> None:
