@@ -124,6 +124,12 @@ class GuardedRedisBackend(RedisBackend):
         self.ensure(self._store_unless_succeeded, args)
         return result
 
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        """Nothing. Where joining a result does not block (the gevent pool), Celery would
+        subscribe to the result channel of every message it publishes, a retry included,
+        and nobody reads that subscription: whoever waits subscribes as it starts waiting
+        (`AsyncResult.get`, `producer.api`)."""
+
     def _store_unless_succeeded(self, key: bytes, value: str, expires: int) -> None:
         self._store_script(keys=[key], args=[value, expires])
 
