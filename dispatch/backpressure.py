@@ -20,9 +20,11 @@ failure from constraints alone is the job's problem, not the cluster's, and slow
 Within one worker process only one thread (or greenlet) at a time polls Redis for a given
 job's slot or for the rate, the others queue on a local lock: hundreds of waiting requests
 cost one poll per `POLL` seconds, not hundreds. Rate tokens are taken `PREFETCH` seconds'
-worth at a time and spent locally, so at full speed most dispatches make no round trip. A request that waits longer than `max_wait`
-raises `Throttled`, which the worker's retry policy turns into a requeue that does not
-count against the request's retries, so a long wait never runs into the task time limit.
+worth at a time and spent locally, so at full speed most dispatches make no round trip.
+
+A request that waits longer than `max_wait` raises `Throttled`, which the worker's retry
+policy turns into a requeue that does not count against the request's retries, so a long
+wait never runs into the task time limit.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import redis
 import structlog
 
 from dispatch import keys
-from dispatch.errors import DispatchqError, NomadError
+from dispatch.errors import DispatchqError, NomadError, NotFound
 from dispatch.outcome import Outcome
 
 log = structlog.get_logger(__name__)
@@ -254,7 +256,11 @@ class DispatchGate:
             self.client.delete(counted[1])
             if err.retryable:
                 raise
-            unfinished = 0  # no such job: the dispatch itself reports it
+            # No such job (the dispatch itself will say so), or a token that may dispatch
+            # but not read the job: admitted uncapped rather than held forever.
+            if not isinstance(err, NotFound):
+                log.warning("backpressure.summary_unreadable", job_id=job_id, error=str(err))
+            unfinished = 0
         self._refresh(keys=counted, args=[unfinished, keys.CHILDREN_TTL])
 
     def _pause(self, seconds: float, deadline: float, what: str) -> None:
