@@ -104,6 +104,15 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 return tostring(rate)
 """
 )
+# KEYS[1] rate hash. ARGV: ceiling, (unused), recovery s. The rate in force now.
+_RATE_LUA = (
+    _NOW
+    + _CURRENT_RATE
+    + """
+local h = redis.call('HMGET', KEYS[1], 'rate', 'cut_at')
+return tostring(current_rate(h[1], h[2]))
+"""
+)
 # KEYS[1] children hash, KEYS[2] refresh lock. ARGV: cap, max age s, lock ms.
 # 0: admitted; 1: full; -1: the caller must read the summary (it holds the lock).
 _SLOT_LUA = (
@@ -130,6 +139,12 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('DEL', KEYS[2])
 """
 )
+
+
+def shared_rate(client: redis.Redis, ceiling: float) -> float:
+    """The dispatch rate in force for every worker now (the ceiling, unless slowed)."""
+    script = client.register_script(_RATE_LUA)
+    return float(script(keys=[keys.RATE], args=[ceiling, 0, RECOVERY_SECONDS]))
 
 
 class Throttled(DispatchqError):

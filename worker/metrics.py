@@ -9,6 +9,8 @@
 - `dispatchq_in_flight` (gauge): requests this process is working on now.
 - `dispatchq_queue_depth{queue}` (gauge): requests waiting in the queue (LLEN at scrape).
 - `dispatchq_dead_letters` (gauge): entries in the dead-letter list (LLEN at scrape).
+- `dispatchq_dispatch_rate` (gauge): the dispatches/s every worker may make now, the
+  backpressure rate (`dispatch.backpressure`): `dispatch_rate` unless Nomad pushed back.
 
 plus the `process_*` metrics of prometheus_client (CPU, memory, open files).
 
@@ -44,6 +46,7 @@ from redis.retry import Retry
 from config.celery import TASK_DISPATCH
 from config.settings import Settings
 from dispatch import keys
+from dispatch.backpressure import shared_rate
 
 log = structlog.get_logger(__name__)
 
@@ -54,18 +57,23 @@ SCRAPE_TIMEOUT = 2.0
 
 
 class RedisGauges(Collector):
-    """Queue depth and dead letters, read from Redis when Prometheus scrapes."""
+    """Queue depth, dead letters and the shared dispatch rate, read from Redis when
+    Prometheus scrapes."""
 
-    def __init__(self, client: redis.Redis, queue: str) -> None:
+    def __init__(self, client: redis.Redis, queue: str, rate_ceiling: float) -> None:
         self.client = client
         self.queue = queue
+        self.rate_ceiling = rate_ceiling
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         depth = GaugeMetricFamily(
             "dispatchq_queue_depth", "Requests waiting in the queue.", labels=["queue"]
         )
         dead = GaugeMetricFamily("dispatchq_dead_letters", "Entries in the dead-letter list.")
-        return depth, dead
+        rate = GaugeMetricFamily(
+            "dispatchq_dispatch_rate", "Dispatches per second the workers may make now."
+        )
+        return depth, dead, rate
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         """The names alone, so that registering does not read Redis."""
@@ -77,14 +85,16 @@ class RedisGauges(Collector):
             pipe.llen(self.queue)
             pipe.llen(keys.DLQ)
             queued, dead_letters = pipe.execute()
+            allowed = shared_rate(self.client, self.rate_ceiling)
         except redis.RedisError as err:
             # Absent rather than a made-up 0: an alert on the depth must not go quiet.
             log.warning("metrics.redis_unavailable", error=str(err))
             return ()
-        depth, dead = self._families()
+        depth, dead, rate = self._families()
         depth.add_metric([self.queue], queued)
         dead.add_metric([], dead_letters)
-        return depth, dead
+        rate.add_metric([], allowed)
+        return depth, dead, rate
 
 
 def _attempt(task_id: str, task: Any) -> tuple[str, int]:
@@ -97,7 +107,7 @@ def _attempt(task_id: str, task: Any) -> tuple[str, int]:
 class WorkerMetrics:
     """The metrics of one worker process: `connect()` the signals, `serve()` over HTTP."""
 
-    def __init__(self, client: redis.Redis, queue: str) -> None:
+    def __init__(self, client: redis.Redis, queue: str, rate_ceiling: float) -> None:
         self.registry = CollectorRegistry()
         self.dispatch_latency = Histogram(
             "dispatchq_dispatch_latency_seconds",
@@ -130,7 +140,7 @@ class WorkerMetrics:
             registry=self.registry,
         )
         in_flight.set_function(lambda: len(self._started))
-        self.registry.register(RedisGauges(client, queue))
+        self.registry.register(RedisGauges(client, queue, rate_ceiling))
         ProcessCollector(registry=self.registry)
         self._client = client
         self._started: dict[tuple[str, int], float] = {}  # _attempt -> monotonic start
@@ -144,7 +154,7 @@ class WorkerMetrics:
             socket_connect_timeout=SCRAPE_TIMEOUT,
             retry=Retry(NoBackoff(), 0),  # a scrape answers now, not after retries
         )
-        return cls(client, settings.queue)
+        return cls(client, settings.queue, settings.dispatch_rate)
 
     def connect(self) -> Self:
         """Count from Celery's task signals from now on."""

@@ -48,6 +48,7 @@ METRICS = (
     "dispatchq_in_flight",
     "dispatchq_queue_depth",
     "dispatchq_dead_letters",
+    "dispatchq_dispatch_rate",
 )
 
 
@@ -69,7 +70,7 @@ UNIT_QUEUE = "metrics-unit"
 
 @pytest.fixture
 def metrics(redis_client: redis.Redis) -> Iterator[WorkerMetrics]:
-    yield WorkerMetrics(redis_client, UNIT_QUEUE)
+    yield WorkerMetrics(redis_client, UNIT_QUEUE, rate_ceiling=500.0)
     redis_client.delete(UNIT_QUEUE, keys.DLQ)
 
 
@@ -158,9 +159,19 @@ def test_queue_gauges_are_read_at_scrape_time(
     assert value(metrics, "dispatchq_dead_letters") == 2
 
 
+def test_the_dispatch_rate_gauge_shows_a_slowdown(
+    metrics: WorkerMetrics, redis_client: redis.Redis
+) -> None:
+    assert value(metrics, "dispatchq_dispatch_rate") == 500
+    redis_client.hset(keys.RATE, mapping={"rate": 100.0, "cut_at": time.time()})
+    slowed = value(metrics, "dispatchq_dispatch_rate")
+    assert slowed is not None
+    assert 100 <= slowed < 150  # climbing back
+
+
 def test_queue_gauges_are_absent_while_redis_cannot_be_read() -> None:
     unreachable = redis.Redis(port=free_port(), retry=RedisRetry(NoBackoff(), 0))
-    metrics = WorkerMetrics(unreachable, UNIT_QUEUE)
+    metrics = WorkerMetrics(unreachable, UNIT_QUEUE, rate_ceiling=500.0)
     names = {f.name for f in metrics.registry.collect()}
     assert "dispatchq_queue_depth" not in names
     assert "dispatchq_outcomes" in names  # the rest is still served
