@@ -19,22 +19,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aiohttp import web
-
 from nomadsim.faults import FaultRule
+from nomadsim.httpserver import Request, Response
 from nomadsim.jsonshape import dumps
 from nomadsim.sim import Sim
 
 
-def _json(value: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=dumps(value), content_type="application/json")
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(status, dumps(value), {"Content-Type": "application/json"})
 
 
-def _error(message: str, status: int = 400) -> web.Response:
+def _error(message: str, status: int = 400) -> Response:
     return _json({"error": message}, status)
 
 
-async def _body(request: web.BaseRequest) -> Any:
+async def _body(request: Request) -> Any:
     raw = await request.read()
     return json.loads(raw) if raw.strip() else {}
 
@@ -53,14 +52,14 @@ def _scheduler_json(sim: Sim) -> dict[str, Any]:
     return out
 
 
-async def handle_admin(sim: Sim, request: web.BaseRequest, path: str) -> web.Response:
+async def handle_admin(sim: Sim, request: Request, path: str) -> Response:
     try:
         return await _route(sim, request, path)
     except (ValueError, TypeError) as exc:
         return _error(str(exc))
 
 
-async def _route(sim: Sim, request: web.BaseRequest, path: str) -> web.Response:
+async def _route(sim: Sim, request: Request, path: str) -> Response:
     method = request.method
     name = path[len("/_sim/"):]
     if name == "faults":

@@ -1,9 +1,9 @@
-"""The HTTP server: one low-level aiohttp handler that routes on the decoded path.
+"""The HTTP server: one handler (on httpserver.py's protocol) that routes on the path.
 
 Routing is by prefix and then by suffix on the percent-decoded path (§1), because a
 dispatched job's ID contains `/`: `/v1/job/video%2Fdispatch-1-ab/allocations` and the
-raw-slash form reach the same handler. aiohttp's low-level `web.Server` is used instead
-of its router for that reason and because it skips per-request routing overhead.
+raw-slash form reach the same handler; no router is used, for that reason and because it
+would add per-request overhead.
 Before a Nomad route runs, the request is counted, the `region` is checked and the
 fault rules and global latency are applied.
 """
@@ -11,20 +11,16 @@ fault rules and global latency are applied.
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import parse_qsl, unquote
-
-from aiohttp import web
-from multidict import MultiDict, MultiDictProxy
+from urllib.parse import unquote
 
 from nomadsim import routes_jobs, routes_reads
 from nomadsim.admin import handle_admin
 from nomadsim.faults import DEFAULT_MESSAGES
 from nomadsim.httpcore import ApiError, Ctx, text_response
+from nomadsim.httpserver import HttpServer, Reply, Request
 from nomadsim.routes_acl import acl_route
 from nomadsim.sim import Sim
 from nomadsim.stream import event_stream
-
-NO_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 
 
 def route_name(path: str) -> str:
@@ -56,7 +52,7 @@ def route_name(path: str) -> str:
     return "other"
 
 
-async def _nomad(ctx: Ctx) -> web.StreamResponse:
+async def _nomad(ctx: Ctx) -> Reply:
     path = ctx.path
     region = ctx.query.get("region", "")
     if region and region != ctx.sim.config.region:
@@ -101,12 +97,12 @@ class NomadSimServer:
 
     def __init__(self, sim: Sim) -> None:
         self.sim = sim
-        self.runner: web.ServerRunner | None = None
+        self.http = HttpServer(self.handle)
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Reply | None:
+        """Answer one request; None cuts the connection without an answer."""
         sim = self.sim
-        raw_path, _, raw_query = request.raw_path.partition("?")
-        path = unquote(raw_path)
+        path = unquote(request.raw_path.partition("?")[0])
         if path.startswith("/_sim/"):
             return await handle_admin(sim, request, path)
         route = route_name(path)
@@ -118,18 +114,11 @@ class NomadSimServer:
         if action is not None:
             if action.kind == "cut":
                 sim.statuses["cut"] += 1
-                if request.transport is not None:
-                    request.transport.abort()
-                raise asyncio.CancelledError
+                return None
             status = 500 if action.kind == "error" else 429
             sim.statuses[str(status)] += 1
             return text_response(status, action.message or DEFAULT_MESSAGES[action.kind])
-        # Parsed here rather than through request.rel_url, which builds a yarl URL.
-        query = (
-            MultiDictProxy(MultiDict(parse_qsl(raw_query, keep_blank_values=True)))
-            if raw_query else NO_QUERY
-        )
-        ctx = Ctx(sim, request, path, query)
+        ctx = Ctx(sim, request, path, request.query)
         try:
             response = await _nomad(ctx)
         except ApiError as exc:
@@ -138,16 +127,9 @@ class NomadSimServer:
         return response
 
     async def start(self, host: str, port: int) -> None:
-        # handler_cancellation: a client that goes away cancels its blocking query or
-        # event stream at once instead of leaving it parked until its timeout.
-        server = web.Server(self.handle, access_log=None, handler_cancellation=True)
-        self.runner = web.ServerRunner(server, handle_signals=False)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
-        await site.start()
+        await self.http.start(host, port)
         self.sim.scheduler.start()
 
     async def stop(self) -> None:
         await self.sim.scheduler.stop()
-        if self.runner is not None:
-            await self.runner.cleanup()
+        await self.http.stop()

@@ -7,19 +7,18 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from multidict import MultiDictProxy
 
 from nomadsim.acl import Authz
 from nomadsim.godecode import GoType, decode_body
 from nomadsim.goscan import DecodeError
+from nomadsim.httpserver import TEXT, Request, Response
 from nomadsim.jsonshape import dumps, parse_go_duration
 
 if TYPE_CHECKING:
     from nomadsim.sim import Sim
 
 MAX_WAIT = 300.0
-TEXT = "text/plain; charset=utf-8"
 
 
 class ApiError(Exception):
@@ -35,17 +34,16 @@ def permission_denied() -> ApiError:
     return ApiError(403, "Permission denied")
 
 
-def text_response(status: int, message: str) -> web.Response:
-    return web.Response(status=status, body=message.encode(), headers={"Content-Type": TEXT})
+def text_response(status: int, message: str) -> Response:
+    return Response(status, message.encode(), {"Content-Type": TEXT})
 
 
 @dataclass
 class Ctx:
     sim: Sim
-    request: web.BaseRequest
+    request: Request
     path: str
     query: MultiDictProxy[str]
-    _body: bytes | None = None
 
     @property
     def method(self) -> str:
@@ -93,14 +91,7 @@ class Ctx:
             raise permission_denied()
 
     async def body(self) -> bytes:
-        if self._body is None:
-            content = self.request.content
-            if content.is_eof():
-                # the whole body is already buffered: skip the awaiting read loop
-                self._body = content.read_nowait(-1)
-            else:
-                self._body = await self.request.read()
-        return self._body
+        return self.request.body
 
     async def decode(self, gotype: GoType) -> dict[str, Any]:
         """Nomad's decodeBody: 400 `Request body is empty`, or Go's decode error."""
@@ -112,7 +103,7 @@ class Ctx:
         except DecodeError as exc:
             raise ApiError(400, str(exc)) from None
 
-    def respond(self, value: Any, index: int | None = None, read: bool = True) -> web.Response:
+    def respond(self, value: Any, index: int | None = None, read: bool = True) -> Response:
         headers = {"Content-Type": "application/json"}
         if index is not None:
             headers["X-Nomad-Index"] = str(index)
@@ -120,16 +111,16 @@ class Ctx:
             headers["X-Nomad-LastContact"] = "0"
             headers["X-Nomad-KnownLeader"] = "true"
         body = dumps(value, pretty="pretty" in self.query)
-        return web.Response(status=200, body=body, headers=headers)
+        return Response(200, body, headers)
 
-    def respond_page(self, page: list[Any], next_token: str, index: int) -> web.Response:
+    def respond_page(self, page: list[Any], next_token: str, index: int) -> Response:
         """A paginated list: `X-Nomad-NextToken` says where the next page starts."""
         response = self.respond(page, index)
         if next_token:
             response.headers["X-Nomad-NextToken"] = next_token
         return response
 
-    def not_found(self, message: str, index: int) -> web.Response:
+    def not_found(self, message: str, index: int) -> Response:
         response = text_response(404, message)
         response.headers.update(
             {"X-Nomad-Index": str(index), "X-Nomad-LastContact": "0", "X-Nomad-KnownLeader": "true"}

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from nomadsim import godecode as g
 from nomadsim.acl import PolicyError, Token, parse_rules
 from nomadsim.httpcore import ApiError, Ctx
+from nomadsim.httpserver import Response
 from nomadsim.jsonshape import new_uuid
 
 POLICY = g.struct("structs.ACLPolicy", Name=g.STRING, Description=g.STRING, Rules=g.STRING)
@@ -15,7 +14,7 @@ TOKEN = g.struct(
 )
 
 
-async def acl_route(ctx: Ctx, rest: str) -> web.Response:
+async def acl_route(ctx: Ctx, rest: str) -> Response:
     acl = ctx.sim.acl
     if not acl.enabled:
         raise ApiError(400, "ACL support disabled")
@@ -44,7 +43,7 @@ async def acl_route(ctx: Ctx, rest: str) -> web.Response:
     raise ApiError(404, "404 page not found\n")
 
 
-def bootstrap(ctx: Ctx) -> web.Response:
+def bootstrap(ctx: Ctx) -> Response:
     if ctx.method not in ("PUT", "POST"):
         raise ApiError(405, "Invalid method")
     acl = ctx.sim.acl
@@ -56,7 +55,7 @@ def bootstrap(ctx: Ctx) -> web.Response:
     return ctx.respond(token.render(), w.index, read=False)
 
 
-async def policy(ctx: Ctx, name: str) -> web.Response:
+async def policy(ctx: Ctx, name: str) -> Response:
     acl = ctx.sim.acl
     store = ctx.sim.store
     if ctx.method == "GET":
@@ -96,7 +95,7 @@ async def policy(ctx: Ctx, name: str) -> web.Response:
     return ctx.respond(None, w.index, read=False)
 
 
-async def create_token(ctx: Ctx) -> web.Response:
+async def create_token(ctx: Ctx) -> Response:
     if ctx.method not in ("PUT", "POST"):
         raise ApiError(405, "Invalid method")
     body = await ctx.decode(TOKEN)

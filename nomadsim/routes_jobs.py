@@ -5,12 +5,11 @@ from __future__ import annotations
 import functools
 import time
 
-from aiohttp import web
-
 from nomadsim import dispatch as dispatching
 from nomadsim import jobs
 from nomadsim.filterexpr import FilterError, compile_filter
 from nomadsim.httpcore import ApiError, Ctx, paginate
+from nomadsim.httpserver import Response
 from nomadsim.jsonshape import go_quote, multierror, now_ns
 from nomadsim.model import render_job
 
@@ -32,7 +31,7 @@ def split_job_path(rest: str) -> tuple[str, str]:
     return rest, ""
 
 
-async def job_route(ctx: Ctx, rest: str) -> web.Response:
+async def job_route(ctx: Ctx, rest: str) -> Response:
     job_id, suffix = split_job_path(rest)
     if suffix in UNIMPLEMENTED:
         raise ApiError(501, f"nomadsim does not implement {suffix}")
@@ -53,7 +52,7 @@ async def job_route(ctx: Ctx, rest: str) -> web.Response:
     raise ApiError(405, "Invalid method")
 
 
-async def jobs_route(ctx: Ctx) -> web.Response:
+async def jobs_route(ctx: Ctx) -> Response:
     if ctx.method == "GET":
         return await list_jobs(ctx)
     if ctx.method in WRITE_METHODS:
@@ -61,7 +60,7 @@ async def jobs_route(ctx: Ctx) -> web.Response:
     raise ApiError(405, "Invalid method")
 
 
-async def list_jobs(ctx: Ctx) -> web.Response:
+async def list_jobs(ctx: Ctx) -> Response:
     namespace = ctx.namespace
     authz = ctx.authz()
     if namespace != "*" and not authz.allows(namespace, "list-jobs"):
@@ -98,7 +97,7 @@ async def list_jobs(ctx: Ctx) -> web.Response:
     return ctx.respond_page(stubs, next_token, index)
 
 
-async def read_job(ctx: Ctx, job_id: str) -> web.Response:
+async def read_job(ctx: Ctx, job_id: str) -> Response:
     namespace = ctx.namespace
     ctx.require(namespace, "read-job")
     store = ctx.sim.store
@@ -116,7 +115,7 @@ async def read_job(ctx: Ctx, job_id: str) -> web.Response:
     return ctx.respond(job, index)
 
 
-async def sub_resource(ctx: Ctx, job_id: str, suffix: str) -> web.Response:
+async def sub_resource(ctx: Ctx, job_id: str, suffix: str) -> Response:
     namespace = ctx.namespace
     ctx.require(namespace, "read-job")
     store = ctx.sim.store
@@ -153,7 +152,7 @@ async def sub_resource(ctx: Ctx, job_id: str, suffix: str) -> web.Response:
     return ctx.respond(value, index)
 
 
-async def register(ctx: Ctx, path_id: str | None) -> web.Response:
+async def register(ctx: Ctx, path_id: str | None) -> Response:
     args = await ctx.decode(jobs.REGISTER_REQUEST)
     try:
         raw = jobs.check_request(args, path_id)
@@ -210,7 +209,7 @@ async def register(ctx: Ctx, path_id: str | None) -> web.Response:
     )
 
 
-def deregister(ctx: Ctx, job_id: str) -> web.Response:
+def deregister(ctx: Ctx, job_id: str) -> Response:
     namespace = ctx.namespace
     ctx.require(namespace, "submit-job")
     sim = ctx.sim
@@ -252,7 +251,7 @@ def deregister(ctx: Ctx, job_id: str) -> web.Response:
     )
 
 
-async def evaluate(ctx: Ctx, job_id: str) -> web.Response:
+async def evaluate(ctx: Ctx, job_id: str) -> Response:
     if ctx.method not in WRITE_METHODS:
         raise ApiError(405, "Invalid method")
     namespace = ctx.namespace
@@ -275,7 +274,7 @@ async def evaluate(ctx: Ctx, job_id: str) -> web.Response:
     )
 
 
-async def dispatch_handler(ctx: Ctx, job_id: str, raw: bool) -> web.Response:
+async def dispatch_handler(ctx: Ctx, job_id: str, raw: bool) -> Response:
     if ctx.method not in WRITE_METHODS:
         raise ApiError(405, "Invalid method")
     if raw:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
-
 from nomadsim.filterexpr import FilterError, Predicate, compile_filter
 from nomadsim.godecode import BOOL, STRING, struct
 from nomadsim.httpcore import ApiError, Ctx, paginate
+from nomadsim.httpserver import Response
 from nomadsim.model import Eval, JsonObj
 from nomadsim.sim import namespace_json
 
@@ -56,7 +55,7 @@ def _related(evals: dict[str, Eval], ev: Eval) -> list[JsonObj]:
     return [e.stub() for e in sorted(found, key=lambda e: e.create_index)]
 
 
-async def evaluation_route(ctx: Ctx, rest: str) -> web.Response:
+async def evaluation_route(ctx: Ctx, rest: str) -> Response:
     if ctx.method != "GET":
         raise ApiError(405, "Invalid method")
     ctx.require(ctx.namespace, "read-job")
@@ -83,7 +82,7 @@ async def evaluation_route(ctx: Ctx, rest: str) -> web.Response:
     return ctx.respond(value, index)
 
 
-async def evaluations_list(ctx: Ctx) -> web.Response:
+async def evaluations_list(ctx: Ctx) -> Response:
     if ctx.method != "GET":
         raise ApiError(405, "Invalid method")
     namespace = ctx.namespace
@@ -111,7 +110,7 @@ async def evaluations_list(ctx: Ctx) -> web.Response:
     return ctx.respond_page(page, next_token, index)
 
 
-async def allocation_route(ctx: Ctx, alloc_id: str) -> web.Response:
+async def allocation_route(ctx: Ctx, alloc_id: str) -> Response:
     if ctx.method != "GET":
         raise ApiError(405, "Invalid method")
     authz = ctx.authz()
@@ -131,7 +130,7 @@ async def allocation_route(ctx: Ctx, alloc_id: str) -> web.Response:
     return ctx.respond(alloc.render(with_job=True), index)
 
 
-async def allocations_list(ctx: Ctx) -> web.Response:
+async def allocations_list(ctx: Ctx) -> Response:
     if ctx.method != "GET":
         raise ApiError(405, "Invalid method")
     namespace = ctx.namespace
@@ -155,7 +154,7 @@ async def allocations_list(ctx: Ctx) -> web.Response:
     return ctx.respond_page(page, next_token, index)
 
 
-async def namespace_route(ctx: Ctx, name: str) -> web.Response:
+async def namespace_route(ctx: Ctx, name: str) -> Response:
     store = ctx.sim.store
     if ctx.method == "GET":
         ctx.authz()
@@ -194,7 +193,7 @@ async def namespace_route(ctx: Ctx, name: str) -> web.Response:
     raise ApiError(405, "Invalid method")
 
 
-async def namespaces_list(ctx: Ctx) -> web.Response:
+async def namespaces_list(ctx: Ctx) -> Response:
     if ctx.method != "GET":
         raise ApiError(405, "Invalid method")
     authz = ctx.authz()
@@ -210,7 +209,7 @@ async def namespaces_list(ctx: Ctx) -> web.Response:
     return ctx.respond(value, index)
 
 
-def agent_self(ctx: Ctx) -> web.Response:
+def agent_self(ctx: Ctx) -> Response:
     config = ctx.sim.config
     return ctx.respond(
         {
@@ -227,7 +226,7 @@ def agent_self(ctx: Ctx) -> web.Response:
     )
 
 
-def nodes_list(ctx: Ctx) -> web.Response:
+def nodes_list(ctx: Ctx) -> Response:
     ctx.authz()
     return ctx.respond(
         [
@@ -249,7 +248,7 @@ def nodes_list(ctx: Ctx) -> web.Response:
     )
 
 
-async def scheduler_configuration(ctx: Ctx) -> web.Response:
+async def scheduler_configuration(ctx: Ctx) -> Response:
     """`/v1/operator/scheduler/configuration`: only RejectJobRegistration has an effect."""
     sim = ctx.sim
     if ctx.method == "GET":

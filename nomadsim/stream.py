@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-
-from aiohttp import web
 
 from nomadsim.events import Event, Subscription
 from nomadsim.httpcore import ApiError, Ctx
+from nomadsim.httpserver import Stream
 from nomadsim.jsonshape import dumps, go_quote
 
 HEARTBEAT = b"{}\n"
@@ -45,7 +43,7 @@ def _allowed(ctx: Ctx, topics: dict[str, set[str]], namespace: str) -> bool:
     return authz.allows(namespace, "read-job")
 
 
-async def event_stream(ctx: Ctx) -> web.StreamResponse:
+async def event_stream(ctx: Ctx) -> Stream:
     if ctx.method != "GET":
         raise ApiError(405, "Invalid method")
     raw_index = ctx.query.get("index", "0") or "0"
@@ -57,21 +55,19 @@ async def event_stream(ctx: Ctx) -> web.StreamResponse:
         )
     topics = parse_topics(ctx.query.getall("topic", []))
     namespace = ctx.namespace
-    response = web.StreamResponse(
-        status=200, headers={"Content-Type": "application/json", "Cache-Control": "no-cache"}
-    )
+    headers = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
     if not _allowed(ctx, topics, namespace):
         # From v2.0 the connection is hijacked and 200 written before the ACL check, so a
         # denied stream is an empty 200 that closes.
-        await response.prepare(ctx.request)
-        await response.write_eof()
+        response = ctx.request.stream(200, headers)
+        response.write_eof()
         return response
     sim = ctx.sim
     sub = Subscription(topics, namespace)
     backlog = sim.store.broker.subscribe(sub, int(raw_index))
+    response = ctx.request.stream(200, headers)
     sim.streams += 1
     try:
-        await response.prepare(ctx.request)
         await response.write(HEARTBEAT)
         for batch in backlog:
             events = sub.filter(batch)
@@ -83,12 +79,11 @@ async def event_stream(ctx: Ctx) -> web.StreamResponse:
     finally:
         sim.streams -= 1
         sim.store.broker.unsubscribe(sub)
-    with contextlib.suppress(ConnectionError):
-        await response.write_eof()
+    response.write_eof()
     return response
 
 
-async def _follow(heartbeat: float, sub: Subscription, response: web.StreamResponse) -> None:
+async def _follow(heartbeat: float, sub: Subscription, response: Stream) -> None:
     while True:
         try:
             async with asyncio.timeout(heartbeat):
@@ -103,6 +98,6 @@ async def _follow(heartbeat: float, sub: Subscription, response: web.StreamRespo
             await _send(response, batch.index, events)
 
 
-async def _send(response: web.StreamResponse, index: int, events: list[Event]) -> None:
+async def _send(response: Stream, index: int, events: list[Event]) -> None:
     rendered = [e.render() for e in events]
     await response.write(dumps({"Index": index, "Events": rendered}) + b"\n")
