@@ -13,6 +13,7 @@ import requests
 from devstack.nomadsim_process import NomadSimProcess
 from devstack.worker_process import WorkerProcess
 from dispatch import keys
+from dispatch.batches import BatchStatus
 from producer.api import Producer
 from tests.support.nomad_jobs import add_fault, parameterized_job, register
 from tests.support.stack import Stack
@@ -36,6 +37,14 @@ def sim() -> Iterator[NomadSimProcess]:
 def worker(stack: Stack, name: str, **settings: str) -> WorkerProcess:
     env = {**stack.env, **{f"DISPATCHQ_{k.upper()}": v for k, v in settings.items()}}
     return WorkerProcess(env=env, name=name, log_path=stack.log_dir / f"{name}.log")
+
+
+def finished(producer: Producer, batch_id: str) -> BatchStatus:
+    deadline = time.monotonic() + WAIT
+    while not (status := producer.batch_status(batch_id)) or not status.finished:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    return status
 
 
 class UnfinishedSampler:
@@ -73,11 +82,7 @@ def test_the_cap_bounds_unfinished_children(clean: Stack, producer: Producer) ->
         worker(clean, "capped", max_unfinished_children="2", retry_max="0"),
         UnfinishedSampler(clean.sim.address, SLOW_JOB) as sampler,
     ):
-        batch_id = producer.dispatch_batch(SLOW_JOB, items, preflight=False)
-        deadline = time.monotonic() + WAIT
-        while not (status := producer.batch_status(batch_id)) or not status.finished:
-            assert time.monotonic() < deadline, status
-            time.sleep(0.1)
+        status = finished(producer, producer.dispatch_batch(SLOW_JOB, items, preflight=False))
     assert status.exit_codes == {0: 8}, status
     assert 2 <= sampler.most <= 3
 
@@ -88,35 +93,35 @@ def test_requeues_at_the_gate_do_not_use_up_retries(clean: Stack, producer: Prod
     settings = {"max_unfinished_children": "1", "dispatch_max_wait": "0.3", "retry_max": "0"}
     with worker(clean, "requeued", **settings):
         batch_id = producer.dispatch_batch(SLOW_JOB, [{} for _ in range(3)], preflight=False)
-        deadline = time.monotonic() + WAIT
-        while not (status := producer.batch_status(batch_id)) or not status.finished:
-            assert time.monotonic() < deadline, status
-            time.sleep(0.1)
+        status = finished(producer, batch_id)
     assert status.exit_codes == {0: 3}, status
     log = (clean.log_dir / "requeued.log").read_text()
     assert '"event": "request.throttled"' in log
 
 
-def test_a_429_slows_the_shared_rate(
-    clean: Stack, producer: Producer, redis_client: redis.Redis
+@pytest.mark.parametrize(
+    ("job_id", "exit_code", "fault"),
+    [
+        ("encode", 0, {"kind": "rate_limit", "route": "dispatch", "count": 2}),  # two 429s
+        ("huge", 2, None),  # no node has the memory: resources exhausted
+    ],
+)
+def test_nomad_pushing_back_slows_the_shared_rate(
+    clean: Stack,
+    producer: Producer,
+    redis_client: redis.Redis,
+    *,
+    job_id: str,
+    exit_code: int,
+    fault: dict[str, object] | None,
 ) -> None:
-    add_fault(clean.sim.address, {"kind": "rate_limit", "route": "dispatch", "count": 2})
-    with worker(clean, "slowed", dispatch_rate="100"):
-        rid = producer.enqueue("encode")
+    if fault:
+        add_fault(clean.sim.address, fault)
+    with worker(clean, f"slowed-{job_id}", dispatch_rate="100"):
+        rid = producer.enqueue(job_id)
         outcome = producer.wait([rid], timeout=WAIT)[rid].outcome
     assert outcome is not None
-    assert outcome.exit_code == 0
+    assert outcome.exit_code == exit_code
     assert float(redis_client.hget(keys.RATE, "rate") or 0) == pytest.approx(50, rel=0.2)
-    log = (clean.log_dir / "slowed.log").read_text()
+    log = (clean.log_dir / f"slowed-{job_id}.log").read_text()
     assert '"event": "backpressure.slowed"' in log
-
-
-def test_exhausted_resources_slow_the_shared_rate(
-    clean: Stack, producer: Producer, redis_client: redis.Redis
-) -> None:
-    with worker(clean, "exhausted", dispatch_rate="100"):
-        rid = producer.enqueue("huge")
-        outcome = producer.wait([rid], timeout=WAIT)[rid].outcome
-    assert outcome is not None
-    assert outcome.exit_code == 2
-    assert float(redis_client.hget(keys.RATE, "rate") or 0) == pytest.approx(50, rel=0.2)
