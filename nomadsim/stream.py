@@ -59,6 +59,7 @@ async def event_stream(ctx: Ctx) -> Stream:
     if not _allowed(ctx, topics, namespace):
         # From v2.0 the connection is hijacked and 200 written before the ACL check, so a
         # denied stream is an empty 200 that closes.
+        ctx.request.keep_alive = False
         response = ctx.request.stream(200, headers)
         response.write_eof()
         return response
