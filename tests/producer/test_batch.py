@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from config.settings import Settings
+from devstack.worker_process import WorkerProcess
 from dispatch.batches import CANCELLED
 from producer.api import Producer
 from producer.batch import preflight, request_id_for
@@ -131,12 +133,16 @@ def test_preflight_rejects_the_whole_batch(running: Stack, batch_producer: Produ
 
 
 def test_cancel_before_dispatch(clean: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a queue of its own: the module's shared worker, still consuming the stack's
+    queue, would otherwise take a request between the enqueue and the cancel."""
     monkeypatch.setenv("NOMAD_ADDR", clean.sim.address)
+    queue = "dispatchq-test-cancel"
     items = [{"meta": {"profile": "hd"}} for _ in range(20)]
-    with clean.producer() as producer:
+    with Producer(Settings(redis_url=clean.redis.url, queue=queue)) as producer:
         batch_id = producer.dispatch_batch("encode", items, batch_id="b-cancel")
         producer.cancel_batch(batch_id)
-        with clean.worker("canceller"):
+        env = {**clean.env, "DISPATCHQ_QUEUE": queue}
+        with WorkerProcess(env=env, name="canceller", log_path=clean.log_dir / "canceller.log"):
             ids = [request_id_for(batch_id, n) for n in range(1, 21)]
             statuses = producer.wait(ids, timeout=WAIT)
         status = producer.batch_status(batch_id)
