@@ -3,7 +3,8 @@
 Every committed write publishes one batch (all events at one index). Batches are kept
 in a bounded deque for replay with `?index=`; each subscriber has a bounded queue, and
 a subscriber that falls that far behind is dropped, as Nomad drops slow readers.
-Events hold references to immutable state objects and are rendered only when sent.
+Events hold references to immutable state objects and are rendered only when sent, once
+however many streams send them (`encoded`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from nomadsim.jsonshape import dumps
 from nomadsim.model import Alloc, Eval, JsonObj, render_job
 
 SUBSCRIBER_QUEUE = 4096
@@ -27,6 +29,13 @@ class Event:
     filter_keys: list[str] | None
     index: int
     obj: Any
+    _encoded: bytes | None = field(default=None, repr=False, compare=False)
+
+    def encoded(self) -> bytes:
+        """The event's JSON, built on first use and shared by every stream that sends it."""
+        if self._encoded is None:
+            self._encoded = dumps(self.render())
+        return self._encoded
 
     def render(self) -> JsonObj:
         if isinstance(self.obj, Eval):
