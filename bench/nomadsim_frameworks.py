@@ -3,7 +3,9 @@
     .venv/bin/python -m bench.nomadsim_frameworks [--duration 4] [--runs 3]
 
 Each server answers `GET /v1/status/leader` with a small JSON string: aiohttp's
-low-level `web.Server` (what nomadsim uses), aiohttp's `web.Application` router, and,
+low-level `web.Server` (what nomadsim used until its own layer, `nomadsim/httpserver.py`,
+measured at about twice the rate: see nomadsim/README.md), aiohttp's `web.Application`
+router (aiohttp is a dev dependency for this bench alone), and,
 when installed (`.venv/bin/pip install starlette uvicorn httptools uvloop`; none is a
 project dependency), the low-level server on uvloop and Starlette on uvicorn (which uses
 httptools and uvloop when they are installed, else h11 and asyncio). Needs wrk
