@@ -10,11 +10,10 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import redis
-from redis.client import Pipeline
 
 from dispatch import keys
 from dispatch.payload import PAYLOAD_LIMIT, blob_digest
@@ -182,7 +181,6 @@ class Enqueuer:
         self.queue = queue
         self.result_ttl = result_ttl
         self.blob_ttl = blob_ttl
-        self._script = client.register_script(_ENQUEUE_LUA)
 
     def enqueue(self, requests: Iterable[NewRequest]) -> list[tuple[str, int]]:
         """(request ID, NEW | AGAIN | SKIPPED) per request, in order. Validates each first.
@@ -202,23 +200,37 @@ class Enqueuer:
                 checked.add(shared)
             validate_own(req)
         chunks = [listed[i : i + CHUNK] for i in range(0, len(listed), CHUNK)]
-        if len(chunks) <= 1:
-            return [flag for chunk in chunks for flag in self._execute(*self._prepare(chunk))]
-        # Build chunk n+1 while Redis runs chunk n: the script's time overlaps Python's.
+        if not chunks:
+            return []
+        sha = self.client.script_load(_ENQUEUE_LUA)
+        # One connection, no thread: chunk n+1 is built and sent while Redis runs chunk n,
+        # and chunk n's answers are read after. (A helper thread did the same with the
+        # GIL passed back and forth at every reply: no faster than doing it in turn.)
+        pool = self.client.connection_pool
+        conn: Any = pool.get_connection()  # redis-py leaves these methods untyped
         out: list[tuple[str, int]] = []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatchq-enqueue") as io:
-            in_flight: deque[Future[list[tuple[str, int]]]] = deque()
+        try:
+            sent: deque[tuple[int, list[str]]] = deque()
             for chunk in chunks:
-                in_flight.append(io.submit(self._execute, *self._prepare(chunk)))
-                if len(in_flight) > 1:
-                    out += in_flight.popleft().result()
-            while in_flight:
-                out += in_flight.popleft().result()
+                commands, ids = self._commands(chunk, sha)
+                conn.send_packed_command(conn.pack_commands(commands))
+                sent.append((len(commands), ids))
+                if len(sent) > 1:
+                    out += self._answers(conn, *sent.popleft())
+            while sent:
+                out += self._answers(conn, *sent.popleft())
+        except BaseException:
+            conn.disconnect()  # answers may be left unread: the connection is not reusable
+            raise
+        finally:
+            pool.release(conn)
         return out
 
-    def _prepare(self, chunk: list[NewRequest]) -> tuple[Pipeline, list[str]]:
-        """A pipeline holding the chunk's blobs and its one script call, not yet sent."""
-        pipe = self.client.pipeline(transaction=False)
+    def _commands(
+        self, chunk: list[NewRequest], sha: str
+    ) -> tuple[list[tuple[Any, ...]], list[str]]:
+        """The chunk's blob writes and its one script call, and its request IDs."""
+        commands: list[tuple[Any, ...]] = []
         stored: set[str] = set()
         argv: list[str | float | int] = [self.result_ttl, *_PREFIXES]
         ids: list[str] = []
@@ -229,7 +241,9 @@ class Enqueuer:
             if req.payload is not None:
                 digest = blob_digest(bytes(req.payload))
                 if digest not in stored:
-                    pipe.set(keys.blob(digest), bytes(req.payload), ex=self.blob_ttl)
+                    commands.append(
+                        ("SET", keys.blob(digest), bytes(req.payload), "EX", self.blob_ttl)
+                    )
                     stored.add(digest)
                 ref = f"blob:sha256:{digest}"
             body = request_body(
@@ -244,10 +258,12 @@ class Enqueuer:
                 batch_id=req.batch_id,
             )
             argv += [f"{request_id}\x1f{req.batch_id or ''}", celery_message(body, self.queue)]
-        self._script(keys=[self.queue], args=argv, client=pipe)
-        return pipe, ids
+        commands.append(("EVALSHA", sha, 1, self.queue, *argv))
+        return commands, ids
 
     @staticmethod
-    def _execute(pipe: Pipeline, ids: list[str]) -> list[tuple[str, int]]:
-        flags: list[int] = pipe.execute()[-1]
+    def _answers(conn: Any, count: int, ids: list[str]) -> list[tuple[str, int]]:
+        """Read a chunk's answers (the script's flags come last); an error answer raises."""
+        answers = [conn.read_response() for _ in range(count)]
+        flags: list[int] = answers[-1]
         return list(zip(ids, flags, strict=True))

@@ -81,6 +81,18 @@ def test_many_requests_share_one_blob_and_keep_order(
     assert first_kwargs["request_id"] == results[0][0]
 
 
+def test_an_error_answer_raises_and_leaves_no_half_read_connection(
+    enqueuer: Enqueuer, redis_client: redis.Redis
+) -> None:
+    redis_client.set("q-test", "not a list")  # the script's LPUSH fails: WRONGTYPE
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        enqueuer.enqueue(NewRequest("video") for _ in range(1200))  # 3 chunks sent
+    redis_client.delete("q-test")
+    results = enqueuer.enqueue([NewRequest("video", request_id="after")])
+    assert results == [("after", NEW)]
+    assert redis_client.llen("q-test") == 1
+
+
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
