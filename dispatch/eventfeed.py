@@ -29,8 +29,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
 import structlog
+from urllib3 import BaseHTTPResponse
 
 from dispatch.errors import NomadError, PermissionDenied
 from dispatch.nomad import NomadClient
@@ -85,7 +85,7 @@ class EvaluationFeed:
         self.generation = 0  # bumped on every (re)connection: waits across it re-check
         self.refused = False  # the server will not stream to us: HTTP only
         self._stop = threading.Event()
-        self._stream: requests.Response | None = None
+        self._stream: BaseHTTPResponse | None = None
         self._thread = threading.Thread(target=self._run, name="dispatchq-eventfeed", daemon=True)
 
     def start(self) -> EvaluationFeed:
@@ -100,7 +100,7 @@ class EvaluationFeed:
             stream.close()
         self._wake_everyone()
 
-    def _opened(self, response: requests.Response) -> None:
+    def _opened(self, response: BaseHTTPResponse) -> None:
         self._stream = response
         if self._stop.is_set():
             response.close()

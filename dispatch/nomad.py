@@ -11,15 +11,17 @@ could dispatch twice.
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import requests
+import orjson
 import structlog
+from urllib3 import BaseHTTPResponse, Timeout
+from urllib3.exceptions import HTTPError
+from urllib3.util import make_headers
 
 from config.logging import register_secrets
 from dispatch.errors import (
@@ -31,7 +33,7 @@ from dispatch.errors import (
 )
 from dispatch.nomad_config import NomadConfig
 from dispatch.retry import NO_RETRY, RetryPolicy
-from dispatch.transport import UNIX_PREFIX, build_session, transport_error
+from dispatch.transport import UNIX_PREFIX, build_pool, transport_error
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -88,8 +90,8 @@ def _go_wait(seconds: float) -> str:
 
 
 class NomadClient:
-    """One pooled HTTP session to one Nomad address. Thread-safe for concurrent requests
-    as far as `requests.Session` is; close it (or use `with`) to release connections."""
+    """One pool of HTTP connections to one Nomad address (`dispatch.transport`). Thread-
+    and greenlet-safe; close it (or use `with`) to release the connections."""
 
     def __init__(
         self,
@@ -106,22 +108,19 @@ class NomadClient:
         """Called on every 429 (retried in place or not): where backpressure hooks in."""
         self.retry = retry or NO_RETRY
         self._sleep = sleep
-        self._session, self._base = build_session(config, pool_size)
+        self._pool, self._base = build_pool(config, pool_size)
         self._socket_path = (
             config.address[len(UNIX_PREFIX) :] if config.address.startswith(UNIX_PREFIX) else ""
         )
         register_secrets([config.token, (config.basic_auth or ("", ""))[1]])
-        self._session.headers["User-Agent"] = "dispatchq"
+        # What the nomad CLI's Go client sends: gzip accepted, the token, basic auth; no
+        # cookie jar.
+        self._headers = {"User-Agent": "dispatchq", "Accept-Encoding": "gzip", "Accept": "*/*"}
         if config.token:
-            self._session.headers["X-Nomad-Token"] = config.token
-        self._session.auth = config.basic_auth
-        # What `Session.request` would work out for every call and pass to `send`, once:
-        # proxies, TLS verification and client cert (none from the environment, see
-        # `build_session`), and redirects followed.
-        self._send_options: dict[str, Any] = {
-            **self._session.merge_environment_settings(self._base, {}, None, None, None),
-            "allow_redirects": True,
-        }
+            self._headers["X-Nomad-Token"] = config.token
+        if config.basic_auth:
+            self._headers.update(make_headers(basic_auth=":".join(config.basic_auth)))
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
 
     def __enter__(self) -> NomadClient:
         return self
@@ -130,7 +129,7 @@ class NomadClient:
         self.close()
 
     def close(self) -> None:
-        self._session.close()
+        self._pool.close()
 
     # -- endpoints -------------------------------------------------------------------
 
@@ -240,7 +239,7 @@ class NomadClient:
         index: int = 0,
         namespace: str | None = None,
         heartbeat: float = 30.0,
-        on_open: Callable[[requests.Response], None] | None = None,
+        on_open: Callable[[BaseHTTPResponse], None] | None = None,
     ) -> Iterator[tuple[int, list[dict[str, JSON]]]]:
         """`GET /v1/event/stream`: (index, events) per ndjson batch, heartbeats skipped.
 
@@ -253,31 +252,31 @@ class NomadClient:
             query.append(("region", self.config.region))
         if namespace or self.config.namespace:
             query.append(("namespace", namespace or self.config.namespace))
-        url = self._base + "/v1/event/stream"
+        target = f"/v1/event/stream?{urlencode(query)}"
+        timeout = Timeout(connect=self.timeout, read=2 * heartbeat + 5)
+        response = self._open("GET", target, None, timeout, preload=False)
         try:
-            response = self._session.get(
-                url, params=query, stream=True, timeout=(self.timeout, 2 * heartbeat + 5)
-            )
-        except requests.RequestException as exc:
-            raise transport_error("GET", url, exc, self._socket_path) from exc
-        with response:
-            if not 200 <= response.status_code < 300:
-                raise classify_http(response.status_code, response.text)
+            if not 200 <= response.status < 300:
+                raise classify_http(response.status, _text(response.data))
             if on_open is not None:
                 on_open(response)
-            try:
-                # Big chunks: requests re-joins its buffer per chunk, and a batch of
-                # evaluations can be a line of megabytes (quadratic at the default 512 B).
-                for line in response.iter_lines(chunk_size=STREAM_CHUNK):
-                    if not line:
+            pending = b""
+            for chunk in response.stream(STREAM_CHUNK):
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    if not line.strip():
                         continue
-                    batch = json.loads(line)
+                    batch = orjson.loads(line)  # a few KB per dispatch, read by every worker
                     if batch.get("Events"):
                         yield int(batch.get("Index") or 0), batch["Events"]
-            except requests.RequestException as exc:
-                raise transport_error("GET", url, exc, self._socket_path) from exc
-            except ValueError as exc:
-                raise ServerError(f"invalid JSON in the event stream: {exc}") from exc
+        except (HTTPError, OSError) as exc:
+            raise transport_error("GET", self._base + target, exc, self._socket_path) from exc
+        except ValueError as exc:  # orjson.JSONDecodeError included
+            raise ServerError(f"invalid JSON in the event stream: {exc}") from exc
+        finally:
+            response.release_conn()
+            response.close()
 
     def current_index(self) -> int:
         """The cluster's latest index, from a cheap read (one evaluation listed)."""
@@ -344,22 +343,25 @@ class NomadClient:
                 )
                 self._sleep(delay)
 
-    def _prepare(
-        self, method: str, url: str, query: Mapping[str, str], body: JSON
-    ) -> requests.PreparedRequest:
-        """The request `Session.request` would build, less its per-call merging: the
-        session's headers, auth and cookies as they are, and the query encoded here (as
-        requests encodes `params`, without its costly type checks)."""
-        request = requests.PreparedRequest()
-        request.prepare(
-            method=method,
-            url=f"{url}?{urlencode(query)}" if query else url,
-            headers=self._session.headers,
-            json=body,
-            auth=self._session.auth,
-            cookies=self._session.cookies,
-        )
-        return request
+    def _open(
+        self, method: str, target: str, body: JSON, timeout: Timeout, *, preload: bool = True
+    ) -> BaseHTTPResponse:
+        """One HTTP exchange on the pool: no retries (the caller's policy decides), no
+        redirects (Nomad's API answers where it is asked)."""
+        data = None if body is None else orjson.dumps(body)
+        try:
+            return self._pool.urlopen(
+                method,
+                target,
+                body=data,
+                headers=self._headers if data is None else self._json_headers,
+                retries=False,
+                redirect=False,
+                timeout=timeout,
+                preload_content=preload,
+            )
+        except (HTTPError, OSError) as exc:
+            raise transport_error(method, self._base + target, exc, self._socket_path) from exc
 
     def _send(
         self,
@@ -369,25 +371,22 @@ class NomadClient:
         body: JSON,
         timeout: tuple[float, float],
     ) -> tuple[JSON, int]:
-        url = self._base + path
+        target = f"{path}?{urlencode(query)}" if query else path
+        response = self._open(method, target, body, Timeout(connect=timeout[0], read=timeout[1]))
+        if not 200 <= response.status < 300:
+            raise classify_http(response.status, _text(response.data))
         try:
-            response = self._session.send(
-                self._prepare(method, url, query, body), timeout=timeout, **self._send_options
-            )
-        except requests.RequestException as exc:
-            raise transport_error(method, url, exc, self._socket_path) from exc
-        with response:
-            text = response.content.decode("utf-8", errors="replace")
-            if not 200 <= response.status_code < 300:
-                raise classify_http(response.status_code, text)
-            try:
-                index = int(response.headers.get("X-Nomad-Index", "0"))
-            except ValueError:
-                index = 0
-            try:
-                decoded = response.json()
-            except requests.JSONDecodeError as exc:
-                error = ServerError(f"invalid JSON in the response to {method} {path}: {exc}")
-                error.maybe_applied = method != "GET"
-                raise error from exc
+            index = int(response.headers.get("X-Nomad-Index") or 0)
+        except ValueError:
+            index = 0
+        try:
+            decoded = orjson.loads(response.data)
+        except ValueError as exc:
+            error = ServerError(f"invalid JSON in the response to {method} {path}: {exc}")
+            error.maybe_applied = method != "GET"
+            raise error from exc
         return decoded, index
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
