@@ -1,7 +1,7 @@
 """The event broker behind `GET /v1/event/stream`.
 
 Every committed write publishes one batch (all events at one index). Batches are kept
-in a bounded deque for replay with `?index=`; each subscriber has a bounded queue, and
+in a bounded deque for replay with `?index=`; each subscriber has a bounded backlog, and
 a subscriber that falls that far behind is dropped, as Nomad drops slow readers.
 Events hold references to immutable state objects and are rendered only when sent, once
 however many streams send them (`encoded`).
@@ -63,13 +63,23 @@ class Batch:
 
 @dataclass(eq=False)
 class Subscription:
-    """What a stream asked for: topic -> keys ('*' = all), and a namespace ('*' = all)."""
+    """What a stream asked for: topic -> keys ('*' = all), and a namespace ('*' = all).
+
+    Batches wait in `pending` (None: the subscriber was dropped) until the stream takes
+    them; a stream with nothing pending parks on `waiter`, which `wake` resolves.
+    """
 
     topics: dict[str, set[str]]
     namespace: str
-    queue: asyncio.Queue[Batch | None] = field(
-        default_factory=lambda: asyncio.Queue(SUBSCRIBER_QUEUE)
-    )
+    pending: deque[Batch | None] = field(default_factory=deque)
+    waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def matches(self, event: Event) -> bool:
         if self.namespace not in ("*", event.namespace):
@@ -86,21 +96,37 @@ class Subscription:
 
 
 class EventBroker:
+    """Publishing queues a batch for every subscriber at once; the streams are woken by
+    one callback in the next loop iteration. By then the callbacks already due have run
+    (the scheduler woken by the same dispatch, the client updates flushed with it) and
+    published their batches too, so a stream sends them in one write instead of one
+    write (and one wake-up) each: the same lines, fewer system calls."""
+
     def __init__(self, buffer_size: int) -> None:
         self.buffer: deque[Batch] = deque(maxlen=max(1, buffer_size))
         self.subscribers: set[Subscription] = set()
+        self._waking = False
 
     def publish(self, batch: Batch) -> None:
         self.buffer.append(batch)
         if not self.subscribers:
             return
         for sub in list(self.subscribers):
-            try:
-                sub.queue.put_nowait(batch)
-            except asyncio.QueueFull:
+            if len(sub.pending) < SUBSCRIBER_QUEUE:
+                sub.pending.append(batch)
+            else:
                 self.subscribers.discard(sub)
-                sub.queue = asyncio.Queue(1)
-                sub.queue.put_nowait(None)
+                sub.pending.clear()
+                sub.pending.append(None)
+                sub.wake()
+        if not self._waking:
+            self._waking = True
+            asyncio.get_running_loop().call_soon(self._wake_all)
+
+    def _wake_all(self) -> None:
+        self._waking = False
+        for sub in self.subscribers:
+            sub.wake()
 
     def subscribe(self, sub: Subscription, index: int) -> list[Batch]:
         """Register sub and return the buffered batches it should replay first."""

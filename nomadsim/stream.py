@@ -10,6 +10,8 @@ from nomadsim.httpserver import Stream
 from nomadsim.jsonshape import go_quote
 
 HEARTBEAT = b"{}\n"
+#: How early a loop timer may fire (libuv rounds its deadlines to milliseconds).
+CLOCK_SLACK = 0.002
 
 
 def parse_topics(values: list[str]) -> dict[str, set[str]]:
@@ -84,28 +86,69 @@ async def event_stream(ctx: Ctx) -> Stream:
     return response
 
 
+class _Heartbeat:
+    """`{}` due when no batch came for `heartbeat` seconds: one loop timer that, when it
+    fires after batches were sent, is set again for `heartbeat` after the last wait
+    began; one timer per heartbeat period rather than an `asyncio.timeout` per batch."""
+
+    __slots__ = ("due", "heartbeat", "loop", "since", "sub", "timer")
+
+    def __init__(self, heartbeat: float, sub: Subscription) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.heartbeat = heartbeat
+        self.sub = sub
+        self.due = False
+        self.arm()
+
+    def arm(self) -> None:
+        self.since = self.loop.time()
+        self.timer = self.loop.call_at(self.since + self.heartbeat, self._fire)
+
+    def _fire(self) -> None:
+        deadline = self.since + self.heartbeat
+        if deadline > self.loop.time() + CLOCK_SLACK:
+            self.timer = self.loop.call_at(deadline, self._fire)
+        else:
+            self.due = True
+            self.sub.wake()
+
+
 async def _follow(heartbeat: float, sub: Subscription, response: Stream) -> None:
-    """Send batches as they come; those already waiting go out in one write (a line each),
-    which under load is most of them."""
-    while True:
-        try:
-            async with asyncio.timeout(heartbeat):
-                batch = await sub.queue.get()
-        except TimeoutError:
-            await response.write(HEARTBEAT)
-            continue
-        lines: list[bytes] = []
-        while batch is not None:
-            events = sub.filter(batch)
-            if events:
-                lines.append(_line(batch.index, events))
-            if sub.queue.empty():
-                break
-            batch = sub.queue.get_nowait()
-        if lines:
-            await response.write(b"".join(lines))
-        if batch is None:
-            return
+    """Send batches as they come, all those pending in one write (a line each), and a
+    heartbeat when none came for a while."""
+    beat = _Heartbeat(heartbeat, sub)
+    loop = beat.loop
+    pending = sub.pending
+    try:
+        while True:
+            if not pending:
+                if beat.due:
+                    beat.due = False
+                    await response.write(HEARTBEAT)
+                    beat.arm()
+                    continue
+                sub.waiter = loop.create_future()
+                await sub.waiter
+                continue
+            lines: list[bytes] = []
+            while pending:
+                batch = pending.popleft()
+                if batch is None:
+                    if lines:
+                        await response.write(b"".join(lines))
+                    return
+                events = sub.filter(batch)
+                if events:
+                    lines.append(_line(batch.index, events))
+            if lines:
+                await response.write(b"".join(lines))
+            if beat.due:  # it came due while these were sent: the wait starts now
+                beat.due = False
+                beat.arm()
+            else:
+                beat.since = loop.time()
+    finally:
+        beat.timer.cancel()
 
 
 async def _send(response: Stream, index: int, events: list[Event]) -> None:
