@@ -22,6 +22,7 @@ from kombu.serialization import register
 from kombu.utils.encoding import bytes_to_str
 
 from config.settings import Settings
+from dispatch.records import StoredResult
 
 TASK_DISPATCH = "dispatchq.dispatch"
 """The task name in every queue message; part of the stable message format."""
@@ -123,6 +124,17 @@ class GuardedRedisBackend(RedisBackend):
         args = (self.get_key_for_task(task_id), self.encode(meta), expires or 0)
         self.ensure(self._store_unless_succeeded, args)
         return result
+
+    def success_result(self, task_id: str, result: Any) -> StoredResult:
+        """What `store_result` would write for a task that succeeded with `result`, for a
+        caller that stores it itself, together with other state (the dispatch task: its
+        outcome is stored as the request is marked done, `dispatch.records`)."""
+        meta = self._get_result_meta(
+            result=result, state=states.SUCCESS, traceback=None, request=None
+        )
+        meta["task_id"] = task_id
+        key = bytes_to_str(self.get_key_for_task(task_id))
+        return StoredResult(key, self.encode(meta), self.expires or 0)
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         """Nothing. Where joining a result does not block (the gevent pool), Celery would

@@ -94,7 +94,8 @@ def batch_errors(batch_id: str) -> str:
 
 
 def celery_result(request_id: str) -> str:
-    """Where Celery's Redis backend stores the outcome. TTL: result_expires = result_ttl."""
+    """Where the outcome is stored, as Celery's Redis backend stores it (the dispatch task's
+    outcome is written with its record, `records.RecordStore.mark_done`). TTL: result_ttl."""
     return f"{CELERY_RESULT_PREFIX}{request_id}"
 
 

@@ -105,15 +105,22 @@ class PayloadResolver:
     def close(self) -> None:
         self.http.close()
 
-    def resolve(self, ref: str | None) -> bytes | None:
-        """The payload bytes, or None for no payload. Raises PayloadError."""
+    def blob_key(self, ref: str | None) -> str | None:
+        """The Redis key a well-formed blob reference is read from (None for any other
+        reference): a caller can read it along with other keys, and pass it to `resolve`."""
+        digest = _blob_digest(ref) if isinstance(ref, str) and ref[:5].lower() == "blob:" else ""
+        return keys.blob(digest) if digest else None
+
+    def resolve(self, ref: str | None, blob: bytes | None = None) -> bytes | None:
+        """The payload bytes, or None for no payload. Raises PayloadError. `blob`: the
+        value of `blob_key(ref)`, when the caller read it already."""
         if ref is None or ref == "":
             return None
         if not isinstance(ref, str):
             raise PayloadError(f"payload reference must be a string, not {type(ref).__name__}")
         scheme = ref.split(":", 1)[0].lower() if ":" in ref else ""
         if scheme == "blob":
-            data = self._blob(ref)
+            data = self._blob(ref, blob)
         elif scheme == "file":
             data = self._file(ref)
         elif scheme in ("http", "https"):
@@ -129,11 +136,12 @@ class PayloadResolver:
             raise too_large(len(data))
         return data
 
-    def _blob(self, ref: str) -> bytes:
-        _, algorithm, digest = [*ref.split(":", 2), "", ""][:3]
-        if algorithm != "sha256" or len(digest) != 64 or not _is_hex(digest):
+    def _blob(self, ref: str, data: bytes | None) -> bytes:
+        digest = _blob_digest(ref)
+        if not digest:
             raise PayloadError(f"malformed blob reference {_short(ref)!r}: want blob:sha256:<hex>")
-        data = self.blobs.get(keys.blob(digest))
+        if data is None:
+            data = self.blobs.get(keys.blob(digest))  # type: ignore[assignment]
         assert data is None or isinstance(data, bytes)
         if data is None:
             raise PayloadError(
@@ -220,6 +228,12 @@ def _read_capped(response: requests.Response) -> bytes:
     except requests.RequestException as err:
         raise PayloadError(f"payload fetch interrupted: {err}") from None
     return b"".join(chunks)
+
+
+def _blob_digest(ref: str) -> str:
+    """The hex digest of a well-formed `blob:sha256:<hex>` reference, else ""."""
+    _, algorithm, digest = [*ref.split(":", 2), "", ""][:3]
+    return digest if algorithm == "sha256" and len(digest) == 64 and _is_hex(digest) else ""
 
 
 def _data_url(ref: str) -> bytes:

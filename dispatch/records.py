@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -84,12 +84,15 @@ end
 """
 
 # Counts a request in its batch once, however often it is finished (a redelivery after
-# the outcome was stored runs the task again).
+# the outcome was stored runs the task again), and stores its outcome (KEYS[2], published
+# on the channel of the same name, as Celery's Redis backend does) in the same step: the
+# first finish wins, so a late duplicate cannot replace an outcome already stored.
 _DONE_LUA = """
 local state = redis.call('HGET', KEYS[1], 'state')
-redis.call('HSET', KEYS[1], 'state', 'done', 'exit_code', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-if state ~= 'done' and ARGV[3] ~= '' then
+if state == 'done' then return end
+redis.call('HSET', KEYS[1], 'state', 'done', 'exit_code', ARGV[2])
+if ARGV[3] ~= '' then
   redis.call('HINCRBY', ARGV[3], 'done', 1)
   redis.call('EXPIRE', ARGV[3], ARGV[1])
   redis.call('HINCRBY', ARGV[3], 'exit:' .. ARGV[2], 1)
@@ -100,11 +103,20 @@ if state ~= 'done' and ARGV[3] ~= '' then
     redis.call('EXPIRE', ARGV[5], ARGV[1])
   end
 end
+if KEYS[2] then
+  if tonumber(ARGV[8]) > 0 then
+    redis.call('SET', KEYS[2], ARGV[7], 'EX', ARGV[8])
+  else
+    redis.call('SET', KEYS[2], ARGV[7])
+  end
+  redis.call('PUBLISH', KEYS[2], ARGV[7])
+end
 """
 
 # A worker taking a request: the record as it was, whether its batch was cancelled, and
-# (unless the request is already dispatched, or cancelled) the record marked dispatching.
-# One round trip where three separate reads and writes cost a third of a request's time.
+# (unless the request is already dispatched, or cancelled) the record marked dispatching;
+# and the value of KEYS[2], if given (the payload blob the request will need).
+# One round trip where four separate reads and writes cost a third of a request's time.
 _BEGIN_LUA = """
 local previous = redis.call('HGETALL', KEYS[1])
 local cancelled = 0
@@ -115,8 +127,28 @@ if (not child or child == '') and cancelled == 0 then
   if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'batch_id', ARGV[3]) end
   redis.call('EXPIRE', KEYS[1], ARGV[1])
 end
-return {previous, cancelled}
+local value = false
+if KEYS[2] then value = redis.call('GET', KEYS[2]) end
+return {previous, cancelled, value}
 """
+
+class Begun(NamedTuple):
+    """What `RecordStore.begin` found."""
+
+    record: RequestRecord | None
+    cancelled: bool
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """An outcome as the result backend stores it: under `key`, for `ttl` seconds (0: no
+    expiry), encoded as its readers expect (`value`)."""
+
+    key: str
+    value: bytes | str
+    ttl: int
+
 
 MAX_BATCH_ERRORS = 50
 """A batch keeps the first errors only: enough to see what went wrong, bounded memory."""
@@ -137,19 +169,20 @@ class RecordStore:
         return RequestRecord.from_hash(request_id, raw) if raw else None  # type: ignore[arg-type]
 
     def begin(
-        self, request_id: str, job_id: str, batch_id: str | None
-    ) -> tuple[RequestRecord | None, bool]:
-        """Take a request: (its record before, whether its batch is cancelled). Unless it
-        was already dispatched or is cancelled, the record now says `dispatching` (and
-        exists, for a message pushed without one by a foreign producer)."""
+        self, request_id: str, job_id: str, batch_id: str | None, read: str | None = None
+    ) -> Begun:
+        """Take a request: its record before, whether its batch is cancelled, and the value
+        of the key `read` (None if absent or not asked). Unless it was already dispatched or
+        is cancelled, the record now says `dispatching` (and exists, for a message pushed
+        without one by a foreign producer)."""
         batch = keys.batch(batch_id) if batch_id else ""
-        flat, cancelled = self._begin(
-            keys=[keys.request(request_id)],
+        flat, cancelled, value = self._begin(
+            keys=[keys.request(request_id), *([read] if read else [])],
             args=[self.ttl, job_id, batch_id or "", time.time(), batch],
         )
         raw = dict(zip(flat[::2], flat[1::2], strict=True))
         record = RequestRecord.from_hash(request_id, raw) if raw else None
-        return record, bool(cancelled)
+        return Begun(record, bool(cancelled), value)
 
     def mark_dispatched(
         self, request_id: str, dispatched_job_id: str, eval_id: str, batch_id: str | None
@@ -161,16 +194,24 @@ class RecordStore:
         )
 
     def mark_done(
-        self, request_id: str, exit_code: int, batch_id: str | None, error: str = ""
+        self,
+        request_id: str,
+        exit_code: int,
+        batch_id: str | None,
+        error: str = "",
+        result: StoredResult | None = None,
     ) -> None:
-        """Final state; counted once in the batch, with the error among its first ones."""
+        """Final state; counted once in the batch, with the error among its first ones, and
+        `result` stored, all in one step; a request already done keeps what it stored."""
         batch = keys.batch(batch_id) if batch_id else ""
         errors = keys.batch_errors(batch_id) if batch_id else ""
         entry = json.dumps({"request_id": request_id, "error": error}) if error else ""
-        self._done(
-            keys=[keys.request(request_id)],
-            args=[self.ttl, exit_code, batch, entry, errors, MAX_BATCH_ERRORS],
-        )
+        script_keys = [keys.request(request_id)]
+        args: list[Any] = [self.ttl, exit_code, batch, entry, errors, MAX_BATCH_ERRORS]
+        if result is not None:
+            script_keys.append(result.key)
+            args += [result.value, result.ttl]
+        self._done(keys=script_keys, args=args)
 
     def batch_cancelled(self, batch_id: str) -> bool:
         """Whether the batch has been cancelled (for a request that waited its turn)."""

@@ -27,7 +27,7 @@ from dispatch.monitor import DEFAULT_WAIT, EvaluationReader, follow
 from dispatch.nomad import DispatchArgs, NomadClient
 from dispatch.outcome import Outcome, OutcomeRecorder
 from dispatch.payload import PayloadResolver
-from dispatch.records import RecordStore
+from dispatch.records import RecordStore, StoredResult
 from dispatch.request import DispatchRequest
 
 log = structlog.get_logger(__name__)
@@ -106,6 +106,9 @@ class DispatchService:
     feed: EvaluationFeed | None = None
     gate: DispatchGate | None = None
     monitor_wait: float = DEFAULT_WAIT
+    results: Callable[[str, dict[str, Any]], StoredResult] | None = None
+    """How the result backend stores an outcome (request ID, `Outcome.to_stored()`): given,
+    the outcome is stored in the same step as the request is marked done."""
 
     def run(
         self, request: DispatchRequest, on_event: Callable[[Event], None] | None = None
@@ -113,7 +116,10 @@ class DispatchService:
         """The outcome of `request`. Raises only retryable errors."""
         bound = log.bind(request_id=request.request_id, job_id=request.job_id)
         recorder = OutcomeRecorder(request.job_id, on_event=on_event)  # times the dispatch
-        record, cancelled = self.records.begin(request.request_id, request.job_id, request.batch_id)
+        blob_key = self.resolver.blob_key(request.payload_ref)
+        record, cancelled, blob = self.records.begin(
+            request.request_id, request.job_id, request.batch_id, read=blob_key
+        )
         if record is not None and record.dispatched:
             bound.info(
                 "request.resumed",
@@ -126,7 +132,7 @@ class DispatchService:
             _emit_error(recorder, error)
             return self._finish(request, recorder.outcome())
         try:
-            payload = self.resolver.resolve(request.payload_ref)
+            payload = self.resolver.resolve(request.payload_ref, blob)
             response = self.client.send(
                 DispatchArgs(
                     job_id=request.job_id,
@@ -229,7 +235,10 @@ class DispatchService:
 
     def _finish(self, request: DispatchRequest, outcome: Outcome) -> Outcome:
         error = outcome.error_message or "" if outcome.exit_code == 1 else ""
-        self.records.mark_done(request.request_id, outcome.exit_code, request.batch_id, error)
+        stored = self.results(request.request_id, outcome.to_stored()) if self.results else None
+        self.records.mark_done(
+            request.request_id, outcome.exit_code, request.batch_id, error, stored
+        )
         log.info(
             "request.done",
             request_id=request.request_id,

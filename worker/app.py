@@ -22,6 +22,9 @@ configure_logging(settings.log_format, settings.log_level)
 # Celery logs every task's return value at INFO, built with saferepr whether or not the line
 # is shown: 5-8 % of a worker's CPU at high rates. Our own `request.done` line says it.
 logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+# Likewise its "Task ... received" line: `request.dispatched` names the request, with its
+# job and evaluation IDs.
+logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
 app: Celery = make_app(settings)
 app.conf.include = ["worker.tasks"]
 # Poison messages go to the dead-letter list instead of stopping or bypassing the worker.

@@ -28,7 +28,7 @@ import functools
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 import structlog
@@ -36,7 +36,7 @@ from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed, DecodeError
 from vine import promise
 
-from config.celery import TASK_DISPATCH
+from config.celery import TASK_DISPATCH, GuardedRedisBackend
 from config.settings import Settings, load_settings, worker_redis
 from dispatch import dlq, keys
 from dispatch.outcome import Outcome
@@ -264,9 +264,10 @@ class PoisonAwareConsumer(Consumer):
                 for value in (kwargs.get("job_id"), kwargs.get("batch_id"))
             )
             outcome = Outcome.failed(job_id, kind=kind, message=reason)
-            self.app.backend.mark_as_done(task_id, outcome.to_stored())
+            backend = cast(GuardedRedisBackend, self.app.backend)
+            stored = backend.success_result(task_id, outcome.to_stored())
             RecordStore(sink.redis, sink.settings.result_ttl).mark_done(
-                task_id, outcome.exit_code, batch_id or None, reason
+                task_id, outcome.exit_code, batch_id or None, reason, stored
             )
         message.ack_log_error(_ack_log, self.connection_errors)  # type: ignore[attr-defined]
 

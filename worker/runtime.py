@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
+from config.celery import GuardedRedisBackend
 from config.logging import register_secrets
 from config.settings import Settings, load_settings, worker_redis
 from dispatch.backpressure import DispatchGate, GatePolicy, unfinished_children
@@ -21,6 +23,7 @@ from dispatch.payload import PayloadPolicy, PayloadResolver
 from dispatch.records import RecordStore
 from dispatch.retry import RetryPolicy
 from dispatch.service import DispatchService
+from worker.app import app
 
 # Fast in-place retries for blips; longer outages go to the task's retry policy, which
 # frees the worker slot while it waits.
@@ -80,6 +83,7 @@ def build_runtime(settings: Settings | None = None, nomad: NomadConfig | None = 
         resolver=resolver,
         records=RecordStore(client, settings.result_ttl),
         gate=gate,
+        results=cast(GuardedRedisBackend, app.backend).success_result,
     )
     return Runtime(settings, client, service)
 

@@ -1,7 +1,13 @@
 """The dispatch task: validate the message, run the request, store the outcome.
 
-Thin on purpose: the work is `dispatch.service`, the retries are `worker.policy`, and the
-outcome's storage is Celery's Redis result backend (under the request ID).
+Thin on purpose: the work is `dispatch.service`, the retries are `worker.policy`. The
+outcome is stored in the format and place of Celery's Redis result backend (under the
+request ID), by the service, in the same step as the request is marked done
+(`worker.runtime` hands it the backend's encoding): one round trip where Celery's own
+store would be a second. So the task then tells Celery not to store its return value
+(`ignore_result` on this request, read by Celery once the task returns); retries and
+failures Celery stores as ever, and so does it the outcome of a message that is not a
+valid request.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import structlog
 
 from config.celery import TASK_DISPATCH
 from dispatch.errors import DispatchqError
+from dispatch.outcome import Outcome
 from dispatch.request import DispatchRequest, InvalidMessage
 from dispatch.service import failed_outcome
 from worker.app import app
@@ -28,7 +35,12 @@ log = structlog.get_logger(__name__)
 RESULT_REPR_CHARS = 256
 
 
-@app.task(name=TASK_DISPATCH, bind=True, base=PolicyTask, resultrepr_maxsize=RESULT_REPR_CHARS)
+@app.task(
+    name=TASK_DISPATCH,
+    bind=True,
+    base=PolicyTask,
+    resultrepr_maxsize=RESULT_REPR_CHARS,
+)
 def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Dispatch one request and follow it; returns the outcome in its stored form."""
     structlog.contextvars.clear_contextvars()
@@ -42,8 +54,12 @@ def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
         job_id = kwargs.get("job_id") if isinstance(kwargs.get("job_id"), str) else ""
         return failed_outcome(job_id or "", err).to_stored()
 
+    def stored(outcome: Outcome) -> dict[str, Any]:
+        self.request.ignore_result = True  # the service stored it (see the docstring)
+        return outcome.to_stored()
+
     def give_up(err: DispatchqError) -> dict[str, Any]:
         log.error("request.gave_up", retries=self.retries_spent, error=str(err))
-        return rt.service.give_up(request, err, self.retries_spent).to_stored()
+        return stored(rt.service.give_up(request, err, self.retries_spent))
 
-    return self.with_retries(lambda: rt.service.run(request).to_stored(), give_up)
+    return self.with_retries(lambda: stored(rt.service.run(request)), give_up)

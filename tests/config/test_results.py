@@ -12,6 +12,7 @@ from config.celery import GuardedRedisBackend, make_app
 from config.settings import Settings
 from devstack.redis_server import RedisServer
 from dispatch import keys
+from dispatch.records import RecordStore
 
 
 def _backend(redis_server: RedisServer) -> GuardedRedisBackend:
@@ -52,3 +53,33 @@ def test_a_stored_success_is_never_replaced(
     backend.mark_as_failure("r-2", RuntimeError("late"))
     meta = json.loads(redis_client.get(keys.celery_result("r-2")))  # type: ignore[arg-type]
     assert (meta["status"], meta["result"]) == (states.SUCCESS, {"exit_code": 0})
+
+
+def test_an_outcome_stored_with_its_record_reads_as_celerys_own(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """The dispatch task's way: `success_result` encoded, stored by `RecordStore.mark_done`
+    in the same step as the record and its batch; the first finish wins."""
+    backend = _backend(redis_server)
+    records = RecordStore(redis_client, ttl=600)
+    pubsub = redis_client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe(keys.celery_result("r-3"))
+    pubsub.get_message(timeout=1)
+    backend.mark_as_retry("r-3", RuntimeError("first try"))
+    first = backend.success_result("r-3", {"exit_code": 0})
+    records.mark_done("r-3", 0, "b-1", result=first)
+    records.mark_done("r-3", 1, "b-1", "late", backend.success_result("r-3", {"exit_code": 1}))
+    backend.mark_as_failure("r-3", RuntimeError("late"))  # Celery's guard still holds
+    meta = backend.get_task_meta("r-3")
+    assert (meta["status"], meta["result"], meta["task_id"]) == (
+        states.SUCCESS,
+        {"exit_code": 0},
+        "r-3",
+    )
+    assert 0 < redis_client.ttl(keys.celery_result("r-3")) <= 600
+    assert redis_client.hget(keys.request("r-3"), "exit_code") == b"0"
+    batch = redis_client.hgetall(keys.batch("b-1"))
+    assert (batch[b"done"], batch[b"exit:0"], batch.get(b"exit:1")) == (b"1", b"1", None)
+    published = [pubsub.get_message(timeout=5) for _ in range(2)]  # the retry, the outcome
+    assert [json.loads(m["data"])["status"] for m in published if m] == ["RETRY", "SUCCESS"]
+    pubsub.close()

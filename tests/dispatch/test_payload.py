@@ -11,6 +11,7 @@ import redis
 
 from dispatch import keys
 from dispatch.payload import PayloadError, PayloadPolicy, PayloadResolver, blob_digest, blob_ref
+from dispatch.records import RecordStore
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -64,6 +65,24 @@ def test_no_reference_is_no_payload(resolver: PayloadResolver) -> None:
 def test_blob(resolver: PayloadResolver, redis_client: redis.Redis) -> None:
     redis_client.set(keys.blob(blob_digest(b"abc")), b"abc")
     assert resolver.resolve(blob_ref(b"abc")) == b"abc"
+
+
+def test_blob_read_with_the_request_record(
+    resolver: PayloadResolver, redis_client: redis.Redis
+) -> None:
+    """The worker reads the blob in the same round trip as it takes the request
+    (`RecordStore.begin`); what it read is checked as a read of its own would be."""
+    ref = blob_ref(b"abc")
+    key = resolver.blob_key(ref)
+    assert key == keys.blob(blob_digest(b"abc"))
+    assert resolver.blob_key("blob:md5:abc") is None
+    assert resolver.blob_key("data:,abc") is None
+    redis_client.set(key, b"abc")
+    begun = RecordStore(redis_client, ttl=60).begin("r-blob", "video", None, read=key)
+    assert (begun.record, begun.cancelled, begun.value) == (None, False, b"abc")
+    assert resolver.resolve(ref, begun.value) == b"abc"
+    with pytest.raises(PayloadError, match="does not match its digest"):
+        resolver.resolve(ref, b"abd")
 
 
 def test_missing_blob_names_the_reason(resolver: PayloadResolver) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +33,11 @@ def sim() -> Iterator[NomadSimProcess]:
         register(s.address, parameterized_job("encode"))
         register(s.address, parameterized_job("huge", memory_mb=100_000))
         yield s
+
+
+def _events(log: str) -> set[str]:
+    """The events of a worker log's JSON lines (Celery's own lines are plain text)."""
+    return {json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")}
 
 
 def worker(stack: Stack, name: str, **settings: str) -> WorkerProcess:
@@ -96,7 +102,7 @@ def test_requeues_at_the_gate_do_not_use_up_retries(clean: Stack, producer: Prod
         status = finished(producer, batch_id)
     assert status.exit_codes == {0: 3}, status
     log = (clean.log_dir / "requeued.log").read_text()
-    assert '"event": "request.throttled"' in log
+    assert "request.throttled" in _events(log)
 
 
 @pytest.mark.parametrize(
@@ -124,4 +130,4 @@ def test_nomad_pushing_back_slows_the_shared_rate(
     assert outcome.exit_code == exit_code
     assert float(redis_client.hget(keys.RATE, "rate") or 0) == pytest.approx(50, rel=0.2)
     log = (clean.log_dir / f"slowed-{job_id}.log").read_text()
-    assert '"event": "backpressure.slowed"' in log
+    assert "backpressure.slowed" in _events(log)

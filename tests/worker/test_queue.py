@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -178,6 +179,43 @@ def test_a_burst_counts_each_delivery_once(
     counts = [redis_client.hget(keys.request(rid), dlq.DELIVERIES) for rid in ids]
     assert counts == [b"1"] * len(ids)
     assert redis_client.llen(QUEUE) == 0
+
+
+def test_an_outcome_is_written_once_with_its_record(
+    running: Stack, producer: Producer, redis_client: redis.Redis
+) -> None:
+    """The worker stores the outcome in the script that marks the request done, and Celery
+    does not store it a second time (`worker.tasks`): one command names the result key."""
+    done = threading.Event()
+    seen: list[str] = []
+    stop = f"stop-{uuid.uuid4().hex}"
+
+    def watch() -> None:
+        with redis_client.monitor() as monitor:  # type: ignore[no-untyped-call]
+            done.set()
+            for entry in monitor.listen():
+                if entry.get("client_type") != "lua":
+                    seen.append(entry["command"])
+                if stop in entry["command"]:
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert done.wait(10)
+    rid = producer.enqueue("encode", meta={"profile": "hd"})
+    outcome = producer.wait([rid], timeout=WAIT)[rid].outcome
+    assert outcome is not None and outcome.exit_code == 0
+    time.sleep(0.5)  # the worker's acknowledgement, after the store
+    redis_client.echo(stop)
+    watcher.join(10)
+    writing = ("EVALSHA", "EVAL", "SET", "SETEX", "MULTI")
+    writes = [c for c in seen if keys.celery_result(rid) in c and c.split()[0] in writing]
+    # The record's script, twice at most (redis-py retries it once loaded, if this Redis
+    # had not seen it yet): Celery's own store would name the result key without it.
+    assert writes, seen
+    assert all(w.split()[:4] == writes[0].split()[:4] for w in writes), writes
+    assert writes[0].split()[3] == keys.request(rid), writes
+    assert len(writes) <= 2
 
 
 def test_every_key_has_a_ttl(running: Stack, producer: Producer, redis_client: redis.Redis) -> None:
