@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from nomadsim.jsonshape import dumps
 from nomadsim.model import Alloc, Eval, JsonObj, render_job
 
@@ -38,10 +40,11 @@ class Event:
         return self._encoded
 
     def render(self) -> JsonObj:
+        """The event as JSON values (an allocation as its encoded JSON, a Fragment)."""
         if isinstance(self.obj, Eval):
             payload: JsonObj = {"Evaluation": self.obj.render()}
         elif isinstance(self.obj, Alloc):
-            payload = {"Allocation": self.obj.render(with_job=False)}
+            payload = {"Allocation": orjson.Fragment(self.obj.event_json())}
         else:
             payload = {"Job": render_job(self.obj)}
         return {

@@ -11,20 +11,35 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from nomadsim.jsonshape import ZERO_TIME, rfc3339
+import orjson
+
+from nomadsim.jsonshape import ZERO_TIME, dumps, rfc3339
 
 TERMINAL_EVAL = frozenset({"complete", "failed", "canceled"})
 TERMINAL_CLIENT = frozenset({"complete", "failed", "lost"})
 
 JsonObj = dict[str, Any]
+#: The Alloc fields an update changes; the others are what `Alloc.static_json` encodes.
+ALLOC_UPDATES = frozenset({
+    "desired_status", "desired_description", "client_status", "client_description",
+    "create_index", "modify_index", "modify_time", "started_at", "finished_at", "failed",
+    "run_for", "outcome",
+})
+TASK_STATE = {"pending": "pending", "running": "running"}  # any other client status: dead
+NO_TRANSITION = {"Migrate": None, "Reschedule": None, "ForceReschedule": None}
 T = TypeVar("T")
 
 
 def evolve(obj: T, **changes: Any) -> T:
-    """A changed copy of a stored Eval or Alloc (much cheaper than dataclasses.replace)."""
+    """A changed copy of a stored Eval or Alloc (much cheaper than dataclasses.replace).
+
+    An alloc's `static_json` goes with the copy unless a field it encodes changed.
+    """
     new = object.__new__(type(obj))
     values = obj.__dict__.copy()
     values.update(changes)
+    if values.get("static_json") is not None and not changes.keys() <= ALLOC_UPDATES:
+        values["static_json"] = None
     new.__dict__ = values
     return new
 
@@ -155,6 +170,11 @@ class Alloc:
     #: configured batch run time) and the final client status.
     run_for: float | None = None
     outcome: str = "complete"
+    #: `event_json`'s encoding of the fields no update changes (IDs, resources up to
+    #: AllocatedResources, and Metrics), made once and shared by the copies `evolve` makes.
+    static_json: tuple[bytes, orjson.Fragment] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def terminal(self) -> bool:
@@ -170,15 +190,16 @@ class Alloc:
         return sum(m for _, m in self.tasks.values())
 
     def task_states(self) -> JsonObj:
-        state = {"pending": "pending", "running": "running"}.get(self.client_status, "dead")
+        state = TASK_STATE.get(self.client_status, "dead")
+        started, finished = rfc3339(self.started_at), rfc3339(self.finished_at)
         return {
             task: {
                 "State": state,
                 "Failed": self.failed,
                 "Restarts": 0,
                 "LastRestart": ZERO_TIME,
-                "StartedAt": rfc3339(self.started_at),
-                "FinishedAt": rfc3339(self.finished_at),
+                "StartedAt": started,
+                "FinishedAt": finished,
                 "Events": [],
                 "TaskHandle": None,
             }
@@ -216,7 +237,7 @@ class Alloc:
             "DesiredDescription": self.desired_description,
             "ClientStatus": self.client_status,
             "ClientDescription": self.client_description,
-            "DesiredTransition": {"Migrate": None, "Reschedule": None, "ForceReschedule": None},
+            "DesiredTransition": dict(NO_TRANSITION),
             "TaskStates": self.task_states(),
             "DeploymentStatus": None,
             "FollowupEvalID": "",
@@ -245,6 +266,52 @@ class Alloc:
             }
         )
         return out
+
+
+    def event_json(self) -> bytes:
+        """`render(with_job=False)` as compact JSON, the same bytes, for event payloads:
+        the fields no update changes are encoded once per alloc (`static_json`), the rest
+        without building the whole dict each time."""
+        cached = self.static_json
+        if cached is None:
+            head = dumps({
+                "ID": self.id,
+                "EvalID": self.eval_id,
+                "Name": self.name,
+                "Namespace": self.namespace,
+                "NodeID": self.node_id,
+                "NodeName": self.node_name,
+                "JobID": self.job_id,
+                "TaskGroup": self.task_group,
+                "AllocatedResources": self._resources(),
+            })
+            cached = self.static_json = (head[:-1] + b",", orjson.Fragment(dumps(self.metrics)))
+        head, metrics = cached
+        return head + orjson.dumps({
+            "DesiredStatus": self.desired_status,
+            "DesiredDescription": self.desired_description,
+            "ClientStatus": self.client_status,
+            "ClientDescription": self.client_description,
+            "DesiredTransition": NO_TRANSITION,
+            "TaskStates": self.task_states(),
+            "DeploymentStatus": None,
+            "FollowupEvalID": "",
+            "RescheduleTracker": None,
+            "PreemptedAllocations": None,
+            "PreemptedByAllocation": "",
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+            "CreateTime": self.create_time,
+            "ModifyTime": self.modify_time,
+            "Job": None,
+            "Resources": None,
+            "TaskResources": None,
+            "Metrics": metrics,
+            "DeploymentID": "",
+            "PreviousAllocation": "",
+            "NextAllocation": "",
+            "AllocModifyIndex": self.create_index,
+        })[1:]
 
 
 def render_job(job: JsonObj) -> JsonObj:

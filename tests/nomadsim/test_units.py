@@ -53,6 +53,9 @@ def test_parse_go_duration_rejects(text: str) -> None:
 def test_times() -> None:
     assert rfc3339(0) == "0001-01-01T00:00:00Z"
     assert rfc3339(1_485_379_325_500_000_000) == "2017-01-25T21:22:05.5Z"
+    assert rfc3339(1_485_379_325_000_000_000) == "2017-01-25T21:22:05Z"
+    assert rfc3339(1_485_379_325_000_000_001) == "2017-01-25T21:22:05.000000001Z"
+    assert rfc3339(1_485_379_326_123_456_780) == "2017-01-25T21:22:06.12345678Z"
 
 
 @pytest.mark.parametrize(
