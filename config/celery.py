@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import orjson
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 from kombu.serialization import register
@@ -60,11 +61,15 @@ meets redis-py's or kombu's much lower defaults. Actual use follows the concurre
 
 
 def _compact_dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # what orjson refuses (non-string keys, say) the json module encodes
+        return json.dumps(value, separators=(",", ":"))
 
 
 # Results are JSON without the spaces of the stock serializer: a few percent of every
-# stored outcome (see bench/redis_memory), still plain JSON for any reader.
+# stored outcome (see bench/redis_memory), still plain JSON for any reader; encoded by
+# orjson, several times faster than the json module at this.
 register(
     RESULT_SERIALIZER,
     _compact_dumps,

@@ -56,7 +56,9 @@ def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
     def stored(outcome: Outcome) -> dict[str, Any]:
         self.request.ignore_result = True  # the service stored it (see the docstring)
-        return outcome.to_stored()
+        summary = outcome.to_stored()
+        del summary["events"]  # what Celery reprs and `worker.metrics` counts: the summary
+        return summary
 
     def give_up(err: DispatchqError) -> dict[str, Any]:
         log.error("request.gave_up", retries=self.retries_spent, error=str(err))
