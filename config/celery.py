@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -134,10 +135,17 @@ class GuardedRedisBackend(RedisBackend):
         """What `store_result` would write for a task that succeeded with `result`, for a
         caller that stores it itself, together with other state (the dispatch task: its
         outcome is stored as the request is marked done, `dispatch.records`)."""
-        meta = self._get_result_meta(
-            result=result, state=states.SUCCESS, traceback=None, request=None
-        )
-        meta["task_id"] = task_id
+        # `_get_result_meta`'s dict for a task with no children, groups or parent, under
+        # `result_extended=False` (set above): built here, it costs a tenth of Celery's
+        # generic path (config lookups, the current task's stack, dateutil's timezone).
+        meta = {
+            "status": states.SUCCESS,
+            "result": result,
+            "traceback": None,
+            "children": [],
+            "date_done": datetime.now(UTC).isoformat(),
+            "task_id": task_id,
+        }
         key = bytes_to_str(self.get_key_for_task(task_id))
         return StoredResult(key, self.encode(meta), self.expires or 0)
 

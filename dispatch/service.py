@@ -114,15 +114,17 @@ class DispatchService:
         self, request: DispatchRequest, on_event: Callable[[Event], None] | None = None
     ) -> Outcome:
         """The outcome of `request`. Raises only retryable errors."""
-        bound = log.bind(request_id=request.request_id, job_id=request.job_id)
+        # Named on every line, not bound: binding builds a logger per request.
+        ids = {"request_id": request.request_id, "job_id": request.job_id}
         recorder = OutcomeRecorder(request.job_id, on_event=on_event)  # times the dispatch
         blob_key = self.resolver.blob_key(request.payload_ref)
         record, cancelled, blob = self.records.begin(
             request.request_id, request.job_id, request.batch_id, read=blob_key
         )
         if record is not None and record.dispatched:
-            bound.info(
+            log.info(
                 "request.resumed",
+                **ids,
                 dispatched_job_id=record.dispatched_job_id,
                 eval_id=record.eval_id,
             )
@@ -147,8 +149,8 @@ class DispatchService:
         except DispatchqError as err:
             if getattr(err, "retryable", False):
                 raise
-            bound.warning(
-                "request.refused", error_kind=getattr(err, "kind", "error"), error=str(err)
+            log.warning(
+                "request.refused", **ids, error_kind=getattr(err, "kind", "error"), error=str(err)
             )
             _emit_error(recorder, err)
             return self._finish(request, recorder.outcome())
@@ -156,8 +158,9 @@ class DispatchService:
         self.records.mark_dispatched(
             request.request_id, response.dispatched_job_id, eval_id, request.batch_id
         )
-        bound.info(
+        log.info(
             "request.dispatched",
+            **ids,
             dispatched_job_id=response.dispatched_job_id,
             eval_id=eval_id,
         )

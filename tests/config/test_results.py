@@ -4,6 +4,8 @@ Celery's guard kept (a stored SUCCESS is never replaced), in one round trip."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
+from unittest.mock import ANY
 
 import redis
 from celery import states
@@ -70,6 +72,11 @@ def test_an_outcome_stored_with_its_record_reads_as_celerys_own(
     records.mark_done("r-3", 0, "b-1", result=first)
     records.mark_done("r-3", 1, "b-1", "late", backend.success_result("r-3", {"exit_code": 1}))
     backend.mark_as_failure("r-3", RuntimeError("late"))  # Celery's guard still holds
+    celerys = backend._get_result_meta({"exit_code": 0}, states.SUCCESS, None, None)
+    ours = json.loads(first.value)
+    # Called from a task, Celery lists the task's children: none for a dispatch.
+    assert ours == {**celerys, "children": [], "date_done": ANY, "task_id": "r-3"}
+    assert datetime.fromisoformat(ours["date_done"]).tzinfo is not None
     meta = backend.get_task_meta("r-3")
     assert (meta["status"], meta["result"], meta["task_id"]) == (
         states.SUCCESS,
