@@ -118,23 +118,23 @@ class DispatchService:
         ids = {"request_id": request.request_id, "job_id": request.job_id}
         recorder = OutcomeRecorder(request.job_id, on_event=on_event)  # times the dispatch
         blob_key = self.resolver.blob_key(request.payload_ref)
-        record, cancelled, blob = self.records.begin(
+        begun = self.records.begin(
             request.request_id, request.job_id, request.batch_id, read=blob_key
         )
-        if record is not None and record.dispatched:
+        if begun.dispatched_job_id:
             log.info(
                 "request.resumed",
                 **ids,
-                dispatched_job_id=record.dispatched_job_id,
-                eval_id=record.eval_id,
+                dispatched_job_id=begun.dispatched_job_id,
+                eval_id=begun.eval_id,
             )
-            return self._follow(request, recorder, record.dispatched_job_id, record.eval_id, 0)
-        if cancelled or self._waited_until_cancelled(request):
+            return self._follow(request, recorder, begun.dispatched_job_id, begun.eval_id, 0)
+        if begun.cancelled or self._waited_until_cancelled(request):
             error = BatchCancelled(f"batch {request.batch_id} was cancelled before this dispatch")
             _emit_error(recorder, error)
             return self._finish(request, recorder.outcome())
         try:
-            payload = self.resolver.resolve(request.payload_ref, blob)
+            payload = self.resolver.resolve(request.payload_ref, begun.value)
             response = self.client.send(
                 DispatchArgs(
                     job_id=request.job_id,

@@ -33,6 +33,8 @@ log = structlog.get_logger(__name__)
 # this many characters: the summary (status, exit code, IDs) fits, the transcript after it
 # is not worth 3-5 % of a worker's CPU.
 RESULT_REPR_CHARS = 256
+SUMMARY = ("status", "exit_code", "error_kind", "timings")
+"""What the task returns of an outcome it stored (see `stored` below)."""
 
 
 @app.task(
@@ -56,9 +58,9 @@ def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
     def stored(outcome: Outcome) -> dict[str, Any]:
         self.request.ignore_result = True  # the service stored it (see the docstring)
-        summary = outcome.to_stored()
-        del summary["events"]  # what Celery reprs and `worker.metrics` counts: the summary
-        return summary
+        # What Celery reprs on every success (slowly), and `worker.metrics` counts.
+        stored = outcome.to_stored()
+        return {key: stored[key] for key in SUMMARY if key in stored}
 
     def give_up(err: DispatchqError) -> dict[str, Any]:
         log.error("request.gave_up", retries=self.retries_spent, error=str(err))
