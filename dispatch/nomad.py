@@ -275,8 +275,8 @@ class NomadClient:
         except ValueError as exc:  # orjson.JSONDecodeError included
             raise ServerError(f"invalid JSON in the event stream: {exc}") from exc
         finally:
+            response.close()  # with its connection: a stream left mid-way is not reusable
             response.release_conn()
-            response.close()
 
     def current_index(self) -> int:
         """The cluster's latest index, from a cheap read (one evaluation listed)."""

@@ -121,3 +121,20 @@ def test_reconnects_after_the_stream_is_cut(sim: NomadSimProcess, client: NomadC
         assert follow(reader, response.eval_id).exit_code == 0
     finally:
         feed.stop()
+
+
+def test_a_stream_left_mid_way_does_not_spoil_its_pooled_connection(
+    sim: NomadSimProcess,
+) -> None:
+    """The pool hands out the connection returned last: a request after an abandoned stream
+    gets the stream's connection, whose unread bytes must have gone with it."""
+    with NomadClient(NomadConfig(address=sim.address), pool_size=2) as one:
+        stream = one.event_stream(topics=["Evaluation"], index=1)
+        one.dispatch("feed-job")
+        index, events = next(stream)
+        assert index > 0 and events
+        one.dispatch("feed-job")  # more events on their way to the stream's connection
+        time.sleep(0.2)
+        stream.close()
+        job, _ = one.read_job("feed-job")
+    assert job["ID"] == "feed-job"
