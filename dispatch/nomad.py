@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -240,7 +240,7 @@ class NomadClient:
         namespace: str | None = None,
         heartbeat: float = 30.0,
         on_open: Callable[[BaseHTTPResponse], None] | None = None,
-    ) -> Iterator[tuple[int, list[dict[str, JSON]]]]:
+    ) -> Generator[tuple[int, list[dict[str, JSON]]], None, None]:
         """`GET /v1/event/stream`: (index, events) per ndjson batch, heartbeats skipped.
 
         The stream holds one pooled connection until the iterator is closed; `on_open`
