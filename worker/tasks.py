@@ -37,14 +37,10 @@ SUMMARY = ("status", "exit_code", "error_kind", "timings")
 """What the task returns of an outcome it stored (see `stored` below)."""
 
 
-@app.task(
-    name=TASK_DISPATCH,
-    bind=True,
-    base=PolicyTask,
-    resultrepr_maxsize=RESULT_REPR_CHARS,
-)
+@app.task(name=TASK_DISPATCH, bind=True, base=PolicyTask, resultrepr_maxsize=RESULT_REPR_CHARS)
 def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Dispatch one request and follow it; returns the outcome in its stored form."""
+    """Dispatch one request and follow it; returns the outcome's `SUMMARY` (the outcome in
+    its stored form for a message that is not a valid request)."""
     structlog.contextvars.clear_contextvars()
     rt = runtime()
     task_id = self.request.id
@@ -59,8 +55,8 @@ def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
     def stored(outcome: Outcome) -> dict[str, Any]:
         self.request.ignore_result = True  # the service stored it (see the docstring)
         # What Celery reprs on every success (slowly), and `worker.metrics` counts.
-        stored = outcome.to_stored()
-        return {key: stored[key] for key in SUMMARY if key in stored}
+        form = outcome.to_stored()
+        return {key: form[key] for key in SUMMARY if key in form}
 
     def give_up(err: DispatchqError) -> dict[str, Any]:
         log.error("request.gave_up", retries=self.retries_spent, error=str(err))
