@@ -220,7 +220,8 @@ class Alloc:
             "Shared": {"DiskMB": 0, "Networks": None, "Ports": None},
         }
 
-    def stub(self) -> JsonObj:
+    def _identity(self) -> JsonObj:
+        """The fields no update changes, in the order `render` gives them."""
         return {
             "ID": self.id,
             "EvalID": self.eval_id,
@@ -229,10 +230,12 @@ class Alloc:
             "NodeID": self.node_id,
             "NodeName": self.node_name,
             "JobID": self.job_id,
-            "JobType": self.job["Type"],
-            "JobVersion": self.job["Version"],
             "TaskGroup": self.task_group,
             "AllocatedResources": self._resources(),
+        }
+
+    def _state(self) -> JsonObj:
+        return {
             "DesiredStatus": self.desired_status,
             "DesiredDescription": self.desired_description,
             "ClientStatus": self.client_status,
@@ -250,60 +253,10 @@ class Alloc:
             "ModifyTime": self.modify_time,
         }
 
-    def render(self, with_job: bool) -> JsonObj:
-        out = self.stub()
-        del out["JobType"], out["JobVersion"]
-        out.update(
-            {
-                "Job": render_job(self.job) if with_job else None,
-                "Resources": None,
-                "TaskResources": None,
-                "Metrics": self.metrics,
-                "DeploymentID": "",
-                "PreviousAllocation": "",
-                "NextAllocation": "",
-                "AllocModifyIndex": self.create_index,
-            }
-        )
-        return out
-
-
-    def event_json(self) -> bytes:
-        """`render(with_job=False)` as compact JSON, the same bytes, for event payloads:
-        the fields no update changes are encoded once per alloc (`static_json`), the rest
-        without building the whole dict each time."""
-        cached = self.static_json
-        if cached is None:
-            head = dumps({
-                "ID": self.id,
-                "EvalID": self.eval_id,
-                "Name": self.name,
-                "Namespace": self.namespace,
-                "NodeID": self.node_id,
-                "NodeName": self.node_name,
-                "JobID": self.job_id,
-                "TaskGroup": self.task_group,
-                "AllocatedResources": self._resources(),
-            })
-            cached = self.static_json = (head[:-1] + b",", orjson.Fragment(dumps(self.metrics)))
-        head, metrics = cached
-        return head + orjson.dumps({
-            "DesiredStatus": self.desired_status,
-            "DesiredDescription": self.desired_description,
-            "ClientStatus": self.client_status,
-            "ClientDescription": self.client_description,
-            "DesiredTransition": NO_TRANSITION,
-            "TaskStates": self.task_states(),
-            "DeploymentStatus": None,
-            "FollowupEvalID": "",
-            "RescheduleTracker": None,
-            "PreemptedAllocations": None,
-            "PreemptedByAllocation": "",
-            "CreateIndex": self.create_index,
-            "ModifyIndex": self.modify_index,
-            "CreateTime": self.create_time,
-            "ModifyTime": self.modify_time,
-            "Job": None,
+    def _tail(self, job: JsonObj | None, metrics: object) -> JsonObj:
+        """What the full allocation has after the stub's fields."""
+        return {
+            "Job": job,
             "Resources": None,
             "TaskResources": None,
             "Metrics": metrics,
@@ -311,7 +264,34 @@ class Alloc:
             "PreviousAllocation": "",
             "NextAllocation": "",
             "AllocModifyIndex": self.create_index,
-        })[1:]
+        }
+
+    def stub(self) -> JsonObj:
+        identity = self._identity()
+        group, resources = identity.pop("TaskGroup"), identity.pop("AllocatedResources")
+        return {
+            **identity,
+            "JobType": self.job["Type"],
+            "JobVersion": self.job["Version"],
+            "TaskGroup": group,
+            "AllocatedResources": resources,
+            **self._state(),
+        }
+
+    def render(self, with_job: bool) -> JsonObj:
+        job = render_job(self.job) if with_job else None
+        return {**self._identity(), **self._state(), **self._tail(job, self.metrics)}
+
+    def event_json(self) -> bytes:
+        """`render(with_job=False)` as compact JSON, the same bytes, for event payloads:
+        the fields no update changes are encoded once per alloc (`static_json`), the rest
+        without building the whole dict each time."""
+        cached = self.static_json
+        if cached is None:
+            head = dumps(self._identity())
+            cached = self.static_json = (head[:-1] + b",", orjson.Fragment(dumps(self.metrics)))
+        head, metrics = cached
+        return head + orjson.dumps({**self._state(), **self._tail(None, metrics)})[1:]
 
 
 def render_job(job: JsonObj) -> JsonObj:
