@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from nomadsim.config import SimConfig
@@ -152,11 +152,21 @@ class Clients:
         """Write every dirty alloc as one entry."""
         self.flush_pending = False
         dirty, self.dirty = self.dirty, {}
+        if dirty:
+            self._write(dirty)
+
+    def write_now(self, run: AllocRun) -> None:
+        """Write one dirty alloc at once (before another change of its task states)."""
+        self.dirty.pop(run, None)
+        self._write((run,))
+
+    def _write(self, runs: Iterable[AllocRun]) -> None:
         freed = False
         now = now_ns()
         store = self.store
         with store.write("AllocationUpdated") as w:
-            for run in dirty:
+            for run in runs:
+                run.state_changed = 0.0
                 if run.finished:
                     continue
                 alloc = store.allocs.get(run.alloc_id)

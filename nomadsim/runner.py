@@ -89,7 +89,7 @@ def _plans(alloc: Alloc, group: JsonObj, node_dc: str) -> list[tuple[JsonObj, Ta
 class AllocRun:
     """One allocation on a simulated client."""
 
-    __slots__ = ("alloc_id", "clients", "finished", "forced", "gen", "tasks")
+    __slots__ = ("alloc_id", "clients", "finished", "forced", "gen", "state_changed", "tasks")
 
     def __init__(self, clients: Clients, alloc: Alloc, group: JsonObj, node_dc: str) -> None:
         self.clients = clients
@@ -104,6 +104,8 @@ class AllocRun:
         self.forced: tuple[str, str] | None = None
         self.finished = False
         self.gen = 0
+        #: The loop time of a task's State change not written yet (0: none).
+        self.state_changed = 0.0
 
     # -- timers ------------------------------------------------------------------------
 
@@ -119,6 +121,18 @@ class AllocRun:
 
     def _dirty(self) -> None:
         self.clients.mark(self)
+
+    def _set_state(self, task: TaskRun, state: str) -> None:
+        """Every task-state change gets its own allocation update: a change of an
+        earlier loop iteration not written yet (a loaded loop ran this timer before
+        the pending flush) is written first; changes of one instant share an update."""
+        if task.state == state:
+            return
+        now = self.clients.loop.time()
+        if self.state_changed and self.state_changed != now:
+            self.clients.write_now(self)
+        self.state_changed = now
+        task.state = state
 
     # -- the task runner loop ----------------------------------------------------------
 
@@ -162,7 +176,7 @@ class AllocRun:
                          recoverable=plan.start_error_recoverable)
             return
         task.events.append(te.task_event(te.STARTED, now))
-        task.state = RUNNING
+        self._set_state(task, RUNNING)
         task.started_at = now
         if plan.run_for is None:
             task.gen += 1
@@ -187,7 +201,7 @@ class AllocRun:
         now = now_ns()
         if decision.state == "Restarting":
             task.events.append(te.restarting(now, decision.delay_ns, decision.reason))
-            task.state = PENDING
+            self._set_state(task, PENDING)
             task.restarts += 1
             task.last_restart = now
             # the delay is in real time already (the tracker scales the policy)
@@ -206,7 +220,7 @@ class AllocRun:
 
     def _dead(self, task: TaskRun, now: int) -> None:
         task.gen += 1
-        task.state = DEAD
+        self._set_state(task, DEAD)
         if not task.finished_at:
             task.finished_at = now
 

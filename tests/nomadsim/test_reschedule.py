@@ -239,7 +239,9 @@ def test_blocking_query_wakes_on_task_state_change(api: Api) -> None:
             seen.append(allocs[0]["ClientStatus"])
         if seen and seen[-1] == "complete":
             break
-    assert seen == ["pending", "running", "complete"]
+    # each answer is a new state (a pending alloc may already run at the first answer)
+    assert seen[-2:] == ["running", "complete"]
+    assert seen in (["pending", "running", "complete"], ["running", "complete"])
 
 
 def test_gc_collects_a_dead_rescheduled_child() -> None:
