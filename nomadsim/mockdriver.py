@@ -169,3 +169,61 @@ def plan_task(task: JsonObj, env: dict[str, str], *, batch: bool) -> TaskPlan:
         plan.run_for = _duration(config, "run_for")
     plan.kill_after = _duration(config, "kill_after")
     return plan
+
+
+#: Task (by id, with the object to check it is the same) -> the `${...}` names its
+#: config uses; (task id, those names' values) -> its plan or start error. Children
+#: share their parent's task objects, so a dispatch whose meta repeats an earlier one
+#: skips interpolation and parsing.
+_NAMES: dict[int, tuple[JsonObj, tuple[str, ...]]] = {}
+_PLANS: dict[tuple[int, bool, tuple[str | None, ...]], tuple[JsonObj, TaskPlan | str]] = {}
+
+
+def _names(task: JsonObj) -> tuple[str, ...]:
+    cached = _NAMES.get(id(task))
+    if cached is not None and cached[0] is task:
+        return cached[1]
+    if len(_NAMES) > 10_000:
+        _NAMES.clear()
+    found: dict[str, None] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            for match in _VAR.finditer(value):
+                found[match.group(1).strip()] = None
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+
+    if task["Driver"] == "mock_driver":
+        walk(task.get("Config"))
+        walk(task.get("Env"))
+    names = tuple(found)
+    _NAMES[id(task)] = (task, names)
+    return names
+
+
+def cached_plan(alloc: Alloc, group: JsonObj, task: JsonObj, datacenter: str, *,
+                batch: bool) -> TaskPlan | str:
+    """plan_task for this alloc's task (a str: the driver's start error), cached by the
+    values of the variables the task's config uses."""
+    names = _names(task)
+    env: dict[str, str] = {}
+    if names:
+        env = task_env(alloc, group, task, datacenter)
+    key = (id(task), batch, tuple(env.get(n) for n in names))
+    cached = _PLANS.get(key)
+    if cached is not None and cached[0] is task:
+        return cached[1]
+    if len(_PLANS) > 10_000:
+        _PLANS.clear()
+    plan: TaskPlan | str
+    try:
+        plan = plan_task(task, env, batch=batch)
+    except StartError as exc:
+        plan = str(exc)
+    _PLANS[key] = (task, plan)
+    return plan

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from nomadsim import taskevents as te
 from nomadsim.jsonshape import now_ns, rfc3339
-from nomadsim.mockdriver import StartError, TaskPlan, plan_task, task_env
+from nomadsim.mockdriver import TaskPlan, cached_plan
 from nomadsim.model import Alloc, JsonObj
 from nomadsim.policies import RestartTracker
 
@@ -72,17 +72,14 @@ class TaskRun:
 
 def _plans(alloc: Alloc, group: JsonObj, node_dc: str) -> list[tuple[JsonObj, TaskPlan | None,
                                                                        str]]:
-    job = alloc.job
-    batch = job["Type"] in ("batch", "sysbatch")
+    batch = alloc.job["Type"] in ("batch", "sysbatch")
     out: list[tuple[JsonObj, TaskPlan | None, str]] = []
     for task in group["Tasks"]:
-        env = None
-        if task["Driver"] == "mock_driver" and task.get("Config"):
-            env = task_env(alloc, group, task, node_dc)
-        try:
-            out.append((task, plan_task(task, env or {}, batch=batch), ""))
-        except StartError as exc:
-            out.append((task, None, str(exc)))
+        plan = cached_plan(alloc, group, task, node_dc, batch=batch)
+        if isinstance(plan, str):
+            out.append((task, None, plan))
+        else:
+            out.append((task, plan, ""))
     return out
 
 

@@ -33,34 +33,46 @@ _FIXED = {
 }
 
 
+_ZERO: JsonObj = {
+    "Type": "",
+    "Time": 0,
+    "Message": "",
+    "DisplayMessage": "",
+    "Details": {},
+    "FailsTask": False,
+    "RestartReason": "",
+    "SetupError": "",
+    "DriverError": "",
+    "ExitCode": 0,
+    "Signal": 0,
+    "KillTimeout": 0,
+    "KillError": "",
+    "KillReason": "",
+    "StartDelay": 0,
+    "DownloadError": "",
+    "ValidationError": "",
+    "DiskLimit": 0,
+    "FailedSibling": "",
+    "VaultError": "",
+    "TaskSignalReason": "",
+    "TaskSignal": "",
+    "DriverMessage": "",
+    "GenericSource": "",
+}
+#: Events without fields of their own, made by copying (their Details are shared: no
+#: event is changed once made).
+_PLAIN: dict[str, JsonObj] = {
+    kind: {**_ZERO, "Type": kind, "DisplayMessage": text} for kind, text in _FIXED.items()
+}
+
+
 def task_event(kind: str, time_ns: int, **fields: object) -> JsonObj:
     """A TaskEvent with its zero values, `fields` set, and the display message."""
-    event: JsonObj = {
-        "Type": kind,
-        "Time": time_ns,
-        "Message": "",
-        "DisplayMessage": "",
-        "Details": {},
-        "FailsTask": False,
-        "RestartReason": "",
-        "SetupError": "",
-        "DriverError": "",
-        "ExitCode": 0,
-        "Signal": 0,
-        "KillTimeout": 0,
-        "KillError": "",
-        "KillReason": "",
-        "StartDelay": 0,
-        "DownloadError": "",
-        "ValidationError": "",
-        "DiskLimit": 0,
-        "FailedSibling": "",
-        "VaultError": "",
-        "TaskSignalReason": "",
-        "TaskSignal": "",
-        "DriverMessage": "",
-        "GenericSource": "",
-    }
+    if not fields:
+        plain = _PLAIN.get(kind)
+        if plain is not None:
+            return {**plain, "Time": time_ns}
+    event: JsonObj = {**_ZERO, "Type": kind, "Time": time_ns, "Details": {}}
     event.update(fields)
     if not event["DisplayMessage"]:
         event["DisplayMessage"] = _display(event)
@@ -106,9 +118,11 @@ def _display(e: JsonObj) -> str:
 # -- the setters' combinations used on this path --------------------------------------
 
 
+_SETUP = task_event(SETUP, 0, Message=BUILDING_TASK_DIR, Details={"message": BUILDING_TASK_DIR})
+
+
 def setup(time_ns: int) -> JsonObj:
-    return task_event(SETUP, time_ns, Message=BUILDING_TASK_DIR,
-                      Details={"message": BUILDING_TASK_DIR})
+    return {**_SETUP, "Time": time_ns}
 
 
 def terminated(time_ns: int, exit_code: int, signal: int, message: str) -> JsonObj:
