@@ -206,18 +206,44 @@ def _names(task: JsonObj) -> tuple[str, ...]:
     return names
 
 
+def _meta_values(job: JsonObj, group: JsonObj, task: JsonObj,
+                 names: tuple[str, ...]) -> tuple[str | None, ...]:
+    """What `${NOMAD_META_<key>}` names are in the task's env (task meta over group
+    meta over job meta; `<KEY>` upper-cased works too), without building the env."""
+    out: list[str | None] = []
+    for name in names:
+        key = name[len("NOMAD_META_"):]
+        value = None
+        for source in (task.get("Meta"), group.get("Meta"), job.get("Meta")):
+            if source:
+                value = source.get(key)
+                if value is None:
+                    value = next((v for k, v in source.items() if k.upper() == key), None)
+                if value is not None:
+                    break
+        out.append(value)
+    return tuple(out)
+
+
 def cached_plan(alloc: Alloc, group: JsonObj, task: JsonObj, datacenter: str, *,
                 batch: bool) -> TaskPlan | str:
     """plan_task for this alloc's task (a str: the driver's start error), cached by the
     values of the variables the task's config uses."""
     names = _names(task)
-    env: dict[str, str] = {}
+    env: dict[str, str] | None = None
+    values: tuple[str | None, ...] = ()
     if names:
-        env = task_env(alloc, group, task, datacenter)
-    key = (id(task), batch, tuple(env.get(n) for n in names))
+        if all(n.startswith("NOMAD_META_") for n in names):
+            values = _meta_values(alloc.job, group, task, names)
+        else:
+            env = task_env(alloc, group, task, datacenter)
+            values = tuple(env.get(n) for n in names)
+    key = (id(task), batch, values)
     cached = _PLANS.get(key)
     if cached is not None and cached[0] is task:
         return cached[1]
+    if env is None:
+        env = task_env(alloc, group, task, datacenter) if names else {}
     if len(_PLANS) > 10_000:
         _PLANS.clear()
     plan: TaskPlan | str
