@@ -56,6 +56,8 @@ def test_failed_alloc_is_rescheduled_after_a_delay(api: Api) -> None:
         "alloc-failure", "created for delayed rescheduling")
     assert follow["WaitUntil"] != "0001-01-01T00:00:00Z"
     assert api.job(child)["Status"] == "pending"  # a non-terminal eval, no live alloc
+    children = api.ok("GET", f"/v1/job/{job_id}/summary")["Children"]
+    assert children == {"Pending": 1, "Running": 0, "Dead": 0}
     evals = api.ok("GET", f"{child_path(child)}/evaluations")
     assert {e["TriggeredBy"] for e in evals} == {"job-register", "alloc-failure"}
     api.wait_for(lambda: len(chain(api, child)) == 2 and api.job(child)["Status"] == "dead",
