@@ -114,27 +114,30 @@ class AllocRun:
 
     def _fire(self, task: TaskRun, gen: int, fn: Any) -> None:
         if task.gen == gen and not self.finished:
+            self._settle()
             fn(task)
 
     def _dirty(self) -> None:
         self.clients.mark(self)
 
-    def _set_state(self, task: TaskRun, state: str) -> None:
-        """Every task-state change gets its own allocation update: a change of an
-        earlier loop iteration not written yet (a loaded loop ran this timer before
-        the pending flush) is written first; changes of one instant share an update."""
-        if task.state == state:
-            return
-        now = self.clients.loop.time()
-        if self.state_changed and self.state_changed != now:
+    def _settle(self) -> None:
+        """Every task-state change gets its own allocation update: before a timer
+        changes anything, a change of an earlier loop iteration that is not written yet
+        (a loaded loop ran this timer before the pending flush) is written; changes of
+        one instant share an update. Called first by everything a timer runs."""
+        if self.state_changed and self.state_changed != self.clients.loop.time():
             self.clients.write_now(self)
-        self.state_changed = now
-        task.state = state
+
+    def _set_state(self, task: TaskRun, state: str) -> None:
+        if task.state != state:
+            self.state_changed = self.clients.loop.time()
+            task.state = state
 
     # -- the task runner loop ----------------------------------------------------------
 
     def receive(self, alloc: Alloc, max_run_ns: int | None) -> None:
         """The client has the alloc: set up every task and start it."""
+        self._settle()
         now = now_ns()
         for task in self.tasks:
             task.events.append(te.task_event(te.RECEIVED, now))
@@ -246,12 +249,14 @@ class AllocRun:
         self._dirty()
 
     def kill(self, display: str = "") -> None:
+        self._settle()
         for task in self.tasks:
             self.kill_task(task, display)
 
     def _max_run(self, gen: int) -> None:
         if gen != self.gen or self.finished:
             return
+        self._settle()
         self.forced = ("complete", te.MAX_RUN_DURATION)
         self.kill(te.MAX_RUN_DURATION)
         self._dirty()
