@@ -15,7 +15,17 @@ import redis
 from pydantic import ValidationError
 
 from config.logging import register_env_secrets, scrub
-from producer import cli_batch, cli_demo, cli_dev, cli_dlq, cli_health, cli_job, cli_queue, cli_sim
+from producer import (
+    cli_batch,
+    cli_demo,
+    cli_dev,
+    cli_dlq,
+    cli_flower,
+    cli_health,
+    cli_job,
+    cli_queue,
+    cli_sim,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dispatch HashiCorp Nomad parameterized jobs through a durable queue.",
     )
     commands = parser.add_subparsers(dest="command", metavar="<command>")
-    for module in (cli_job, cli_batch, cli_queue, cli_dlq, cli_demo, cli_dev, cli_sim, cli_health):
+    for module in (cli_job, cli_batch, cli_queue, cli_dlq, cli_demo, cli_dev, cli_sim, cli_health,
+                   cli_flower):  # fmt: skip
         module.register(commands)
     return parser
 

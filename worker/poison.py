@@ -32,6 +32,7 @@ from typing import Any, cast
 
 import redis
 import structlog
+from celery.utils.saferepr import saferepr
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed, DecodeError
 from vine import promise
@@ -170,6 +171,11 @@ class PoisonTransport(ReliableTransport):
     def _deliver(self, message: Any, queue: str | None) -> None:
         problem = envelope_problem(message)
         if problem is None:
+            if queue is not None:
+                # A retry is published to the routing key: to the list the message came
+                # from, whatever a foreign producer wrote there (Celery's default, "celery",
+                # is a list no dispatchq worker reads).
+                message["properties"]["delivery_info"]["routing_key"] = queue
             super()._deliver(message, queue)
             return
         dead_letter(
@@ -179,6 +185,19 @@ class PoisonTransport(ReliableTransport):
             queue=queue,
             message=json.dumps(message),
         )
+
+
+REPR_MAXSIZE = 1024
+"""Characters of a filled-in argsrepr/kwargsrepr, Celery's own default bound."""
+
+
+def _fill_reprs(headers: Any, body: list[Any]) -> None:
+    """Celery's clients send `argsrepr`/`kwargsrepr` headers, which its task events, so
+    Flower, show as the task's arguments; a hand-built or celery-node message has none,
+    and would show none. Made here from the body when missing."""
+    if isinstance(headers, dict) and not headers.get("kwargsrepr"):
+        headers["argsrepr"] = saferepr(body[0], REPR_MAXSIZE)
+        headers["kwargsrepr"] = saferepr(body[1], REPR_MAXSIZE)
 
 
 class PoisonAwareConsumer(Consumer):
@@ -198,6 +217,7 @@ class PoisonAwareConsumer(Consumer):
             problem = body_problem(body)
             if problem is not None:
                 return self._refuse(message, "malformed", problem, body)
+            _fill_reprs(message.headers, body)
             if isinstance(message.headers, dict) and message.headers.get("task") == TASK_DISPATCH:
                 over = self._over_delivery_cap(message)
                 if over is not None:
