@@ -57,7 +57,12 @@ class Settings(BaseSettings):
     payload_http_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Hosts (host or host:port) http(s):// refs may fetch."
     )
-    payload_http_timeout: float = Field(10.0, gt=0, description="Timeout of one payload fetch, s.")
+    payload_http_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Total deadline of one http(s) payload fetch (connection, every read, "
+        "retries and redirects together), s.",
+    )
     event_feed: bool = Field(
         True,
         description="Follow evaluations through one event-stream subscription per worker "
