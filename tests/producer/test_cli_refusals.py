@@ -95,7 +95,8 @@ def test_config_masks_every_secret_form(
             out = capsys.readouterr().out
             assert [s for s in SECRETS if s in out] == [], out
             assert "***" in out
-    shown = json.loads(_run(["config", "-json"]) == 0 and capsys.readouterr().out)
+    assert _run(["config", "-json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
     assert shown["nomad"]["address"] == "http://admin:***@127.0.0.1:4646"
     assert shown["dispatchq"]["redis_url"] == "unix:///tmp/redis.sock?db=0&password=***"
 
