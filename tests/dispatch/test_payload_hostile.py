@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from urllib3.util import parse_url
 
 from dispatch.payload import PayloadError, PayloadPolicy, PayloadResolver
 from dispatch.payload_http import parse_http_url
+from tests.support.hostile import Trickle
 
 
 def _resolver(
@@ -142,46 +142,9 @@ def test_backslash_userinfo_bypass_is_refused(redis_client: redis.Redis) -> None
         resolver.resolve("http://127.0.0.2:8\\@127.0.0.1:8/x")
 
 
-class _Trickle(threading.Thread):
-    """A server that sends its answer one byte every 0.2 s: headers, or a body."""
-
-    def __init__(self, headers_too: bool) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.port = self.sock.getsockname()[1]
-        self.headers_too = headers_too
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
-        try:
-            conn.recv(4096)
-            if not self.headers_too:
-                conn.sendall(head)
-                head = b""
-            for byte in head + b"x" * 1000:
-                if self.stop.wait(0.2):
-                    break
-                conn.sendall(bytes([byte]))
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-
 @pytest.fixture(params=[False, True], ids=["body", "headers"])
-def trickle(request: Any) -> Iterator[_Trickle]:
-    server = _Trickle(headers_too=request.param)
+def trickle(request: Any) -> Iterator[Trickle]:
+    server = Trickle(headers_too=request.param)
     server.start()
     yield server
     server.stop.set()
@@ -189,7 +152,7 @@ def trickle(request: Any) -> Iterator[_Trickle]:
 
 
 def test_a_trickling_server_is_cut_off_at_the_total_deadline(
-    redis_client: redis.Redis, trickle: _Trickle
+    redis_client: redis.Redis, trickle: Trickle
 ) -> None:
     """Each read returns within the read timeout, yet the fetch ends at the deadline."""
     resolver = _resolver(redis_client, [], [f"127.0.0.1:{trickle.port}"], timeout=1.0)
