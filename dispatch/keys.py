@@ -4,7 +4,7 @@
 |----------------------------------|--------|-------------------|----------------------------|
 | `dispatchq:request:<request id>` | hash   | producer, worker  | result_ttl                 |
 | `dispatchq:blob:<sha256 hex>`    | string | producer          | blob_ttl                   |
-| `dispatchq:dlq`                  | list   | worker            | DLQ_TTL, renewed per write |
+| `dispatchq:dlq`                  | list   | worker            | DLQ_TTL, renewed per write; bounded (below) |
 | `celery-task-meta-<request id>`  | string | Celery's backend  | result_ttl (result_expires) |
 | `dispatchq:workers`              | zset   | worker heartbeat  | WORKER_TTL, renewed/beat   |
 | `dispatchq:batch:<id>`           | hash   | producer, worker  | result_ttl                 |
@@ -31,7 +31,9 @@ PREFIX: Final = "dispatchq"
 
 DLQ: Final = f"{PREFIX}:dlq"
 DLQ_TTL: Final = 14 * 86_400
-"""Dead letters are kept two weeks after the last one arrived."""
+"""Dead letters are kept two weeks after the last one arrived. The list is bounded besides:
+the newest `dlq.MAX_ENTRIES` (1,000) entries, each at most `dlq.MAX_ENTRY_BYTES` (32 KiB),
+so 32 MiB at most (`dispatch.dlq`)."""
 
 WORKERS: Final = f"{PREFIX}:workers"
 """Live consumers: member `<queue>|<hostname>`, score = time of the last heartbeat."""
