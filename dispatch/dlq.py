@@ -47,8 +47,8 @@ KINDS = {
     "malformed": "JSON, but not a Celery protocol-2 task message",
     "content": "the body cannot be decoded (bad JSON, or a refused type such as pickle)",
     "unknown_task": "a task name other than dispatchq's own: never run on a worker",
-    "invalid_task": "Celery refused the task message (bad expires, ...), or it asked for "
-    "an eta/countdown, which dispatchq refuses",
+    "invalid_task": "Celery refused the task message (bad eta, expires, ...), or its "
+    "eta/countdown lies further ahead than dispatchq's retries go",
     "invalid_request": "the arguments are not a valid dispatch request",
     "delivery_cap": "delivered too many times: it may be killing its workers",
 }

@@ -4,7 +4,7 @@
 |----------------------------------|--------|-------------------|----------------------------|
 | `dispatchq:request:<request id>` | hash   | producer, worker  | result_ttl                 |
 | `dispatchq:blob:<sha256 hex>`    | string | producer          | blob_ttl                   |
-| `dispatchq:dlq`                  | list   | worker            | DLQ_TTL, renewed per write; bounded (below) |
+| `dispatchq:dlq`                  | list   | worker            | DLQ_TTL, renewed per write |
 | `celery-task-meta-<request id>`  | string | Celery's backend  | result_ttl (result_expires) |
 | `dispatchq:workers`              | zset   | worker heartbeat  | WORKER_TTL, renewed/beat   |
 | `dispatchq:batch:<id>`           | hash   | producer, worker  | result_ttl                 |

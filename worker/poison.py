@@ -14,7 +14,8 @@ an exit-1 outcome so that nobody waits for it forever:
 - `PoisonAwareConsumer` (Celery level): bodies that do not decode or are not protocol 2,
   content types other than JSON (pickle is refused), any task name but dispatchq's own
   (Celery's built-in `celery.chord_unlock` or `celery.backend_cleanup`, sent by anyone,
-  would otherwise run, or retry forever), an `eta` (a countdown: refused, see the README),
+  would otherwise run, or retry forever), an `eta` (a countdown) further ahead than
+  dispatchq's own retries go (`eta_problem`),
   messages Celery refuses, and requests past the delivery cap (`dispatch.dlq`). These are
   acknowledged once dead-lettered: if the dead-letter write fails they stay
   unacknowledged and come back, so a bad message is never dropped unrecorded.
@@ -33,6 +34,7 @@ import functools
 import json
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
@@ -133,6 +135,32 @@ def headers_problem(headers: Any) -> str | None:
     return None
 
 
+ETA_SLACK = 5.0
+"""Seconds an `eta` may lie beyond the longest retry delay (`retry_cap`)."""
+
+
+def eta_problem(eta: Any, retry_cap: float) -> str | None:
+    """Why an `eta` header (what Celery's `countdown` sends) is refused, or None. dispatchq's
+    own retries and requeues use it, up to `retry_cap` seconds ahead; one further ahead
+    would hold the message unacknowledged in a worker for as long as its sender likes."""
+    if eta is None or not isinstance(eta, str):
+        return None  # absent; or not a string, which Celery refuses itself (invalid_task)
+    try:
+        when = datetime.fromisoformat(eta)
+    except ValueError:
+        return None  # Celery refuses it (invalid_task)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    ahead = (when - datetime.now(UTC)).total_seconds()
+    if ahead <= retry_cap + ETA_SLACK:
+        return None
+    return (
+        f"the message asks to run {ahead:.0f} s from now (eta/countdown): dispatchq runs a "
+        f"request when a worker takes it, or retries it within {retry_cap + ETA_SLACK:g} s "
+        "(DISPATCHQ_RETRY_CAP + 5); refused"
+    )
+
+
 def body_problem(body: Any) -> str | None:
     """Why a decoded body is not Celery protocol 2 (`[args, kwargs, embed]`), or None."""
     if (
@@ -214,12 +242,9 @@ class PoisonAwareConsumer(Consumer):
             if "task" in headers and headers["task"] != TASK_DISPATCH:
                 reason = f"{headers['task']!r} is not a dispatchq task: only {TASK_DISPATCH!r} runs"
                 return self._refuse(message, "unknown_task", reason)
-            if headers.get("eta") is not None:
-                reason = (
-                    "the message asks for an eta/countdown: dispatchq runs a request when a "
-                    "worker takes it, never later (refused)"
-                )
-                return self._refuse(message, "invalid_task", reason)
+            problem = eta_problem(headers.get("eta"), _sink().settings.retry_cap)
+            if problem is not None:
+                return self._refuse(message, "invalid_task", problem)
             try:
                 body = message.decode()
             except (DecodeError, ContentDisallowed):

@@ -65,7 +65,7 @@ POISON: list[tuple[str, bytes | str, str]] = [
                                  task="celery.backend_cleanup"),
      "'celery.backend_cleanup' is not a dispatchq task"),
     ("malformed", b"null", "must be a JSON object, not null"),
-    ("invalid_task", _with_eta(), "asks for an eta/countdown"),
+    ("invalid_task", _with_eta(), "asks to run"),
     ("invalid_request", raw_message(_kwargs_body(v=1, job_id=3)),
      "invalid dispatch request: request_id: Field required; job_id: Input should be a valid"),
 ]  # fmt: skip

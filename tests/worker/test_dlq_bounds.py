@@ -55,3 +55,17 @@ def test_only_delivery_cap_entries_replay() -> None:
     entry = dlq.DeadLetter(reason="r", kind="unknown_task", queue="q", message="{}")
     assert not entry.replayable
     assert dlq.DeadLetter(reason="r", kind="delivery_cap", queue="q", message="{}").replayable
+
+
+def test_an_eta_is_honoured_only_as_far_as_our_retries_go() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from worker.poison import eta_problem
+
+    now = datetime.now(UTC)
+    assert eta_problem(None, 30) is None
+    assert eta_problem((now + timedelta(seconds=20)).isoformat(), 30) is None  # a retry
+    assert eta_problem((now + timedelta(seconds=20)).replace(tzinfo=None).isoformat(), 30) is None
+    assert eta_problem("not a date", 30) is None  # Celery refuses it: invalid_task
+    far = eta_problem((now + timedelta(days=3)).isoformat(), 30)
+    assert far is not None and "asks to run 259200 s from now" in far
