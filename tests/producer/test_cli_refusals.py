@@ -4,15 +4,25 @@ code 1, usage errors included; `dispatchq config` masks every secret form (issue
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devstack.redis_server import RedisServer
 from producer.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """`job dispatch` configures logging (WARNING): later tests get theirs back."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture
