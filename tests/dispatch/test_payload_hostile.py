@@ -4,8 +4,10 @@ allow-list checks is the URL that is connected to."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,3 +162,31 @@ def test_a_trickling_server_is_cut_off_at_the_total_deadline(
     with pytest.raises(PayloadError, match=r"did not complete within 1 s"):
         resolver.resolve(f"http://127.0.0.1:{trickle.port}/slow")
     assert time.monotonic() - started < 2.0
+
+
+def test_https_is_verified(redis_client: redis.Redis, tmp_path: Path) -> None:
+    """A server whose certificate no known CA signed is refused, with the reason."""
+    import ssl
+
+    from devstack.tls import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn, contextlib.suppress(OSError):
+                context.wrap_socket(conn, server_side=True).close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    origin = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with pytest.raises(PayloadError, match="CERTIFICATE_VERIFY_FAILED"):
+            _resolver(redis_client, [], [origin]).resolve(f"https://{origin}/x")
+    finally:
+        listener.close()
+        thread.join(5)
