@@ -316,6 +316,10 @@ class PoisonAwareConsumer(Consumer):
         message.ack_log_error(_ack_log, self.connection_errors)  # type: ignore[attr-defined]
 
 
+MAX_REQUEST_ID = 200
+"""The longest request ID of the message format (README): longer task IDs get no outcome."""
+
+
 def fail_request(
     backend: GuardedRedisBackend,
     task_id: str,
@@ -326,6 +330,8 @@ def fail_request(
     """Give the request `task_id` its exit-1 outcome, unless it is done already. Its job
     and batch come from its record where it has them (a worker took it before), else from
     the message's arguments (`kwargs`), if they could be read."""
+    if len(task_id) > MAX_REQUEST_ID:
+        return  # not a request ID of ours (nor a key name to write): the dead letter says why
     sink = _sink()
     records = RecordStore(sink.redis, sink.settings.result_ttl)
     record = records.load(task_id)
