@@ -169,7 +169,7 @@ def test_hostile_messages_and_references_each_get_a_reason(
             assert worker.process is not None and worker.process.poll() is None
             assert worker.process.pid == pid, "the worker restarted"
             statuses = {rid: producer.result(rid) for rid in items}
-        dlq_bytes = int(client.memory_usage(keys.DLQ) or 0)
+        dlq_bytes = int(client.memory_usage(keys.DLQ, samples=0) or 0)
         dead = dlq.entries(client)
         used = int(client.info("memory")["used_memory"])
     finally:
@@ -177,18 +177,19 @@ def test_hostile_messages_and_references_each_get_a_reason(
         trickle.sock.close()
         client.close()
     output = stack.worker_output()
+    kinds = [s.outcome.error_kind for s in statuses.values() if s.outcome is not None]
     stack.report(
         "hostile messages + payload refs",
         requests=len(items),
         faults=f"{len(items)} generated hostile items",
         lost=0,
         doubled=0,
-        notes=f"{len(dead)} dead-lettered; explained in {elapsed:.1f} s; "
-        f"good request after: {sentinel_seconds:.1f} s; DLQ {dlq_bytes // 1024} KiB",
+        notes=f"{len(dead)} dead-lettered, {kinds.count('payload')} payload errors; "
+        f"explained in {elapsed:.1f} s; good request after: {sentinel_seconds:.1f} s; "
+        f"DLQ {dlq_bytes // 1024} KiB",
     )
     assert outcome is not None and outcome.exit_code == 0
     assert sentinel_seconds < 10
-    kinds = [s.outcome.error_kind for s in statuses.values() if s.outcome is not None]
     assert kinds.count("payload") >= 10, kinds  # the references did reach the resolver
     for rid, status in statuses.items():  # an outcome says why; a dead letter says why
         if status.outcome is not None and status.outcome.exit_code == 1:
