@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from config.logging import MASK
-from config.settings import load_settings
+from config.settings import load_settings, mask_url
 from dispatch.nomad_config import NomadConfig
 from dispatch.render import format_kv
 from producer.api import UNKNOWN, Producer, RequestStatus
@@ -166,6 +166,7 @@ def run_wait(args: argparse.Namespace) -> int:
 
 def _masked_nomad(nomad: NomadConfig) -> dict[str, Any]:
     data = dataclasses.asdict(nomad)
+    data["address"] = mask_url(data["address"])
     if data["token"]:
         data["token"] = MASK
     if data["http_auth"]:
