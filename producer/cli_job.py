@@ -29,6 +29,7 @@ from dispatch.nomad_config import NomadConfig
 from dispatch.outcome import Outcome
 from dispatch.render import render
 from dispatch.retry import RetryPolicy
+from producer.enqueue import InvalidRequest
 from producer.queued import NoWorker, dispatch_queued
 
 USAGE = """\
@@ -275,7 +276,7 @@ def run(options: argparse.Namespace) -> int:
     except ConfigError as err:
         sys.stderr.write(f"Error initializing client: {err}\n")
         return 1
-    except NoWorker as err:
+    except (NoWorker, InvalidRequest) as err:
         sys.stderr.write(f"Error: {err}\n")
         return 1
     except KeyboardInterrupt:
