@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
 import structlog
 
-MASK = "***"
+from dispatch.secrets import MASK as MASK
+from dispatch.secrets import register_secrets as register_secrets
+from dispatch.secrets import scrub as scrub
+
 _SECRET_KEYS = ("token", "password", "secret", "authorization", "auth")
-_secrets: set[str] = set()
-
-
-def register_secrets(values: Iterable[str | None]) -> None:
-    """Remember secret values so that no log line ever shows them."""
-    _secrets.update(v for v in values if v and len(v) >= 4)
 
 
 def register_env_secrets(environ: Mapping[str, str]) -> None:
@@ -36,14 +33,6 @@ def register_env_secrets(environ: Mapping[str, str]) -> None:
             urlsplit(environ.get("DISPATCHQ_REDIS_URL", "")).password,
         ]
     )
-
-
-def scrub(text: str) -> str:
-    """`text` with every registered secret replaced by the mask."""
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
 
 
 def _scrub_value(key: str, value: Any) -> Any:

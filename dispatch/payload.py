@@ -31,19 +31,10 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
 from dispatch import keys
-from dispatch.errors import DispatchqError
-
-PAYLOAD_LIMIT = 16 * 1024
-"""Nomad's DispatchPayloadSizeLimit: decoded bytes; exactly 16384 is accepted."""
+from dispatch.errors import PayloadError as PayloadError
+from dispatch.request import PAYLOAD_LIMIT as PAYLOAD_LIMIT
 
 _MAX_REDIRECTS = 3
-
-
-class PayloadError(DispatchqError):
-    """A payload reference that cannot be turned into bytes. Permanent."""
-
-    kind = "payload"
-    retryable = False
 
 
 def too_large(size: int) -> PayloadError:

@@ -20,36 +20,17 @@ from typing import Any
 import structlog
 
 from dispatch.backpressure import DispatchGate, resources_exhausted
-from dispatch.errors import DispatchqError, NomadError
+from dispatch.errors import BatchCancelled, DispatchqError, MonitoringInterrupted, NomadError
 from dispatch.eventfeed import EvaluationFeed, FeedReader
 from dispatch.events import Dispatched, DispatchFailed, EvalReadFailed, Event
 from dispatch.monitor import DEFAULT_WAIT, EvaluationReader, follow
-from dispatch.nomad import DispatchArgs, NomadClient
+from dispatch.nomad import NomadClient
 from dispatch.outcome import Outcome, OutcomeRecorder
 from dispatch.payload import PayloadResolver
 from dispatch.records import RecordStore, StoredResult
 from dispatch.request import DispatchRequest
 
 log = structlog.get_logger(__name__)
-
-
-class MonitoringInterrupted(DispatchqError):
-    """Nomad stopped answering while an evaluation was followed. Retryable: the retry
-    resumes from the write-ahead record."""
-
-    kind = "monitoring_interrupted"
-    retryable = True
-
-    def __init__(self, cause: NomadError) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-class BatchCancelled(DispatchqError):
-    """The request's batch was cancelled before it was dispatched. Permanent."""
-
-    kind = "cancelled"
-    retryable = False
 
 
 class _ResumableReader:
@@ -135,16 +116,8 @@ class DispatchService:
             return self._finish(request, recorder.outcome())
         try:
             payload = self.resolver.resolve(request.payload_ref, begun.value)
-            response = self.client.send(
-                DispatchArgs(
-                    job_id=request.job_id,
-                    payload=payload,
-                    meta=request.meta,
-                    idempotency_token=request.idempotency_token,
-                    id_prefix_template=request.id_prefix_template,
-                    priority=request.priority,
-                    namespace=request.namespace,
-                )
+            response = self.client.dispatch(
+                request, payload, idempotency_token=request.idempotency_token
             )
         except DispatchqError as err:
             if getattr(err, "retryable", False):

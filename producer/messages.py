@@ -1,6 +1,7 @@
 """The queue message: Celery protocol 2, JSON body, as kombu's Redis transport stores it.
 
-This is dispatchq's stable wire format (documented in the README), built here by hand so a
+This is dispatchq's stable wire format (documented in the README): the body's keyword
+arguments are `DispatchRequest.to_message()`, the envelope is built here by hand so a
 batch of thousands is one pipelined write instead of thousands of `delay()` calls. Any
 Celery-speaking client in any language can produce the same message.
 """
@@ -17,9 +18,6 @@ from typing import Any
 
 from config.celery import TASK_DISPATCH
 
-MESSAGE_VERSION = 1
-"""The `v` field of a request; bumped only with an incompatible change."""
-
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 # kombu only needs delivery tags to be unique (they key its unacknowledged set): a random
 # prefix per process and a counter are, and cost far less than a uuid4 per message.
@@ -30,37 +28,6 @@ _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 def new_request_id() -> str:
     return str(uuid.uuid4())
-
-
-def request_body(
-    request_id: str,
-    job_id: str,
-    *,
-    payload_ref: str | None = None,
-    meta: dict[str, str] | None = None,
-    namespace: str | None = None,
-    detach: bool = False,
-    id_prefix_template: str = "",
-    priority: int = 0,
-    batch_id: str | None = None,
-) -> dict[str, Any]:
-    """The task's keyword arguments: the dispatch request itself."""
-    body: dict[str, Any] = {"v": MESSAGE_VERSION, "request_id": request_id, "job_id": job_id}
-    if payload_ref is not None:
-        body["payload_ref"] = payload_ref
-    if meta:
-        body["meta"] = meta
-    if namespace:
-        body["namespace"] = namespace
-    if detach:
-        body["detach"] = True
-    if id_prefix_template:
-        body["id_prefix_template"] = id_prefix_template
-    if priority:
-        body["priority"] = priority
-    if batch_id:
-        body["batch_id"] = batch_id
-    return body
 
 
 # The envelope as a template: filling in five JSON-escaped values is about twice as fast as

@@ -6,12 +6,13 @@ from typing import Any
 
 from kombu import Connection
 
-from producer.messages import celery_message, request_body
+from producer.messages import celery_message
+from tests.support.requests import message_body
 
 
 def test_envelope_matches_what_kombu_builds() -> None:
     """The hand-built envelope has the fields, values and types kombu's own has."""
-    request = request_body("r-1", 'job "quoted" \\ name', meta={"k": "v"}, batch_id="b")
+    request = message_body("r-1", 'job "quoted" \\ name', meta={"k": "v"}, batch_id="b")
     ours = json.loads(celery_message(request, "q1"))
     body = base64.b64decode(ours["body"])
     assert json.loads(body) == [
@@ -38,17 +39,17 @@ def test_envelope_matches_what_kombu_builds() -> None:
 
 
 def test_every_message_has_its_own_delivery_tag() -> None:
-    request = request_body("r-1", "job")
+    request = message_body("r-1", "job")
     first = json.loads(celery_message(request, "q"))["properties"]["delivery_tag"]
     second = json.loads(celery_message(request, "q"))["properties"]["delivery_tag"]
     assert first != second
 
 
 def test_arguments_are_readable_in_flower() -> None:
-    request = request_body("r-1", "video", meta={"profile": "hd"}, payload_ref="data:,x")
+    request = message_body("r-1", "video", meta={"profile": "hd"}, payload_ref="data:,x")
     headers = json.loads(celery_message(request, "q"))["headers"]
     assert headers["kwargsrepr"] == (
         "{'job_id': 'video', 'meta': {'profile': 'hd'}, 'payload_ref': 'data:,x'}"
     )
-    long = request_body("r-2", "video", meta={"k": "v" * 500})
+    long = message_body("r-2", "video", meta={"k": "v" * 500})
     assert len(json.loads(celery_message(long, "q"))["headers"]["kwargsrepr"]) == 256
