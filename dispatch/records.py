@@ -47,7 +47,8 @@ class RequestState(StrEnum):
 _STATES = frozenset(s.value for s in RequestState)
 
 TRANSITIONS: dict[RequestState | None, frozenset[RequestState]] = {
-    None: frozenset({RequestState.QUEUED, RequestState.DISPATCHING}),  # enqueue, foreign msg
+    # enqueued; or, for a foreign producer's message (no record), taken or refused at once
+    None: frozenset({RequestState.QUEUED, RequestState.DISPATCHING, RequestState.DONE}),
     RequestState.QUEUED: frozenset({RequestState.DISPATCHING, RequestState.DONE}),
     RequestState.DISPATCHING: frozenset({RequestState.MONITORING, RequestState.DONE}),
     RequestState.MONITORING: frozenset({RequestState.DONE}),
