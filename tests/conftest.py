@@ -20,8 +20,8 @@ _PROCESSES = frozenset({"nomadsim", "sim", "fault_sim"})
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `slow` every test that starts processes beyond the session's redis-server: the
-    integration and fault suites, devstack's tests and any test using a nomadsim fixture. `pytest -m "not slow"` is
-    the unit layer (README, Development)."""
+    integration and fault suites, devstack's tests and any test using a nomadsim fixture.
+    `pytest -m "not slow"` is the unit layer (README, Development)."""
     slow = pytest.mark.slow
     for item in items:
         if (
