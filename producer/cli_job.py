@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from config.logging import configure_logging
-from dispatch.errors import ConfigError
+from dispatch.errors import ConfigError, DispatchqError
 from dispatch.events import Event
 from dispatch.monitor import dispatch_and_follow
 from dispatch.nomad import NomadClient
@@ -112,16 +112,10 @@ def dispatch_direct(request: JobDispatch, on_event: Callable[[Event], None]) -> 
 
 def dispatch_through_queue(request: JobDispatch, on_event: Callable[[Event], None]) -> Outcome:
     """Enqueue for the workers and replay their outcome's events (the default path)."""
-    args = request.request
     outcome, request_id = dispatch_queued(
-        args.job_id,
+        request.request,
         payload=request.payload,
-        meta=dict(args.meta),
-        namespace=request.nomad.namespace or None,
         idempotency_token=request.idempotency_token,
-        id_prefix_template=args.id_prefix_template,
-        priority=args.priority,
-        detach=request.detach,
         on_event=on_event,
     )
     if request.detach:
@@ -217,7 +211,7 @@ class Printer:
             stream.flush()
 
 
-class UsageError(Exception):
+class UsageError(DispatchqError):
     """Bad arguments or input: the message is printed as is and the exit code is 1."""
 
 
