@@ -196,7 +196,7 @@ def naive(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
         server.url, sim.address, pool=opts.naive_pool, concurrency=opts.naive_concurrency,
         log_path=opts.log_dir / "naive.log",
     )  # fmt: skip
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub()
     with worker, contextlib.closing(pubsub):
         pubsub.psubscribe(keys.CELERY_RESULT_PREFIX + "*")
         while pubsub.get_message(timeout=1.0) is None:  # the psubscribe confirmation

@@ -27,7 +27,7 @@ def test_an_outcome_is_stored_with_its_ttl_and_published(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
     backend = _backend(redis_server)
-    pubsub = redis_client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = redis_client.pubsub()
     pubsub.subscribe(keys.celery_result("r-1"))
     pubsub.get_message(timeout=1)  # the subscription itself
     backend.mark_as_done("r-1", {"exit_code": 0})
@@ -64,7 +64,7 @@ def test_an_outcome_stored_with_its_record_reads_as_celerys_own(
     in the same step as the record and its batch; the first finish wins."""
     backend = _backend(redis_server)
     records = RecordStore(redis_client, ttl=600)
-    pubsub = redis_client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = redis_client.pubsub()
     pubsub.subscribe(keys.celery_result("r-3"))
     pubsub.get_message(timeout=1)
     backend.mark_as_retry("r-3", RuntimeError("first try"))

@@ -16,7 +16,8 @@ from openapi_schema_validator import OAS30Validator
 
 from devstack.nomadsim_process import NomadSimProcess
 
-SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "nomad-openapi.yaml"
+# A copy of Nomad's OpenAPI description (MPL-2.0, licence beside it), kept in the repository.
+SPEC_PATH = Path(__file__).resolve().parent / "fixtures" / "nomad-openapi.yaml"
 
 
 class Api:
@@ -157,8 +158,8 @@ class OpenApi:
 def openapi() -> OpenApi:
     if not SPEC_PATH.is_file():
         pytest.fail(
-            f"Nomad's OpenAPI description is missing: expected {SPEC_PATH} (shared/ beside "
-            "the repository clone)"
+            f"Nomad's OpenAPI description is missing: expected {SPEC_PATH} (committed "
+            "in the repository)"
         )
     with SPEC_PATH.open() as handle:
         return OpenApi(yaml.safe_load(handle))

@@ -1,4 +1,4 @@
-"""Responses validate against Nomad's OpenAPI schemas (../shared/nomad-openapi.yaml).
+"""Responses validate against Nomad's OpenAPI schemas (fixtures/nomad-openapi.yaml).
 
 Types are checked for every field (null allowed: Go renders nil as null, and the spec
 never says `nullable`), and the spec's fields must be present except those listed here
