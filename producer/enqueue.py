@@ -48,23 +48,31 @@ Blob = tuple[str, bytes]
 """An inline payload to store: its digest (`keys.blob`) and its bytes."""
 
 
-def prepare(new: NewRequest) -> tuple[DispatchRequest, Blob | None]:
-    """The request as it will be enqueued, and its inline payload; raises InvalidRequest
-    for what can be known bad without Nomad (the model's rules, the 16 KiB limit)."""
-    fields, payload = new.fields, new.payload
-    if payload is not None:
-        if fields.get("payload_ref") is not None:
-            raise InvalidRequest("give either payload or payload_ref, not both")
-        if not isinstance(payload, bytes | bytearray):
-            raise InvalidRequest(f"payload must be bytes, not {type(payload).__name__}")
-        if len(payload) > PAYLOAD_LIMIT:
-            raise InvalidRequest(f"Payload exceeds maximum size; {len(payload)} > {PAYLOAD_LIMIT}")
-        data = bytes(payload)
-        digest = blob_digest(data)
-        fields = {**fields, "payload_ref": f"blob:sha256:{digest}"}
-    if fields.get("request_id") is None:
-        fields = {**fields, "request_id": new_request_id()}
-    return DispatchRequest.from_producer(fields), None if payload is None else (digest, data)
+def prepare(requests: Iterable[NewRequest]) -> list[tuple[DispatchRequest, Blob | None]]:
+    """The requests as they will be enqueued, each with its inline payload; raises
+    InvalidRequest for what can be known bad without Nomad (the model's rules, checked for
+    all at once, and the 16 KiB limit)."""
+    items: list[dict[str, Any]] = []
+    blobs: list[Blob | None] = []
+    for new in requests:
+        data, payload, blob = {**new.fields}, new.payload, None
+        if payload is not None:
+            if data.get("payload_ref") is not None:
+                raise InvalidRequest("give either payload or payload_ref, not both")
+            if not isinstance(payload, bytes | bytearray):
+                raise InvalidRequest(f"payload must be bytes, not {type(payload).__name__}")
+            if len(payload) > PAYLOAD_LIMIT:
+                raise InvalidRequest(
+                    f"Payload exceeds maximum size; {len(payload)} > {PAYLOAD_LIMIT}"
+                )
+            payload = bytes(payload)
+            blob = (blob_digest(payload), payload)
+            data["payload_ref"] = f"blob:sha256:{blob[0]}"
+        if data.get("request_id") is None:
+            data["request_id"] = new_request_id()
+        items.append(data)
+        blobs.append(blob)
+    return list(zip(DispatchRequest.all_from_producer(items), blobs, strict=True))
 
 
 class Enqueuer:
@@ -81,8 +89,7 @@ class Enqueuer:
 
         A request ID that exists is skipped, unless its earlier run ended without
         dispatching anything: then it is enqueued again (AGAIN)."""
-        # All of them first: a bad request means nothing is written.
-        listed = [prepare(new) for new in requests]
+        listed = prepare(requests)  # all of them first: a bad one means nothing is written
         chunks = [listed[i : i + CHUNK] for i in range(0, len(listed), CHUNK)]
         if not chunks:
             return []

@@ -18,7 +18,7 @@ from typing import Any
 
 from config.celery import TASK_DISPATCH
 
-_ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+_ORIGIN_JSON = json.dumps(f"{os.getpid()}@{socket.gethostname()}")
 # kombu only needs delivery tags to be unique (they key its unacknowledged set): a random
 # prefix per process and a counter are, and cost far less than a uuid4 per message.
 _TAG_PREFIX = f"{uuid.uuid4().hex}-"
@@ -64,7 +64,7 @@ def celery_message(request: dict[str, Any], queue: str) -> str:
         body=base64.b64encode(body.encode()).decode("ascii"),
         rid=json.dumps(request["request_id"]),
         kwargsrepr=json.dumps(_readable(request)),
-        origin=json.dumps(_ORIGIN),
+        origin=_ORIGIN_JSON,
         queue=json.dumps(queue),
         tag=f"{_TAG_PREFIX}{next(_tags)}",
     )
