@@ -16,6 +16,8 @@ import socket
 import uuid
 from typing import Any
 
+import orjson
+
 from config.celery import TASK_DISPATCH
 
 _ORIGIN_JSON = json.dumps(f"{os.getpid()}@{socket.gethostname()}")
@@ -43,7 +45,7 @@ _ENVELOPE = (
     '"delivery_info":{{"exchange":"","routing_key":{queue}}},"priority":0,'
     '"body_encoding":"base64","delivery_tag":"{tag}"}}}}'
 )
-_EMBED_JSON = json.dumps(_EMBED, separators=(",", ":"))
+_EMBED_JSON = json.dumps(_EMBED, separators=(",", ":")).encode()
 
 
 _SHOWN = ("job_id", "meta", "payload_ref", "namespace", "batch_id")
@@ -57,11 +59,24 @@ def _readable(request: dict[str, Any]) -> str:
     return shown if len(shown) <= KWARGSREPR_MAX else shown[: KWARGSREPR_MAX - 3] + "..."
 
 
+def compact_json(value: Any) -> bytes:
+    """`json.dumps(value, separators=(",", ":"))`, byte for byte, encoded, for a request's
+    values (strings, integers, booleans, None, lists and objects of them; no floats): by
+    orjson, in a twentieth of the time, where that is the same, which is wherever its
+    output is ASCII (both escape the same characters the same way; the json module also
+    escapes non-ASCII). tests/producer/test_messages.py checks it."""
+    try:
+        encoded = orjson.dumps(value)
+    except TypeError:  # what orjson refuses (integers beyond 64 bits, say)
+        encoded = b"\x80"
+    return encoded if encoded.isascii() else json.dumps(value, separators=(",", ":")).encode()
+
+
 def celery_message(request: dict[str, Any], queue: str) -> str:
     """The serialized kombu envelope that goes onto the queue list with LPUSH."""
-    body = f"[[],{json.dumps(request, separators=(',', ':'))},{_EMBED_JSON}]"
+    body = b"[[]," + compact_json(request) + b"," + _EMBED_JSON + b"]"
     return _ENVELOPE.format(
-        body=base64.b64encode(body.encode()).decode("ascii"),
+        body=base64.b64encode(body).decode("ascii"),
         rid=json.dumps(request["request_id"]),
         kwargsrepr=json.dumps(_readable(request)),
         origin=_ORIGIN_JSON,

@@ -4,9 +4,11 @@ import base64
 import json
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from kombu import Connection
 
-from producer.messages import celery_message
+from producer.messages import celery_message, compact_json
 from tests.support.requests import message_body
 
 
@@ -53,3 +55,20 @@ def test_arguments_are_readable_in_flower() -> None:
     )
     long = message_body("r-2", "video", meta={"k": "v" * 500})
     assert len(json.loads(celery_message(long, "q"))["headers"]["kwargsrepr"]) == 256
+
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(value=values)
+def test_the_body_is_encoded_as_the_json_module_encodes_it(value: Any) -> None:
+    assert compact_json(value) == json.dumps(value, separators=(",", ":")).encode()
+
+
+def test_escapes_are_the_json_modules() -> None:
+    request = message_body("r-1", "job", meta={"k": "\x00\x1f\x7f\"\\/\n\t\u2028é😀"})
+    assert compact_json(request) == json.dumps(request, separators=(",", ":")).encode()
