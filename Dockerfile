@@ -15,7 +15,7 @@ COPY producer ./producer
 COPY nomadsim ./nomadsim
 COPY devstack ./devstack
 ENV UV_PROJECT_ENVIRONMENT=/opt/dispatchq PATH=/opt/dispatchq/bin:$PATH
-RUN uv sync --frozen --no-editable --no-cache --no-python-downloads \
+RUN uv sync --frozen --no-editable --no-cache --no-python-downloads --extra flower \
     && useradd --system --no-create-home dispatchq
 
 # Celery refuses nothing as root, but warns: a worker has no need of it.

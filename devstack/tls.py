@@ -14,12 +14,11 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from devstack.redis_server import RedisServer, find_redis_server
-from dispatch.errors import DispatchqError
 
 SERVER_NAMES = ("localhost", "127.0.0.1")
 
 
-class TlsUnavailable(DispatchqError, RuntimeError):
+class TlsUnavailable(RuntimeError):
     """No openssl CLI, or a redis-server built without TLS."""
 
 

@@ -26,16 +26,20 @@ class WorkerProcess:
     name: str = "w1"
     log_path: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    task_events: bool = False
+    """Send Celery's task events and worker heartbeats, which Flower shows (`-E`): a few
+    Redis publishes per request, so off unless something watches."""
     process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
+        events = ["-E"] if self.task_events else ["--without-heartbeat"]
         return [
             sys.executable, "-m", "celery", "-A", "worker", "worker",
             "--pool", self.pool,
             "--concurrency", str(self.concurrency),
             "--hostname", f"{self.name}@%h",
             "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--without-gossip", "--without-mingle", *events,
             *self.extra_args,
         ]  # fmt: skip
 

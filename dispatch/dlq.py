@@ -17,6 +17,13 @@ replays and purges them. An entry is one JSON object per element of the Redis li
 
 Only `REPLAYABLE` kinds are replayed: the others would fail the same way again.
 
+The list is bounded in entries and in bytes, whatever arrives: it keeps the newest
+`MAX_ENTRIES` entries (`LTRIM` on every append), and each entry is at most
+`MAX_ENTRY_BYTES` of JSON (`encode`): the raw message is cut to `MAX_MESSAGE_CHARS` (a cut
+message is marked `...[truncated]` and cannot be replayed), `details` to
+`MAX_DETAILS_CHARS` of JSON, the reason and the IDs to a few hundred characters. So the
+list never holds more than MAX_ENTRIES x MAX_ENTRY_BYTES (32 MiB) of entries.
+
 The delivery cap lives here too: each delivery of a request is counted in its request
 record (`DELIVERIES`: by the worker's fetch itself where it can, `worker.fetch`, else by the
 consumer with `count_delivery`), and a request delivered more than `max_deliveries` times
@@ -34,7 +41,6 @@ import redis
 
 from dispatch import keys
 from dispatch.errors import DeliveryCapExceeded as DeliveryCapExceeded
-from dispatch.errors import NotReplayable as NotReplayable
 from dispatch.records import DELIVERIES as DELIVERIES
 from dispatch.records import SCRIPTS
 
@@ -42,18 +48,29 @@ KINDS = {
     "undecodable": "the queue item is not JSON",
     "malformed": "JSON, but not a Celery protocol-2 task message",
     "content": "the body cannot be decoded (bad JSON, or a refused type such as pickle)",
-    "unknown_task": "no such task is registered on the worker",
-    "invalid_task": "Celery refused the task message (bad eta, expires, ...)",
+    "unknown_task": "a task name other than dispatchq's own: never run on a worker",
+    "invalid_task": "Celery refused the task message (bad eta, expires, ...), or its "
+    "eta/countdown lies further ahead than dispatchq's retries go",
     "invalid_request": "the arguments are not a valid dispatch request",
     "delivery_cap": "delivered too many times: it may be killing its workers",
 }
-REPLAYABLE = frozenset({"unknown_task", "delivery_cap"})
+REPLAYABLE = frozenset({"delivery_cap"})
 
-MAX_ENTRIES = 10_000
+MAX_ENTRIES = 1_000
 """The list keeps the newest entries only, so a flood of bad messages cannot fill Redis."""
-MAX_MESSAGE_CHARS = 64 * 1024
+MAX_ENTRY_BYTES = 32 * 1024
+"""The most bytes of one stored entry (its JSON, UTF-8)."""
+MAX_MESSAGE_CHARS = 16 * 1024
 """A raw message longer than this is kept truncated (and cannot be replayed)."""
+MAX_DETAILS_CHARS = 4 * 1024
+"""`details` whose JSON is longer are kept as that JSON, truncated, under `truncated`."""
+_MAX_FIELD_CHARS = 512
+"""The reason, task ID, task name and queue are cut to this."""
+_TRUNCATED = "...[truncated]"
 
+
+class NotReplayable(ValueError):
+    """An entry that `replay` refuses; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +91,8 @@ class DeadLetter:
         return (
             self.kind in REPLAYABLE
             and self.message is not None
-            and len(self.message) < MAX_MESSAGE_CHARS
+            and len(self.message) <= MAX_MESSAGE_CHARS
+            and not self.message.endswith(_TRUNCATED)
             and bool(self.queue)
         )
 
@@ -107,14 +125,34 @@ def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def truncate(text: str) -> str:
-    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "...[truncated]"
+def truncate(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + _TRUNCATED
+
+
+def encode(entry: DeadLetter) -> str:
+    """The entry as stored: JSON of at most MAX_ENTRY_BYTES (see the module doc)."""
+    data = entry.to_json()
+    for name in ("reason", "task_id", "task", "queue"):
+        if isinstance(data[name], str):
+            data[name] = truncate(data[name], _MAX_FIELD_CHARS)
+    details = json.dumps(data["details"], default=repr)
+    if len(details) > MAX_DETAILS_CHARS:
+        data["details"] = {"truncated": truncate(details, MAX_DETAILS_CHARS)}
+    message = data["message"]
+    if isinstance(message, str):
+        data["message"] = message = truncate(message)
+    text = json.dumps(data, default=repr)
+    while len(text.encode()) > MAX_ENTRY_BYTES and message:  # escapes can grow it 6-fold
+        message = message[: len(message.removesuffix(_TRUNCATED)) // 2]
+        data["message"] = message + _TRUNCATED
+        text = json.dumps(data, default=repr)
+    return text
 
 
 def append(client: redis.Redis, entry: DeadLetter) -> None:
-    """Add `entry`, keep the newest `MAX_ENTRIES`, renew the list's TTL."""
+    """Add `entry` (bounded: `encode`), keep the newest `MAX_ENTRIES`, renew the TTL."""
     pipe = client.pipeline(transaction=False)
-    pipe.rpush(keys.DLQ, json.dumps(entry.to_json(), default=repr))
+    pipe.rpush(keys.DLQ, encode(entry))
     pipe.ltrim(keys.DLQ, -MAX_ENTRIES, -1)
     pipe.expire(keys.DLQ, keys.DLQ_TTL)
     pipe.execute()

@@ -73,7 +73,8 @@ class BadRequest(NomadError):
 
 
 class NotFound(NomadError):
-    """404: the job, evaluation or route does not exist."""
+    """404: the job, evaluation or route does not exist; also Nomad's 500 "parameterized
+    job not found" for a dispatch of a job that does not exist (one kind for one cause)."""
 
     kind = "not_found"
 
@@ -162,18 +163,12 @@ class DeliveryCapExceeded(DispatchqError):
     kind = "delivery_cap"
 
 
-class NotReplayable(DispatchqError, ValueError):
-    """A dead letter that `dlq.replay` refuses; the message says why."""
-
-    kind = "not_replayable"
-
 # The 500 bodies of NOMAD_API.md section 3 (rows 4-12). Matched anywhere in the body, as
 # RPC forwarding may prefix the text (for example "rpc error: ").
 _VALIDATION_TEXTS = re.compile(
     "|".join(
         (
             r"missing parameterized job ID",
-            r"parameterized job not found",
             r"Specified job \".*\" is not a parameterized job",
             r"Specified job \".*\" is stopped",
             r"Payload is not provided but required by parameterized job",
@@ -185,6 +180,10 @@ _VALIDATION_TEXTS = re.compile(
         )
     )
 )
+
+# Section 3's text for a dispatch of a job that does not exist: permanent, like the others,
+# but a missing job rather than an invalid request.
+_JOB_NOT_FOUND = "parameterized job not found"
 
 # 5xx texts produced before anything is written, so a replay cannot double a dispatch.
 _NOT_APPLIED_TEXTS = ("No cluster leader", "No path to region")
@@ -201,6 +200,8 @@ def classify_http(status: int, body: str) -> NomadError:
         error = RateLimited(body, status=status)
     elif status < 500:
         error = BadRequest(body, status=status)
+    elif _JOB_NOT_FOUND in body:
+        error = NotFound(body, status=status)
     elif _VALIDATION_TEXTS.search(body):
         error = ValidationError(body, status=status)
     else:

@@ -31,7 +31,9 @@ PREFIX: Final = "dispatchq"
 
 DLQ: Final = f"{PREFIX}:dlq"
 DLQ_TTL: Final = 14 * 86_400
-"""Dead letters are kept two weeks after the last one arrived."""
+"""Dead letters are kept two weeks after the last one arrived. The list is bounded besides:
+the newest `dlq.MAX_ENTRIES` (1,000) entries, each at most `dlq.MAX_ENTRY_BYTES` (32 KiB),
+so 32 MiB at most (`dispatch.dlq`)."""
 
 WORKERS: Final = f"{PREFIX}:workers"
 """Live consumers: member `<queue>|<hostname>`, score = time of the last heartbeat."""

@@ -8,9 +8,11 @@ last evaluation of the NextEval chain finished with placement failures; 1 otherw
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dispatch.errors import NomadError
@@ -38,6 +40,11 @@ ERROR = "error"  # refused, unreachable, or the evaluation could not be read
 
 EXIT_CODES = {COMPLETE: 0, DISPATCHED: 0, PLACEMENT_FAILED: 2, ERROR: 1}
 STORED_VERSION = 2  # `to_stored`'s form; `to_json`'s full form has no "v"
+OUTCOME_SCHEMA: dict[str, Any] = json.loads(
+    (Path(__file__).with_name("outcome.schema.json")).read_text()
+)
+"""The JSON Schema of what Redis holds at `celery-task-meta-<request id>`, `to_stored`'s
+form inside Celery's result meta: the documented format for readers in any language."""
 
 
 def _rounded(seconds: float | None) -> float | None:

@@ -4,14 +4,18 @@ A dispatch request carries a *reference* to its payload, never the bytes, so que
 stay small and a payload shared by many requests is stored once. Supported references:
 
 - `blob:sha256:<hex>`: an inline payload the producer stored in Redis (content-addressed).
-- `file:///abs/path`: a file under one of the configured roots (no traversal or symlink
-  escape: the resolved real path must stay inside a root).
-- `http://` / `https://`: an allow-listed host; streamed, capped at the size limit, retried
-  on transient errors, redirects followed only on the same host.
+- `file:///abs/path`: a regular file under one of the configured roots (no traversal or
+  symlink escape: the resolved real path must stay inside a root). Anything else (a FIFO,
+  a device, a socket, a directory) is refused before it is read, and it is opened with
+  `O_NONBLOCK`, so no kind of file can block the worker process.
+- `http://` / `https://`: an allow-listed host (`dispatch.payload_http`: one strict parse
+  for the check and the connection); capped at the size limit, retried on transient
+  errors, redirects followed only on the same host, all within one total deadline.
 - `data:[<mediatype>][;base64],<data>`: RFC 2397, inline.
 
-Every failure is a permanent `PayloadError` naming the reason: a bad reference will not get
-better by retrying the task.
+Every failure is a permanent `PayloadError` naming the reason, whatever raised it (a
+`ValueError` from a malformed reference included): a bad reference will not get better by
+retrying the task. Only a Redis error (reading a blob) is left to the retry policy.
 """
 
 from __future__ import annotations
@@ -20,25 +24,32 @@ import base64
 import binascii
 import hashlib
 import os
+import stat
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import redis
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util import Retry
 
 from dispatch import keys
-from dispatch.errors import PayloadError as PayloadError
-from dispatch.request import PAYLOAD_LIMIT as PAYLOAD_LIMIT
+from dispatch.errors import PayloadError
+from dispatch.payload_http import fetch, short, too_large
+from dispatch.request import PAYLOAD_LIMIT
 
-_MAX_REDIRECTS = 3
+__all__ = ["PAYLOAD_LIMIT", "PayloadError", "PayloadPolicy", "PayloadResolver", "too_large"]
 
-
-def too_large(size: int) -> PayloadError:
-    return PayloadError(f"Payload exceeds maximum size; {size} > {PAYLOAD_LIMIT}")
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+_OPEN_FLAGS = (
+    os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NOCTTY", 0)
+)  # fmt: skip
 
 
 def blob_digest(data: bytes) -> str:
@@ -57,6 +68,7 @@ class PayloadPolicy:
     file_roots: tuple[Path, ...] = ()
     http_hosts: frozenset[str] = frozenset()
     http_timeout: float = 10.0
+    """Seconds for one whole http(s) fetch: connection, reads, retries and redirects."""
 
     @classmethod
     def of(
@@ -71,30 +83,13 @@ class PayloadPolicy:
 
 @dataclass
 class PayloadResolver:
-    """Turns references into bytes under a policy. One per worker process (it pools HTTP)."""
+    """Turns references into bytes under a policy. One per worker process; thread-safe."""
 
     policy: PayloadPolicy
     blobs: redis.Redis
-    http: requests.Session = field(default_factory=requests.Session)
-
-    def __post_init__(self) -> None:
-        retry = Retry(
-            total=2,
-            connect=2,
-            read=2,
-            status=2,
-            backoff_factor=0.2,
-            status_forcelist=(429, 500, 502, 503, 504),
-            allowed_methods=("GET",),
-            redirect=0,
-            raise_on_status=False,
-        )
-        adapter = HTTPAdapter(max_retries=retry)
-        self.http.mount("http://", adapter)
-        self.http.mount("https://", adapter)
 
     def close(self) -> None:
-        self.http.close()
+        """Nothing to release: every http(s) fetch has a connection of its own."""
 
     def blob_key(self, ref: str | None) -> str | None:
         """The Redis key a well-formed blob reference is read from (None for any other
@@ -109,28 +104,38 @@ class PayloadResolver:
             return None
         if not isinstance(ref, str):
             raise PayloadError(f"payload reference must be a string, not {type(ref).__name__}")
-        scheme = ref.split(":", 1)[0].lower() if ":" in ref else ""
-        if scheme == "blob":
-            data = self._blob(ref, blob)
-        elif scheme == "file":
-            data = self._file(ref)
-        elif scheme in ("http", "https"):
-            data = self._http(ref)
-        elif scheme == "data":
-            data = _data_url(ref)
-        else:
+        try:
+            data = self._resolve(ref, blob)
+        except (PayloadError, redis.RedisError):
+            raise
+        except Exception as err:  # noqa: BLE001  (any other failure is the reference's)
             raise PayloadError(
-                f"unsupported payload reference {_short(ref)!r}: "
-                "use blob:sha256:<hex>, file://, http(s):// or data:"
-            )
+                f"payload reference {short(ref)!r} cannot be resolved: "
+                f"{type(err).__name__}: {short(str(err))}"
+            ) from None
         if len(data) > PAYLOAD_LIMIT:
             raise too_large(len(data))
         return data
 
+    def _resolve(self, ref: str, blob: bytes | None) -> bytes:
+        scheme = ref.split(":", 1)[0].lower() if ":" in ref else ""
+        if scheme == "blob":
+            return self._blob(ref, blob)
+        if scheme == "file":
+            return self._file(ref)
+        if scheme in ("http", "https"):
+            return fetch(ref, self.policy.http_hosts, self.policy.http_timeout)
+        if scheme == "data":
+            return _data_url(ref)
+        raise PayloadError(
+            f"unsupported payload reference {short(ref)!r}: "
+            "use blob:sha256:<hex>, file://, http(s):// or data:"
+        )
+
     def _blob(self, ref: str, data: bytes | None) -> bytes:
         digest = _blob_digest(ref)
         if not digest:
-            raise PayloadError(f"malformed blob reference {_short(ref)!r}: want blob:sha256:<hex>")
+            raise PayloadError(f"malformed blob reference {short(ref)!r}: want blob:sha256:<hex>")
         if data is None:
             data = self.blobs.get(keys.blob(digest))  # type: ignore[assignment]
         assert data is None or isinstance(data, bytes)
@@ -145,10 +150,13 @@ class PayloadResolver:
     def _file(self, ref: str) -> bytes:
         parts = urlsplit(ref)
         if parts.netloc not in ("", "localhost"):
-            raise PayloadError(f"file reference {_short(ref)!r} names a host; only local files")
-        path = Path(unquote_to_bytes(parts.path).decode("utf-8", "replace"))
+            raise PayloadError(f"file reference {short(ref)!r} names a host; only local files")
+        raw = unquote_to_bytes(parts.path)
+        if b"\0" in raw:
+            raise PayloadError(f"file reference {short(ref)!r} contains a NUL byte")
+        path = Path(raw.decode("utf-8", "replace"))
         if not path.is_absolute():
-            raise PayloadError(f"file reference {_short(ref)!r} must be an absolute path")
+            raise PayloadError(f"file reference {short(ref)!r} must be an absolute path")
         if not self.policy.file_roots:
             raise PayloadError("file:// payload references are disabled: no file roots set")
         # Lexically first, so nothing outside the roots is even looked at; then again on
@@ -161,64 +169,49 @@ class PayloadResolver:
             raise PayloadError(f"payload file {path} cannot be read: {_os_reason(err)}") from None
         if not self._inside_roots(real):
             raise PayloadError(f"payload file {path} is outside the allowed roots")
-        try:
-            with real.open("rb") as handle:
-                data = handle.read(PAYLOAD_LIMIT + 1)
-        except OSError as err:
-            raise PayloadError(f"payload file {path} cannot be read: {_os_reason(err)}") from None
-        if len(data) > PAYLOAD_LIMIT:
-            raise too_large(real.stat().st_size)
-        return data
+        return _read_regular(real, path)
 
     def _inside_roots(self, path: Path) -> bool:
         return any(path.is_relative_to(root.resolve()) for root in self.policy.file_roots)
 
-    def _http(self, ref: str) -> bytes:
-        url = ref
-        origin = _host_port(url)
-        if origin not in self.policy.http_hosts and _host(url) not in self.policy.http_hosts:
-            raise PayloadError(f"payload host {origin!r} is not in the allow-list")
-        for _ in range(_MAX_REDIRECTS + 1):
-            try:
-                response = self.http.get(
-                    url, stream=True, timeout=self.policy.http_timeout, allow_redirects=False
-                )
-            except requests.RequestException as err:
-                raise PayloadError(f"payload fetch from {origin} failed: {err}") from None
-            with response:
-                if response.is_redirect:
-                    target = urljoin(url, response.headers.get("Location", ""))
-                    if _host_port(target) != origin:
-                        raise PayloadError(
-                            f"payload fetch from {origin} redirected to another host; refused"
-                        )
-                    url = target
-                    continue
-                if response.status_code != 200:
-                    raise PayloadError(
-                        f"payload fetch from {origin} answered HTTP {response.status_code}"
-                    )
-                return _read_capped(response)
-        raise PayloadError(f"payload fetch from {origin}: more than {_MAX_REDIRECTS} redirects")
 
-
-def _read_capped(response: requests.Response) -> bytes:
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > PAYLOAD_LIMIT:
-        raise too_large(int(declared))
-    chunks: list[bytes] = []
-    size = 0
+def _read_regular(real: Path, shown: Path) -> bytes:
+    """The bytes of a regular file, or PayloadError. Its kind is checked before it is
+    opened (opening a FIFO or a device can block, or have effects), and again on the open
+    descriptor (it may have been swapped meanwhile), which never blocks: O_NONBLOCK."""
     try:
-        for chunk in response.iter_content(4096):
+        _check_regular(real.stat(), shown)
+        fd = os.open(real, _OPEN_FLAGS)
+    except OSError as err:
+        raise PayloadError(f"payload file {shown} cannot be read: {_os_reason(err)}") from None
+    try:
+        _check_regular(os.fstat(fd), shown)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= PAYLOAD_LIMIT:
+            chunk = os.read(fd, PAYLOAD_LIMIT + 1 - size)
+            if not chunk:
+                break
             chunks.append(chunk)
             size += len(chunk)
-            if size > PAYLOAD_LIMIT:
-                raise PayloadError(
-                    f"Payload exceeds maximum size; more than {PAYLOAD_LIMIT} bytes streamed"
-                )
-    except requests.RequestException as err:
-        raise PayloadError(f"payload fetch interrupted: {err}") from None
+    except OSError as err:
+        raise PayloadError(f"payload file {shown} cannot be read: {_os_reason(err)}") from None
+    finally:
+        os.close(fd)
+    if size > PAYLOAD_LIMIT:
+        raise PayloadError(
+            f"Payload exceeds maximum size; {shown} has more than {PAYLOAD_LIMIT} bytes"
+        )
     return b"".join(chunks)
+
+
+def _check_regular(info: os.stat_result, shown: Path) -> None:
+    if stat.S_ISREG(info.st_mode):
+        if info.st_size > PAYLOAD_LIMIT:
+            raise too_large(info.st_size)
+        return
+    kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a file")
+    raise PayloadError(f"payload file {shown} is {kind}, not a regular file; refused")
 
 
 def _blob_digest(ref: str) -> str:
@@ -239,23 +232,9 @@ def _data_url(ref: str) -> bytes:
     return unquote_to_bytes(body)
 
 
-def _host(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()
-
-
-def _host_port(url: str) -> str:
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    return f"{host}:{parts.port}" if parts.port else host
-
-
 def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
 
 
 def _os_reason(err: BaseException) -> str:
     return getattr(err, "strerror", None) or type(err).__name__
-
-
-def _short(ref: str) -> str:
-    return ref if len(ref) <= 80 else ref[:77] + "..."

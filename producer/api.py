@@ -55,8 +55,8 @@ class RequestStatus:
         data: dict[str, Any] = {"request_id": self.request_id, "state": self.state}
         if self.record is not None:
             data.update({k: v for k, v in self.record.to_json().items() if k != "state"})
-        if self.outcome is not None:
-            data["outcome"] = self.outcome.to_json()
+        if self.outcome is not None:  # as stored: the README's outcome format
+            data["outcome"] = self.outcome.to_stored()
         return data
 
 
@@ -202,14 +202,17 @@ class Producer:
         """Block until every request is done or `timeout` seconds pass.
 
         Returns the status of each request, done or not; `on_done` is called once per
-        request as it finishes (or is found finished). Unknown IDs are not waited for.
+        request as it finishes (or is found finished). An ID with no record and no outcome
+        yet (`unknown`: a message a foreign producer pushed that no worker has taken, or no
+        such request at all) is waited for like a queued one: it cannot be told apart from
+        a request still in the queue, so only `timeout` ends that wait.
         """
         statuses = {rid: self.result(rid) for rid in dict.fromkeys(request_ids)}
         if on_done is not None:
             for status in statuses.values():
                 if status.done:
                     on_done(status)
-        pending = [rid for rid, st in statuses.items() if not st.done and st.state != UNKNOWN]
+        pending = [rid for rid, st in statuses.items() if not st.done]
         if not pending:
             return statuses
         backend = self._celery.backend

@@ -121,9 +121,7 @@ def stream_results(batches: BatchStore, batch_id: str, chunk: int = 500) -> Iter
             line: dict[str, Any] = {"request_id": rid}
             outcome = outcome_from_meta(json.loads(meta)) if meta else None
             if outcome is not None:
-                summary = outcome.to_json()
-                summary.pop("events")
-                line.update(state="done", outcome=summary)
+                line.update(state="done", outcome=outcome.to_stored())
             else:
                 line["state"] = state.decode() if state else "unknown"
             yield json.dumps(line)

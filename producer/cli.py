@@ -10,21 +10,52 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import redis
 from pydantic import ValidationError
 
 from config.logging import register_env_secrets, scrub
-from producer import cli_batch, cli_demo, cli_dev, cli_dlq, cli_health, cli_job, cli_queue, cli_sim
+from dispatch.payload_http import mask_userinfo
+from producer import (
+    cli_batch,
+    cli_demo,
+    cli_dev,
+    cli_dlq,
+    cli_flower,
+    cli_health,
+    cli_job,
+    cli_queue,
+    cli_sim,
+)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line on stderr and exit code 1 (argparse's own: usage, then
+    the error, exit 2), as every other refusal of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+        raise SystemExit(1)
+
+
+def settings_error(err: ValidationError) -> str:
+    """A settings error in one line, without the values given (a URL may hold a password)."""
+    problems = [
+        f"{'.'.join(str(part) for part in e['loc']) or 'settings'}: {e['msg']}"
+        for e in err.errors(include_url=False, include_input=False)
+    ]
+    return "; ".join(problems) or str(err).splitlines()[0]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dispatchq",
         description="Dispatch HashiCorp Nomad parameterized jobs through a durable queue.",
     )
     commands = parser.add_subparsers(dest="command", metavar="<command>")
-    for module in (cli_job, cli_batch, cli_queue, cli_dlq, cli_demo, cli_dev, cli_sim, cli_health):
+    for module in (cli_job, cli_batch, cli_queue, cli_dlq, cli_demo, cli_dev, cli_sim, cli_health,
+                   cli_flower):  # fmt: skip
         module.register(commands)
     return parser
 
@@ -42,8 +73,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except redis.RedisError as err:
         print(f"Error talking to Redis (DISPATCHQ_REDIS_URL): {scrub(str(err))}", file=sys.stderr)
         return 1
-    except (ValidationError, FileNotFoundError) as err:
+    except ValidationError as err:
+        print(f"Error in the settings: {scrub(settings_error(err))}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as err:
         print(f"Error in the settings: {scrub(str(err))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # noqa: BLE001  (never a traceback: one line, exit 1)
+        text = " ".join(scrub(str(err)).split()) or type(err).__name__
+        print(f"Error: {mask_userinfo(text)}", file=sys.stderr)
         return 1
     return code
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from config.logging import configure_logging
-from dispatch.errors import ConfigError, DispatchqError
+from dispatch.errors import ConfigError
 from dispatch.events import Event
 from dispatch.monitor import dispatch_and_follow
 from dispatch.nomad import NomadClient
@@ -30,6 +30,7 @@ from dispatch.outcome import Outcome
 from dispatch.render import render
 from dispatch.request import DispatchRequest
 from dispatch.retry import RetryPolicy
+from producer.enqueue import InvalidRequest
 from producer.messages import new_request_id
 from producer.queued import NoWorker, dispatch_queued
 
@@ -211,7 +212,7 @@ class Printer:
             stream.flush()
 
 
-class UsageError(DispatchqError):
+class UsageError(Exception):
     """Bad arguments or input: the message is printed as is and the exit code is 1."""
 
 
@@ -284,7 +285,7 @@ def run(options: argparse.Namespace) -> int:
     except ConfigError as err:
         sys.stderr.write(f"Error initializing client: {err}\n")
         return 1
-    except NoWorker as err:
+    except (NoWorker, InvalidRequest) as err:
         sys.stderr.write(f"Error: {err}\n")
         return 1
     except KeyboardInterrupt:

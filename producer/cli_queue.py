@@ -11,12 +11,18 @@ from collections.abc import Iterable
 from typing import Any
 
 from config.logging import MASK
-from config.settings import load_settings
+from config.settings import load_settings, mask_url
 from dispatch.nomad_config import NomadConfig
 from dispatch.render import format_kv
-from producer.api import Producer, RequestStatus
+from producer.api import UNKNOWN, Producer, RequestStatus
 
 POOLS = ("threads", "prefork", "gevent", "solo")
+QUEUED_OR_UNKNOWN = "queued or unknown"
+"""An ID with no record: a foreign producer's message not taken yet, or no such request."""
+NOT_TAKEN = (
+    'No record of request "{}" yet: it is still in the queue (pushed by a producer that '
+    "writes no record) or does not exist"
+)
 
 
 def register(commands: Any) -> None:
@@ -44,8 +50,10 @@ def register(commands: Any) -> None:
         "status",
         help="show the state or outcome of one request",
         description="Print where a request is (queued, dispatching, monitoring, done) and, "
-        "once done, its outcome. Exit code: the outcome's when done, 0 while pending, 1 "
-        "for an unknown ID.",
+        "once done, its outcome. An ID with no record yet is `queued or unknown`: a message "
+        "pushed by another producer that no worker has taken yet looks the same as no "
+        "request at all. Exit code: the outcome's when done, 0 while pending, 1 for an ID "
+        "that is queued or unknown.",
     )
     status.add_argument("request_id")
     _json_flag(status)
@@ -55,8 +63,10 @@ def register(commands: Any) -> None:
         "wait",
         help="wait for requests to finish; exit with the worst outcome's code",
         description="Block until every request is done (woken by the result backend), then "
-        "print each outcome. Exit code: 1 if any ended 1 or did not finish in time, else 2 "
-        "if any ended 2, else 0.",
+        "print each outcome. An ID not known yet is waited for like a queued one (a foreign "
+        "producer's message may still be in the queue): without -timeout, until it ends. "
+        "Exit code: 1 if any ended 1 or did not finish in time, else 2 if any ended 2, "
+        "else 0.",
     )
     wait.add_argument("request_ids", nargs="+", metavar="request_id")
     wait.add_argument("-timeout", "--timeout", type=float, default=None, help="seconds")
@@ -93,7 +103,8 @@ def worst_exit_code(codes: Iterable[int]) -> int:
 
 
 def status_lines(status: RequestStatus) -> list[str]:
-    pairs = [("Request ID", status.request_id), ("State", status.state)]
+    state = QUEUED_OR_UNKNOWN if status.state == UNKNOWN else status.state
+    pairs = [("Request ID", status.request_id), ("State", state)]
     record, outcome = status.record, status.outcome
     if record is not None and record.job_id:
         pairs.append(("Job ID", record.job_id))
@@ -125,10 +136,9 @@ def _print_status(status: RequestStatus, as_json: bool) -> None:
 def run_status(args: argparse.Namespace) -> int:
     with Producer() as producer:
         status = producer.result(args.request_id)
-    if status.state == "unknown":
-        if args.json:
-            print(json.dumps(status.to_json()))
-        print(f'No request with ID "{args.request_id}" found', file=sys.stderr)
+    if status.state == UNKNOWN:
+        _print_status(status, args.json)
+        print(NOT_TAKEN.format(args.request_id), file=sys.stderr)
         return 1
     _print_status(status, args.json)
     return status.outcome.exit_code if status.outcome else 0
@@ -142,10 +152,10 @@ def run_wait(args: argparse.Namespace) -> int:
         if index and not args.json:
             print()
         _print_status(status, args.json)
-        if status.state == "unknown":
-            print(f'No request with ID "{status.request_id}" found', file=sys.stderr)
+        if status.state == UNKNOWN:
+            print(NOT_TAKEN.format(status.request_id), file=sys.stderr)
         codes.append(status.outcome.exit_code if status.outcome else 1)
-    unfinished = [s.request_id for s in statuses.values() if not s.done and s.state != "unknown"]
+    unfinished = [s.request_id for s in statuses.values() if not s.done]
     if unfinished:
         print(
             f"Timed out after {args.timeout}s waiting for {len(unfinished)} request(s)",
@@ -156,6 +166,7 @@ def run_wait(args: argparse.Namespace) -> int:
 
 def _masked_nomad(nomad: NomadConfig) -> dict[str, Any]:
     data = dataclasses.asdict(nomad)
+    data["address"] = mask_url(data["address"])
     if data["token"]:
         data["token"] = MASK
     if data["http_auth"]:

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 
 from config.settings import load_settings
-from dispatch.errors import DispatchqError
 from dispatch.events import Event
 from dispatch.liveness import live_workers
 from dispatch.outcome import DISPATCHED, Outcome, Timings
@@ -22,7 +21,7 @@ from producer.api import Producer
 from producer.enqueue import NewRequest
 
 
-class NoWorker(DispatchqError):
+class NoWorker(Exception):
     """Nothing consumes the queue, so a request would wait forever."""
 
 

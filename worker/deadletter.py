@@ -25,8 +25,8 @@ def dead_letter(
     **details: Any,
 ) -> None:
     """Append one entry to the dead-letter list and log it. `message` is the raw queue
-    message when there is one (kept for `dispatchq dlq replay`); `details` are kept as
-    they are, for the reader."""
+    message when there is one (kept for `dispatchq dlq replay`); `details` are kept for
+    the reader. The entry is bounded in size (`dlq.encode`), the log line too."""
     entry = dlq.DeadLetter(
         reason=reason,
         kind=kind,
@@ -37,4 +37,10 @@ def dead_letter(
         details=details,
     )
     dlq.append(client, entry)
-    log.warning("message.dead_lettered", kind=kind, reason=reason, task_id=task_id, queue=queue)
+    log.warning(
+        "message.dead_lettered",
+        kind=kind,
+        reason=dlq.truncate(reason, 512),
+        task_id=None if task_id is None else dlq.truncate(task_id, 128),
+        queue=queue,
+    )

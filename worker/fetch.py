@@ -51,7 +51,6 @@ from redis import Redis, RedisError
 from redis.exceptions import NoScriptError
 
 from dispatch import keys
-from dispatch.errors import DispatchqError
 from dispatch.records import SCRIPTS
 
 log = structlog.get_logger(__name__)
@@ -97,7 +96,7 @@ def look_after_open_channels() -> None:
         channel.look_after()
 
 
-class NoConsumer(DispatchqError):
+class NoConsumer(Exception):
     """A fetched message for a queue that nobody on this connection consumes any more."""
 
 

@@ -8,14 +8,20 @@ not `[args, kwargs, embed]`: "Unrecoverable error"). Here every such item is cau
 it surfaces, dead-lettered with the reason and, when it names one of our requests, given
 an exit-1 outcome so that nobody waits for it forever:
 
-- `PoisonTransport` (kombu level): items that are not JSON, or not a kombu envelope. Once
-  dead-lettered they leave the in-flight list (`worker.fetch`); never delivered, they have
-  nothing to acknowledge.
+- `PoisonTransport` (kombu level): items that are not JSON (JSON `null` included), or not
+  a kombu envelope. Once dead-lettered they leave the in-flight list (`worker.fetch`);
+  never delivered, they have nothing to acknowledge.
 - `PoisonAwareConsumer` (Celery level): bodies that do not decode or are not protocol 2,
-  content types other than JSON (pickle is refused), unknown task names, messages Celery
-  refuses, and requests past the delivery cap (`dispatch.dlq`). These are acknowledged
-  once dead-lettered: if the dead-letter write fails they stay unacknowledged and come
-  back, so a bad message is never dropped unrecorded.
+  content types other than JSON (pickle is refused), any task name but dispatchq's own
+  (Celery's built-in `celery.chord_unlock` or `celery.backend_cleanup`, sent by anyone,
+  would otherwise run, or retry forever), an `eta` (a countdown) further ahead than
+  dispatchq's own retries go (`eta_problem`),
+  messages Celery refuses, and requests past the delivery cap (`dispatch.dlq`). These are
+  acknowledged once dead-lettered: if the dead-letter write fails they stay
+  unacknowledged and come back, so a bad message is never dropped unrecorded.
+
+A request of ours gets its exit-1 outcome (`fail_request`): its record, if there is one,
+says which job and batch it belongs to, not the refused message.
 
 `worker.app` installs both (`broker_transport`, `worker_consumer`).
 """
@@ -28,10 +34,12 @@ import functools
 import json
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
 import structlog
+from celery.utils.saferepr import saferepr
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed, DecodeError
 from vine import promise
@@ -128,6 +136,32 @@ def headers_problem(headers: Any) -> str | None:
     return None
 
 
+ETA_SLACK = 5.0
+"""Seconds an `eta` may lie beyond the longest retry delay (`retry_cap`)."""
+
+
+def eta_problem(eta: Any, retry_cap: float) -> str | None:
+    """Why an `eta` header (what Celery's `countdown` sends) is refused, or None. dispatchq's
+    own retries and requeues use it, up to `retry_cap` seconds ahead; one further ahead
+    would hold the message unacknowledged in a worker for as long as its sender likes."""
+    if eta is None or not isinstance(eta, str):
+        return None  # absent; or not a string, which Celery refuses itself (invalid_task)
+    try:
+        when = datetime.fromisoformat(eta)
+    except ValueError:
+        return None  # Celery refuses it (invalid_task)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    ahead = (when - datetime.now(UTC)).total_seconds()
+    if ahead <= retry_cap + ETA_SLACK:
+        return None
+    return (
+        f"the message asks to run {ahead:.0f} s from now (eta/countdown): dispatchq runs a "
+        f"request when a worker takes it, or retries it within {retry_cap + ETA_SLACK:g} s "
+        "(DISPATCHQ_RETRY_CAP + 5); refused"
+    )
+
+
 def body_problem(body: Any) -> str | None:
     """Why a decoded body is not Celery protocol 2 (`[args, kwargs, embed]`), or None."""
     if (
@@ -150,16 +184,21 @@ class PoisonChannel(ReliableChannel):
 
     def _decode(self, item: bytes) -> Any:
         try:
-            return super()._decode(item)
+            decoded = super()._decode(item)
         except ValueError:  # not UTF-8, or not JSON
-            dead_letter(
-                _sink().redis,
-                reason="the queue item is not JSON",
-                kind="undecodable",
-                queue=_sink().settings.queue,
-                message=item.decode("utf-8", "replace"),
-            )
-            return None
+            reason, kind = "the queue item is not JSON", "undecodable"
+        else:
+            if decoded is not None:
+                return decoded
+            reason, kind = "a queue message must be a JSON object, not null", "malformed"
+        dead_letter(
+            _sink().redis,
+            reason=reason,
+            kind=kind,
+            queue=_sink().settings.queue,
+            message=item.decode("utf-8", "replace"),
+        )
+        return None
 
 
 class PoisonTransport(ReliableTransport):
@@ -170,15 +209,42 @@ class PoisonTransport(ReliableTransport):
     def _deliver(self, message: Any, queue: str | None) -> None:
         problem = envelope_problem(message)
         if problem is None:
+            if queue is not None:
+                # A retry is published to the routing key: to the list the message came
+                # from, whatever a foreign producer wrote there (Celery's default, "celery",
+                # is a list no dispatchq worker reads).
+                message["properties"]["delivery_info"]["routing_key"] = queue
             super()._deliver(message, queue)
             return
+        headers = message.get("headers") if isinstance(message, dict) else None
+        task_id, task = _named(headers)
         dead_letter(
             _sink().redis,
             reason=problem,
             kind="malformed",
+            task_id=task_id,
+            task=task,
             queue=queue,
             message=json.dumps(message),
         )
+        if task == TASK_DISPATCH and task_id:
+            from worker.app import app  # noqa: PLC0415  (loaded by now: it loads this module)
+
+            backend = cast(GuardedRedisBackend, app.backend)
+            fail_request(backend, task_id, "malformed", problem, _kwargs_of(message))
+
+
+REPR_MAXSIZE = 1024
+"""Characters of a filled-in argsrepr/kwargsrepr, Celery's own default bound."""
+
+
+def _fill_reprs(headers: Any, body: list[Any]) -> None:
+    """Celery's clients send `argsrepr`/`kwargsrepr` headers, which its task events, so
+    Flower, show as the task's arguments; a hand-built or celery-node message has none,
+    and would show none. Made here from the body when missing."""
+    if isinstance(headers, dict) and not headers.get("kwargsrepr"):
+        headers["argsrepr"] = saferepr(body[0], REPR_MAXSIZE)
+        headers["kwargsrepr"] = saferepr(body[1], REPR_MAXSIZE)
 
 
 class PoisonAwareConsumer(Consumer):
@@ -191,6 +257,13 @@ class PoisonAwareConsumer(Consumer):
             problem = headers_problem(message.headers)
             if problem is not None:
                 return self._refuse(message, "malformed", problem)
+            headers = message.headers if isinstance(message.headers, dict) else {}
+            if "task" in headers and headers["task"] != TASK_DISPATCH:
+                reason = f"{headers['task']!r} is not a dispatchq task: only {TASK_DISPATCH!r} runs"
+                return self._refuse(message, "unknown_task", reason)
+            problem = eta_problem(headers.get("eta"), _sink().settings.retry_cap)
+            if problem is not None:
+                return self._refuse(message, "invalid_task", problem)
             try:
                 body = message.decode()
             except (DecodeError, ContentDisallowed):
@@ -198,6 +271,7 @@ class PoisonAwareConsumer(Consumer):
             problem = body_problem(body)
             if problem is not None:
                 return self._refuse(message, "malformed", problem, body)
+            _fill_reprs(message.headers, body)
             if isinstance(message.headers, dict) and message.headers.get("task") == TASK_DISPATCH:
                 over = self._over_delivery_cap(message)
                 if over is not None:
@@ -244,9 +318,7 @@ class PoisonAwareConsumer(Consumer):
     def _refuse(self, message: Any, kind: str, reason: str, body: Any = None) -> None:
         """Dead-letter, give a request of ours its exit-1 outcome, then acknowledge."""
         sink = _sink()
-        headers = message.headers if isinstance(message.headers, dict) else {}
-        task_id = headers.get("id") if isinstance(headers.get("id"), str) else None
-        task = headers.get("task") if isinstance(headers.get("task"), str) else None
+        task_id, task = _named(message.headers)
         delivery_info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
         dead_letter(
             sink.redis,
@@ -259,17 +331,64 @@ class PoisonAwareConsumer(Consumer):
         )
         if task == TASK_DISPATCH and task_id:
             kwargs = body[1] if body_problem(body) is None else {}
-            job_id, batch_id = (
-                value if isinstance(value, str) else ""
-                for value in (kwargs.get("job_id"), kwargs.get("batch_id"))
-            )
-            outcome = Outcome.failed(job_id, kind=kind, message=reason)
             backend = cast(GuardedRedisBackend, self.app.backend)
-            stored = backend.success_result(task_id, outcome.to_stored())
-            RecordStore(sink.redis, sink.settings.result_ttl).mark_done(
-                task_id, outcome.exit_code, batch_id or None, reason, stored
-            )
+            fail_request(backend, task_id, kind, reason, kwargs)
         message.ack_log_error(_ack_log, self.connection_errors)  # type: ignore[attr-defined]
+
+
+MAX_REQUEST_ID = 200
+"""The longest request ID of the message format (README): longer task IDs get no outcome."""
+
+
+def fail_request(
+    backend: GuardedRedisBackend,
+    task_id: str,
+    kind: str,
+    reason: str,
+    kwargs: dict[str, Any] | None = None,
+) -> None:
+    """Give the request `task_id` its exit-1 outcome, unless it is done already. Its job
+    and batch come from its record where it has them (a worker took it before), else from
+    the message's arguments (`kwargs`), if they could be read."""
+    if len(task_id) > MAX_REQUEST_ID:
+        return  # not a request ID of ours (nor a key name to write): the dead letter says why
+    sink = _sink()
+    records = RecordStore(sink.redis, sink.settings.result_ttl)
+    record = records.load(task_id)
+    if record is not None and record.state == RequestState.DONE:
+        return
+    given = {
+        name: value if isinstance(value, str) else ""
+        for name, value in ((n, (kwargs or {}).get(n)) for n in ("job_id", "batch_id"))
+    }
+    job_id = (record.job_id if record is not None else "") or given["job_id"]
+    batch_id = (record.batch_id if record is not None else "") or given["batch_id"]
+    outcome = Outcome.failed(job_id, kind=kind, message=reason)
+    stored = backend.success_result(task_id, outcome.to_stored())
+    records.mark_done(task_id, outcome.exit_code, batch_id or None, reason, stored)
+
+
+def _named(headers: Any) -> tuple[str | None, str | None]:
+    """The task ID and task name the headers give, where they are strings."""
+    if not isinstance(headers, dict):
+        return None, None
+    task_id, task = headers.get("id"), headers.get("task")
+    return (
+        task_id if isinstance(task_id, str) and task_id else None,
+        task if isinstance(task, str) else None,
+    )
+
+
+def _kwargs_of(message: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of an envelope's body, where they can be read; else {}."""
+    body = message.get("body")
+    if not isinstance(body, str) or len(body) > 1 << 20:
+        return {}
+    try:
+        decoded = json.loads(base64.b64decode(body, validate=True))
+    except (ValueError, binascii.Error):
+        return {}
+    return decoded[1] if body_problem(decoded) is None else {}
 
 
 def _original(message: Any) -> str | None:

@@ -14,7 +14,7 @@ import redis
 from celery.signals import worker_process_shutdown
 
 from config.celery import GuardedRedisBackend
-from config.logging import register_secrets
+from config.logging import register_secrets, url_secrets
 from config.settings import Settings, load_settings, worker_redis
 from dispatch.backpressure import DispatchGate, GatePolicy, unfinished_children
 from dispatch.eventfeed import EvaluationFeed
@@ -55,7 +55,7 @@ _runtime: Runtime | None = None
 def build_runtime(settings: Settings | None = None, nomad: NomadConfig | None = None) -> Runtime:
     settings = settings or load_settings()
     nomad = nomad or NomadConfig.from_env()
-    register_secrets([nomad.token, nomad.http_auth, settings.redis_password])
+    register_secrets([nomad.token, nomad.http_auth, *settings.secrets, *url_secrets(nomad.address)])
     client = worker_redis(settings)
     resolver = PayloadResolver(
         PayloadPolicy.of(

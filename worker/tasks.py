@@ -33,8 +33,12 @@ log = structlog.get_logger(__name__)
 # this many characters: the summary (status, exit code, IDs) fits, the transcript after it
 # is not worth 3-5 % of a worker's CPU.
 RESULT_REPR_CHARS = 256
-SUMMARY = ("status", "exit_code", "error_kind", "timings")
-"""What the task returns of an outcome it stored (see `stored` below)."""
+SUMMARY = ("exit_code", "status", "error_kind", "timings")
+"""What the task returns of an outcome it stored (see `stored` below): what Flower shows as
+the task's result, the exit code first. A refused dispatch is a task that succeeded (its
+answer is stored; Celery's FAILURE would make a Celery client's `.get()` raise instead of
+returning the outcome), so Flower's state column says SUCCESS and its result column says
+`'exit_code': 1`."""
 
 
 @app.task(name=TASK_DISPATCH, bind=True, base=PolicyTask, resultrepr_maxsize=RESULT_REPR_CHARS)

@@ -122,7 +122,7 @@ def test_connections_are_pooled(stub: StubServer) -> None:
         (404, "job not found", NotFound, False),
         (400, "Job ID does not match", BadRequest, False),
         (429, "Too many requests", RateLimited, True),
-        (500, "parameterized job not found", ValidationError, False),
+        (500, "parameterized job not found", NotFound, False),
         (500, 'Specified job "web" is not a parameterized job', ValidationError, False),
         (500, "Dispatch did not provide required meta keys: [a b]", ValidationError, False),
         (500, "rpc error: Payload exceeds maximum size; 20000 > 16384", ValidationError, False),

@@ -30,6 +30,20 @@ def _no_headers() -> str:
     return json.dumps(message)
 
 
+def _with_eta() -> str:
+    message = json.loads(raw_message(_kwargs_body(v=1, job_id="encode")))
+    message["headers"]["eta"] = "2099-01-01T00:00:00+00:00"
+    return json.dumps(message)
+
+
+def _malformed_naming(request_id: str) -> str:
+    """An envelope kombu cannot deliver (no delivery tag) that names one of our requests."""
+    body = _kwargs_body(v=1, request_id=request_id, job_id="encode")
+    message = json.loads(raw_message(body, request_id=request_id))
+    del message["properties"]["delivery_tag"]
+    return json.dumps(message)
+
+
 POISON: list[tuple[str, bytes | str, str]] = [
     ("undecodable", b"not json{", "the queue item is not JSON"),
     ("undecodable", b"\xff\xfe\x00", "the queue item is not JSON"),
@@ -40,7 +54,18 @@ POISON: list[tuple[str, bytes | str, str]] = [
     ("content", raw_message(b"not json["), "cannot decode the message"),
     ("content", raw_message(b"\x80\x04K\x01.", content_type="application/x-python-serialize"),
      "Refusing to deserialize untrusted content of type pickle"),
-    ("unknown_task", raw_message(_kwargs_body(), task="evil.task"), "no task named 'evil.task'"),
+    ("unknown_task", raw_message(_kwargs_body(), task="evil.task"),
+     "'evil.task' is not a dispatchq task"),
+    # Celery's own tasks are registered on every app: sent by anyone, they used to run
+    # (backend_cleanup) or retry every second, forever (chord_unlock).
+    ("unknown_task", raw_message(json.dumps([["x"], {"interval": 1}, {}]).encode(),
+                                 task="celery.chord_unlock"),
+     "'celery.chord_unlock' is not a dispatchq task"),
+    ("unknown_task", raw_message(json.dumps([[], {}, {}]).encode(),
+                                 task="celery.backend_cleanup"),
+     "'celery.backend_cleanup' is not a dispatchq task"),
+    ("malformed", b"null", "must be a JSON object, not null"),
+    ("invalid_task", _with_eta(), "asks to run"),
     ("invalid_request", raw_message(_kwargs_body(v=1, job_id=3)),
      "invalid dispatch request: request_id: Field required; job_id: Input should be a valid"),
 ]  # fmt: skip
@@ -66,21 +91,31 @@ def test_poison_messages_are_dead_lettered_and_the_worker_keeps_working(
         # A request whose message already came back twice (say, it killed two workers):
         capped = producer.enqueue("encode", meta={"profile": "hd"}, request_id="capped-1")
         client.hset(keys.request(capped), dlq.DELIVERIES, 2)
-        wait_until(lambda: client.llen(keys.DLQ) == len(POISON) + 1, 30, "dead letters")
+        # A malformed envelope naming a request of ours (queued, never taken):
+        client.hset(keys.request("ours-1"), "state", "queued")
+        client.expire(keys.request("ours-1"), 600)
+        client.lpush(QUEUE, _malformed_naming("ours-1"))
+        wait_until(lambda: client.llen(keys.DLQ) == len(POISON) + 2, 30, "dead letters")
         good = producer.enqueue("encode", meta={"profile": "hd"})
-        after = producer.wait([good, capped], timeout=30)
+        after = producer.wait([good, capped, "ours-1"], timeout=30)
         assert worker.process is not None and worker.process.poll() is None
         assert worker.process.pid == pid, "the worker restarted"
         good_outcome = after[good].outcome
         assert good_outcome is not None and good_outcome.exit_code == 0
 
+        ours = after["ours-1"].outcome
+        assert ours is not None and ours.exit_code == 1, after["ours-1"]
+        assert "delivery_tag must be a non-empty string" in (ours.error_message or "")
+        assert client.hget(keys.request("ours-1"), "state") == b"done"
+
         entries = _dlq_json(capsys)
-        assert len(entries) == len(POISON) + 1
+        assert len(entries) == len(POISON) + 2
+        client.delete(keys.request("ours-1"))
         for kind, _, reason in POISON:  # in any order: the worker runs tasks in parallel
             assert any(e["kind"] == kind and reason in e["reason"] for e in entries), reason
         cap_entry = next(e for e in entries if e["task_id"] == capped)
         assert (cap_entry["kind"], cap_entry["replayable"]) == ("delivery_cap", True)
-        assert {e["kind"] for e in entries if e["replayable"]} == {"delivery_cap", "unknown_task"}
+        assert {e["kind"] for e in entries if e["replayable"]} == {"delivery_cap"}
         capped_outcome = after[capped].outcome
         assert capped_outcome is not None and capped_outcome.exit_code == 1
         assert capped_outcome.error_kind == "delivery_cap"
@@ -94,10 +129,10 @@ def test_poison_messages_are_dead_lettered_and_the_worker_keeps_working(
         assert f"Replayed {capped} to queue {QUEUE}" in capsys.readouterr().out
         replayed = producer.wait([capped], timeout=30)[capped].outcome
         assert replayed is not None and replayed.exit_code == 0, replayed
-        assert len(dlq.entries(client)) == len(POISON)
+        assert len(dlq.entries(client)) == len(POISON) + 1
 
         assert main(["dlq", "purge"]) == 0
-        assert f"Purged {len(POISON)} dead letter(s)" in capsys.readouterr().out
+        assert f"Purged {len(POISON) + 1} dead letter(s)" in capsys.readouterr().out
         assert main(["dlq", "list"]) == 0
         assert "No dead letters" in capsys.readouterr().out
         leftover = keys_without_ttl(client)
