@@ -20,8 +20,9 @@ from celery import Celery
 from bench.common import median_rate, ratio, report
 from config.settings import Settings
 from devstack.redis_server import RedisServer
+from dispatch.request import DispatchRequest
 from producer.api import Producer
-from producer.messages import celery_message, new_request_id, request_body
+from producer.messages import celery_message, new_request_id
 
 QUEUE = "bench"
 
@@ -56,7 +57,12 @@ def main() -> None:
             client.flushall()
             meta = {"profile": "hd"}
             messages = [
-                celery_message(request_body(new_request_id(), "video-encode", meta=meta), QUEUE)
+                celery_message(
+                    DispatchRequest(
+                        request_id=new_request_id(), job_id="video-encode", meta=meta
+                    ).to_message(),
+                    QUEUE,
+                )
                 for _ in range(count)
             ]
             pipe = client.pipeline(transaction=False)

@@ -24,7 +24,7 @@ from kombu.serialization import register
 from kombu.utils.encoding import bytes_to_str
 
 from config.settings import Settings
-from dispatch.records import StoredResult
+from dispatch.records import SCRIPTS, StoredResult
 
 TASK_DISPATCH = "dispatchq.dispatch"
 """The task name in every queue message; part of the stable message format."""
@@ -80,24 +80,6 @@ register(
 )
 
 
-# Celery's guard against a late duplicate, as one script: leave a stored SUCCESS alone,
-# else store and publish the new meta. KEYS: the result key. ARGV: meta, seconds to keep.
-_STORE_UNLESS_SUCCEEDED_LUA = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
-end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
-"""
-
-
 class GuardedRedisBackend(RedisBackend):
     """Celery's Redis result backend, storing a result in one round trip instead of two.
 
@@ -106,7 +88,8 @@ class GuardedRedisBackend(RedisBackend):
     between storing and acknowledging) cannot replace its result: a GET and a decode per
     outcome, then a MULTI/SETEX/PUBLISH/EXEC. Outcomes are not quite idempotent per
     request ID (a resumed duplicate that runs out of retries would store exit code 1 over
-    a 0), so the guard stays, in the script above, atomic besides."""
+    a 0), so the guard stays, atomic besides, in `dispatch/lua/store_result.lua`, which
+    stores and publishes with the same `store_result` as the request's done script."""
 
     # Celery attributes its type stubs do not declare:
     _get_result_meta: Any
@@ -160,7 +143,7 @@ class GuardedRedisBackend(RedisBackend):
 
     @cached_property
     def _store_script(self) -> Any:
-        return self.client.register_script(_STORE_UNLESS_SUCCEEDED_LUA)
+        return self.client.register_script(SCRIPTS["store_result"])
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import orjson
 import structlog
 
-MASK = "***"
+from dispatch.secrets import MASK as MASK
+from dispatch.secrets import register_secrets as register_secrets
+from dispatch.secrets import scrub as scrub
+
 _SECRET_KEYS = ("token", "password", "secret", "authorization", "auth")
 _SECRET_QUERY = ("pass", "secret", "token", "auth")
 """A URL query parameter whose name contains one of these holds a secret."""
-_secrets: set[str] = set()
 
 
 def _secret_param(name: str) -> bool:
@@ -72,9 +74,6 @@ def mask_url(url: str) -> str:
     return f"{head}{slashes}{netloc}{parts.path}{tail}"
 
 
-def register_secrets(values: Iterable[str | None]) -> None:
-    """Remember secret values so that no log line ever shows them."""
-    _secrets.update(v for v in values if v and len(v) >= 4)
 
 
 def register_env_secrets(environ: Mapping[str, str]) -> None:
@@ -89,14 +88,6 @@ def register_env_secrets(environ: Mapping[str, str]) -> None:
             *url_secrets(environ.get("NOMAD_ADDR", "")),
         ]
     )
-
-
-def scrub(text: str) -> str:
-    """`text` with every registered secret replaced by the mask."""
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
 
 
 def _scrub_value(key: str, value: Any) -> Any:

@@ -1,7 +1,7 @@
 """dispatchq's own settings: `DISPATCHQ_*` env vars, then an optional TOML file, then defaults.
 
 Nomad's connection settings are not here: they come from `NOMAD_*` exactly as the nomad CLI
-reads them (see `config.nomad`). `DISPATCHQ_CONFIG` names the TOML file; its keys are the
+reads them (see `dispatch.nomad_config`). `DISPATCHQ_CONFIG` names the TOML file; its keys are the
 field names below (`redis_url = "redis://..."`).
 """
 

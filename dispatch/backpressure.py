@@ -38,7 +38,8 @@ import redis
 import structlog
 
 from dispatch import keys
-from dispatch.errors import DispatchqError, NomadError, NotFound
+from dispatch.errors import NomadError, NotFound
+from dispatch.errors import Throttled as Throttled
 from dispatch.outcome import Outcome
 
 log = structlog.get_logger(__name__)
@@ -145,14 +146,6 @@ def shared_rate(client: redis.Redis, ceiling: float) -> float:
     """The dispatch rate in force for every worker now (the ceiling, unless slowed)."""
     script = client.register_script(_RATE_LUA)
     return float(script(keys=[keys.RATE], args=[ceiling, 0, RECOVERY_SECONDS]))
-
-
-class Throttled(DispatchqError):
-    """The request waited `max_wait` at the gate. Retryable, and free: it is requeued
-    without using up one of its retries."""
-
-    kind = "throttled"
-    retryable = True
 
 
 @dataclass(frozen=True)

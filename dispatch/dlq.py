@@ -40,7 +40,9 @@ from typing import Any
 import redis
 
 from dispatch import keys
-from dispatch.errors import DispatchqError
+from dispatch.errors import DeliveryCapExceeded as DeliveryCapExceeded
+from dispatch.records import DELIVERIES as DELIVERIES
+from dispatch.records import SCRIPTS
 
 KINDS = {
     "undecodable": "the queue item is not JSON",
@@ -65,15 +67,6 @@ MAX_DETAILS_CHARS = 4 * 1024
 _MAX_FIELD_CHARS = 512
 """The reason, task ID, task name and queue are cut to this."""
 _TRUNCATED = "...[truncated]"
-
-DELIVERIES = "deliveries"
-"""Field of the request record counting the deliveries of its messages."""
-
-
-class DeliveryCapExceeded(DispatchqError):
-    """A request whose messages were delivered too many times. Permanent."""
-
-    kind = "delivery_cap"
 
 
 class NotReplayable(ValueError):
@@ -180,31 +173,9 @@ def purge(client: redis.Redis) -> int:
     return int(count)
 
 
-# Replaying un-finishes the request: the counts `records._DONE_LUA` added to its batch
-# are taken back, so that the replayed run is counted once when it finishes.
-_REPLAY_LUA = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('LPUSH', KEYS[2], ARGV[2])
-if #KEYS == 4 then
-  redis.call('DEL', KEYS[3])
-  local state, code, batch, child = unpack(redis.call(
-    'HMGET', KEYS[4], 'state', 'exit_code', 'batch_id', 'dispatched_job_id'))
-  if state == 'done' and batch and batch ~= '' then
-    local counters = ARGV[5] .. batch
-    redis.call('HINCRBY', counters, 'done', -1)
-    if code then redis.call('HINCRBY', counters, 'exit:' .. code, -1) end
-    if child and child ~= '' then redis.call('HINCRBY', counters, 'done_dispatched', -1) end
-  end
-  redis.call('HDEL', KEYS[4], ARGV[3], 'exit_code')
-  redis.call('HSET', KEYS[4], 'state', 'queued')
-  redis.call('EXPIRE', KEYS[4], ARGV[4])
-end
-return 1
-"""
-
-
 def replay(client: redis.Redis, entry: DeadLetter, result_ttl: int) -> None:
-    """Put the entry's original message back on its queue and drop the entry, atomically.
+    """Put the entry's original message back on its queue and drop the entry, atomically
+    (`dispatch/lua/replay.lua`: it also un-finishes the request, see there).
 
     The request starts afresh from its record: the dead-letter outcome and the delivery
     count are cleared, the write-ahead fields are kept (so a request that had dispatched
@@ -219,8 +190,8 @@ def replay(client: redis.Redis, entry: DeadLetter, result_ttl: int) -> None:
     script_keys = [keys.DLQ, entry.queue]
     if entry.task_id:
         script_keys += [keys.celery_result(entry.task_id), keys.request(entry.task_id)]
-    args: list[str | int] = [entry.raw, entry.message, DELIVERIES, result_ttl, keys.batch("")]
-    if not client.eval(_REPLAY_LUA, len(script_keys), *script_keys, *args):
+    args: list[str | int] = [entry.raw, entry.message, result_ttl, keys.batch("")]
+    if not client.eval(SCRIPTS["replay"], len(script_keys), *script_keys, *args):
         raise NotReplayable("the entry is no longer in the dead-letter list")
 
 

@@ -105,6 +105,64 @@ class TransportError(NomadError):
         self.retryable = retryable
 
 
+
+# -- errors of the request's path (raised outside the Nomad client) ---------------------
+
+
+class InvalidRequest(DispatchqError, ValueError):
+    """A request rejected by the producer before anything was enqueued; the message says
+    why (`dispatch.request`'s rules)."""
+
+    kind = "invalid_request"
+
+
+class InvalidMessage(DispatchqError):
+    """A queue message that is not a valid dispatch request. Permanent."""
+
+    kind = "invalid_request"
+    retryable = False
+
+
+class PayloadError(DispatchqError):
+    """A payload reference that cannot be turned into bytes. Permanent."""
+
+    kind = "payload"
+    retryable = False
+
+
+class Throttled(DispatchqError):
+    """The request waited `max_wait` at the gate. Retryable, and free: it is requeued
+    without using up one of its retries."""
+
+    kind = "throttled"
+    retryable = True
+
+
+class MonitoringInterrupted(DispatchqError):
+    """Nomad stopped answering while an evaluation was followed. Retryable: the retry
+    resumes from the write-ahead record."""
+
+    kind = "monitoring_interrupted"
+    retryable = True
+
+    def __init__(self, cause: NomadError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class BatchCancelled(DispatchqError):
+    """The request's batch was cancelled before it was dispatched. Permanent."""
+
+    kind = "cancelled"
+    retryable = False
+
+
+class DeliveryCapExceeded(DispatchqError):
+    """A request whose messages were delivered too many times. Permanent."""
+
+    kind = "delivery_cap"
+
+
 # The 500 bodies of NOMAD_API.md section 3 (rows 4-12). Matched anywhere in the body, as
 # RPC forwarding may prefix the text (for example "rpc error: ").
 _VALIDATION_TEXTS = re.compile(

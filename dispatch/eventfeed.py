@@ -33,6 +33,7 @@ import structlog
 from urllib3 import BaseHTTPResponse
 
 from dispatch.errors import NomadError, PermissionDenied
+from dispatch.monitor import EvaluationReader
 from dispatch.nomad import NomadClient
 
 log = structlog.get_logger(__name__)
@@ -254,7 +255,7 @@ class EvaluationFeed:
 class FeedReader:
     """`EvaluationReader` for the monitor: the feed where it can vouch, HTTP otherwise."""
 
-    def __init__(self, feed: EvaluationFeed, client: NomadClient) -> None:
+    def __init__(self, feed: EvaluationFeed, client: EvaluationReader) -> None:
         self.feed = feed
         self.client = client
         self._from_feed: set[str] = set()

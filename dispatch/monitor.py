@@ -38,8 +38,9 @@ from dispatch.events import (
     TriggeredByNode,
     WithinDeployment,
 )
-from dispatch.nomad import DispatchArgs, DispatchResponse
+from dispatch.nomad import DispatchResponse
 from dispatch.outcome import Outcome, OutcomeRecorder
+from dispatch.request import DispatchRequest
 
 # The statuses that end the loop; v0.8.3 spells the last one with one "l".
 TERMINAL_STATUSES = frozenset({"complete", "failed", "canceled"})
@@ -62,7 +63,13 @@ class EvaluationReader(Protocol):
 
 
 class Dispatcher(EvaluationReader, Protocol):
-    def send(self, args: DispatchArgs) -> DispatchResponse: ...
+    def dispatch(
+        self,
+        request: DispatchRequest,
+        payload: bytes | None = None,
+        *,
+        idempotency_token: str | None = None,
+    ) -> DispatchResponse: ...
 
 
 @dataclass
@@ -203,14 +210,15 @@ def follow(
 
 def dispatch_and_follow(
     client: Dispatcher,
-    request: DispatchArgs,
+    request: DispatchRequest,
+    payload: bytes | None = None,
     *,
-    detach: bool = False,
+    idempotency_token: str | None = None,
     on_event: Callable[[Event], None] | None = None,
     on_dispatched: Callable[[DispatchResponse], None] | None = None,
     wait: float = DEFAULT_WAIT,
 ) -> Outcome:
-    """Dispatch, then follow the evaluation unless detached or there is none.
+    """Dispatch, then follow the evaluation unless the request is detached or there is none.
 
     A NomadError from the dispatch becomes an outcome (a DispatchFailed event), as do
     errors while monitoring. `on_dispatched` runs between the two, e.g. to record the
@@ -218,13 +226,13 @@ def dispatch_and_follow(
     """
     recorder = OutcomeRecorder(request.job_id, on_event=on_event)
     try:
-        response = client.send(request)
+        response = client.dispatch(request, payload, idempotency_token=idempotency_token)
     except NomadError as err:
         recorder.dispatch_failed(err)
         return recorder.outcome()
     if on_dispatched is not None:
         on_dispatched(response)
-    followed = bool(response.eval_id) and not detach
+    followed = bool(response.eval_id) and not request.detach
     recorder.emit(Dispatched(response.dispatched_job_id, response.eval_id, followed))
     if followed:
         follow(client, response.eval_id, recorder=recorder, wait=wait)

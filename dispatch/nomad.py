@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -23,7 +23,6 @@ from urllib3 import BaseHTTPResponse, Timeout
 from urllib3.exceptions import HTTPError
 from urllib3.util import make_headers
 
-from config.logging import register_secrets
 from dispatch.errors import (
     NomadError,
     RateLimited,
@@ -32,12 +31,12 @@ from dispatch.errors import (
     classify_http,
 )
 from dispatch.nomad_config import NomadConfig
+from dispatch.request import PAYLOAD_LIMIT, DispatchRequest
 from dispatch.retry import NO_RETRY, RetryPolicy
+from dispatch.secrets import register_secrets
 from dispatch.transport import UNIX_PREFIX, build_pool, transport_error
 
 __all__ = [
-    "MAX_PAYLOAD_BYTES",
-    "DispatchArgs",
     "DispatchResponse",
     "NomadClient",
     "NomadConfig",
@@ -45,26 +44,11 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-# DispatchPayloadSizeLimit: exactly 16384 decoded bytes is accepted (section 3, row 9).
-MAX_PAYLOAD_BYTES = 16 * 1024
 # The server's default and maximum blocking wait; it adds up to wait/16 of jitter.
 MAX_WAIT = 300.0
 
 JSON = Any  # a decoded JSON value
 STREAM_CHUNK = 64 * 1024
-
-
-@dataclass(frozen=True)
-class DispatchArgs:
-    """Everything one dispatch sends; see `NomadClient.dispatch`."""
-
-    job_id: str
-    payload: bytes | None = None
-    meta: Mapping[str, str] = field(default_factory=dict)
-    idempotency_token: str | None = None
-    id_prefix_template: str = ""
-    priority: int = 0
-    namespace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,9 +64,10 @@ class DispatchResponse:
 
 
 def check_payload_size(payload: bytes | None) -> None:
-    """Refuse, before sending, a payload the server would refuse (same text as its own)."""
-    if payload is not None and len(payload) > MAX_PAYLOAD_BYTES:
-        raise ValidationError(f"Payload exceeds maximum size; {len(payload)} > {MAX_PAYLOAD_BYTES}")
+    """Refuse, before sending, a payload the server would refuse (same text as its own;
+    DispatchPayloadSizeLimit: exactly 16384 decoded bytes is accepted, section 3, row 9)."""
+    if payload is not None and len(payload) > PAYLOAD_LIMIT:
+        raise ValidationError(f"Payload exceeds maximum size; {len(payload)} > {PAYLOAD_LIMIT}")
 
 
 def _go_wait(seconds: float) -> str:
@@ -133,37 +118,25 @@ class NomadClient:
 
     # -- endpoints -------------------------------------------------------------------
 
-    def send(self, args: DispatchArgs) -> DispatchResponse:
-        """`dispatch` with the arguments held in a DispatchArgs."""
-        return self.dispatch(
-            args.job_id,
-            payload=args.payload,
-            meta=args.meta,
-            idempotency_token=args.idempotency_token,
-            id_prefix_template=args.id_prefix_template,
-            priority=args.priority,
-            namespace=args.namespace,
-        )
-
     def dispatch(
         self,
-        job_id: str,
-        *,
+        request: DispatchRequest,
         payload: bytes | None = None,
-        meta: Mapping[str, str] | None = None,
+        *,
         idempotency_token: str | None = None,
-        id_prefix_template: str = "",
-        priority: int = 0,
-        namespace: str | None = None,
     ) -> DispatchResponse:
-        """`PUT /v1/job/<id>/dispatch`: create one child of a parameterized job."""
+        """`PUT /v1/job/<id>/dispatch`: create one child of the request's parameterized
+        job, with `payload` (the request's payload reference, resolved) and, if given, the
+        idempotency token (a worker's is `request.idempotency_token`; the CLI's, the
+        user's)."""
         check_payload_size(payload)
+        job_id, namespace, meta = request.job_id, request.namespace, request.meta
         body = {
             "JobID": job_id,
             "Payload": None if payload is None else base64.b64encode(payload).decode(),
             "Meta": dict(meta) if meta else None,
-            "IdPrefixTemplate": id_prefix_template,
-            "Priority": priority,
+            "IdPrefixTemplate": request.id_prefix_template,
+            "Priority": request.priority,
         }
         params = {"idempotency_token": idempotency_token} if idempotency_token else {}
         answer, index = self._call(

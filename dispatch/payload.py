@@ -33,7 +33,9 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import redis
 
 from dispatch import keys
-from dispatch.payload_http import PAYLOAD_LIMIT, PayloadError, fetch, short, too_large
+from dispatch.errors import PayloadError
+from dispatch.payload_http import fetch, short, too_large
+from dispatch.request import PAYLOAD_LIMIT
 
 __all__ = ["PAYLOAD_LIMIT", "PayloadError", "PayloadPolicy", "PayloadResolver", "too_large"]
 

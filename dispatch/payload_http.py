@@ -39,9 +39,9 @@ from urllib3.exceptions import SSLError as Urllib3SSLError
 from urllib3.response import BaseHTTPResponse
 from urllib3.util import make_headers, parse_url
 
-from dispatch.errors import DispatchqError
+from dispatch.errors import PayloadError
+from dispatch.request import PAYLOAD_LIMIT
 
-PAYLOAD_LIMIT = 16 * 1024
 MAX_REDIRECTS = 3
 RETRIES = 2
 """Retries of a connection failure or a 429/500/502/503/504, within the deadline."""
@@ -56,13 +56,6 @@ _AUTHORITY = re.compile(
     re.IGNORECASE,
 )
 _USERINFO = re.compile(r"//[^/?#]*@")
-
-
-class PayloadError(DispatchqError):
-    """A payload reference that cannot be turned into bytes. Permanent."""
-
-    kind = "payload"
-    retryable = False
 
 
 def too_large(size: int) -> PayloadError:

@@ -1,12 +1,26 @@
-"""The request record: caller-visible state and the worker's write-ahead log, one hash each.
+"""The request record: its fields, its states and every script that writes it, here.
 
-`dispatchq:request:<id>` (see `keys`) holds:
-- `state`: queued -> dispatching -> monitoring -> done;
-- `job_id`, `enqueued_at` (producer), `batch_id` when part of a batch;
-- `dispatched_job_id`, `eval_id` (worker, written the moment Nomad answers: a redelivered
-  request that finds them resumes monitoring and never dispatches again);
-- `exit_code` once done.
-Every write renews the TTL.
+`dispatchq:request:<id>` (see `keys`) is one hash per request: the caller-visible state
+and the worker's write-ahead log. Every script that writes it is a `.lua` file in `lua/`
+beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
+
+- `state` (enqueue.lua, begin.lua, dispatched.lua, done.lua, replay.lua): the state machine
+  `TRANSITIONS` below; `queued` when the producer enqueues it (again), `dispatching` when a
+  worker takes it, `monitoring` once Nomad answered the dispatch, `done` with its outcome;
+  a replayed dead letter goes back to `queued`.
+- `job_id` (begin.lua): the parameterized job, when a worker takes the request.
+- `batch_id` (begin.lua): the request's batch, when a worker takes it, for one in a batch.
+- `started_at` (begin.lua): Unix time a worker last took it; `RequestRecord.started_at`.
+- `dispatched_job_id`, `eval_id` (dispatched.lua): the child and its evaluation, written
+  the moment Nomad answers; a redelivered request that finds them resumes monitoring and
+  never dispatches again (begin.lua reads them).
+- `exit_code` (done.lua; cleared by replay.lua): the outcome's exit code, once done.
+- `deliveries` (fetch_counted.lua, `dispatch.dlq.count_delivery`; cleared by replay.lua):
+  deliveries of the request's messages, for the delivery cap.
+
+Every write renews the TTL. done.lua also stores the outcome under the request's result
+key, in Celery's result format (`store_result` in `lua/_store.lua`, the one place that
+stores and publishes an outcome; `config.celery`'s backend uses it too).
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ import json
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from importlib.resources import files
 from typing import Any, NamedTuple
 
 import redis
@@ -31,6 +46,52 @@ class RequestState(StrEnum):
 
 _STATES = frozenset(s.value for s in RequestState)
 
+TRANSITIONS: dict[RequestState | None, frozenset[RequestState]] = {
+    # enqueued; or, for a foreign producer's message (no record), taken or refused at once
+    None: frozenset({RequestState.QUEUED, RequestState.DISPATCHING, RequestState.DONE}),
+    RequestState.QUEUED: frozenset({RequestState.DISPATCHING, RequestState.DONE}),
+    RequestState.DISPATCHING: frozenset({RequestState.MONITORING, RequestState.DONE}),
+    RequestState.MONITORING: frozenset({RequestState.DONE}),
+    RequestState.DONE: frozenset({RequestState.QUEUED}),  # enqueued again, or replayed
+}
+"""The states a record can go to from each (None: no record yet). A redelivery may write
+its state again (dispatching, monitoring); done is final until enqueued again (a request
+that never dispatched) or replayed from the dead-letter list."""
+
+FIELDS = (
+    "state",
+    "job_id",
+    "batch_id",
+    "started_at",
+    "dispatched_job_id",
+    "eval_id",
+    "exit_code",
+    "deliveries",
+)
+"""Every field of the record (the docstring says who writes each, and when)."""
+DELIVERIES = "deliveries"
+"""The field counting the deliveries of the request's messages."""
+
+
+def _load_scripts() -> dict[str, str]:
+    """The scripts of `lua/`, by name; those calling `store_result` get its definition."""
+    folder = files("dispatch") / "lua"
+    texts = {
+        entry.name.removesuffix(".lua"): entry.read_text(encoding="utf-8")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".lua")
+    }
+    library = texts.pop("_store")
+    return {
+        name: library + text if "store_result(" in text else text
+        for name, text in texts.items()
+    }
+
+
+SCRIPTS = _load_scripts()
+"""The text of each script of `lua/`, read once: `begin`, `dispatched`, `done`, `enqueue`,
+`fetch_counted`, `replay`, `store_result`."""
+
 
 @dataclass(frozen=True)
 class RequestRecord:
@@ -38,7 +99,7 @@ class RequestRecord:
     state: RequestState
     job_id: str = ""
     batch_id: str = ""
-    enqueued_at: float | None = None
+    started_at: float | None = None
     dispatched_job_id: str = ""
     eval_id: str = ""
     exit_code: int | None = None
@@ -52,7 +113,7 @@ class RequestRecord:
             state=RequestState(state) if state in _STATES else RequestState.QUEUED,
             job_id=data.get("job_id", ""),
             batch_id=data.get("batch_id", ""),
-            enqueued_at=float(data["enqueued_at"]) if "enqueued_at" in data else None,
+            started_at=float(data["started_at"]) if "started_at" in data else None,
             dispatched_job_id=data.get("dispatched_job_id", ""),
             eval_id=data.get("eval_id", ""),
             exit_code=int(data["exit_code"]) if "exit_code" in data else None,
@@ -71,67 +132,6 @@ class RequestRecord:
             "dispatched_job_id": self.dispatched_job_id or None,
             "eval_id": self.eval_id or None,
         }
-
-
-_DISPATCHED_LUA = """
-local first = redis.call('HGET', KEYS[1], 'dispatched_job_id')
-redis.call('HSET', KEYS[1], 'state', 'monitoring', 'dispatched_job_id', ARGV[2], 'eval_id', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-if (not first or first == '') and ARGV[4] ~= '' then
-  redis.call('HINCRBY', ARGV[4], 'dispatched', 1)
-  redis.call('EXPIRE', ARGV[4], ARGV[1])
-end
-"""
-
-# Counts a request in its batch once, however often it is finished (a redelivery after
-# the outcome was stored runs the task again), and stores its outcome (KEYS[2], published
-# on the channel of the same name, as Celery's Redis backend does) in the same step: the
-# first finish wins, so a late duplicate cannot replace an outcome already stored.
-_DONE_LUA = """
-local state = redis.call('HGET', KEYS[1], 'state')
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-if state == 'done' then return end
-redis.call('HSET', KEYS[1], 'state', 'done', 'exit_code', ARGV[2])
-if ARGV[3] ~= '' then
-  redis.call('HINCRBY', ARGV[3], 'done', 1)
-  redis.call('EXPIRE', ARGV[3], ARGV[1])
-  redis.call('HINCRBY', ARGV[3], 'exit:' .. ARGV[2], 1)
-  local child = redis.call('HGET', KEYS[1], 'dispatched_job_id')
-  if child and child ~= '' then redis.call('HINCRBY', ARGV[3], 'done_dispatched', 1) end
-  if ARGV[4] ~= '' and redis.call('LLEN', ARGV[5]) < tonumber(ARGV[6]) then
-    redis.call('RPUSH', ARGV[5], ARGV[4])
-    redis.call('EXPIRE', ARGV[5], ARGV[1])
-  end
-end
-if KEYS[2] then
-  if tonumber(ARGV[8]) > 0 then
-    redis.call('SET', KEYS[2], ARGV[7], 'EX', ARGV[8])
-  else
-    redis.call('SET', KEYS[2], ARGV[7])
-  end
-  redis.call('PUBLISH', KEYS[2], ARGV[7])
-end
-"""
-
-# A worker taking a request: the child and evaluation it names (a redelivered request that
-# was dispatched), whether its batch was cancelled, and (unless the request is already
-# dispatched, or cancelled) the record marked dispatching; and the value of KEYS[2], if
-# given (the payload blob the request will need). One round trip where four separate reads
-# and writes cost a third of a request's time; only the fields the worker needs come back.
-_BEGIN_LUA = """
-local ids = redis.call('HMGET', KEYS[1], 'dispatched_job_id', 'eval_id')
-local cancelled = 0
-if ARGV[3] ~= '' and redis.call('HGET', ARGV[5], 'state') == 'cancelled' then cancelled = 1 end
-local child = ids[1]
-if (not child or child == '') and cancelled == 0 then
-  redis.call('HSET', KEYS[1], 'state', 'dispatching', 'job_id', ARGV[2], 'started_at', ARGV[4])
-  if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'batch_id', ARGV[3]) end
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
-end
-local value = false
-if KEYS[2] then value = redis.call('GET', KEYS[2]) end
-return {child, ids[2], cancelled, value}
-"""
 
 
 class Begun(NamedTuple):
@@ -163,9 +163,9 @@ class RecordStore:
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self.client = client
         self.ttl = ttl
-        self._dispatched = client.register_script(_DISPATCHED_LUA)
-        self._done = client.register_script(_DONE_LUA)
-        self._begin = client.register_script(_BEGIN_LUA)
+        self._dispatched = client.register_script(SCRIPTS["dispatched"])
+        self._done = client.register_script(SCRIPTS["done"])
+        self._begin = client.register_script(SCRIPTS["begin"])
 
     def load(self, request_id: str) -> RequestRecord | None:
         raw = self.client.hgetall(keys.request(request_id))

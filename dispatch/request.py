@@ -1,26 +1,47 @@
-"""The dispatch request as it travels in a queue message, validated on arrival.
+"""The dispatch request: one model from the producer to Nomad, and the limits it obeys.
+
+`DispatchRequest` is what a producer validates and serialises (`from_producer`,
+`to_message`), what a queue message carries (the task's keyword arguments: the README's
+"Message format, version 1"), what the worker parses (`from_message`) and what the Nomad
+client sends (`NomadClient.dispatch`). A new field is declared here once; the code that
+uses it and its tests are all else it needs.
 
 A message from any producer (ours, or a service in another language) is checked here
 before anything else happens; what does not fit becomes an `InvalidMessage` whose text says
 which field is wrong and how, and the request ends with exit code 1 instead of a crash.
+Our own producer refuses the same things earlier, as `InvalidRequest`, in its own words.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import ErrorDetails
 
-from dispatch.errors import DispatchqError
+from dispatch.errors import InvalidMessage as InvalidMessage
+from dispatch.errors import InvalidRequest
 
+MESSAGE_VERSION: Literal[1] = 1
+"""The `v` field of a request; bumped only with an incompatible change."""
+PAYLOAD_LIMIT = 16 * 1024
+"""Nomad's DispatchPayloadSizeLimit: decoded bytes; exactly 16384 is accepted."""
+REQUEST_ID_MAX = 200
+"""Characters of a request ID at most."""
+PRIORITY_MAX = 100
+"""Nomad's highest job priority; 0 means the parent's."""
 
-class InvalidMessage(DispatchqError):
-    """A queue message that is not a valid dispatch request. Permanent."""
+_CONTROL = re.compile("[\x00-\x1f]")
+# As patterns, checked by pydantic-core without a call into Python (a batch enqueue
+# validates thousands of requests). \x1f separates the request and batch IDs in the
+# enqueue script's arguments.
+_NO_CONTROL = r"^[^\x00-\x1f]*$"
+_NOT_BLANK = r"^[^\x00-\x1f]*[^\x00-\x1f\s][^\x00-\x1f]*$"
 
-    kind = "invalid_request"
-    retryable = False
+NoControl = Annotated[str, Field(pattern=_NO_CONTROL)]
 
 
 class DispatchRequest(BaseModel):
@@ -28,16 +49,16 @@ class DispatchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    v: Literal[1] = 1
-    request_id: str = Field(min_length=1, max_length=200)
-    job_id: str = Field(min_length=1)
-    payload_ref: str | None = None
-    meta: dict[str, str] = Field(default_factory=dict)
+    v: Literal[1] = MESSAGE_VERSION
+    request_id: Annotated[NoControl, Field(min_length=1, max_length=REQUEST_ID_MAX)]
+    job_id: Annotated[str, Field(min_length=1, pattern=_NOT_BLANK)]
+    payload_ref: Annotated[str, Field(min_length=1)] | None = None
+    meta: dict[Annotated[str, Field(min_length=1)], str] = Field(default_factory=dict)
     namespace: str | None = None
     detach: bool = False
     id_prefix_template: str = ""
-    priority: int = Field(0, ge=0, le=100)
-    batch_id: str | None = None
+    priority: int = Field(0, ge=0, le=PRIORITY_MAX)
+    batch_id: NoControl | None = None
 
     @classmethod
     def from_message(
@@ -58,10 +79,46 @@ class DispatchRequest(BaseModel):
             )
         return request
 
+    @classmethod
+    def from_producer(cls, fields: Mapping[str, Any]) -> DispatchRequest:
+        """Validate a request as a producer states it (`meta` may be any mapping, or None);
+        raises `InvalidRequest` naming the first problem."""
+        [request] = cls.all_from_producer([dict(fields)])
+        return request
+
+    @classmethod
+    def all_from_producer(cls, items: list[dict[str, Any]]) -> list[DispatchRequest]:
+        """`from_producer` for many requests at once (a batch: one call into pydantic-core
+        for all), whose dicts it may change; raises `InvalidRequest` for the first problem
+        of the first bad one."""
+        for data in items:
+            meta = data.get("meta", _MISSING)
+            if meta is None:
+                del data["meta"]
+            elif type(meta) is not dict and isinstance(meta, Mapping):
+                data["meta"] = dict(meta)
+        try:
+            return _ALL.validate_python(items)
+        except PydanticValidationError as err:
+            problem = err.errors(include_url=False)[0]
+            problem["loc"] = problem["loc"][1:]  # without the index in the list
+            raise InvalidRequest(_in_producer_words(problem)) from None
+
+    def to_message(self) -> dict[str, Any]:
+        """The task's keyword arguments: `v`, the IDs, and the other fields unless they
+        are empty or their default (the compact form of the README's message format), in
+        the model's order."""
+        # `v` and the IDs are never empty (validated); every default is falsy.
+        return {name: value for name, value in self.__dict__.items() if value}
+
     @property
     def idempotency_token(self) -> str:
         """Nomad's idempotency token: one child per request ID, whatever is redelivered."""
         return f"dispatchq-{self.request_id}"
+
+
+_ALL = TypeAdapter(list[DispatchRequest])
+_MISSING = object()
 
 
 def _describe(err: PydanticValidationError) -> str:
@@ -70,3 +127,36 @@ def _describe(err: PydanticValidationError) -> str:
         where = ".".join(str(p) for p in problem["loc"]) or "message"
         parts.append(f"{where}: {problem['msg']}")
     return "; ".join(parts)
+
+
+# The producer's texts for what the model refuses (the CLI and Python callers show them).
+_PRODUCER_TEXTS = {
+    "job_id": "job ID must be a non-empty string",
+    "request_id": (
+        f"request_id must be a string of 1 to {REQUEST_ID_MAX} characters, "
+        "without control characters"
+    ),
+    "priority": f"priority must be an integer from 0 (inherit) to {PRIORITY_MAX}",
+    "payload_ref": "payload_ref must be a non-empty string",
+}
+
+
+def _in_producer_words(problem: ErrorDetails) -> str:
+    loc, given = problem["loc"], problem.get("input")
+    name = str(loc[0]) if loc else "request"
+    kind = type(given).__name__
+    if name == "meta" and len(loc) == 1:
+        return f"meta must be a mapping, not {kind}"
+    if name == "meta" and len(loc) == 3:  # (meta, key, "[key]")
+        return f"meta keys must be non-empty strings, got {given!r}"
+    if name == "meta":
+        return f"meta value for {loc[1]!r} must be a string, not {kind}"
+    if problem["type"] == "string_pattern_mismatch" and _CONTROL.search(str(given)):
+        return f"{name} must not contain control characters"
+    if name in _PRODUCER_TEXTS:
+        return _PRODUCER_TEXTS[name]
+    if problem["type"] == "bool_type":
+        return f"{name} must be true or false, not {kind}"
+    if problem["type"] == "string_type":
+        return f"{name} must be a string, not {kind}"
+    return f"{name}: {problem['msg']}"

@@ -15,41 +15,66 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from dispatch.backpressure import DispatchGate, resources_exhausted
-from dispatch.errors import DispatchqError, NomadError
+from dispatch.errors import BatchCancelled, DispatchqError, MonitoringInterrupted, NomadError
 from dispatch.eventfeed import EvaluationFeed, FeedReader
 from dispatch.events import Dispatched, DispatchFailed, EvalReadFailed, Event
-from dispatch.monitor import DEFAULT_WAIT, EvaluationReader, follow
-from dispatch.nomad import DispatchArgs, NomadClient
+from dispatch.monitor import DEFAULT_WAIT, Dispatcher, EvaluationReader, follow
+from dispatch.nomad_config import NomadConfig
 from dispatch.outcome import Outcome, OutcomeRecorder
-from dispatch.payload import PayloadResolver
-from dispatch.records import RecordStore, StoredResult
+from dispatch.records import Begun, RequestRecord, StoredResult
 from dispatch.request import DispatchRequest
 
 log = structlog.get_logger(__name__)
 
 
-class MonitoringInterrupted(DispatchqError):
-    """Nomad stopped answering while an evaluation was followed. Retryable: the retry
-    resumes from the write-ahead record."""
-
-    kind = "monitoring_interrupted"
-    retryable = True
-
-    def __init__(self, cause: NomadError) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
+# The service's parts, as it uses them: `NomadClient`, `PayloadResolver` and `RecordStore`
+# in a worker; fakes in the tests (tests/support/fakes.py).
 
 
-class BatchCancelled(DispatchqError):
-    """The request's batch was cancelled before it was dispatched. Permanent."""
+class Nomad(Dispatcher, Protocol):
+    config: NomadConfig
 
-    kind = "cancelled"
-    retryable = False
+    def job_evaluations(
+        self, job_id: str, *, namespace: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+class Payloads(Protocol):
+    def blob_key(self, ref: str | None) -> str | None: ...
+
+    def resolve(self, ref: str | None, blob: bytes | None = None) -> bytes | None: ...
+
+    def close(self) -> None: ...
+
+
+class Records(Protocol):
+    def begin(
+        self, request_id: str, job_id: str, batch_id: str | None, read: str | None = None
+    ) -> Begun: ...
+
+    def mark_dispatched(
+        self, request_id: str, dispatched_job_id: str, eval_id: str, batch_id: str | None
+    ) -> None: ...
+
+    def mark_done(
+        self,
+        request_id: str,
+        exit_code: int,
+        batch_id: str | None,
+        error: str = "",
+        result: StoredResult | None = None,
+    ) -> None: ...
+
+    def load(self, request_id: str) -> RequestRecord | None: ...
+
+    def batch_cancelled(self, batch_id: str) -> bool: ...
 
 
 class _ResumableReader:
@@ -100,9 +125,9 @@ def failed_outcome(job_id: str, error: DispatchqError) -> Outcome:
 class DispatchService:
     """What one worker process needs to run requests. Thread-safe if its parts are."""
 
-    client: NomadClient
-    resolver: PayloadResolver
-    records: RecordStore
+    client: Nomad
+    resolver: Payloads
+    records: Records
     feed: EvaluationFeed | None = None
     gate: DispatchGate | None = None
     monitor_wait: float = DEFAULT_WAIT
@@ -135,16 +160,8 @@ class DispatchService:
             return self._finish(request, recorder.outcome())
         try:
             payload = self.resolver.resolve(request.payload_ref, begun.value)
-            response = self.client.send(
-                DispatchArgs(
-                    job_id=request.job_id,
-                    payload=payload,
-                    meta=request.meta,
-                    idempotency_token=request.idempotency_token,
-                    id_prefix_template=request.id_prefix_template,
-                    priority=request.priority,
-                    namespace=request.namespace,
-                )
+            response = self.client.dispatch(
+                request, payload, idempotency_token=request.idempotency_token
             )
         except DispatchqError as err:
             if getattr(err, "retryable", False):

@@ -20,6 +20,6 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from devstack.demo import run_demo  # noqa: PLC0415  (rich and the stack load only here)
+    from producer.demo import run_demo  # noqa: PLC0415  (rich and the stack load only here)
 
     return run_demo(args.count, args.workers)

@@ -24,12 +24,14 @@ from config.logging import configure_logging
 from dispatch.errors import ConfigError
 from dispatch.events import Event
 from dispatch.monitor import dispatch_and_follow
-from dispatch.nomad import DispatchArgs, NomadClient
+from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
 from dispatch.outcome import Outcome
 from dispatch.render import render
+from dispatch.request import DispatchRequest
 from dispatch.retry import RetryPolicy
 from producer.enqueue import InvalidRequest
+from producer.messages import new_request_id
 from producer.queued import NoWorker, dispatch_queued
 
 USAGE = """\
@@ -81,11 +83,18 @@ DIRECT_RETRY = RetryPolicy(attempts=3, floor=0.25, cap=2.0)
 
 @dataclass(frozen=True)
 class JobDispatch:
-    """What the user asked for: the dispatch, where Nomad is, whether to follow it."""
+    """What the user asked for: the dispatch (not validated here: as with the nomad CLI,
+    Nomad or the producer says what is wrong), its payload and idempotency token, and
+    where Nomad is."""
 
-    args: DispatchArgs
+    request: DispatchRequest
+    payload: bytes | None
+    idempotency_token: str | None
     nomad: NomadConfig
-    detach: bool
+
+    @property
+    def detach(self) -> bool:
+        return self.request.detach
 
 
 # Carries out a JobDispatch, passing each event on as it happens, and returns the
@@ -96,21 +105,18 @@ DispatchPath = Callable[[JobDispatch, Callable[[Event], None]], Outcome]
 def dispatch_direct(request: JobDispatch, on_event: Callable[[Event], None]) -> Outcome:
     """Dispatch and monitor from this process, like the nomad CLI."""
     with NomadClient(request.nomad, retry=DIRECT_RETRY) as client:
-        return dispatch_and_follow(client, request.args, detach=request.detach, on_event=on_event)
+        return dispatch_and_follow(
+            client, request.request, request.payload,
+            idempotency_token=request.idempotency_token, on_event=on_event,
+        )
 
 
 def dispatch_through_queue(request: JobDispatch, on_event: Callable[[Event], None]) -> Outcome:
     """Enqueue for the workers and replay their outcome's events (the default path)."""
-    args = request.args
     outcome, request_id = dispatch_queued(
-        args.job_id,
-        payload=args.payload,
-        meta=dict(args.meta),
-        namespace=request.nomad.namespace or None,
-        idempotency_token=args.idempotency_token,
-        id_prefix_template=args.id_prefix_template,
-        priority=args.priority,
-        detach=request.detach,
+        request.request,
+        payload=request.payload,
+        idempotency_token=request.idempotency_token,
         on_event=on_event,
     )
     if request.detach:
@@ -251,15 +257,18 @@ def build_request(options: argparse.Namespace, environ: Mapping[str, str]) -> Jo
         tls_server_name=options.tls_server_name,
         tls_skip_verify=options.tls_skip_verify,
     )
-    args = DispatchArgs(
+    # Built unvalidated (`model_construct`): what Nomad refuses, it reports in its words.
+    request = DispatchRequest.model_construct(
+        request_id=new_request_id(),
         job_id=positional[0],
-        payload=payload,
         meta=meta,
-        idempotency_token=options.idempotency_token or None,
+        namespace=nomad.namespace or None,
+        detach=options.detach,
         id_prefix_template=options.id_prefix_template,
         priority=options.priority,
     )
-    return JobDispatch(args=args, nomad=nomad, detach=options.detach)
+    token = options.idempotency_token or None
+    return JobDispatch(request=request, payload=payload, idempotency_token=token, nomad=nomad)
 
 
 def run(options: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """The queue message: Celery protocol 2, JSON body, as kombu's Redis transport stores it.
 
-This is dispatchq's stable wire format (documented in the README), built here by hand so a
+This is dispatchq's stable wire format (documented in the README): the body's keyword
+arguments are `DispatchRequest.to_message()`, the envelope is built here by hand so a
 batch of thousands is one pipelined write instead of thousands of `delay()` calls. Any
 Celery-speaking client in any language can produce the same message.
 """
@@ -15,12 +16,11 @@ import socket
 import uuid
 from typing import Any
 
+import orjson
+
 from config.celery import TASK_DISPATCH
 
-MESSAGE_VERSION = 1
-"""The `v` field of a request; bumped only with an incompatible change."""
-
-_ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+_ORIGIN_JSON = json.dumps(f"{os.getpid()}@{socket.gethostname()}")
 # kombu only needs delivery tags to be unique (they key its unacknowledged set): a random
 # prefix per process and a counter are, and cost far less than a uuid4 per message.
 _TAG_PREFIX = f"{uuid.uuid4().hex}-"
@@ -30,37 +30,6 @@ _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 def new_request_id() -> str:
     return str(uuid.uuid4())
-
-
-def request_body(
-    request_id: str,
-    job_id: str,
-    *,
-    payload_ref: str | None = None,
-    meta: dict[str, str] | None = None,
-    namespace: str | None = None,
-    detach: bool = False,
-    id_prefix_template: str = "",
-    priority: int = 0,
-    batch_id: str | None = None,
-) -> dict[str, Any]:
-    """The task's keyword arguments: the dispatch request itself."""
-    body: dict[str, Any] = {"v": MESSAGE_VERSION, "request_id": request_id, "job_id": job_id}
-    if payload_ref is not None:
-        body["payload_ref"] = payload_ref
-    if meta:
-        body["meta"] = meta
-    if namespace:
-        body["namespace"] = namespace
-    if detach:
-        body["detach"] = True
-    if id_prefix_template:
-        body["id_prefix_template"] = id_prefix_template
-    if priority:
-        body["priority"] = priority
-    if batch_id:
-        body["batch_id"] = batch_id
-    return body
 
 
 # The envelope as a template: filling in five JSON-escaped values is about twice as fast as
@@ -76,7 +45,7 @@ _ENVELOPE = (
     '"delivery_info":{{"exchange":"","routing_key":{queue}}},"priority":0,'
     '"body_encoding":"base64","delivery_tag":"{tag}"}}}}'
 )
-_EMBED_JSON = json.dumps(_EMBED, separators=(",", ":"))
+_EMBED_JSON = json.dumps(_EMBED, separators=(",", ":")).encode()
 
 
 _SHOWN = ("job_id", "meta", "payload_ref", "namespace", "batch_id")
@@ -90,14 +59,27 @@ def _readable(request: dict[str, Any]) -> str:
     return shown if len(shown) <= KWARGSREPR_MAX else shown[: KWARGSREPR_MAX - 3] + "..."
 
 
+def compact_json(value: Any) -> bytes:
+    """`json.dumps(value, separators=(",", ":"))`, byte for byte, encoded, for a request's
+    values (strings, integers, booleans, None, lists and objects of them; no floats): by
+    orjson, in a twentieth of the time, where that is the same, which is wherever its
+    output is ASCII (both escape the same characters the same way; the json module also
+    escapes non-ASCII). tests/producer/test_messages.py checks it."""
+    try:
+        encoded = orjson.dumps(value)
+    except TypeError:  # what orjson refuses (integers beyond 64 bits, say)
+        encoded = b"\x80"
+    return encoded if encoded.isascii() else json.dumps(value, separators=(",", ":")).encode()
+
+
 def celery_message(request: dict[str, Any], queue: str) -> str:
     """The serialized kombu envelope that goes onto the queue list with LPUSH."""
-    body = f"[[],{json.dumps(request, separators=(',', ':'))},{_EMBED_JSON}]"
+    body = b"[[]," + compact_json(request) + b"," + _EMBED_JSON + b"]"
     return _ENVELOPE.format(
-        body=base64.b64encode(body.encode()).decode("ascii"),
+        body=base64.b64encode(body).decode("ascii"),
         rid=json.dumps(request["request_id"]),
         kwargsrepr=json.dumps(_readable(request)),
-        origin=json.dumps(_ORIGIN),
+        origin=_ORIGIN_JSON,
         queue=json.dumps(queue),
         tag=f"{_TAG_PREFIX}{next(_tags)}",
     )

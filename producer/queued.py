@@ -16,7 +16,9 @@ from config.settings import load_settings
 from dispatch.events import Event
 from dispatch.liveness import live_workers
 from dispatch.outcome import DISPATCHED, Outcome, Timings
+from dispatch.request import DispatchRequest
 from producer.api import Producer
+from producer.enqueue import NewRequest
 
 
 class NoWorker(Exception):
@@ -29,21 +31,19 @@ def _request_id(token: str | None) -> str | None:
 
 
 def dispatch_queued(
-    job_id: str,
+    request: DispatchRequest,
     *,
     payload: bytes | None,
-    meta: dict[str, str],
-    namespace: str | None,
     idempotency_token: str | None,
-    id_prefix_template: str,
-    priority: int,
-    detach: bool,
     on_event: Callable[[Event], None],
 ) -> tuple[Outcome, str]:
-    """Enqueue one request and, unless detached, wait for its outcome and replay it.
+    """Enqueue `request` (as yet unvalidated: the producer validates it, and its ID is made
+    from the idempotency token, or new) and, unless detached, wait for its outcome and
+    replay it.
 
     Returns the outcome and the request ID. Raises NoWorker when no worker has sent a
     heartbeat recently and the caller would have to wait (not detached)."""
+    job_id, detach = request.job_id, request.detach
     with Producer(load_settings()) as producer:
         workers = live_workers(producer.redis, producer.settings.queue)
         if not workers and not detach:
@@ -52,15 +52,11 @@ def dispatch_queued(
                 "start one with `dispatchq worker`, or use -direct (dispatch from here) or "
                 "-detach (enqueue and return)"
             )
-        request_id = producer.enqueue(
-            job_id,
-            payload=payload,
-            meta=meta,
-            request_id=_request_id(idempotency_token),
-            namespace=namespace,
-            id_prefix_template=id_prefix_template,
-            priority=priority,
-        )
+        # -detach returns once the request is queued; the worker still follows it, so
+        # that `dispatchq status` and `wait` report how the evaluation ended.
+        fields = request.model_dump(exclude={"v", "request_id", "detach"})
+        fields["request_id"] = _request_id(idempotency_token)
+        [(request_id, _)] = producer.enqueuer.enqueue([NewRequest(payload=payload, **fields)])
         if detach:
             if not workers:
                 print(

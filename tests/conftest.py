@@ -12,6 +12,26 @@ from devstack.redis_server import RedisServer
 
 pytest_plugins = ["tests.support.stack"]
 
+# Fixtures that start nomadsim (and, through them, workers): a test using one is `slow`.
+# redis-server alone is not: it starts once per session in well under a second, and the
+# unit layer uses it where Redis's own semantics are the point (scripts, BLMOVE, leases).
+_PROCESSES = frozenset({"nomadsim", "sim", "fault_sim"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` every test that starts processes beyond the session's redis-server: the
+    integration and fault suites, devstack's tests and any test using a nomadsim fixture.
+    `pytest -m "not slow"` is the unit layer (README, Development)."""
+    slow = pytest.mark.slow
+    for item in items:
+        if (
+            item.get_closest_marker("integration")
+            or item.get_closest_marker("faults")
+            or _PROCESSES & set(getattr(item, "fixturenames", ()))
+            or item.path.parent.name == "devstack"  # they start (and restart) servers
+        ):
+            item.add_marker(slow)
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:

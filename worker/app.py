@@ -1,4 +1,8 @@
-"""The Celery app: `celery -A worker worker` (or `dispatchq worker`) runs it."""
+"""The Celery app: `celery -A worker worker` (or `dispatchq worker`) runs it.
+
+The tasks module (`worker.tasks`) and with it the process runtime (`worker.runtime`, which
+closes itself at process shutdown) load from here by name only: this module imports
+neither, so nothing it imports imports it back but them."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown
 
 from config.celery import make_app
 from config.logging import configure_logging
@@ -54,10 +58,3 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
 def _on_shutdown(**_: Any) -> None:
     while _background:
         _background.pop().stop()
-
-
-@worker_process_shutdown.connect
-def _close_runtime(**_: Any) -> None:
-    from worker.runtime import reset_runtime  # noqa: PLC0415  (not loaded in the main process)
-
-    reset_runtime()

@@ -51,6 +51,7 @@ from redis import Redis, RedisError
 from redis.exceptions import NoScriptError
 
 from dispatch import keys
+from dispatch.records import SCRIPTS
 
 log = structlog.get_logger(__name__)
 
@@ -74,31 +75,12 @@ _REQUEUE_LUA = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('LPUSH', KEYS[2], ARGV[1]) end
 """
 
-# The non-blocking fetch, counting: nil for an empty queue, else {item, deliveries so far,
-# or -1 when the item is not a message of the counted task}. KEYS: queue, in-flight list.
-# ARGV: task name, request record key prefix, count field, seconds the record is kept.
-_FETCH_COUNTED_LUA = """
-local item = redis.call('RPOPLPUSH', KEYS[1], KEYS[2])
-if not item then return false end
-local ok, message = pcall(cjson.decode, item)
-local headers = ok and type(message) == 'table' and message['headers']
-if type(headers) ~= 'table' or headers['task'] ~= ARGV[1] or type(headers['id']) ~= 'string'
-    or headers['id'] == '' then
-  return {item, -1}
-end
-local record = ARGV[2] .. headers['id']
-local deliveries = redis.call('HINCRBY', record, ARGV[3], 1)
-redis.call('EXPIRE', record, ARGV[4])
-return {item, deliveries}
-"""
-
-
 class Counted(NamedTuple):
-    """Whose deliveries a fetch counts, and where (see `_FETCH_COUNTED_LUA`)."""
+    """Whose deliveries a fetch counts, and where: the `deliveries` field of the request
+    record (`dispatch/lua/fetch_counted.lua`, owned by `dispatch.records`)."""
 
     task: str
     record_prefix: str
-    field: str
     ttl: int
 
 
@@ -213,7 +195,7 @@ class ReliableChannel(kombu_redis.Channel):
         counted = self.counted() if self._queue_busy else None
         if counted is not None and self._fetch_script is None:
             with self.conn_or_acquire() as client:
-                self._fetch_script = client.script_load(_FETCH_COUNTED_LUA)
+                self._fetch_script = client.script_load(SCRIPTS["fetch_counted"])
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
         if counted is not None:

@@ -180,7 +180,7 @@ class PoisonChannel(ReliableChannel):
         """Requests' deliveries are counted as they are fetched where a fetch can (the
         consumer counts the others): see `PoisonAwareConsumer._over_delivery_cap`."""
         ttl = _sink().settings.result_ttl
-        return Counted(TASK_DISPATCH, keys.request(""), dlq.DELIVERIES, ttl)
+        return Counted(TASK_DISPATCH, keys.request(""), ttl)
 
     def _decode(self, item: bytes) -> Any:
         try:

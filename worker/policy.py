@@ -30,8 +30,7 @@ from celery import Task
 from celery.exceptions import Reject, Retry
 from kombu.exceptions import OperationalError
 
-from dispatch.backpressure import Throttled
-from dispatch.errors import DispatchqError
+from dispatch.errors import DispatchqError, Throttled
 from dispatch.retry import RetryPolicy
 from worker.runtime import runtime
 

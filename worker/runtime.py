@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
+from celery.signals import worker_process_shutdown
 
 from config.celery import GuardedRedisBackend
 from config.logging import register_secrets, url_secrets
@@ -96,6 +97,11 @@ def runtime() -> Runtime:
             if _runtime is None:
                 _runtime = build_runtime()
     return _runtime
+
+
+@worker_process_shutdown.connect
+def _close_runtime(**_: Any) -> None:
+    reset_runtime()
 
 
 def reset_runtime() -> None:

@@ -15,6 +15,7 @@ from dispatch.monitor import follow
 from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
 from tests.support.nomad_jobs import add_fault, clear_faults, parameterized_job, register
+from tests.support.requests import request
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_monitor_reads_come_from_the_stream(sim: NomadSimProcess, client: NomadC
     feed = EvaluationFeed(client).start()
     try:
         _connected(feed)
-        response = client.dispatch("feed-job")
+        response = client.dispatch(request("feed-job"))
         before = _reads(sim)
         reader = FeedReader(feed, client)
         reader.expect(response.eval_id, response.eval_create_index)
@@ -64,7 +65,7 @@ def test_monitor_reads_come_from_the_stream(sim: NomadSimProcess, client: NomadC
 def test_evaluation_older_than_the_feed_is_read_over_http(
     sim: NomadSimProcess, client: NomadClient
 ) -> None:
-    response = client.dispatch("feed-job")
+    response = client.dispatch(request("feed-job"))
     feed = EvaluationFeed(client).start()
     try:
         _connected(feed)
@@ -115,7 +116,7 @@ def test_reconnects_after_the_stream_is_cut(sim: NomadSimProcess, client: NomadC
     try:
         _connected(feed)
         assert feed.generation >= 1
-        response = client.dispatch("feed-job")
+        response = client.dispatch(request("feed-job"))
         reader = FeedReader(feed, client)
         reader.expect(response.eval_id, response.eval_create_index)
         assert follow(reader, response.eval_id).exit_code == 0
@@ -130,10 +131,10 @@ def test_a_stream_left_mid_way_does_not_spoil_its_pooled_connection(
     gets the stream's connection, whose unread bytes must have gone with it."""
     with NomadClient(NomadConfig(address=sim.address), pool_size=2) as one:
         stream = one.event_stream(topics=["Evaluation"], index=1)
-        one.dispatch("feed-job")
+        one.dispatch(request("feed-job"))
         index, events = next(stream)
         assert index > 0 and events
-        one.dispatch("feed-job")  # more events on their way to the stream's connection
+        one.dispatch(request("feed-job"))  # more events on their way to the stream's connection
         time.sleep(0.2)
         stream.close()
         job, _ = one.read_job("feed-job")

@@ -9,8 +9,10 @@ import pytest
 from dispatch.errors import NomadError, NotFound, ServerError
 from dispatch.events import Event
 from dispatch.monitor import DEFAULT_WAIT, dispatch_and_follow, follow, watch
-from dispatch.nomad import DispatchArgs, DispatchResponse
+from dispatch.nomad import DispatchResponse
 from dispatch.render import render
+from dispatch.request import DispatchRequest
+from tests.support.requests import request
 
 EVAL = "31199841-1111-2222-3333-444444444444"
 NEXT = "5e2a0c1d-1111-2222-3333-444444444444"
@@ -78,7 +80,13 @@ class Script:
         assert isinstance(answer, list)
         return answer, 14
 
-    def send(self, args: DispatchArgs) -> DispatchResponse:
+    def dispatch(
+        self,
+        request: DispatchRequest,
+        payload: bytes | None = None,
+        *,
+        idempotency_token: str | None = None,
+    ) -> DispatchResponse:
         return DispatchResponse(CHILD, EVAL, 13, 13, 13)
 
 
@@ -270,7 +278,7 @@ def test_dispatch_and_follow_forwards_events_and_reports_the_dispatch() -> None:
     seen: list[Event] = []
     dispatched: list[DispatchResponse] = []
     outcome = dispatch_and_follow(
-        script, DispatchArgs("video-encode"), on_event=seen.append, on_dispatched=dispatched.append
+        script, request("video-encode"), on_event=seen.append, on_dispatched=dispatched.append
     )
     assert seen == outcome.events
     assert lines(seen)[:3] == [
@@ -289,7 +297,7 @@ def test_dispatch_and_follow_forwards_events_and_reports_the_dispatch() -> None:
 
 def test_detach_does_not_monitor() -> None:
     script = Script({}, {})
-    outcome = dispatch_and_follow(script, DispatchArgs("video-encode"), detach=True)
+    outcome = dispatch_and_follow(script, request("video-encode", detach=True))
     assert lines(outcome.events) == [f"Dispatched Job ID = {CHILD}", "Evaluation ID     = 31199841"]
     assert script.reads == []
     assert (outcome.status, outcome.exit_code) == ("dispatched", 0)

@@ -18,9 +18,11 @@ from dispatch.errors import (
     TransportError,
     ValidationError,
 )
-from dispatch.nomad import MAX_PAYLOAD_BYTES, DispatchArgs, NomadClient, NomadConfig
+from dispatch.nomad import NomadClient, NomadConfig
+from dispatch.request import PAYLOAD_LIMIT
 from dispatch.retry import RetryPolicy
 from tests.dispatch.stub import Reply, Seen, StubServer, ok, unused_port
+from tests.support.requests import request
 
 DISPATCHED = {
     "DispatchedJobID": "video/dispatch-1485379325-cb38d00d",
@@ -47,12 +49,9 @@ def test_dispatch_request_on_the_wire(stub: StubServer) -> None:
     stub.script(ok(DISPATCHED, index=13))
     with client_for(stub, token="s3cret-token", region="eu", namespace="media") as client:
         response = client.dispatch(
-            "video/encode x",
-            payload=b"hello",
-            meta={"k": "v"},
+            request("video/encode x", meta={"k": "v"}, id_prefix_template="tmpl", priority=70),
+            b"hello",
             idempotency_token="tok-1",
-            id_prefix_template="tmpl",
-            priority=70,
         )
     assert response.dispatched_job_id == DISPATCHED["DispatchedJobID"]
     assert response.eval_id == DISPATCHED["EvalID"]
@@ -74,7 +73,7 @@ def test_dispatch_request_on_the_wire(stub: StubServer) -> None:
 def test_dispatch_without_payload_or_meta_sends_nulls_and_no_token(stub: StubServer) -> None:
     stub.script(ok({**DISPATCHED, "EvalID": "", "EvalCreateIndex": 0}))
     with client_for(stub) as client:
-        response = client.send(DispatchArgs("video", namespace="other"))
+        response = client.dispatch(request("video", namespace="other"))
     assert response.eval_id == ""
     [seen] = stub.seen
     assert seen.json()["Payload"] is None
@@ -86,9 +85,9 @@ def test_dispatch_without_payload_or_meta_sends_nulls_and_no_token(stub: StubSer
 def test_oversize_payload_is_refused_before_sending(stub: StubServer) -> None:
     stub.script(ok(DISPATCHED))
     with client_for(stub) as client:
-        client.dispatch("video", payload=b"x" * MAX_PAYLOAD_BYTES)  # the limit itself is fine
+        client.dispatch(request("video"), b"x" * PAYLOAD_LIMIT)  # the limit itself is fine
         with pytest.raises(ValidationError) as caught:
-            client.dispatch("video", payload=b"x" * (MAX_PAYLOAD_BYTES + 1))
+            client.dispatch(request("video"), b"x" * (PAYLOAD_LIMIT + 1))
     assert str(caught.value) == "Payload exceeds maximum size; 16385 > 16384"
     assert len(stub.seen) == 1
 
@@ -165,20 +164,20 @@ def test_every_429_reaches_the_rate_limited_hook(stub: StubServer) -> None:
 def test_validation_error_is_never_retried_even_with_a_token(stub: StubServer) -> None:
     stub.script(Reply(500, "Payload is not provided but required by parameterized job"))
     with client_for(stub) as client, pytest.raises(ValidationError):
-        client.dispatch("video", idempotency_token="tok")
+        client.dispatch(request("video"), idempotency_token="tok")
     assert len(stub.seen) == 1
 
 
 def test_dispatch_without_token_retries_only_what_was_not_applied(stub: StubServer) -> None:
     stub.script(Reply(500, "No cluster leader"), Reply(429, "slow"), ok(DISPATCHED))
     with client_for(stub) as client:
-        assert client.dispatch("video").eval_id == DISPATCHED["EvalID"]
+        assert client.dispatch(request("video")).eval_id == DISPATCHED["EvalID"]
     assert len(stub.seen) == 3
 
     stub.seen.clear()
     stub.script(Reply(500, "raft apply failed: timed out"), ok(DISPATCHED))
     with client_for(stub) as client, pytest.raises(ServerError) as caught:
-        client.dispatch("video")
+        client.dispatch(request("video"))
     assert caught.value.maybe_applied
     assert len(stub.seen) == 1
 
@@ -186,7 +185,7 @@ def test_dispatch_without_token_retries_only_what_was_not_applied(stub: StubServ
 def test_dispatch_with_token_retries_a_possibly_applied_error(stub: StubServer) -> None:
     stub.script(Reply(500, "raft apply failed: timed out"), ok(DISPATCHED))
     with client_for(stub) as client:
-        client.dispatch("video", idempotency_token="tok")
+        client.dispatch(request("video"), idempotency_token="tok")
     assert len(stub.seen) == 2
     assert all(seen.query["idempotency_token"] == "tok" for seen in stub.seen)
 
@@ -198,7 +197,7 @@ def test_read_timeout_after_sending_is_not_replayed_without_token(stub: StubServ
     try:
         client = NomadClient(config, timeout=0.2, retry=RETRY, sleep=lambda _: None)
         with client, pytest.raises(TransportError) as caught:
-            client.dispatch("video")
+            client.dispatch(request("video"))
     finally:
         release.set()
     assert caught.value.maybe_applied
@@ -213,7 +212,7 @@ def test_connection_refused_is_retried_and_reads_like_go() -> None:
     config = NomadConfig(address=f"http://127.0.0.1:{port}")
     client = NomadClient(config, retry=RETRY, sleep=slept.append)
     with client, pytest.raises(TransportError) as caught:
-        client.dispatch("video")
+        client.dispatch(request("video"))
     assert str(caught.value) == (
         f'Put "http://127.0.0.1:{port}/v1/job/video/dispatch": '
         f"dial tcp 127.0.0.1:{port}: connect: connection refused"
@@ -246,7 +245,7 @@ def test_requests_carry_what_the_go_client_sends(stub: StubServer) -> None:
     )
     with client_for(stub, token="t0k", http_auth="alice:pw") as client:
         client.read_job("video")
-        client.dispatch("video", meta={"k": "v"}, idempotency_token="tok-1")
+        client.dispatch(request("video", meta={"k": "v"}), idempotency_token="tok-1")
     first, second = stub.seen
     for seen in (first, second):
         assert seen.headers["user-agent"] == "dispatchq"

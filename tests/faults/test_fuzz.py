@@ -39,8 +39,7 @@ json_values = st.recursive(
 )
 hashable = st.none() | st.integers() | st.text(max_size=6) | st.binary(max_size=4)
 anything = json_values | st.binary(max_size=32) | st.tuples(st.integers(), st.text(max_size=4))
-REQUEST_FIELDS = ("v", "request_id", "job_id", "payload_ref", "meta", "namespace", "detach",
-                  "id_prefix_template", "priority", "batch_id")  # fmt: skip
+REQUEST_FIELDS = tuple(DispatchRequest.model_fields)
 kwargs_like = st.dictionaries(
     st.sampled_from(REQUEST_FIELDS) | st.text(max_size=8),
     json_values | st.dictionaries(st.text(max_size=6), st.text(max_size=6), max_size=3),

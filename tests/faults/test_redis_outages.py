@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from producer.messages import celery_message, request_body
+from producer.messages import celery_message
 from tests.support.faults import (
     REDELIVERY,
     Accounting,
@@ -21,6 +21,7 @@ from tests.support.faults import (
     states,
     wait_until,
 )
+from tests.support.requests import message_body
 from tests.support.stack import QUEUE
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -104,7 +105,7 @@ def test_dropped_broker_connections_and_duplicate_messages_are_harmless(
         with stack.producer() as producer, stack.client() as admin:
             ids = [producer.enqueue("encode", meta={"profile": "hd"}) for _ in range(count)]
             for rid in ids[::2]:  # a second copy, as a producer retrying a publish makes
-                body = request_body(rid, "encode", meta={"profile": "hd"})
+                body = message_body(rid, "encode", meta={"profile": "hd"})
                 admin.lpush(QUEUE, celery_message(body, QUEUE))
             while drops < 3 and states(producer.redis, ids)["done"] < count:
                 time.sleep(1.0)

@@ -99,7 +99,7 @@ def test_an_error_answer_raises_and_leaves_no_half_read_connection(
         (NewRequest(""), "job ID must be a non-empty string"),
         (NewRequest("v", payload=b"x" * 16385), "Payload exceeds maximum size; 16385 > 16384"),
         (NewRequest("v", payload=b"x", payload_ref="data:,x"), "either payload or payload_ref"),
-        (NewRequest("v", meta={"k": 1}), "meta value for 'k' must be a string, not int"),  # type: ignore[dict-item]
+        (NewRequest("v", meta={"k": 1}), "meta value for 'k' must be a string, not int"),
         (NewRequest("v", meta={"": "x"}), "meta keys must be non-empty strings"),
         (NewRequest("v", priority=101), "priority must be an integer from 0"),
         (NewRequest("v", request_id="x" * 201), "request_id must be a string of 1 to 200"),

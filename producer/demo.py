@@ -1,4 +1,5 @@
-"""`dispatchq demo`: a real fan-out of encode requests on an embedded local stack."""
+"""`dispatchq demo`: a real fan-out of encode requests on an embedded local stack (the
+Producer API on top of `devstack`, which starts the processes and never imports producer)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,23 @@
+-- A request finished (`RecordStore.mark_done`). Counts it in its batch once, however
+-- often it is finished (a redelivery after the outcome was stored runs the task again),
+-- and stores its outcome (KEYS[2], `store_result`) in the same step: the first finish
+-- wins, so a late duplicate cannot replace an outcome already stored.
+-- KEYS: record, [result]. ARGV: ttl, exit code, batch key or '', error entry or '',
+-- batch error list, its cap, [result value, result ttl].
+local record = KEYS[1]
+local state = redis.call('HGET', record, 'state')
+redis.call('EXPIRE', record, ARGV[1])
+if state == 'done' then return end
+redis.call('HSET', record, 'state', 'done', 'exit_code', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('HINCRBY', ARGV[3], 'done', 1)
+  redis.call('EXPIRE', ARGV[3], ARGV[1])
+  redis.call('HINCRBY', ARGV[3], 'exit:' .. ARGV[2], 1)
+  local child = redis.call('HGET', record, 'dispatched_job_id')
+  if child and child ~= '' then redis.call('HINCRBY', ARGV[3], 'done_dispatched', 1) end
+  if ARGV[4] ~= '' and redis.call('LLEN', ARGV[5]) < tonumber(ARGV[6]) then
+    redis.call('RPUSH', ARGV[5], ARGV[4])
+    redis.call('EXPIRE', ARGV[5], ARGV[1])
+  end
+end
+if KEYS[2] then store_result(KEYS[2], ARGV[7], ARGV[8]) end

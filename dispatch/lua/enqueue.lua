@@ -1,0 +1,47 @@
+-- Enqueue a chunk of requests (`producer.enqueue`): per request, create its record
+-- (queued) and push its message, unless the record exists.
+-- KEYS: the queue. ARGV: ttl, then the key prefixes of a request record, a result, a batch
+-- and a batch's request list (from `keys`), then two arguments per request:
+-- "<request ID>\x1f<batch ID or nothing>" and the message. Returns per request 1 (new),
+-- 2 (enqueued again: its earlier run ended without dispatching anything) or 0 (exists:
+-- skipped). New batch members join the batch's list.
+--
+-- Cost per request is what bounds a batch enqueue (bench/enqueue), so the new-request path
+-- is two calls: HSETNX creates the record (and is the existence check), EXPIRE dates it.
+local queue, ttl = KEYS[1], tonumber(ARGV[1])
+local p_request, p_result, p_batch, s_requests = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local out, messages, lists = {}, {}, {}
+for i = 6, #ARGV, 2 do
+  local sep = string.find(ARGV[i], '\31', 1, true)
+  local rid, batch_id = string.sub(ARGV[i], 1, sep - 1), string.sub(ARGV[i], sep + 1)
+  local record = p_request .. rid
+  local flag = redis.call('HSETNX', record, 'state', 'queued')
+  if flag == 0 then
+    local f = redis.call('HMGET', record, 'state', 'dispatched_job_id', 'exit_code')
+    if f[1] == 'done' and (not f[2] or f[2] == '') then
+      flag = 2
+      if batch_id ~= '' and f[3] then
+        redis.call('HINCRBY', p_batch .. batch_id, 'done', -1)
+        redis.call('HINCRBY', p_batch .. batch_id, 'exit:' .. f[3], -1)
+      end
+      redis.call('DEL', record, p_result .. rid)
+      redis.call('HSET', record, 'state', 'queued')
+    end
+  end
+  if flag > 0 then
+    redis.call('EXPIRE', record, ttl)
+    messages[#messages + 1] = ARGV[i + 1]
+    if flag == 1 and batch_id ~= '' then
+      local list = p_batch .. batch_id .. s_requests
+      if not lists[list] then lists[list] = {} end
+      table.insert(lists[list], rid)
+    end
+  end
+  out[#out + 1] = flag
+end
+if #messages > 0 then redis.call('LPUSH', queue, unpack(messages)) end
+for list, ids in pairs(lists) do
+  redis.call('RPUSH', list, unpack(ids))
+  redis.call('EXPIRE', list, ttl)
+end
+return out

@@ -1,0 +1,76 @@
+"""`DispatchRequest`: one model from the producer's input to the message and back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dispatch.errors import InvalidMessage, InvalidRequest
+from dispatch.request import PAYLOAD_LIMIT, REQUEST_ID_MAX, DispatchRequest
+
+
+def test_the_message_is_compact_and_parses_back_to_the_same_request() -> None:
+    request = DispatchRequest(
+        request_id="r-1", job_id="video", meta={"profile": "hd"}, batch_id="b", priority=0
+    )
+    body = request.to_message()
+    assert body == {"v": 1, "request_id": "r-1", "job_id": "video",
+                    "meta": {"profile": "hd"}, "batch_id": "b"}  # fmt: skip
+    assert list(body) == ["v", "request_id", "job_id", "meta", "batch_id"]
+    assert DispatchRequest.from_message((), body, "r-1") == request
+
+
+def test_every_field_travels() -> None:
+    request = DispatchRequest(
+        request_id="r-1", job_id="video", payload_ref="data:,x", meta={"k": "v"},
+        namespace="media", detach=True, id_prefix_template="t", priority=70, batch_id="b",
+    )  # fmt: skip
+    assert set(request.to_message()) == set(DispatchRequest.model_fields)
+    assert DispatchRequest.from_message((), request.to_message()) == request
+
+
+@pytest.mark.parametrize(
+    ("fields", "text"),
+    [
+        ({"job_id": " "}, "job ID must be a non-empty string"),
+        ({"job_id": "a\x01"}, "job_id must not contain control characters"),
+        ({"batch_id": "b\x1f"}, "batch_id must not contain control characters"),
+        ({"request_id": "r" * (REQUEST_ID_MAX + 1)}, "request_id must be a string of 1 to"),
+        ({"meta": {"k": 1}}, "meta value for 'k' must be a string, not int"),
+        ({"meta": [("k", "v")]}, "meta must be a mapping, not list"),
+        ({"meta": {b"k": "v"}}, "meta keys must be non-empty strings, got b'k'"),
+        ({"detach": "yes"}, "detach must be true or false, not str"),
+        ({"namespace": 3}, "namespace must be a string, not int"),
+        ({"priority": 101}, "priority must be an integer from 0 (inherit) to 100"),
+        ({"priority": True}, "priority must be an integer from 0 (inherit) to 100"),
+        ({"payload_ref": ""}, "payload_ref must be a non-empty string"),
+    ],
+)
+def test_the_producer_names_the_problem(fields: dict[str, Any], text: str) -> None:
+    with pytest.raises(InvalidRequest, match=text.replace("(", r"\(").replace(")", r"\)")):
+        DispatchRequest.from_producer({"request_id": "r-1", "job_id": "video", **fields})
+
+
+def test_the_producer_takes_any_mapping_and_no_meta() -> None:
+    from types import MappingProxyType
+
+    proxy = MappingProxyType({"k": "v"})
+    assert DispatchRequest.from_producer({"request_id": "r", "job_id": "j", "meta": proxy}).meta
+    no_meta = DispatchRequest.from_producer({"request_id": "r", "job_id": "j", "meta": None})
+    assert no_meta.meta == {}
+
+
+def test_the_worker_refuses_the_same_with_the_field_named() -> None:
+    with pytest.raises(InvalidMessage, match="invalid dispatch request: job_id: String should"):
+        DispatchRequest.from_message((), {"request_id": "r-1", "job_id": " "})
+    with pytest.raises(InvalidMessage, match="differs from request_id"):
+        DispatchRequest.from_message((), {"request_id": "r-1", "job_id": "j"}, "r-2")
+
+
+def test_one_payload_limit() -> None:
+    from dispatch import nomad, payload
+
+    assert PAYLOAD_LIMIT == 16 * 1024
+    assert payload.PAYLOAD_LIMIT is PAYLOAD_LIMIT
+    assert not hasattr(nomad, "MAX_PAYLOAD_BYTES")

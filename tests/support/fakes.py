@@ -1,0 +1,215 @@
+"""Fakes of the service's parts (`dispatch.service`'s Nomad, Payloads and Records): a
+scripted Nomad client, in-memory payloads and an in-memory record store that keeps to the
+record's state machine (`dispatch.records.TRANSITIONS`). The core's tests run on these in
+milliseconds; the Lua scripts themselves are tested against a real redis-server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatch.errors import NomadError, PayloadError
+from dispatch.nomad import DispatchResponse
+from dispatch.nomad_config import NomadConfig
+from dispatch.records import TRANSITIONS, Begun, RequestRecord, RequestState, StoredResult
+from dispatch.request import DispatchRequest
+
+EVAL = "31199841-1111-2222-3333-444444444444"
+CHILD = "video-encode/dispatch-1485379325-cb38d00d"
+ALLOC = "8254b85f-1111-2222-3333-444444444444"
+NODE = "82ff9c50-1111-2222-3333-444444444444"
+
+Answer = Any  # a JSON answer, or a NomadError to raise
+
+
+def evaluation(eval_id: str = EVAL, status: str = "complete", **extra: Any) -> dict[str, Any]:
+    return {"ID": eval_id, "JobID": CHILD, "Status": status, "CreateIndex": 13,
+            "ModifyIndex": 13, **extra}  # fmt: skip
+
+
+def allocation(client: str = "pending") -> dict[str, Any]:
+    return {"ID": ALLOC, "NodeID": NODE, "TaskGroup": "encode", "DesiredStatus": "run",
+            "ClientStatus": client, "ClientDescription": "", "CreateIndex": 14}  # fmt: skip
+
+
+def dispatched(eval_id: str = EVAL, child: str = CHILD) -> DispatchResponse:
+    return DispatchResponse(child, eval_id, 13, 12, 13)
+
+
+@dataclass
+class Sent:
+    request: DispatchRequest
+    payload: bytes | None
+    idempotency_token: str | None
+
+
+class FakeNomad:
+    """Answers in order (the last answer repeats): `dispatches` to dispatch calls, and per
+    evaluation ID `evals` and `allocs` to reads; an answer that is a NomadError is raised.
+    Records what it was sent and read."""
+
+    def __init__(
+        self,
+        dispatches: list[DispatchResponse | NomadError] | None = None,
+        evals: dict[str, list[Answer]] | None = None,
+        allocs: dict[str, list[Answer]] | None = None,
+        job_evals: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.config = NomadConfig()
+        self.dispatches = dispatches or [dispatched()]
+        self.evals = evals if evals is not None else {EVAL: [evaluation()]}
+        self.allocs = allocs if allocs is not None else {EVAL: [[allocation()]]}
+        self.job_evals = job_evals or []
+        self.sent: list[Sent] = []
+        self.reads: list[tuple[str, str]] = []
+        self.closed = False
+
+    @staticmethod
+    def _next(answers: list[Any]) -> Any:
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, NomadError):
+            raise answer
+        return answer
+
+    def dispatch(
+        self,
+        request: DispatchRequest,
+        payload: bytes | None = None,
+        *,
+        idempotency_token: str | None = None,
+    ) -> DispatchResponse:
+        self.sent.append(Sent(request, payload, idempotency_token))
+        answer: DispatchResponse = self._next(self.dispatches)
+        return answer
+
+    def read_evaluation(
+        self, eval_id: str, *, index: int = 0, wait: float | None = None
+    ) -> tuple[dict[str, Any], int]:
+        self.reads.append(("eval", eval_id))
+        answer: dict[str, Any] = self._next(self.evals[eval_id])
+        return answer, int(answer["ModifyIndex"])
+
+    def evaluation_allocations(
+        self, eval_id: str, *, index: int = 0, wait: float | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        self.reads.append(("allocs", eval_id))
+        answer: list[dict[str, Any]] = self._next(self.allocs[eval_id])
+        return answer, 14
+
+    def job_evaluations(
+        self, job_id: str, *, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
+        self.reads.append(("job_evals", job_id))
+        return self.job_evals
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakePayloads:
+    """`blob:sha256:<digest>` references read from `blobs` (as the record store's begin
+    reads them); `data:,<text>` references are their text; anything else is refused."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def blob_key(self, ref: str | None) -> str | None:
+        return ref if ref and ref.startswith("blob:") else None
+
+    def resolve(self, ref: str | None, blob: bytes | None = None) -> bytes | None:
+        if not ref:
+            return None
+        if ref.startswith("blob:"):
+            if blob is None:
+                raise PayloadError(f"payload {ref} not found (expired?)")
+            return blob
+        if ref.startswith("data:,"):
+            return ref[len("data:,") :].encode()
+        raise PayloadError(f"unsupported payload reference {ref!r}")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeRecords:
+    """The request records and batch counters in memory, written as the scripts of
+    `dispatch/lua` write them; every change of state must be one of `TRANSITIONS`."""
+
+    records: dict[str, dict[str, str]] = field(default_factory=dict)
+    batches: dict[str, dict[str, int]] = field(default_factory=dict)
+    cancelled: set[str] = field(default_factory=set)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    results: dict[str, StoredResult] = field(default_factory=dict)
+    states: list[tuple[str, str]] = field(default_factory=list)
+    """Every (request ID, state) written, in order."""
+
+    def _state(self, request_id: str, state: RequestState) -> None:
+        record = self.records.setdefault(request_id, {})
+        old = RequestState(record["state"]) if "state" in record else None
+        assert state == old or state in TRANSITIONS[old], f"{old} -> {state}"
+        record["state"] = state.value
+        self.states.append((request_id, state.value))
+
+    def enqueue(self, request_id: str) -> None:
+        """What enqueue.lua does to a new request."""
+        self._state(request_id, RequestState.QUEUED)
+
+    def begin(
+        self, request_id: str, job_id: str, batch_id: str | None, read: str | None = None
+    ) -> Begun:
+        record = self.records.get(request_id, {})
+        child, eval_id = record.get("dispatched_job_id", ""), record.get("eval_id", "")
+        cancelled = bool(batch_id) and batch_id in self.cancelled
+        if not child and not cancelled:
+            self._state(request_id, RequestState.DISPATCHING)
+            self.records[request_id].update(job_id=job_id, started_at="1.0")
+            if batch_id:
+                self.records[request_id]["batch_id"] = batch_id
+        value = self.blobs.get(read.removeprefix("blob:")) if read else None
+        return Begun(child, eval_id, cancelled, value)
+
+    def mark_dispatched(
+        self, request_id: str, dispatched_job_id: str, eval_id: str, batch_id: str | None
+    ) -> None:
+        first = not self.records.get(request_id, {}).get("dispatched_job_id")
+        self._state(request_id, RequestState.MONITORING)
+        self.records[request_id].update(dispatched_job_id=dispatched_job_id, eval_id=eval_id)
+        if first and batch_id:
+            counters = self.batches.setdefault(batch_id, {})
+            counters["dispatched"] = counters.get("dispatched", 0) + 1
+
+    def mark_done(
+        self,
+        request_id: str,
+        exit_code: int,
+        batch_id: str | None,
+        error: str = "",
+        result: StoredResult | None = None,
+    ) -> None:
+        if self.records.get(request_id, {}).get("state") == RequestState.DONE.value:
+            return  # the first finish wins
+        self._state(request_id, RequestState.DONE)
+        self.records[request_id]["exit_code"] = str(exit_code)
+        if batch_id:
+            counters = self.batches.setdefault(batch_id, {})
+            for name in ("done", f"exit:{exit_code}"):
+                counters[name] = counters.get(name, 0) + 1
+        if result is not None:
+            self.results[request_id] = result
+
+    def load(self, request_id: str) -> RequestRecord | None:
+        raw = self.records.get(request_id)
+        if not raw:
+            return None
+        return RequestRecord.from_hash(
+            request_id, {k.encode(): v.encode() for k, v in raw.items()}
+        )
+
+    def batch_cancelled(self, batch_id: str) -> bool:
+        return batch_id in self.cancelled
+
+
+def stored_result(request_id: str, outcome: dict[str, Any]) -> StoredResult:
+    """A stand-in for the result backend's encoding (`DispatchService.results`)."""
+    return StoredResult(f"celery-task-meta-{request_id}", repr(outcome), 0)
