@@ -23,6 +23,8 @@ from pydantic_settings import (
 )
 
 from config.logging import mask_url, url_secrets
+from dispatch import keys
+from dispatch.completion import EventStream
 
 __all__ = ["Settings", "load_settings", "mask_url", "worker_redis"]
 
@@ -94,6 +96,30 @@ class Settings(BaseSettings):
         description="Most pending or running children per parameterized job (its "
         "JobSummary) before dispatches of it wait; 0: no cap.",
     )
+    events_stream: str = Field(
+        keys.EVENTS,
+        description="Redis stream of completion events (one per request that ends and per "
+        "batch that finishes); empty: off (and no webhooks).",
+    )
+    events_maxlen: int = Field(
+        keys.EVENTS_MAXLEN, ge=1_000, description="Entries the event stream keeps (MAXLEN ~)."
+    )
+    notify_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts (host or host:port) a notify_url may name; others are dead-lettered.",
+    )
+    notify_secret: SecretStr = Field(
+        SecretStr(""), description="Key of the webhooks' HMAC-SHA256 signature."
+    )
+    notify_retry_for: float = Field(
+        3_600.0,
+        gt=0,
+        description="Seconds a webhook is retried (backoff 1 s doubling to 60 s) before it "
+        "is dead-lettered, counted from its event.",
+    )
+    notify_timeout: float = Field(
+        10.0, gt=0, description="Total deadline of one webhook POST (connect, send, read), s."
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="Log rendering: JSON lines, console, or console only on a TTY."
     )
@@ -108,6 +134,11 @@ class Settings(BaseSettings):
         "0.0.0.0",  # noqa: S104  (scraped from other machines; the metrics hold no secret)
         description="Address the metrics endpoint listens on.",
     )
+
+    @property
+    def event_stream(self) -> EventStream:
+        """Where completion events go (`dispatch.completion`)."""
+        return EventStream(self.events_stream, self.events_maxlen)
 
     @field_validator("redis_url")
     @classmethod
@@ -128,7 +159,7 @@ class Settings(BaseSettings):
             raise ValueError("not a valid Redis URL: the port must be a number 1-65535")
         return value
 
-    @field_validator("payload_file_roots", "payload_http_hosts", mode="before")
+    @field_validator("payload_file_roots", "payload_http_hosts", "notify_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):

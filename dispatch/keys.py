@@ -13,6 +13,7 @@
 | `dispatchq:rate`                 | hash   | worker gate       | RATE_TTL, renewed/write    |
 | `dispatchq:children:<ns>:<job>`  | hash   | worker gate       | CHILDREN_TTL, renewed      |
 | `dispatchq:children:<ns>:<job>:refresh` | string | worker gate | CHILDREN_REFRESH_LOCK ms |
+| `dispatchq:events` (setting) | stream | worker (done.lua) | none; `MAXLEN ~ events_maxlen` |
 
 The request hash is both the caller-visible state (queued, dispatching, monitoring) and the
 worker's write-ahead record: once `dispatched_job_id` is in it, a redelivered request resumes
@@ -51,6 +52,15 @@ CHILDREN_TTL: Final = 60
 """A job's unfinished-children count outlives its last use by this much."""
 CHILDREN_REFRESH_LOCK: Final = 5_000
 """Milliseconds one worker has to read a job's summary before another may try."""
+
+EVENTS: Final = f"{PREFIX}:events"
+"""The completion event stream (`dispatch.completion`): one entry per request that ends and
+per batch that finishes. No TTL (consumers may be away for a while); bounded instead by
+`XADD ... MAXLEN ~ EVENTS_MAXLEN` on every append (the `events_maxlen` setting)."""
+EVENTS_MAXLEN: Final = 100_000
+"""Entries the event stream keeps, about (Redis trims whole nodes: `~`); some 50 MB."""
+NOTIFIER_GROUP: Final = "dispatchq-notifier"
+"""The consumer group of `dispatchq notifier` on the event stream."""
 
 INFLIGHT: Final = f"{PREFIX}:inflight"
 """Broker keys of `worker.fetch` (no TTL, like kombu's): the set of consumer IDs, and per

@@ -19,6 +19,8 @@ beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
   digest, or one claiming a batch with no record made at enqueue, is not this request:
   begin.lua and done.lua refuse it without writing anything.
 - `exit_code` (done.lua; cleared by replay.lua): the outcome's exit code, once done.
+- `ends` (_events.lua, in the step that stores the outcome): how many times the request
+  ended; the attempt of its completion event (`dispatch.completion`).
 - `deliveries` (fetch_counted.lua, `dispatch.dlq.count_delivery`; cleared by replay.lua):
   deliveries of the request's messages, for the delivery cap.
 
@@ -39,6 +41,7 @@ from typing import Any, NamedTuple
 import redis
 
 from dispatch import keys
+from dispatch.completion import EventStream, request_event_args
 
 
 class RequestState(StrEnum):
@@ -72,6 +75,7 @@ FIELDS = (
     "exit_code",
     "deliveries",
     "digest",
+    "ends",
 )
 """Every field of the record (the docstring says who writes each, and when)."""
 DELIVERIES = "deliveries"
@@ -87,8 +91,11 @@ def _load_scripts() -> dict[str, str]:
         if entry.name.endswith(".lua")
     }
     library = texts.pop("_store")
+    events = texts.pop("_events")
     return {
-        name: library + text if "store_result(" in text else text
+        name: (library if "store_result(" in text else "")
+        + (events if "emit_done_events(" in text else "")
+        + text
         for name, text in texts.items()
     }
 
@@ -173,9 +180,10 @@ MAX_BATCH_ERRORS = 50
 class RecordStore:
     """Reads and writes request records with their TTL, and their batches' counters."""
 
-    def __init__(self, client: redis.Redis, ttl: int) -> None:
+    def __init__(self, client: redis.Redis, ttl: int, events: EventStream | None = None) -> None:
         self.client = client
         self.ttl = ttl
+        self.events = events if events is not None else EventStream()
         self._dispatched = client.register_script(SCRIPTS["dispatched"])
         self._done = client.register_script(SCRIPTS["done"])
         self._begin = client.register_script(SCRIPTS["begin"])
@@ -224,9 +232,14 @@ class RecordStore:
         result: StoredResult | None = None,
         *,
         digest: str = "",
+        outcome: dict[str, Any] | None = None,
+        notify_url: str | None = None,
     ) -> bool:
         """Final state; counted once in the batch, with the error among its first ones, and
         `result` stored, all in one step; a request already done keeps what it stored.
+        With `outcome` (its stored form) and the event stream on, the same step appends the
+        request's completion event (to be POSTed to `notify_url`, if any) and its batch's
+        when it is the batch's last (`dispatch.completion`).
         With `digest` (a refused message's), nothing is written if the record says the
         request is another one: returns False then."""
         batch = keys.batch(batch_id) if batch_id else ""
@@ -237,6 +250,10 @@ class RecordStore:
         if result is not None:
             script_keys.append(result.key)
             args += [result.value, result.ttl]
+        else:
+            args += ["", ""]
+        if outcome is not None:
+            args += request_event_args(self.events, request_id, batch_id, outcome, notify_url)
         return bool(self._done(keys=script_keys, args=args) != -1)
 
     def batch_cancelled(self, batch_id: str) -> bool:

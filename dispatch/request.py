@@ -36,6 +36,10 @@ REQUEST_ID_MAX = 200
 PRIORITY_MAX = 100
 """Nomad's highest job priority; 0 means the parent's."""
 
+NOTIFY_URL_MAX = 2048
+"""Characters of a notify_url at most."""
+_NOTIFY_URL = r"^https?://[^\x00-\x20]+$"
+
 _CONTROL = re.compile("[\x00-\x1f]")
 # As patterns, checked by pydantic-core without a call into Python (a batch enqueue
 # validates thousands of requests). \x1f separates the request and batch IDs in the
@@ -61,6 +65,8 @@ class DispatchRequest(BaseModel):
     id_prefix_template: str = ""
     priority: int = Field(0, ge=0, le=PRIORITY_MAX)
     batch_id: NoControl | None = None
+    notify_url: Annotated[str, Field(max_length=NOTIFY_URL_MAX, pattern=_NOTIFY_URL)] | None = None
+    """Where the notifier POSTs this request's completion event (`dispatch.notifier`)."""
 
     @classmethod
     def from_message(
@@ -164,6 +170,10 @@ _PRODUCER_TEXTS = {
     ),
     "priority": f"priority must be an integer from 0 (inherit) to {PRIORITY_MAX}",
     "payload_ref": "payload_ref must be a non-empty string",
+    "notify_url": (
+        f"notify_url must be an http:// or https:// URL of at most {NOTIFY_URL_MAX} "
+        "characters, without spaces or control characters"
+    ),
 }
 
 

@@ -83,6 +83,8 @@ class Records(Protocol):
         result: StoredResult | None = None,
         *,
         digest: str = "",
+        outcome: dict[str, Any] | None = None,
+        notify_url: str | None = None,
     ) -> bool: ...
 
     def load(self, request_id: str) -> RequestRecord | None: ...
@@ -161,10 +163,19 @@ def fail_message(
     job_id = (record.job_id if record is not None else "") or given["job_id"]
     batch_id = (record.batch_id or given["batch_id"]) if record is not None else ""
     outcome = Outcome.failed(job_id, kind=kind, message=reason)
-    stored = results(request_id, outcome.to_stored()) if results is not None else None
+    summary = outcome.to_stored()
+    stored = results(request_id, summary) if results is not None else None
     digest = UNREADABLE if kwargs is None else request_digest(kwargs)
+    url = (kwargs or {}).get("notify_url")
     return records.mark_done(
-        request_id, outcome.exit_code, batch_id or None, reason, stored, digest=digest
+        request_id,
+        outcome.exit_code,
+        batch_id or None,
+        reason,
+        stored,
+        digest=digest,
+        outcome=summary,
+        notify_url=url if isinstance(url, str) else None,
     )
 
 
@@ -309,9 +320,16 @@ class DispatchService:
 
     def _finish(self, request: DispatchRequest, outcome: Outcome) -> Outcome:
         error = outcome.error_message or "" if outcome.exit_code == 1 else ""
-        stored = self.results(request.request_id, outcome.to_stored()) if self.results else None
+        summary = outcome.to_stored()
+        stored = self.results(request.request_id, summary) if self.results else None
         self.records.mark_done(
-            request.request_id, outcome.exit_code, request.batch_id, error, stored
+            request.request_id,
+            outcome.exit_code,
+            request.batch_id,
+            error,
+            stored,
+            outcome=summary,
+            notify_url=request.notify_url,
         )
         log.info(
             "request.done",

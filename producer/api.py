@@ -67,7 +67,7 @@ class Producer:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
         self.redis = redis.Redis.from_url(self.settings.redis_url.get_secret_value())
-        self.records = RecordStore(self.redis, self.settings.result_ttl)
+        self.records = RecordStore(self.redis, self.settings.result_ttl, self.settings.event_stream)
         self.batches = BatchStore(self.redis, self.settings.result_ttl)
         self.enqueuer = Enqueuer(
             self.redis,

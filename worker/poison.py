@@ -344,10 +344,8 @@ def _fail(
     kwargs: dict[str, Any] | None,
 ) -> None:
     sink = _sink()
-    records = RecordStore(sink.redis, sink.settings.result_ttl)
-    fail_message(
-        records, backend.success_result, task_id, kind=kind, reason=reason, kwargs=kwargs
-    )
+    records = RecordStore(sink.redis, sink.settings.result_ttl, sink.settings.event_stream)
+    fail_message(records, backend.success_result, task_id, kind=kind, reason=reason, kwargs=kwargs)
 
 
 def _named(headers: Any) -> tuple[str | None, str | None]:

@@ -82,7 +82,7 @@ def build_runtime(settings: Settings | None = None, nomad: NomadConfig | None = 
         client=nomad_client,
         feed=feed.start() if feed else None,
         resolver=resolver,
-        records=RecordStore(client, settings.result_ttl),
+        records=RecordStore(client, settings.result_ttl, settings.event_stream),
         gate=gate,
         results=cast(GuardedRedisBackend, app.backend).success_result,
     )

@@ -5,8 +5,11 @@
 -- A refused message (dead-lettered, not run) that names a request passes its digest: if
 -- the record keeps another one, the message is not that request, and nothing is written
 -- (returns -1).
+-- With a stream (ARGV[10]), the ending appends its completion events in the same step
+-- (`emit_done_events`, lua/_events.lua): the request's, and its batch's when it is the last.
 -- KEYS: record, [result]. ARGV: ttl, exit code, batch key or '', error entry or '',
--- batch error list, its cap, digest or '', [result value, result ttl].
+-- batch error list, its cap, digest or '', result value or '', result ttl or '',
+-- [batch ID or '', stream, its cap, request ID JSON-escaped, event tail, notify_url or ''].
 local record = KEYS[1]
 local found = redis.call('HMGET', record, 'state', 'digest')
 local state = found[1]
@@ -26,4 +29,7 @@ if ARGV[3] ~= '' then
   end
 end
 if KEYS[2] then store_result(KEYS[2], ARGV[8], ARGV[9]) end
+if ARGV[11] and ARGV[11] ~= '' then
+  emit_done_events(record, ARGV[3], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15])
+end
 return 1

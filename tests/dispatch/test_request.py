@@ -25,6 +25,7 @@ def test_every_field_travels() -> None:
     request = DispatchRequest(
         request_id="r-1", job_id="video", payload_ref="data:,x", meta={"k": "v"},
         namespace="media", detach=True, id_prefix_template="t", priority=70, batch_id="b",
+        notify_url="https://hooks.example/done",
     )  # fmt: skip
     assert set(request.to_message()) == set(DispatchRequest.model_fields)
     assert DispatchRequest.from_message((), request.to_message()) == request
@@ -45,6 +46,8 @@ def test_every_field_travels() -> None:
         ({"priority": 101}, "priority must be an integer from 0 (inherit) to 100"),
         ({"priority": True}, "priority must be an integer from 0 (inherit) to 100"),
         ({"payload_ref": ""}, "payload_ref must be a non-empty string"),
+        ({"notify_url": "ftp://h/x"}, "notify_url must be an http:// or https:// URL"),
+        ({"notify_url": "https://h/a b"}, "notify_url must be an http:// or https:// URL"),
     ],
 )
 def test_the_producer_names_the_problem(fields: dict[str, Any], text: str) -> None:

@@ -195,6 +195,8 @@ class FakeRecords:
         result: StoredResult | None = None,
         *,
         digest: str = "",
+        outcome: dict[str, Any] | None = None,
+        notify_url: str | None = None,
     ) -> bool:
         if self.records.get(request_id, {}).get("state") == RequestState.DONE.value:
             return True  # the first finish wins

@@ -29,3 +29,24 @@ def schema_tables(schema: dict[str, Any]) -> dict[str, str]:
     for item in schema["$defs"]["error_kind"]["oneOf"]:
         kinds.append(f"| `{item['const']}` | {item['description']} |")
     return {"outcome": "\n".join(rows), "error-kinds": "\n".join(kinds)}
+
+
+def completion_tables(schema: dict[str, Any]) -> dict[str, str]:
+    """Markdown tables of `dispatch/completion.schema.json`: one per event type."""
+    tables = {}
+    for name in ("request_finished", "batch_finished"):
+        event = schema["$defs"][name]
+        rows = ["| field | type | meaning |", "|---|---|---|"]
+        for field, prop in event["properties"].items():
+            rows.append(f"| `{field}` | {_type(prop)} | {prop['description']} |")
+        tables[name] = "\n".join(rows)
+    return tables
+
+
+if __name__ == "__main__":  # print the README's completion tables
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "dispatch" / "completion.schema.json"
+    for table in completion_tables(json.loads(path.read_text(encoding="utf-8"))).values():
+        print(table, end="\n\n")

@@ -1,0 +1,159 @@
+"""Completion events: appended by the done script with the outcome, once per ending and
+once per finished batch, in the documented format (`dispatch/completion.schema.json`), and
+readable by any Redis client (here `redis-cli`, no dispatchq code)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import redis
+
+from devstack.redis_server import RedisServer
+from dispatch import keys
+from dispatch.batches import BatchStore
+from dispatch.completion import COMPLETION_SCHEMA, EventStream, parse_entry
+from dispatch.dlq import DeadLetter, replay
+from dispatch.dlq import entries as dlq_entries
+from dispatch.outcome import Outcome
+from dispatch.records import RecordStore, StoredResult
+from tests.support.schema_tables import completion_tables
+
+VALIDATOR = jsonschema.Draft202012Validator(COMPLETION_SCHEMA)
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def events(client: redis.Redis, stream: str = keys.EVENTS) -> list[tuple[dict[str, Any], str]]:
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(stream)  # type: ignore[assignment]
+    return [parse_entry(fields) for _, fields in entries]
+
+
+def stored(exit_code: int) -> dict[str, Any]:
+    if exit_code == 0:
+        return {"v": 1, "status": "complete", "exit_code": 0, "job_id": "video",
+                "dispatched_job_id": "video/dispatch-1", "timings": [1.0, 0.1, 2.0],
+                "events": []}  # fmt: skip
+    return Outcome.failed("video", kind="nomad_error", message="boom").to_stored()
+
+
+def finish(store: RecordStore, rid: str, code: int, batch: str | None = None, **kw: Any) -> bool:
+    result = StoredResult(keys.celery_result(rid), "{}", 60)
+    error = "boom" if code else ""
+    return store.mark_done(rid, code, batch, error, result, outcome=stored(code), **kw)
+
+
+def test_a_request_ending_appends_one_event_in_the_documented_format(
+    redis_client: redis.Redis,
+) -> None:
+    store = RecordStore(redis_client, 60)
+    assert finish(store, 'r-"1"\\', 0, notify_url="https://hooks.example/x")
+    finish(store, 'r-"1"\\', 1)  # a late duplicate finish: nothing stored, no event
+    [(event, url)] = events(redis_client)
+    VALIDATOR.validate(event)
+    assert url == "https://hooks.example/x"
+    assert event["event_id"] == 'request:r-"1"\\:1'
+    assert (event["request_id"], event["status"], event["exit_code"]) == ('r-"1"\\', "complete", 0)
+    assert event["summary"]["dispatched_job_id"] == "video/dispatch-1"
+    assert "events" not in event["summary"]
+
+
+def test_a_batch_finishing_appends_its_event_once_after_its_last_item(
+    redis_client: redis.Redis,
+) -> None:
+    store = RecordStore(redis_client, 60)
+    pipe = redis_client.pipeline()
+    BatchStore(redis_client, 60).create(pipe, "b-1", "video", None, 3)
+    pipe.hset(keys.batch("b-1"), "notify_url", "https://hooks.example/b")
+    pipe.execute()
+    finish(store, "r-1", 0, "b-1")
+    finish(store, "r-2", 2, "b-1")
+    assert [e["type"] for e, _ in events(redis_client)] == ["request.finished"] * 2
+    finish(store, "r-3", 1, "b-1")
+    finish(store, "r-3", 1, "b-1")
+    got = events(redis_client)
+    assert [e["event_id"] for e, _ in got] == [
+        "request:r-1:1", "request:r-2:1", "request:r-3:1", "batch:b-1"
+    ]  # fmt: skip
+    for event, _ in got:
+        VALIDATOR.validate(event)
+    batch, url = got[-1]
+    assert url == "https://hooks.example/b"
+    assert (batch["status"], batch["total"], batch["succeeded"], batch["failed"]) == (
+        "failed", 3, 1, 2
+    )  # fmt: skip
+    assert batch["exit_codes"] == {"0": 1, "1": 1, "2": 1}
+    assert [e["batch_id"] for e, _ in got[:3]] == ["b-1"] * 3
+
+
+def test_a_cancelled_batch_and_a_successful_one_say_so(redis_client: redis.Redis) -> None:
+    store = RecordStore(redis_client, 60)
+    batches = BatchStore(redis_client, 60)
+    pipe = redis_client.pipeline()
+    batches.create(pipe, "ok", "video", None, 1)
+    batches.create(pipe, "gone", "video", None, 2)
+    pipe.execute()
+    batches.cancel("gone")
+    finish(store, "a", 0, "ok")
+    finish(store, "b", 0, "gone")
+    finish(store, "c", 1, "gone")  # ended as cancelled when a worker took it
+    finished = {e["batch_id"]: e for e, _ in events(redis_client) if e["type"] == "batch.finished"}
+    assert finished["ok"]["status"] == "succeeded"
+    assert finished["gone"]["status"] == "cancelled"
+
+
+def test_a_replayed_request_ends_again_as_its_next_attempt(redis_client: redis.Redis) -> None:
+    store = RecordStore(redis_client, 60)
+    redis_client.hset(keys.request("r-1"), "state", "queued")
+    finish(store, "r-1", 1)
+    entry = DeadLetter(reason="cap", kind="delivery_cap", task_id="r-1", queue="q", message="m")
+    redis_client.rpush(keys.DLQ, json.dumps(entry.to_json()))
+    [stored_entry] = dlq_entries(redis_client)
+    replay(redis_client, stored_entry, 60)
+    finish(store, "r-1", 0)
+    assert [e["event_id"] for e, _ in events(redis_client)] == ["request:r-1:1", "request:r-1:2"]
+
+
+def test_the_stream_is_configurable_capped_and_can_be_off(redis_client: redis.Redis) -> None:
+    off = RecordStore(redis_client, 60, EventStream(""))
+    assert finish(off, "r-0", 0)
+    assert not redis_client.exists(keys.EVENTS)
+    mine = RecordStore(redis_client, 60, EventStream("my:events", 1_000))
+    for n in range(3_000):
+        finish(mine, f"r-{n}", 0)
+    length = int(redis_client.xlen("my:events"))
+    assert 1_000 <= length < 3_000  # MAXLEN ~ trims whole nodes
+    assert not redis_client.exists(keys.EVENTS)
+
+
+def test_any_client_follows_the_stream_with_a_consumer_group(
+    redis_client: redis.Redis, redis_server: RedisServer
+) -> None:
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.skip("redis-cli is not installed")
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [cli, "-p", str(redis_server.port), "--no-raw", *args],
+            capture_output=True, text=True, check=True, timeout=10,
+        )  # fmt: skip
+        return done.stdout
+
+    run("XGROUP", "CREATE", keys.EVENTS, "mine", "$", "MKSTREAM")
+    finish(RecordStore(redis_client, 60), "r-cli", 2)
+    out = run("XREADGROUP", "GROUP", "mine", "c1", "COUNT", "10", "STREAMS", keys.EVENTS, ">")
+    assert "request:r-cli:1" in out
+    entry_id = out.split('"')[3]  # 1) 1) "<stream>" 2) 1) 1) "<entry id>" ...
+    assert run("XACK", keys.EVENTS, "mine", entry_id).strip() == "(integer) 1"
+    assert "(empty" in run("XPENDING", keys.EVENTS, "mine", "-", "+", "10")
+
+
+def test_the_readme_documents_the_event_format() -> None:
+    text = README.read_text(encoding="utf-8")
+    for table in completion_tables(COMPLETION_SCHEMA).values():
+        assert table in text
