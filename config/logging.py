@@ -83,6 +83,7 @@ def register_env_secrets(environ: Mapping[str, str]) -> None:
     register_secrets(
         [
             environ.get("NOMAD_TOKEN"),
+            environ.get("DISPATCHQ_NOTIFY_SECRET"),
             auth.partition(":")[2],
             *url_secrets(environ.get("DISPATCHQ_REDIS_URL", "")),
             *url_secrets(environ.get("NOMAD_ADDR", "")),

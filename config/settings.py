@@ -22,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from config.logging import mask_url, url_secrets
+from config.logging import MASK, mask_url, url_secrets
 from dispatch import keys
 from dispatch.completion import EventStream
 
@@ -190,12 +190,14 @@ class Settings(BaseSettings):
     @property
     def secrets(self) -> list[str]:
         """Every secret of these settings (for `config.logging.register_secrets`)."""
-        return url_secrets(self.redis_url.get_secret_value())
+        secret = self.notify_secret.get_secret_value()
+        return url_secrets(self.redis_url.get_secret_value()) + ([secret] if secret else [])
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain data, with every secret masked."""
         data = self.model_dump(mode="json")
         data["redis_url"] = mask_url(self.redis_url.get_secret_value())
+        data["notify_secret"] = MASK if self.notify_secret.get_secret_value() else ""
         return data
 
 

@@ -1,9 +1,10 @@
 """Batches: a record per batch with O(1) progress, kept current by the workers.
 
 `dispatchq:batch:<id>` holds `job_id`, `namespace`, `total`, `state` (open | cancelled),
-`created_at`, and counters the workers bump atomically and exactly once per request (see
-`records`): `dispatched`, `done`, `done_dispatched`, `exit:0`, `exit:1`, `exit:2`. Reading
-progress is one HGETALL, whatever the batch's size.
+`created_at`, `notify_url` (optional), `finished_at` (set once, with the batch's
+completion event: `dispatch.completion`), and counters the workers bump atomically and
+exactly once per request (see `records`): `dispatched`, `done`, `done_dispatched`,
+`exit:0`, `exit:1`, `exit:2`. Reading progress is one HGETALL, whatever the batch's size.
 """
 
 from __future__ import annotations
@@ -96,10 +97,18 @@ class BatchStore:
         self.ttl = ttl
 
     def create(
-        self, pipe: Any, batch_id: str, job_id: str, namespace: str | None, total: int
+        self,
+        pipe: Any,
+        batch_id: str,
+        job_id: str,
+        namespace: str | None,
+        total: int,
+        *,
+        notify_url: str | None = None,
     ) -> None:
         """Queue the batch record's creation on `pipe`; a resubmission keeps its counters
-        and raises `total` if the new submission is longer."""
+        and raises `total` if the new submission is longer. `notify_url`: where the
+        notifier POSTs the batch's completion event (a resubmission may set another)."""
         key = keys.batch(batch_id)
         pipe.hsetnx(key, "job_id", job_id)
         pipe.hsetnx(key, "namespace", namespace or "")
@@ -107,6 +116,8 @@ class BatchStore:
         pipe.hsetnx(key, "created_at", time.time())
         pipe.hsetnx(key, "total", 0)
         pipe.eval(_RAISE_TOTAL, 1, key, total)
+        if notify_url:
+            pipe.hset(key, "notify_url", notify_url)
         pipe.expire(key, self.ttl)
 
     def status(self, batch_id: str) -> BatchStatus | None:

@@ -53,6 +53,8 @@ KINDS = {
     "eta/countdown lies further ahead than dispatchq's retries go",
     "invalid_request": "the arguments are not a valid dispatch request",
     "delivery_cap": "delivered too many times: it may be killing its workers",
+    "webhook": "a completion event the notifier could not deliver to its notify_url "
+    "(`message`: the event; `details`: the URL, attempts, stream entry)",
 }
 REPLAYABLE = frozenset({"delivery_cap"})
 

@@ -125,6 +125,13 @@ class DispatchRequest(BaseModel):
         return f"dispatchq-{self.request_id}"
 
 
+def check_notify_url(url: str) -> str:
+    """A batch's notify_url, checked as a request's is; raises `InvalidRequest`."""
+    if len(url) > NOTIFY_URL_MAX or not re.fullmatch(_NOTIFY_URL, url):
+        raise InvalidRequest(_PRODUCER_TEXTS["notify_url"])
+    return url
+
+
 def is_request_id(text: str) -> bool:
     """Whether `text` could name a request (what the model accepts as `request_id`)."""
     return 0 < len(text) <= REQUEST_ID_MAX and not _CONTROL.search(text)

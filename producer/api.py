@@ -28,7 +28,7 @@ from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
 from dispatch.outcome import Outcome
 from dispatch.records import RecordStore, RequestRecord
-from dispatch.request import is_request_id
+from dispatch.request import check_notify_url, is_request_id
 from producer.batch import BatchSubmitter, as_items, new_batch_id, stop_children, stream_results
 from producer.batch import preflight as check_items
 from producer.batch_input import BatchItem
@@ -110,8 +110,10 @@ class Producer:
         detach: bool = False,
         id_prefix_template: str = "",
         priority: int = 0,
+        notify_url: str | None = None,
     ) -> str:
-        """Validate locally and enqueue one request; returns its request ID.
+        """Validate locally and enqueue one request; returns its request ID. With
+        `notify_url`, the notifier POSTs its completion event there when it ends.
 
         Raises `InvalidRequest` for what can be known bad without Nomad. Enqueueing an ID
         that already exists does nothing and returns the ID (safe to retry); an ID that
@@ -127,6 +129,7 @@ class Producer:
             detach=detach,
             id_prefix_template=id_prefix_template,
             priority=priority,
+            notify_url=notify_url,
         )
         [(rid, flag)] = self.enqueuer.enqueue([request])
         if flag == CONFLICT:
@@ -150,18 +153,27 @@ class Producer:
         namespace: str | None = None,
         detach: bool = False,
         preflight: bool = True,
+        notify_url: str | None = None,
     ) -> str:
-        """Enqueue a batch; returns its ID. With `preflight`, the job is read once from
-        Nomad and a batch with any item it would refuse is rejected whole
+        """Enqueue a batch; returns its ID. With `notify_url`, the notifier POSTs the
+        batch's completion event there once, when its last item ends. With `preflight`,
+        the job is read once from Nomad and a batch with any item it would refuse is rejected whole
         (BatchInputError, naming the lines) before anything is enqueued. Submitting the
         same items with the same batch ID again enqueues only what was not enqueued."""
         listed = as_items(items)
+        if notify_url is not None:
+            check_notify_url(notify_url)
         if preflight:
             job, _ = self.nomad.read_job(job_id, namespace=namespace)
             check_items(job, listed)
         batch_id = batch_id or new_batch_id()
         BatchSubmitter(self.enqueuer, self.batches).submit(
-            job_id, listed, batch_id=batch_id, namespace=namespace, detach=detach
+            job_id,
+            listed,
+            batch_id=batch_id,
+            namespace=namespace,
+            detach=detach,
+            notify_url=notify_url,
         )
         return batch_id
 

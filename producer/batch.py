@@ -81,12 +81,13 @@ class BatchSubmitter:
         batch_id: str,
         namespace: str | None = None,
         detach: bool = False,
+        notify_url: str | None = None,
     ) -> dict[int, int]:
         """Enqueue; returns how many items were new (1), enqueued again (2), skipped (0),
         skipped because their ID names another request (3: a resumed batch keeps what was
         enqueued first)."""
         pipe = self.batches.client.pipeline(transaction=False)
-        self.batches.create(pipe, batch_id, job_id, namespace, len(items))
+        self.batches.create(pipe, batch_id, job_id, namespace, len(items), notify_url=notify_url)
         pipe.execute()
         requests = (
             NewRequest(

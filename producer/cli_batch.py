@@ -54,6 +54,9 @@ def register(commands: Any) -> None:
     batch.add_argument(
         "--stop-dispatched", action="store_true", help="cancel: also stop dispatched children"
     )
+    batch.add_argument(
+        "--notify-url", help="POST the batch's completion event here when it finishes"
+    )
     batch.add_argument("-json", "--json", action="store_true", help="JSON output")
     batch.set_defaults(handler=run)
 
@@ -106,6 +109,7 @@ def _submit(producer: Producer, args: argparse.Namespace, job: str, path: str) -
         batch_id=args.batch_id,
         namespace=args.namespace,
         preflight=not args.no_preflight,
+        notify_url=args.notify_url,
     )
     if args.json and not args.wait:
         print(json.dumps({"batch_id": batch_id, "items": len(items)}))
