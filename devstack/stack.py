@@ -19,6 +19,7 @@ from typing import Any, Protocol, Self, TypeVar
 import requests
 
 from devstack.nomadsim_process import NomadSimProcess
+from devstack.notifier_process import NotifierProcess
 from devstack.redis_server import RedisServer
 from devstack.worker_process import WorkerProcess
 
@@ -162,6 +163,11 @@ def local_stack(
                 task_events=True,  # for Flower (`dispatchq flower`)
             )
             procs.append(_start(stack, worker))
+        # Webhooks (notify_url): the notifier, apart from the workers (README, Webhooks).
+        # DISPATCHQ_NOTIFY_HOSTS and _SECRET pass through from the caller's environment.
+        notifier_env = {**env, **{k: v for k, v in os.environ.items()
+                                  if k.startswith("DISPATCHQ_NOTIFY_")}}  # fmt: skip
+        _start(stack, NotifierProcess(env=notifier_env, log_path=logs / "notifier.log"))
         stack.callback(_stop_together, procs)  # the first thing done on the way out
         yield LocalStack(redis_server, sim, procs, logs)
 

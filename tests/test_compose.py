@@ -139,7 +139,9 @@ def test_structure(raw: dict[str, Any]) -> None:
 
 
 def test_services(config: dict[str, Any]) -> None:
-    assert {"redis", "nomadsim", "nomadsim-jobs", "worker", "flower"} <= set(config["services"])
+    assert {"redis", "nomadsim", "nomadsim-jobs", "worker", "flower", "notifier"} <= set(
+        config["services"]
+    )
 
 
 def test_redis_keeps_what_it_is_given(config: dict[str, Any]) -> None:

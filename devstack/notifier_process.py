@@ -1,0 +1,87 @@
+"""Run `dispatchq notifier` (webhook delivery, `dispatch.notifier`) as a process of its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from dispatch import keys
+
+
+@dataclass
+class NotifierProcess:
+    """A notifier in its own process group, configured by environment variables."""
+
+    env: Mapping[str, str]
+    log_path: Path | None = None
+    claim_idle: float = 60.0
+    process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "producer.cli", "notifier",
+                "--claim-idle", str(self.claim_idle)]  # fmt: skip
+
+    def start(self, timeout: float = 30.0) -> NotifierProcess:
+        env = {**os.environ, **self.env}
+        out = self.log_path.open("ab") if self.log_path is not None else None
+        try:
+            self.process = subprocess.Popen(
+                self.command(), env=env, stdout=subprocess.DEVNULL,
+                stderr=out if out is not None else subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            if out is not None:
+                out.close()
+        self._wait_ready(env, timeout)
+        return self
+
+    def _wait_ready(self, env: Mapping[str, str], timeout: float) -> None:
+        """Ready once its consumer group exists on the event stream."""
+        client = redis.Redis.from_url(env["DISPATCHQ_REDIS_URL"])
+        stream = env.get("DISPATCHQ_EVENTS_STREAM", keys.EVENTS)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    groups: list[dict[str, bytes]] = client.xinfo_groups(stream)
+                except redis.ResponseError:
+                    groups = []
+                if any(g["name"] == keys.NOTIFIER_GROUP.encode() for g in groups):
+                    return
+                if self.process is None or self.process.poll() is not None:
+                    raise RuntimeError(f"notifier exited during start-up (see {self.log_path})")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("notifier did not start in time")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash; its unacknowledged events wait for another notifier."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.process = None
+
+    def __enter__(self) -> NotifierProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
