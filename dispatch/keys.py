@@ -10,6 +10,7 @@
 | `dispatchq:batch:<id>`           | hash   | producer, worker  | result_ttl                 |
 | `dispatchq:batch:<id>:requests`  | list   | producer          | result_ttl                 |
 | `dispatchq:batch:<id>:errors`    | list   | worker            | result_ttl                 |
+| `dispatchq:batch:<id>:items`     | hash   | producer          | result_ttl                 |
 | `dispatchq:rate`                 | hash   | worker gate       | RATE_TTL, renewed/write    |
 | `dispatchq:children:<ns>:<job>`  | hash   | worker gate       | CHILDREN_TTL, renewed      |
 | `dispatchq:children:<ns>:<job>:refresh` | string | worker gate | CHILDREN_REFRESH_LOCK ms |
@@ -98,6 +99,12 @@ def batch(batch_id: str) -> str:
 def batch_requests(batch_id: str) -> str:
     """The batch's request IDs in item order (for `batch results`). TTL: result_ttl."""
     return f"{PREFIX}:batch:{batch_id}:requests"
+
+
+def batch_items(batch_id: str) -> str:
+    """Per request ID of the batch, what re-running its item needs: JSON `{"line", "payload_ref",
+    "meta"}` (`batch results --failed`). TTL: result_ttl."""
+    return f"{PREFIX}:batch:{batch_id}:items"
 
 
 def batch_errors(batch_id: str) -> str:

@@ -33,6 +33,7 @@ from producer.batch import BatchSubmitter, as_items, new_batch_id, stop_children
 from producer.batch import preflight as check_items
 from producer.batch_input import BatchItem
 from producer.enqueue import CONFLICT, Enqueuer, InvalidRequest, NewRequest
+from producer.events import follow_events
 from producer.results import outcome_from_meta
 
 UNKNOWN = "unknown"
@@ -181,9 +182,24 @@ class Producer:
         """Counts per state and exit code: one read, whatever the batch's size."""
         return self.batches.status(batch_id)
 
-    def batch_results(self, batch_id: str) -> Iterator[str]:
-        """Every request of the batch as a JSON line, in item order."""
-        return stream_results(self.batches, batch_id)
+    def batch_results(self, batch_id: str, *, failed_only: bool = False) -> Iterator[str]:
+        """Every request of the batch as a JSON line, in item order; with `failed_only`,
+        only those whose outcome's exit code is not 0, each with its item's line, payload
+        reference and meta (what re-running it needs)."""
+        return stream_results(self.batches, batch_id, failed_only=failed_only)
+
+    def events(
+        self, *, group: str, consumer: str, block: float = 5.0, start: str = "$"
+    ) -> Iterator[dict[str, Any]]:
+        """Completion events (`dispatch.completion`), parsed, as a member `consumer` of the
+        consumer group `group` on the event stream (created at `start`: "$" for new events
+        only, "0" for all kept). Each event is acknowledged when the loop asks for the next
+        one, so one whose handling raised is delivered again (its entry stays pending:
+        `XAUTOCLAIM` it). Each event also carries `stream_id`, its stream entry ID.
+        Endless: break out of the loop to stop."""
+        return follow_events(
+            self.redis, self.settings.event_stream.key, group, consumer, block=block, start=start
+        )
 
     def cancel_batch(
         self, batch_id: str, *, stop_dispatched: bool = False

@@ -18,9 +18,9 @@ from dispatch import keys
 from dispatch.batches import BatchStore
 from dispatch.errors import DispatchqError
 from dispatch.nomad import NomadClient
-from dispatch.payload import PAYLOAD_LIMIT
+from dispatch.payload import PAYLOAD_LIMIT, blob_digest
 from producer.batch_input import BatchInputError, BatchItem, summarise
-from producer.enqueue import Enqueuer, NewRequest
+from producer.enqueue import AGAIN, NEW, Enqueuer, NewRequest
 from producer.results import outcome_from_meta
 
 
@@ -89,7 +89,7 @@ class BatchSubmitter:
         pipe = self.batches.client.pipeline(transaction=False)
         self.batches.create(pipe, batch_id, job_id, namespace, len(items), notify_url=notify_url)
         pipe.execute()
-        requests = (
+        requests = [
             NewRequest(
                 job_id,
                 payload=item.payload,
@@ -101,26 +101,61 @@ class BatchSubmitter:
                 batch_id=batch_id,
             )
             for n, item in enumerate(items, start=1)
-        )
+        ]
         counts = {0: 0, 1: 0, 2: 0, 3: 0}
-        for _, flag in self.enqueuer.enqueue(requests):
+        kept: dict[str, str] = {}
+        answers = self.enqueuer.enqueue(requests)
+        for n, (item, (rid, flag)) in enumerate(zip(items, answers, strict=True), start=1):
             counts[flag] += 1
+            if flag in {NEW, AGAIN}:
+                kept[rid] = json.dumps(_rerun(item, n))
+        self._keep(batch_id, kept)
         return counts
 
+    def _keep(self, batch_id: str, kept: dict[str, str], chunk: int = 1000) -> None:
+        """What re-running each enqueued item needs (`keys.batch_items`)."""
+        key = keys.batch_items(batch_id)
+        pipe = self.batches.client.pipeline(transaction=False)
+        names = list(kept)
+        for start in range(0, len(names), chunk):
+            pipe.hset(key, mapping={n: kept[n] for n in names[start : start + chunk]})
+        if kept:
+            pipe.expire(key, self.batches.ttl)
+        pipe.execute()
 
-def stream_results(batches: BatchStore, batch_id: str, chunk: int = 500) -> Iterator[str]:
+
+def _rerun(item: BatchItem, n: int) -> dict[str, Any]:
+    """An item as `batch results --failed` shows it: its line (or position), payload
+    reference (an inline payload's blob: it lasts DISPATCHQ_BLOB_TTL) and meta."""
+    ref = item.payload_ref
+    if item.payload is not None:
+        ref = f"blob:sha256:{blob_digest(item.payload)}"
+    return {"line": item.line or n, "payload_ref": ref, "meta": item.meta}
+
+
+def stream_results(
+    batches: BatchStore, batch_id: str, chunk: int = 500, *, failed_only: bool = False
+) -> Iterator[str]:
     """One JSON line per request of the batch, in item order: the outcome when done, the
-    state otherwise. Reads results in chunks (one MGET per chunk)."""
+    state otherwise. Reads results in chunks (one MGET per chunk). With `failed_only`, only
+    the items whose outcome's exit code is not 0, each with what re-running it needs: its
+    line, payload reference and meta (`_rerun`)."""
     client = batches.client
     ids: list[str] = []
 
     def flush() -> Iterator[str]:
         pipe = client.pipeline(transaction=False)
         pipe.mget([keys.celery_result(rid) for rid in ids])
-        for rid in ids:
-            pipe.hget(keys.request(rid), "state")
-        metas, *states = pipe.execute()
-        for rid, meta, state in zip(ids, metas, states, strict=True):
+        if failed_only:
+            pipe.hmget(keys.batch_items(batch_id), ids)
+        else:
+            for rid in ids:
+                pipe.hget(keys.request(rid), "state")
+        metas, *rest = pipe.execute()
+        if failed_only:
+            yield from _failed_lines(ids, metas, rest[0])
+            return
+        for rid, meta, state in zip(ids, metas, rest, strict=True):
             line: dict[str, Any] = {"request_id": rid}
             outcome = outcome_from_meta(json.loads(meta)) if meta else None
             if outcome is not None:
@@ -136,6 +171,19 @@ def stream_results(batches: BatchStore, batch_id: str, chunk: int = 500) -> Iter
             ids = []
     if ids:
         yield from flush()
+
+
+def _failed_lines(
+    ids: list[str], metas: list[bytes | None], items: list[bytes | None]
+) -> Iterator[str]:
+    for rid, meta, item in zip(ids, metas, items, strict=True):
+        outcome = outcome_from_meta(json.loads(meta)) if meta else None
+        if outcome is None or outcome.exit_code == 0:
+            continue
+        line: dict[str, Any] = {"request_id": rid, "line": None, "payload_ref": None, "meta": {}}
+        line.update(json.loads(item) if item else {})
+        line.update(exit_code=outcome.exit_code, outcome=outcome.to_stored())
+        yield json.dumps(line)
 
 
 def as_items(items: Iterable[BatchItem | dict[str, Any]]) -> list[BatchItem]:

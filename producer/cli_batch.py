@@ -57,6 +57,10 @@ def register(commands: Any) -> None:
     batch.add_argument(
         "--notify-url", help="POST the batch's completion event here when it finishes"
     )
+    batch.add_argument(
+        "--failed", action="store_true",
+        help="results: only the items whose exit code is not 0, with line, payload_ref, meta",
+    )  # fmt: skip
     batch.add_argument("-json", "--json", action="store_true", help="JSON output")
     batch.set_defaults(handler=run)
 
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             if action == "status":
                 return _status(producer, args, words[0])
             if action == "results":
-                return _results(producer, words[0])
+                return _results(producer, words[0], failed=args.failed)
             return _cancel(producer, args, words[0])
         except InvalidRequest as err:
             print(f"Error: {err}", file=sys.stderr)
@@ -187,11 +191,11 @@ def summary_table(status: BatchStatus, errors: list[dict[str, str]]) -> Table:
     return table
 
 
-def _results(producer: Producer, batch_id: str) -> int:
+def _results(producer: Producer, batch_id: str, *, failed: bool = False) -> int:
     if producer.batch_status(batch_id) is None:
         print(f'No batch with ID "{batch_id}" found', file=sys.stderr)
         return 1
-    for line in producer.batch_results(batch_id):
+    for line in producer.batch_results(batch_id, failed_only=failed):
         print(line)
     return 0
 

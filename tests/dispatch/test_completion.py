@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 import redis
 
+from config.settings import Settings
 from devstack.redis_server import RedisServer
 from dispatch import keys
 from dispatch.batches import BatchStore
@@ -22,6 +23,7 @@ from dispatch.dlq import DeadLetter, replay
 from dispatch.dlq import entries as dlq_entries
 from dispatch.outcome import Outcome
 from dispatch.records import RecordStore, StoredResult
+from producer.api import Producer
 from tests.support.schema_tables import completion_tables
 
 VALIDATOR = jsonschema.Draft202012Validator(COMPLETION_SCHEMA)
@@ -157,3 +159,20 @@ def test_the_readme_documents_the_event_format() -> None:
     text = README.read_text(encoding="utf-8")
     for table in completion_tables(COMPLETION_SCHEMA).values():
         assert table in text
+
+
+def test_python_callers_iterate_over_the_events_and_ack_them(
+    redis_client: redis.Redis, redis_server: RedisServer
+) -> None:
+    store = RecordStore(redis_client, 60)
+    for n in range(3):
+        finish(store, f"r-{n}", n % 2)
+    with Producer(Settings(redis_url=redis_server.url)) as producer:
+        seen = []
+        for event in producer.events(group="py", consumer="c1", start="0", block=0.1):
+            seen.append(event["event_id"])
+            if len(seen) == 3:
+                break  # the third is not acknowledged: its handling did not finish
+    assert seen == ["request:r-0:1", "request:r-1:1", "request:r-2:1"]
+    info: Any = redis_client.xpending(keys.EVENTS, "py")
+    assert info["pending"] == 1

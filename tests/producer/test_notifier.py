@@ -227,3 +227,32 @@ def webhook_letters(client: redis.Redis) -> list[Any]:
 def pending(client: redis.Redis) -> int:
     info: Any = client.xpending(keys.EVENTS, keys.NOTIFIER_GROUP)
     return int(info["pending"])
+
+
+def test_the_failed_items_of_a_batch_with_what_reruns_them(
+    running: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NOMAD_ADDR", running.sim.address)
+    with running.producer() as producer:
+        _, batch = mixed(producer, "https://hooks.example/x")
+        producer.wait(list(producer.batches.request_ids(batch)), timeout=WAIT)
+        failed = [json.loads(line) for line in producer.batch_results(batch, failed_only=True)]
+    assert [(f["line"], f["meta"], f["payload_ref"], f["exit_code"]) for f in failed] == [
+        (2, {}, None, 1)
+    ]  # fmt: skip
+    source = tmp_path / "items.jsonl"
+    source.write_text('{"meta": {"profile": "a"}}\n{"payload": "x", "meta": {"p": "1"}}\n')
+    env = {**os.environ, **running.env}
+    cli = [sys.executable, "-m", "producer.cli", "batch"]
+    submitted = subprocess.run(  # one item Nomad refuses: meta "p" is not permitted
+        [*cli, "encode", str(source), "--no-preflight", "--wait", "-json"],
+        env=env, capture_output=True, text=True, timeout=WAIT, check=False,
+    )  # fmt: skip
+    batch_id = json.loads(submitted.stdout.splitlines()[-1])["batch_id"]
+    listed = subprocess.run(
+        [*cli, "results", batch_id, "--failed"],
+        env=env, capture_output=True, text=True, timeout=WAIT, check=True,
+    )  # fmt: skip
+    [line] = [json.loads(text) for text in listed.stdout.splitlines()]
+    assert (line["line"], line["meta"]) == (2, {"p": "1"})
+    assert line["payload_ref"].startswith("blob:sha256:")
