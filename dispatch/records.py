@@ -19,8 +19,9 @@ beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
   digest, or one claiming a batch with no record made at enqueue, is not this request:
   begin.lua and done.lua refuse it without writing anything.
 - `exit_code` (done.lua; cleared by replay.lua): the outcome's exit code, once done.
-- `ends` (_events.lua, in the step that stores the outcome): how many times the request
-  ended; the attempt of its completion event (`dispatch.completion`).
+- `ends` (_events.lua, in the step that stores the outcome; kept by enqueue.lua when it
+  enqueues a request again): how many times the request ended; the attempt of its
+  completion event (`dispatch.completion`).
 - `deliveries` (fetch_counted.lua, `dispatch.dlq.count_delivery`; cleared by replay.lua):
   deliveries of the request's messages, for the delivery cap.
 

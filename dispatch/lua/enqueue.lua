@@ -31,8 +31,10 @@ for i = 6, #ARGV, 2 do
         redis.call('HINCRBY', p_batch .. batch_id, 'done', -1)
         redis.call('HINCRBY', p_batch .. batch_id, 'exit:' .. f[3], -1)
       end
+      local ends = redis.call('HGET', record, 'ends')
       redis.call('DEL', record, p_result .. rid)
       redis.call('HSET', record, 'state', 'queued')
+      if ends then redis.call('HSET', record, 'ends', ends) end  -- its next end: next attempt
     end
   end
   if flag == 1 or flag == 2 then

@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 import redis
 
+from config.logging import MASK
 from config.settings import Settings
 from devstack.redis_server import RedisServer
 from dispatch import keys
@@ -24,6 +25,7 @@ from dispatch.dlq import entries as dlq_entries
 from dispatch.outcome import Outcome
 from dispatch.records import RecordStore, StoredResult
 from producer.api import Producer
+from producer.enqueue import AGAIN, Enqueuer, NewRequest
 from tests.support.schema_tables import completion_tables
 
 VALIDATOR = jsonschema.Draft202012Validator(COMPLETION_SCHEMA)
@@ -176,3 +178,21 @@ def test_python_callers_iterate_over_the_events_and_ack_them(
     assert seen == ["request:r-0:1", "request:r-1:1", "request:r-2:1"]
     info: Any = redis_client.xpending(keys.EVENTS, "py")
     assert info["pending"] == 1
+
+
+def test_a_request_enqueued_again_ends_as_its_next_attempt(redis_client: redis.Redis) -> None:
+    enqueuer = Enqueuer(redis_client, queue="q", result_ttl=60, blob_ttl=60)
+    [(rid, _)] = enqueuer.enqueue([NewRequest("video", request_id="r-again")])
+    finish(RecordStore(redis_client, 60), rid, 1)  # ended without dispatching anything
+    assert enqueuer.enqueue([NewRequest("video", request_id="r-again")]) == [(rid, AGAIN)]
+    finish(RecordStore(redis_client, 60), rid, 0)
+    assert [e["event_id"] for e, _ in events(redis_client)] == [
+        "request:r-again:1", "request:r-again:2"
+    ]  # fmt: skip
+
+
+def test_the_webhook_secret_is_masked_and_registered() -> None:
+    settings = Settings(notify_secret="s3cret-value")
+    assert settings.masked()["notify_secret"] == MASK
+    assert "s3cret-value" in settings.secrets
+    assert Settings().masked()["notify_secret"] == ""
