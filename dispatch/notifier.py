@@ -253,10 +253,10 @@ class Notifier:
     def _claim_stale(self) -> None:
         """Take over the entries a dead notifier left unacknowledged."""
         cursor = "0-0"
-        while True:
+        while (room := self.max_pending - self._holding()) > 0:
             answer: Any = self.client.xautoclaim(
                 self.stream, self.group, self.consumer, int(self.claim_idle * 1000),
-                start_id=cursor, count=100,
+                start_id=cursor, count=min(room, 100),
             )  # fmt: skip
             cursor_raw, entries = answer[0], answer[1]
             for entry_id, fields in entries:
