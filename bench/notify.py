@@ -34,7 +34,7 @@ from typing import Any
 
 import redis
 
-from bench import stack
+from bench import procfs, stack
 from devstack.notifier_process import NotifierProcess
 from devstack.redis_server import RedisServer
 from dispatch import keys
@@ -70,9 +70,14 @@ def receiver(delay: float) -> tuple[subprocess.Popen[str], int]:
     return process, int(process.stdout.readline())
 
 
+CPU: dict[str, list[float]] = {}
+"""CPU seconds per request of the worker processes, per scenario (less sensitive to a
+shared machine than the rates)."""
+
+
 def dispatch_run(
     count: int, env_extra: dict[str, str], log_dir: Path, workers: int, *,
-    url: str | None = None, notifier_env: dict[str, str] | None = None,
+    url: str | None = None, notifier_env: dict[str, str] | None = None, label: str = "",
 ) -> float:  # fmt: skip
     """Seconds to enqueue `count` requests in one batch and see it finished."""
     with stack.nomadsim([]) as sim, RedisServer() as server:
@@ -86,6 +91,7 @@ def dispatch_run(
             with Producer(stack.settings(server.url)) as producer:
                 batch_id = f"b{time.time_ns()}"
                 items = stack.items(count)
+                cpu0 = _cpu(procs)
                 started = time.perf_counter()
                 pipe = producer.redis.pipeline(transaction=False)
                 producer.batches.create(pipe, batch_id, stack.JOB_ID, None, count)
@@ -100,6 +106,7 @@ def dispatch_run(
                     producer, batch_id, timeout=max(120.0, count / 20), stall=60.0
                 )
                 seconds = time.perf_counter() - started
+                CPU.setdefault(label, []).append((_cpu(procs) - cpu0) / count)
                 if status is None or not status.finished:
                     raise RuntimeError("the batch did not finish")
         finally:
@@ -107,6 +114,12 @@ def dispatch_run(
                 notifier.stop()
             stack.stop_all(procs)
     return seconds
+
+
+def _cpu(procs: list[stack.DispatchqWorker]) -> float:
+    return sum(
+        procfs.cpu_seconds(procfs.tree(w.process.pid)) for w in procs if w.process is not None
+    )
 
 
 def deliveries_run(hooks: int, log_dir: Path) -> float:
@@ -158,12 +171,16 @@ def main() -> int:
             for run in range(1, args.runs + 1):
                 for mode in ("off", "on"):
                     extra = {"DISPATCHQ_EVENTS_STREAM": "" if mode == "off" else keys.EVENTS}
-                    rate = args.count / dispatch_run(args.count, extra, logs, args.workers)
+                    seconds = dispatch_run(args.count, extra, logs, args.workers, label=mode)
+                    rate = args.count / seconds
                     rates[mode].append(rate)
-                    print(f"  run {run} stream {mode:<3} {rate:8,.0f} requests/s", flush=True)
+                    print(f"  run {run} stream {mode:<3} {rate:8,.0f} requests/s, worker CPU "
+                          f"{CPU[mode][-1] * 1000:.3f} ms/request", flush=True)  # fmt: skip
             off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
             print(f"stream: {args.count:,} requests, median off {off:,.0f}/s, on {on:,.0f}/s, "
-                  f"on/off {on / off:.3f} (target >= 0.95)")  # fmt: skip
+                  f"on/off {on / off:.3f} (target >= 0.95); worker CPU per request: off "
+                  f"{statistics.median(CPU['off']) * 1000:.3f} ms, on "
+                  f"{statistics.median(CPU['on']) * 1000:.3f} ms")  # fmt: skip
         if "deliveries" in only:
             got = []
             for run in range(1, args.runs + 1):
