@@ -60,6 +60,8 @@ per batch that finishes. No TTL (consumers may be away for a while); bounded ins
 `XADD ... MAXLEN ~ EVENTS_MAXLEN` on every append (the `events_maxlen` setting)."""
 EVENTS_MAXLEN: Final = 100_000
 """Entries the event stream keeps, about (Redis trims whole nodes: `~`); some 50 MB."""
+CAPPED: Final = frozenset({EVENTS})
+"""Keys bounded by their length instead of a TTL (the event stream at its default key)."""
 NOTIFIER_GROUP: Final = "dispatchq-notifier"
 """The consumer group of `dispatchq notifier` on the event stream."""
 

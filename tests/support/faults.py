@@ -230,4 +230,5 @@ def keys_without_ttl(client: redis.Redis, queue: str = QUEUE) -> list[str]:
         key.decode()
         for key in client.scan_iter(count=1000)
         if client.ttl(key) < 0 and not keys.is_broker_key(key.decode(), queue)
+        and key.decode() not in keys.CAPPED  # the event stream: MAXLEN ~, no TTL
     ]
