@@ -16,6 +16,11 @@ every dispatch's five events, nomadsim's CPU seconds (user + system, from /proc)
 the first dispatch are divided by the count; so are its read and write system calls
 (/proc/<pid>/io), a figure the machine's load does not move.
 
+`--alive N` measures something else: N children of a mock_driver job that run for
+`--alive-run-for` (default 5m) alive at once on one nomadsim (dispatched as fast as
+`--threads` sessions go, no streams): nomadsim's CPU per dispatch until all N run, its
+RSS then, and its CPU while they all stay alive for 10 s (timers cost nothing until due).
+
 With `--base-tree DIR` (a checkout, e.g. `git worktree add /tmp/sim-base HEAD`), every
 run is made twice, once with DIR's nomadsim and once with this tree's, interleaved, so a
 change is judged against its baseline under the same machine noise. The figure printed
@@ -35,6 +40,7 @@ from base64 import b64encode
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -135,6 +141,54 @@ def one_run(tree: Path | None, args: argparse.Namespace) -> float:
     return per
 
 
+def alive_job(run_for: str) -> dict[str, Any]:
+    """A parameterized mock_driver job whose children run for `run_for` (dispatch meta
+    `run_for` and `exit_code` override it)."""
+    job = stack.bench_job()
+    job["ID"] = job["Name"] = "alive"
+    job["Meta"] = {"run_for": run_for, "exit_code": "0"}
+    job["ParameterizedJob"]["MetaOptional"] = ["run_for", "exit_code"]
+    task = job["TaskGroups"][0]["Tasks"][0]
+    task["Config"] = {"run_for": "${NOMAD_META_run_for}", "exit_code": "${NOMAD_META_exit_code}"}
+    return job
+
+
+def alive_run(tree: Path | None, args: argparse.Namespace) -> None:
+    count: int = args.alive
+    with started_sim(tree, 0) as sim:
+        assert sim.process is not None
+        pid = sim.process.pid
+        requests.put(f"{sim.address}/v1/jobs", json={"Job": alive_job(args.alive_run_for)},
+                     timeout=10).raise_for_status()
+        url = f"{sim.address}/v1/job/alive/dispatch"
+        local = threading.local()
+
+        def dispatch(n: int) -> None:
+            session = getattr(local, "session", None)
+            if session is None:
+                session = local.session = requests.Session()
+            session.put(url, json={"Meta": {"exit_code": str(n % 3)}},
+                        timeout=60).raise_for_status()
+
+        cpu0 = procfs.cpu_seconds([pid])
+        started = time.perf_counter()
+        with ThreadPoolExecutor(args.threads) as pool:
+            list(pool.map(dispatch, range(count)))
+        while stack.sim_stats(sim)["allocs_by_client_status"].get("running", 0) < count:
+            time.sleep(0.2)
+        elapsed = time.perf_counter() - started
+        cpu = procfs.cpu_seconds([pid]) - cpu0
+        rss = procfs.memory([pid]).rss
+        cpu1 = procfs.cpu_seconds([pid])
+        time.sleep(10)
+        idle = procfs.cpu_seconds([pid]) - cpu1
+        stats = stack.sim_stats(sim)
+    print(f"  {'base' if tree else 'this'}: {count:,} children running after {elapsed:.1f} s; "
+          f"{cpu / count * 1e6:,.0f} us nomadsim CPU per dispatch; RSS {rss / 2**20:,.0f} MiB; "
+          f"{idle / 10 * 100:.1f} % CPU while they stay alive; "
+          f"jobs {stats['jobs_by_status']}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=3000)
@@ -143,10 +197,17 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--subscribers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--alive", type=int, default=0,
+                        help="instead: this many long-running children alive at once")
+    parser.add_argument("--alive-run-for", default="5m")
     parser.add_argument("--base-tree", type=Path, default=None,
                         help="a checkout whose nomadsim is the baseline, run interleaved")
     args = parser.parse_args()
     trees: list[Path | None] = [args.base_tree.resolve(), None] if args.base_tree else [None]
+    if args.alive:
+        for tree in trees:
+            alive_run(tree, args)
+        return
     results: dict[Path | None, list[float]] = {tree: [] for tree in trees}
     print(f"{args.count:,} dispatches at {args.rate:g}/s, {args.latency_ms:g} ms latency, "
           f"{args.subscribers} event streams, {os.cpu_count()} CPUs")

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the next N evaluations end failed with a NextEval follow-up")
     p.add_argument("--followup-wait", type=_seconds, default=d.followup_wait,
                    help="Wait of those follow-up evaluations (default 200ms)")
+    p.add_argument("--time-scale", type=float, default=d.time_scale,
+                   help="multiply every duration from a job spec (run_for, restart and "
+                        "reschedule delays, max_run_duration...) by this (default 1)")
     p.add_argument("--acl", action="store_true", help="enable ACLs (bootstrap with the API)")
     p.add_argument("--heartbeat", type=_seconds, default=d.heartbeat,
                    help="event stream heartbeat interval (default 30s)")
@@ -99,6 +102,7 @@ def config_from_args(argv: list[str]) -> SimConfig:
         fail_evals=args.fail_evals,
         followup_wait=args.followup_wait,
         faults=args.fault,
+        time_scale=args.time_scale,
     )
 
 

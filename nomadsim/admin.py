@@ -8,7 +8,10 @@
     GET    /_sim/stats       counters
     POST   /_sim/reset       clear counters and faults; {"dispatches": true} also the record
     GET    /_sim/scheduler   scheduler knobs; PUT changes them (same keys)
-    GET    /_sim/nodes       node capacity and usage
+    GET    /_sim/nodes       node capacity, usage and status
+    POST   /_sim/nodes/<id or name>/down   the node goes down: its allocs become lost
+                                           and are replaced; answers {"evals": [...]}
+    POST   /_sim/nodes/<id or name>/up     the node takes allocations again
 
 A rule is {"kind": "error|rate_limit|slow|cut", "route": "*", "method": "*",
 "probability": 1.0, "count": null, "delay_ms": 0, "message": ""} (see faults.py).
@@ -22,6 +25,7 @@ from typing import Any
 from nomadsim.faults import FaultRule
 from nomadsim.httpserver import Request, Response
 from nomadsim.jsonshape import dumps
+from nomadsim.nodes import find_node, node_down, node_up
 from nomadsim.sim import Sim
 
 
@@ -49,6 +53,7 @@ SCHEDULER_KNOBS = {
 def _scheduler_json(sim: Sim) -> dict[str, Any]:
     out: dict[str, Any] = {k: getattr(sim.config, v) * 1000 for k, v in SCHEDULER_KNOBS.items()}
     out["fail_next_evals"] = sim.scheduler.fail_next
+    out["time_scale"] = sim.config.time_scale
     return out
 
 
@@ -104,6 +109,10 @@ async def _route(sim: Sim, request: Request, path: str) -> Response:
             for key, value in body.items():
                 if key == "fail_next_evals":
                     sim.scheduler.fail_next = int(value)
+                elif key == "time_scale":
+                    if float(value) <= 0:
+                        raise ValueError("time_scale must be positive")
+                    sim.config.time_scale = float(value)
                 elif key in SCHEDULER_KNOBS:
                     setattr(sim.config, SCHEDULER_KNOBS[key], float(value) / 1000)
                 else:
@@ -115,8 +124,19 @@ async def _route(sim: Sim, request: Request, path: str) -> Response:
             [
                 {"id": n.id, "name": n.name, "datacenter": n.datacenter, "cpu": n.cpu,
                  "memory_mb": n.memory_mb, "used_cpu": n.used_cpu,
-                 "used_memory_mb": n.used_memory_mb}
+                 "used_memory_mb": n.used_memory_mb, "status": n.status}
                 for n in sim.scheduler.nodes
             ]
         )
+    elif name.startswith("nodes/") and method == "POST":
+        ref, _, action = name[len("nodes/"):].partition("/")
+        node = find_node(sim.scheduler, ref)
+        if node is None:
+            return _error(f"no node {ref!r}", 404)
+        if action == "down":
+            return _json({"id": node.id, "status": "down",
+                          "evals": node_down(sim.scheduler, node)})
+        if action == "up":
+            node_up(sim.scheduler, node)
+            return _json({"id": node.id, "status": "ready", "evals": []})
     return _error(f"no admin route {method} {path}", 404)

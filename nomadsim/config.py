@@ -16,8 +16,8 @@ class SimConfig:
     node_memory: int = 32768
     #: Seconds an allocation stays `pending` before `running`.
     start_time: float = 0.01
-    #: Seconds a batch allocation stays `running` before `complete` (task Config
-    #: `run_for` overrides it per task, as with Nomad's mock driver).
+    #: Seconds a batch task runs before it exits 0 when its driver is not mock_driver
+    #: or it has no `run_for` (not scaled by time_scale).
     run_time: float = 0.05
     #: Seconds the scheduler spends on each evaluation before placing it.
     schedule_delay: float = 0.0
@@ -35,3 +35,7 @@ class SimConfig:
     fail_evals: int = 0
     followup_wait: float = 0.2
     faults: list[dict[str, object]] = field(default_factory=list)
+    #: Every duration a job spec gives (run_for, start_block_for, kill_after, restart
+    #: and reschedule delays and intervals, max_run_duration) is waited for this many
+    #: times as long: 0.001 runs a 15 s restart delay in 15 ms.
+    time_scale: float = 1.0

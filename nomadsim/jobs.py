@@ -7,6 +7,7 @@ from typing import Any
 from nomadsim import godecode as g
 from nomadsim.jsonshape import go_list, go_quote, multierror, now_ns
 from nomadsim.model import JsonObj
+from nomadsim.policies import canonicalize_group
 
 CONSTRAINT = g.struct("api.Constraint", True, LTarget=g.STRING, RTarget=g.STRING, Operand=g.STRING)
 CONSTRAINTS = g.slice_of(CONSTRAINT)
@@ -138,6 +139,9 @@ def canonicalize(raw: JsonObj, namespace: str, region: str) -> JsonObj:
     job["Datacenters"] = job.get("Datacenters") or ["*"]
     job["NodePool"] = job.get("NodePool") or "default"
     job["TaskGroups"] = [_task_group(tg) for tg in job.get("TaskGroups") or ()]
+    if job["Type"] in JOB_TYPES:
+        for group in job["TaskGroups"]:
+            canonicalize_group(job, group)
     for name in ("Constraints", "Affinities", "Spreads", "Update", "Multiregion", "Periodic",
                  "Reschedule", "Migrate", "Meta", "Payload"):
         job.setdefault(name, None)

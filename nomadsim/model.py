@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from nomadsim.jsonshape import ZERO_TIME, dumps, rfc3339
+from nomadsim.jsonshape import dumps, rfc3339
 
 TERMINAL_EVAL = frozenset({"complete", "failed", "canceled"})
 TERMINAL_CLIENT = frozenset({"complete", "failed", "lost"})
@@ -22,10 +22,9 @@ JsonObj = dict[str, Any]
 #: The Alloc fields an update changes; the others are what `Alloc.static_json` encodes.
 ALLOC_UPDATES = frozenset({
     "desired_status", "desired_description", "client_status", "client_description",
-    "create_index", "modify_index", "modify_time", "started_at", "finished_at", "failed",
-    "run_for", "outcome",
+    "create_index", "modify_index", "modify_time", "task_states", "followup_eval_id",
+    "reschedule_tracker", "previous_allocation", "next_allocation", "last_event",
 })
-TASK_STATE = {"pending": "pending", "running": "running"}  # any other client status: dead
 NO_TRANSITION = {"Migrate": None, "Reschedule": None, "ForceReschedule": None}
 T = TypeVar("T")
 
@@ -60,6 +59,9 @@ class Eval:
     modify_time: int
     status_description: str = ""
     wait_ns: int = 0
+    #: WaitUntil (unix ns; 0 = none): a delayed follow-up is not scheduled before it.
+    wait_until: int = 0
+    node_id: str = ""
     next_eval: str = ""
     previous_eval: str = ""
     blocked_eval: str = ""
@@ -81,11 +83,11 @@ class Eval:
             "Type": self.type,
             "TriggeredBy": self.triggered_by,
             "JobID": self.job_id,
-            "NodeID": "",
+            "NodeID": self.node_id,
             "DeploymentID": "",
             "Status": self.status,
             "StatusDescription": self.status_description,
-            "WaitUntil": ZERO_TIME,
+            "WaitUntil": rfc3339(self.wait_until),
             "NextEval": self.next_eval,
             "PreviousEval": self.previous_eval,
             "BlockedEval": self.blocked_eval,
@@ -104,13 +106,13 @@ class Eval:
             "TriggeredBy": self.triggered_by,
             "JobID": self.job_id,
             "JobModifyIndex": self.job_modify_index,
-            "NodeID": "",
+            "NodeID": self.node_id,
             "NodeModifyIndex": 0,
             "DeploymentID": "",
             "Status": self.status,
             "StatusDescription": self.status_description,
             "Wait": self.wait_ns,
-            "WaitUntil": ZERO_TIME,
+            "WaitUntil": rfc3339(self.wait_until),
             "NextEval": self.next_eval,
             "PreviousEval": self.previous_eval,
             "BlockedEval": self.blocked_eval,
@@ -140,6 +142,8 @@ class Node:
     attributes: dict[str, str]
     used_cpu: int = 0
     used_memory_mb: int = 0
+    #: `ready` or `down` (POST /_sim/nodes/<id>/down): a down node takes no allocs.
+    status: str = "ready"
 
 
 @dataclass
@@ -163,13 +167,14 @@ class Alloc:
     metrics: JsonObj
     desired_description: str = ""
     client_description: str = ""
-    started_at: int = 0
-    finished_at: int = 0
-    failed: bool = False
-    #: How the simulated client runs it: seconds (None = until stopped, < 0 = the
-    #: configured batch run time) and the final client status.
-    run_for: float | None = None
-    outcome: str = "complete"
+    #: TaskStates as rendered (None until the client first reports); never mutated.
+    task_states: JsonObj | None = None
+    followup_eval_id: str = ""
+    reschedule_tracker: JsonObj | None = None
+    previous_allocation: str = ""
+    next_allocation: str = ""
+    #: Allocation.LastEventTime once terminal on its client: the latest task FinishedAt.
+    last_event: int = 0
     #: `event_json`'s encoding of the fields no update changes (IDs, resources up to
     #: AllocatedResources, and Metrics), made once and shared by the copies `evolve` makes.
     static_json: tuple[bytes, orjson.Fragment] | None = field(
@@ -188,23 +193,6 @@ class Alloc:
     @property
     def memory_mb(self) -> int:
         return sum(m for _, m in self.tasks.values())
-
-    def task_states(self) -> JsonObj:
-        state = TASK_STATE.get(self.client_status, "dead")
-        started, finished = rfc3339(self.started_at), rfc3339(self.finished_at)
-        return {
-            task: {
-                "State": state,
-                "Failed": self.failed,
-                "Restarts": 0,
-                "LastRestart": ZERO_TIME,
-                "StartedAt": started,
-                "FinishedAt": finished,
-                "Events": [],
-                "TaskHandle": None,
-            }
-            for task in self.tasks
-        }
 
     def _resources(self) -> JsonObj:
         return {
@@ -241,10 +229,11 @@ class Alloc:
             "ClientStatus": self.client_status,
             "ClientDescription": self.client_description,
             "DesiredTransition": dict(NO_TRANSITION),
-            "TaskStates": self.task_states(),
+            "TaskStates": self.task_states,
             "DeploymentStatus": None,
-            "FollowupEvalID": "",
-            "RescheduleTracker": None,
+            "FollowupEvalID": self.followup_eval_id,
+            "NextAllocation": self.next_allocation,
+            "RescheduleTracker": self.reschedule_tracker,
             "PreemptedAllocations": None,
             "PreemptedByAllocation": "",
             "CreateIndex": self.create_index,
@@ -261,8 +250,7 @@ class Alloc:
             "TaskResources": None,
             "Metrics": metrics,
             "DeploymentID": "",
-            "PreviousAllocation": "",
-            "NextAllocation": "",
+            "PreviousAllocation": self.previous_allocation,
             "AllocModifyIndex": self.create_index,
         }
 

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from nomadsim.jsonshape import parse_go_duration
 from nomadsim.model import JsonObj, Node
 
 
@@ -140,26 +139,6 @@ def new_metric(nodes_in_pool: int, available: dict[str, int]) -> JsonObj:
     }
 
 
-def run_plan(job: JsonObj, group: JsonObj) -> tuple[float | None, str]:
-    """How long an alloc of group runs (None: until stopped; batch jobs use the
-    configured run time) and how it ends, from its tasks' mock-driver config."""
-    run_for: float | None = None
-    outcome = "complete"
-    for spec in group["Tasks"]:
-        config = spec.get("Config") or {}
-        if isinstance(config.get("run_for"), str):
-            try:
-                seconds = parse_go_duration(config["run_for"]) / 1e9
-            except ValueError:
-                continue
-            run_for = max(run_for or 0.0, seconds)
-        if config.get("exit_code") not in (None, 0):
-            outcome = "failed"
-    if run_for is None and job["Type"] in ("batch", "sysbatch"):
-        return -1.0, outcome
-    return run_for, outcome
-
-
 @dataclass(frozen=True)
 class GroupInfo:
     """What placing one alloc of a task group needs, computed once per group."""
@@ -170,8 +149,6 @@ class GroupInfo:
     cpu: int
     memory_mb: int
     tasks: dict[str, tuple[int, int]]
-    run_for: float | None
-    outcome: str
 
 
 class Placer:
@@ -190,7 +167,6 @@ class Placer:
         if len(self._groups) > 10_000:
             self._groups.clear()
         cpu, memory = group_need(group)
-        run_for, outcome = run_plan(job, group)
         info = GroupInfo(
             group=group,
             job_constraints=job_constraints,
@@ -199,8 +175,6 @@ class Placer:
             memory_mb=memory,
             tasks={t["Name"]: (t["Resources"]["CPU"], t["Resources"]["MemoryMB"])
                    for t in group["Tasks"]},
-            run_for=run_for,
-            outcome=outcome,
         )
         self._groups[id(group)] = info
         return info
@@ -235,6 +209,8 @@ class Placer:
         best: Node | None = None
         best_score = -1.0
         for node in nodes:
+            if node.status != "ready":
+                continue
             metric["NodesEvaluated"] += 1
             failed = self.feasible(node, constraints) if constraints else None
             if failed is not None:
@@ -268,6 +244,8 @@ class Placer:
         info = self.info(job, group)
         constraints, cpu, memory = info.constraints, info.cpu, info.memory_mb
         for node in nodes:
+            if node.status != "ready":
+                continue
             room = free[node.id]
             if room[0] >= cpu and room[1] >= memory and self.feasible(node, constraints) is None:
                 room[0] -= cpu

@@ -236,7 +236,7 @@ def nodes_list(ctx: Ctx) -> Response:
                 "Datacenter": n.datacenter,
                 "NodeClass": "",
                 "NodePool": "default",
-                "Status": "ready",
+                "Status": n.status,
                 "SchedulingEligibility": "eligible",
                 "Drain": False,
                 "CreateIndex": 1,

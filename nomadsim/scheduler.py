@@ -25,7 +25,9 @@ from nomadsim.clients import Clients
 from nomadsim.config import SimConfig
 from nomadsim.jsonshape import go_quote, new_uuid, now_ns
 from nomadsim.model import Alloc, Eval, JsonObj, Node, evolve
+from nomadsim.nodes import alloc_failed
 from nomadsim.placement import Placer, make_nodes
+from nomadsim.reconcile import FOLLOWUP, RESCHEDULED, reconcile_group
 from nomadsim.state import JobKey, Store, Write
 
 DELIVERY_LIMIT = 3
@@ -40,6 +42,9 @@ class Plan:
     placed: list[Alloc]
     failed: dict[str, JsonObj]
     queued: dict[str, int]
+    #: Existing allocs this plan changes (lost, rescheduled, FollowupEvalID).
+    updates: list[Alloc]
+    followups: list[Eval]
 
 
 class Scheduler:
@@ -53,7 +58,10 @@ class Scheduler:
         self.queue: deque[str] = deque()
         self.wake = asyncio.Event()
         self.blocked: dict[JobKey, str] = {}
-        self.clients = Clients(store, config, self._capacity_freed)
+        self.loop = asyncio.get_running_loop()
+        self.clients = Clients(store, config, self.capacity_freed,
+                               lambda w, alloc: alloc_failed(self, w, alloc))
+        self.down: set[str] = set()
         self.fail_next = config.fail_evals
         self.unblock_pending = False
         self.processed = 0
@@ -120,6 +128,7 @@ class Scheduler:
         update write (each eval is still planned on its own, in queue order)."""
         plans: list[Plan] = []
         batch_allocs: dict[JobKey, list[Alloc]] = {}
+        batch_updates: dict[str, Alloc] = {}
         for eval_id in eval_ids:
             ev = self.store.evals.get(eval_id)
             if ev is None or ev.status != "pending":
@@ -133,7 +142,8 @@ class Scheduler:
             if job is None or job["Stop"]:
                 self._stop_job(ev, key)
                 continue
-            plans.append(self._plan(ev, key, job, batch_allocs.setdefault(key, [])))
+            plans.append(self._plan(ev, key, job, batch_allocs.setdefault(key, []),
+                                    batch_updates))
         if plans:
             self._apply(plans)
 
@@ -179,7 +189,7 @@ class Scheduler:
                         )
                     )
                     self.clients.release(alloc.id)
-                    self.clients.later(self.config.start_time, alloc.id, "complete")
+                    self.clients.stop(alloc.id)
         blocked_id = self.blocked.pop(key, None)
         with store.write("EvaluationUpdated") as w:
             blocked = store.evals.get(blocked_id or "")
@@ -188,32 +198,59 @@ class Scheduler:
                                    status_description="job stopped", modify_time=now_ns()))
             w.put_eval(evolve(ev, status="complete", modify_time=now_ns(), snapshot_index=w.index))
         if allocs:
-            self._capacity_freed()
+            self.capacity_freed()
 
-    def _plan(self, ev: Eval, key: JobKey, job: JsonObj, in_batch: list[Alloc]) -> Plan:
-        """Placements for one eval (allocs of the same job earlier in the batch count)."""
-        existing = self.store.job_allocs(key) + in_batch
+    def _plan(self, ev: Eval, key: JobKey, job: JsonObj, in_batch: list[Alloc],
+              batch_updates: dict[str, Alloc]) -> Plan:
+        """Placements for one eval (reconcile.py; allocs of the same job earlier in the
+        batch count, with the changes made to them)."""
+        existing = [batch_updates.get(a.id, a) for a in self.store.job_allocs(key)] + in_batch
+        now = now_ns()
         placed: list[Alloc] = []
         failed: dict[str, JsonObj] = {}
         queued: dict[str, int] = {}
+        updates: dict[str, Alloc] = {}
+        later: list[tuple[Alloc, int]] = []
         for group in job["TaskGroups"]:
             name = group["Name"]
-            have = [a for a in existing if a.task_group == name and a.desired_status == "run"
-                    and a.client_status not in ("failed", "lost")]
-            want = group["Count"] - len(have)
+            plan = reconcile_group(ev.id, f"{job['ID']}.{name}", group, existing,
+                                   down=self.down, now=now, scale=self.config.time_scale)
+            updates.update(plan.updates)
+            later.extend(plan.later)
             queued[name] = 0
-            for slot in range(want):
+            want = len(plan.place)
+            for slot, place in enumerate(plan.place):
                 node, metric = self.placer.select(job, group)
                 if node is None:
                     metric["CoalescedFailures"] = want - slot - 1
                     failed[name] = metric
                     queued[name] = want - slot
                     break
-                placed.append(
-                    self._new_alloc(ev, job, group, node, metric=metric, slot=len(have) + slot)
-                )
+                alloc = self._new_alloc(ev, job, group, node, metric=metric, name=place.name)
+                previous = place.previous
+                if previous is not None:
+                    alloc.previous_allocation = previous.id
+                    alloc.reschedule_tracker = place.tracker
+                    prev = updates.get(previous.id, previous)
+                    if place.tracker is not None:
+                        prev = evolve(prev, desired_status="stop",
+                                      desired_description=RESCHEDULED)
+                    updates[previous.id] = evolve(prev, next_allocation=alloc.id,
+                                                  modify_time=now)
+                placed.append(alloc)
+        followups: list[Eval] = []
+        if later:
+            follow = self.new_eval(job, "alloc-failure", self.store.index + 1)
+            follow.status_description = FOLLOWUP
+            follow.wait_until = min(when for _, when in later)
+            follow.previous_eval = ev.id
+            followups.append(follow)
+            for alloc, _ in later:
+                updates[alloc.id] = evolve(updates.get(alloc.id, alloc),
+                                           followup_eval_id=follow.id, modify_time=now)
         in_batch.extend(placed)
-        return Plan(ev, key, placed, failed, queued)
+        batch_updates.update(updates)
+        return Plan(ev, key, placed, failed, queued, list(updates.values()), followups)
 
     def _apply(self, plans: list[Plan]) -> None:
         """Write the plans' allocs (`PlanResult` events) and the evals' outcomes
@@ -221,13 +258,20 @@ class Scheduler:
         updates the eval in two raft entries; sharing one index changes nothing a client
         can rely on and halves the commits per dispatch."""
         store = self.store
-        start = self.config.start_time
         now = now_ns()
+        loop = asyncio.get_running_loop()
         with store.write("PlanResult") as w:
             for plan in plans:
+                for alloc in plan.updates:
+                    w.put_alloc(alloc)
                 for alloc in plan.placed:
                     w.put_alloc(alloc)
-                    self.clients.later(start, alloc.id, "running")
+                    self.clients.place(alloc.id)
+                for follow in plan.followups:
+                    follow.create_index = w.index
+                    w.put_eval(follow, "EvaluationUpdated")
+                    wait = max(0.0, (follow.wait_until - now) / 1e9)
+                    loop.call_later(wait, self.enqueue, follow.id)
             for plan in plans:
                 ev, key, failed, queued = plan.ev, plan.key, plan.failed, plan.queued
                 summary = store.summaries.get(key)
@@ -292,7 +336,7 @@ class Scheduler:
         return blocked.id
 
     def _new_alloc(
-        self, ev: Eval, job: JsonObj, group: JsonObj, node: Node, *, metric: JsonObj, slot: int
+        self, ev: Eval, job: JsonObj, group: JsonObj, node: Node, *, metric: JsonObj, name: str
     ) -> Alloc:
         info = self.placer.info(job, group)
         now = now_ns()
@@ -300,7 +344,7 @@ class Scheduler:
             id=new_uuid(),
             namespace=job["Namespace"],
             eval_id=ev.id,
-            name=f"{job['ID']}.{group['Name']}[{slot}]",
+            name=name,
             node_id=node.id,
             node_name=node.name,
             job_id=job["ID"],
@@ -315,13 +359,12 @@ class Scheduler:
             modify_time=now,
             metrics=metric,
         )
-        alloc.run_for, alloc.outcome = info.run_for, info.outcome
         self.clients.hold(alloc.id, node, info.cpu, info.memory_mb)
         return alloc
 
     # -- blocked evals ---------------------------------------------------------------
 
-    def _capacity_freed(self) -> None:
+    def capacity_freed(self) -> None:
         if self.blocked and not self.unblock_pending:
             self.unblock_pending = True
             asyncio.get_running_loop().call_soon(self._unblock)

@@ -62,6 +62,8 @@ class Sim:
             "evals_processed": self.scheduler.processed,
             "allocs": len(store.allocs),
             "allocs_by_client_status": dict(allocs),
+            "client_runs": len(self.scheduler.clients.runs),
+            "client_timers": len(self.scheduler.clients.timers),
             "blocking_queries": self.blocking_queries,
             "event_streams": self.streams,
         }

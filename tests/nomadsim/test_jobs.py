@@ -246,7 +246,10 @@ def test_child_status_transitions(api: Api) -> None:
 
 def test_mock_driver_exit_code_fails_the_alloc(api: Api) -> None:
     job_id = unique("fails")
-    api.register(parameterized(job_id, config={"exit_code": 1}))
+    job = parameterized(job_id, config={"exit_code": 1})
+    job["TaskGroups"][0]["RestartPolicy"] = {"Attempts": 0}
+    job["TaskGroups"][0]["ReschedulePolicy"] = {"Attempts": 0}
+    api.register(job)
     child = api.dispatch(job_id)["DispatchedJobID"]
     path = f"/v1/job/{quote(child, safe='')}"
     api.wait_for(lambda: api.ok("GET", path)["Status"] == "dead", "the child to die")
