@@ -4,10 +4,17 @@
 and the worker's write-ahead log. Every script that writes it is a `.lua` file in `lua/`
 beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
 
-- `state` (enqueue.lua, begin.lua, dispatched.lua, done.lua, replay.lua): the state machine
-  `TRANSITIONS` below; `queued` when the producer enqueues it (again), `dispatching` when a
-  worker takes it, `monitoring` once Nomad answered the dispatch, `done` with its outcome;
-  a replayed dead letter goes back to `queued`.
+- `state` (enqueue.lua, begin.lua, dispatched.lua, handoff.lua, stage.lua, done.lua,
+  replay.lua): the state machine `TRANSITIONS` below; `queued` when the producer enqueues
+  it (again), `dispatching` when a worker takes it, `monitoring` once Nomad answered the
+  dispatch, `done` with its outcome; a request that follows its child (`until` finished)
+  goes from `monitoring` to `scheduled` when its evaluation is done (placed, or blocked
+  and waiting for capacity: handoff.lua), then `running` once the tracker saw an
+  allocation run (stage.lua), and `done` when the child ended (done.lua, from the
+  tracker); a replayed dead letter goes back to `queued`.
+- `namespace` (handoff.lua): the child's namespace, for the tracker's reads.
+- `partial`, `deadline` (handoff.lua; dropped by done.lua): the outcome so far of a
+  followed child (stored form, JSON) and the Unix time its `wait_timeout` runs out.
 - `job_id` (begin.lua): the parameterized job, when a worker takes the request.
 - `batch_id` (begin.lua): the request's batch, when a worker takes it, for one in a batch.
 - `started_at` (begin.lua): Unix time a worker last took it; `RequestRecord.started_at`.
@@ -41,6 +48,8 @@ class RequestState(StrEnum):
     QUEUED = "queued"
     DISPATCHING = "dispatching"
     MONITORING = "monitoring"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
     DONE = "done"
 
 
@@ -51,12 +60,16 @@ TRANSITIONS: dict[RequestState | None, frozenset[RequestState]] = {
     None: frozenset({RequestState.QUEUED, RequestState.DISPATCHING, RequestState.DONE}),
     RequestState.QUEUED: frozenset({RequestState.DISPATCHING, RequestState.DONE}),
     RequestState.DISPATCHING: frozenset({RequestState.MONITORING, RequestState.DONE}),
-    RequestState.MONITORING: frozenset({RequestState.DONE}),
+    RequestState.MONITORING: frozenset({RequestState.SCHEDULED, RequestState.DONE}),
+    # `until` finished: the tracker follows the child from here
+    RequestState.SCHEDULED: frozenset({RequestState.RUNNING, RequestState.DONE}),
+    RequestState.RUNNING: frozenset({RequestState.SCHEDULED, RequestState.DONE}),
     RequestState.DONE: frozenset({RequestState.QUEUED}),  # enqueued again, or replayed
 }
 """The states a record can go to from each (None: no record yet). A redelivery may write
-its state again (dispatching, monitoring); done is final until enqueued again (a request
-that never dispatched) or replayed from the dead-letter list."""
+its state again (dispatching, monitoring, scheduled); a rescheduled child goes from
+running back to scheduled while it waits for its replacement; done is final until
+enqueued again (a request that never dispatched) or replayed from the dead-letter list."""
 
 FIELDS = (
     "state",
@@ -67,6 +80,9 @@ FIELDS = (
     "eval_id",
     "exit_code",
     "deliveries",
+    "namespace",
+    "partial",
+    "deadline",
 )
 """Every field of the record (the docstring says who writes each, and when)."""
 DELIVERIES = "deliveries"
@@ -83,14 +99,13 @@ def _load_scripts() -> dict[str, str]:
     }
     library = texts.pop("_store")
     return {
-        name: library + text if "store_result(" in text else text
-        for name, text in texts.items()
+        name: library + text if "store_result(" in text else text for name, text in texts.items()
     }
 
 
 SCRIPTS = _load_scripts()
 """The text of each script of `lua/`, read once: `begin`, `dispatched`, `done`, `enqueue`,
-`fetch_counted`, `replay`, `store_result`."""
+`fetch_counted`, `handoff`, `replay`, `stage`, `store_result`."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,9 @@ class RequestRecord:
     dispatched_job_id: str = ""
     eval_id: str = ""
     exit_code: int | None = None
+    namespace: str = ""
+    partial: str = ""
+    deadline: float | None = None
 
     @classmethod
     def from_hash(cls, request_id: str, raw: dict[bytes, bytes]) -> RequestRecord:
@@ -117,6 +135,9 @@ class RequestRecord:
             dispatched_job_id=data.get("dispatched_job_id", ""),
             eval_id=data.get("eval_id", ""),
             exit_code=int(data["exit_code"]) if "exit_code" in data else None,
+            namespace=data.get("namespace", ""),
+            partial=data.get("partial", ""),
+            deadline=float(data["deadline"]) if data.get("deadline") else None,
         )
 
     @property
@@ -166,6 +187,8 @@ class RecordStore:
         self._dispatched = client.register_script(SCRIPTS["dispatched"])
         self._done = client.register_script(SCRIPTS["done"])
         self._begin = client.register_script(SCRIPTS["begin"])
+        self._handoff = client.register_script(SCRIPTS["handoff"])
+        self._stage = client.register_script(SCRIPTS["stage"])
 
     def load(self, request_id: str) -> RequestRecord | None:
         raw = self.client.hgetall(keys.request(request_id))
@@ -213,6 +236,58 @@ class RecordStore:
             script_keys.append(result.key)
             args += [result.value, result.ttl]
         self._done(keys=script_keys, args=args)
+
+    def hand_off(
+        self,
+        request_id: str,
+        namespace: str,
+        partial: dict[str, Any],
+        deadline: float | None,
+    ) -> bool:
+        """The evaluation is done and the request follows its child: `scheduled`, with the
+        outcome so far, in the follow set, due at once (the tracker takes it from here).
+        False for a request already done."""
+        return bool(
+            self._handoff(
+                keys=[keys.request(request_id), keys.FOLLOW],
+                args=[
+                    self.ttl,
+                    request_id,
+                    time.time(),
+                    namespace,
+                    "" if deadline is None else repr(deadline),
+                    json.dumps(partial, separators=(",", ":")),
+                ],
+            )
+        )
+
+    def restage(self, request_id: str, state: RequestState, next_check: float) -> bool:
+        """A followed child not ended yet: its stage and its next forced check. False when
+        the request is done (it leaves the follow set)."""
+        return bool(
+            self._stage(
+                keys=[keys.request(request_id), keys.FOLLOW],
+                args=[self.ttl, request_id, state.value, next_check],
+            )
+        )
+
+    def finish_followed(
+        self,
+        request_id: str,
+        exit_code: int,
+        batch_id: str | None,
+        error: str,
+        result: StoredResult,
+    ) -> bool:
+        """A followed child's end: stored, published, done, counted, out of the follow set,
+        in one step; the first finish wins (True), any later one changes nothing."""
+        batch = keys.batch(batch_id) if batch_id else ""
+        errors = keys.batch_errors(batch_id) if batch_id else ""
+        entry = json.dumps({"request_id": request_id, "error": error}) if error else ""
+        args: list[Any] = [self.ttl, exit_code, batch, entry, errors, MAX_BATCH_ERRORS]
+        args += [result.value, result.ttl, request_id]
+        keys_ = [keys.request(request_id), result.key, keys.FOLLOW]
+        return bool(self._done(keys=keys_, args=args))
 
     def batch_cancelled(self, batch_id: str) -> bool:
         """Whether the batch has been cancelled (for a request that waited its turn)."""

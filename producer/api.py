@@ -109,11 +109,15 @@ class Producer:
         detach: bool = False,
         id_prefix_template: str = "",
         priority: int = 0,
+        until: str = "scheduled",
+        wait_timeout: float | None = None,
     ) -> str:
         """Validate locally and enqueue one request; returns its request ID.
 
         Raises `InvalidRequest` for what can be known bad without Nomad. Enqueueing an ID
-        that already exists does nothing and returns the ID (safe to retry).
+        that already exists does nothing and returns the ID (safe to retry). `until`
+        "finished" makes the request done when its child job is, not when its evaluation
+        is; `wait_timeout` (seconds) bounds that wait.
         """
         request = NewRequest(
             job_id,
@@ -125,6 +129,8 @@ class Producer:
             detach=detach,
             id_prefix_template=id_prefix_template,
             priority=priority,
+            until=until,
+            wait_timeout=wait_timeout,
         )
         [(rid, _flag)] = self.enqueuer.enqueue([request])
         return rid
@@ -143,6 +149,7 @@ class Producer:
         namespace: str | None = None,
         detach: bool = False,
         preflight: bool = True,
+        until: str = "scheduled",
     ) -> str:
         """Enqueue a batch; returns its ID. With `preflight`, the job is read once from
         Nomad and a batch with any item it would refuse is rejected whole
@@ -154,7 +161,7 @@ class Producer:
             check_items(job, listed)
         batch_id = batch_id or new_batch_id()
         BatchSubmitter(self.enqueuer, self.batches).submit(
-            job_id, listed, batch_id=batch_id, namespace=namespace, detach=detach
+            job_id, listed, batch_id=batch_id, namespace=namespace, detach=detach, until=until
         )
         return batch_id
 

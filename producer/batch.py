@@ -81,6 +81,7 @@ class BatchSubmitter:
         batch_id: str,
         namespace: str | None = None,
         detach: bool = False,
+        until: str = "scheduled",
     ) -> dict[int, int]:
         """Enqueue; returns how many items were new (1), enqueued again (2), skipped (0)."""
         pipe = self.batches.client.pipeline(transaction=False)
@@ -96,6 +97,7 @@ class BatchSubmitter:
                 namespace=namespace,
                 detach=detach,
                 batch_id=batch_id,
+                until=until,
             )
             for n, item in enumerate(items, start=1)
         )

@@ -2,13 +2,17 @@
 -- often it is finished (a redelivery after the outcome was stored runs the task again),
 -- and stores its outcome (KEYS[2], `store_result`) in the same step: the first finish
 -- wins, so a late duplicate cannot replace an outcome already stored.
--- KEYS: record, [result]. ARGV: ttl, exit code, batch key or '', error entry or '',
--- batch error list, its cap, [result value, result ttl].
+-- A followed child's end (the tracker) also leaves the follow set (KEYS[3]) here, and
+-- the record's follow fields are dropped: returns 1 when this call finished the request.
+-- KEYS: record, [result, [follow set]]. ARGV: ttl, exit code, batch key or '', error
+-- entry or '', batch error list, its cap, [result value, result ttl, [request ID]].
 local record = KEYS[1]
 local state = redis.call('HGET', record, 'state')
+if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[9]) end
 redis.call('EXPIRE', record, ARGV[1])
-if state == 'done' then return end
+if state == 'done' then return 0 end
 redis.call('HSET', record, 'state', 'done', 'exit_code', ARGV[2])
+if KEYS[3] then redis.call('HDEL', record, 'partial', 'deadline') end
 if ARGV[3] ~= '' then
   redis.call('HINCRBY', ARGV[3], 'done', 1)
   redis.call('EXPIRE', ARGV[3], ARGV[1])
@@ -21,3 +25,4 @@ if ARGV[3] ~= '' then
   end
 end
 if KEYS[2] then store_result(KEYS[2], ARGV[7], ARGV[8]) end
+return 1
