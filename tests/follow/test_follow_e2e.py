@@ -4,6 +4,7 @@ and `dispatchq tracker`. Each child's meta picks how it ends."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,12 +16,21 @@ import requests
 from devstack.nomadsim_process import NomadSimProcess
 from devstack.tracker_process import TrackerProcess
 from dispatch import keys
+from dispatch.batches import BatchStatus
 from producer.api import Producer
-from tests.support.nomad_jobs import mock_encode_job, parameterized_job, register
+from producer.batch_input import BatchItem
+from tests.support.nomad_jobs import (
+    add_fault,
+    clear_faults,
+    mock_encode_job,
+    parameterized_job,
+    register,
+)
 from tests.support.stack import Stack
 
 SECOND = 1_000_000_000
-FAST = ["--time-scale", "0.001", "--start-time", "5ms", "--nodes", "2"]
+FAST = ["--time-scale", "0.001", "--start-time", "5ms", "--nodes", "2",
+        "--node-cpu", "200000", "--node-memory", "200000"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +145,86 @@ def test_a_wait_timeout_while_blocked_is_exit_2(running: Stack) -> None:
         rid = producer.enqueue("huge", until="finished", wait_timeout=1.0, request_id="to-1")
         [outcome] = _wait_all(producer, [rid]).values()
     assert (outcome.status, outcome.exit_code) == ("unplaced", 2)
+
+
+def test_sigkill_of_the_leading_tracker_during_a_fan_out_of_1000(
+    running: Stack, redis_client: redis.Redis
+) -> None:
+    """Two trackers, the leader SIGKILLed while children end: the standby takes over once
+    the lease lapses, and every child gets exactly one outcome, the right one."""
+    count = 1_000
+    items = [
+        BatchItem(meta={"exit_code": "3" if n % 10 == 0 else "0",
+                        "run_for": f"{100 + (n * 37) % 3000}s"})
+        for n in range(count)
+    ]  # fmt: skip
+    first = _tracker(running, "tracker-a").start()
+    standby: TrackerProcess | None = None
+    try:
+        _wait(lambda: redis_client.exists(keys.TRACKER_LEASE), "the first tracker to lead")
+        standby = _tracker(running, "tracker-b").start()
+        with running.producer() as producer:
+            batch = producer.dispatch_batch(
+                "enc", items, until="finished", preflight=False, batch_id="kill-1k"
+            )
+            _wait(lambda: (producer.batch_status(batch) or _NONE).done >= count // 5,
+                  "a fifth of the children to end")  # fmt: skip
+            first.kill()
+            _wait(lambda: (producer.batch_status(batch) or _NONE).done >= count,
+                  "every child to end", timeout=180)  # fmt: skip
+            status = producer.batch_status(batch)
+            assert status is not None
+            assert (status.done, status.exit_codes) == (count, {0: 900, 2: 100})
+            wrong = []
+            for line in producer.batch_results(batch):
+                entry = json.loads(line)
+                outcome = entry["outcome"]
+                want = 2 if int(entry["request_id"].rsplit("-", 1)[-1]) % 10 == 1 else 0
+                if outcome["exit_code"] != want or "child" not in outcome:
+                    wrong.append(entry["request_id"])
+            assert not wrong, wrong[:5]
+        assert redis_client.zcard(keys.FOLLOW) == 0
+    finally:
+        first.kill()
+        if standby is not None:
+            standby.stop()
+
+
+def test_children_that_end_while_the_event_stream_is_cut_are_seen_after_it_returns(
+    running: Stack, redis_client: redis.Redis
+) -> None:
+    """The stream is cut (every connection refused) while children end; the forced sweep
+    is an hour away: only the reconcile after the reconnect can end them."""
+    sim = running.sim.address
+    add_fault(sim, {"kind": "cut", "route": "event-stream"})
+    tracker = _tracker(running, "tracker-cut")
+    tracker.args = ["--sweep", "3600"]
+    try:
+        with tracker, running.producer() as producer:
+            ids = [
+                producer.enqueue("enc", meta={"run_for": "300s", "exit_code": str(n % 2)},
+                                 until="finished", request_id=f"cut-{n}")
+                for n in range(20)
+            ]  # fmt: skip
+            for rid in ids:  # the tracker saw each one, not ended
+                _record_in(redis_client, rid, {b"scheduled", b"running"})
+            time.sleep(1.0)  # they end meanwhile, unseen (the stream is down)
+            clear_faults(sim)
+            outcomes = _wait_all(producer, ids, timeout=60)
+        assert [outcomes[rid].exit_code for rid in ids] == [0, 2] * 10
+    finally:
+        clear_faults(sim)
+
+
+_NONE = BatchStatus("", "", "", 0, "", 0.0)
+
+
+def _wait(check: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def _record_in(client: redis.Redis, rid: str, states: set[bytes]) -> dict[bytes, bytes]:
