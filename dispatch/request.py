@@ -33,9 +33,9 @@ REQUEST_ID_MAX = 200
 """Characters of a request ID at most."""
 PRIORITY_MAX = 100
 """Nomad's highest job priority; 0 means the parent's."""
-UNTIL_SCHEDULED = "scheduled"
+UNTIL_SCHEDULED: Literal["scheduled"] = "scheduled"
 """`until`'s default: the request is done when its evaluation is (placed, or blocked)."""
-UNTIL_FINISHED = "finished"
+UNTIL_FINISHED: Literal["finished"] = "finished"
 """`until` finished: the request is done when its child job is (`dispatch.follow`)."""
 
 _CONTROL = re.compile("[\x00-\x1f]")

@@ -5,6 +5,8 @@ and `dispatchq tracker`. Each child's meta picks how it ends."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -38,7 +40,7 @@ def sim() -> Iterator[NomadSimProcess]:
     with NomadSimProcess(args=FAST) as process:
         register(process.address, mock_encode_job("enc"))
         register(process.address, mock_encode_job("enc-mrd", MaxRunDuration=50 * SECOND))
-        register(process.address, parameterized_job("huge", memory_mb=100_000))
+        register(process.address, parameterized_job("huge", memory_mb=10_000_000))
         yield process
 
 
@@ -247,3 +249,34 @@ def _child_running(client: redis.Redis, sim: str, rid: str) -> dict[str, Any]:
                 return dict(alloc)
         time.sleep(0.02)
     raise AssertionError(f"{child} never ran")
+
+
+def _cli(stack: Stack, *args: str) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "producer.cli", "job", "dispatch", *args],
+        capture_output=True, env=stack.env, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("path", [[], ["-direct"]], ids=["queued", "direct"])
+def test_job_dispatch_wait_prints_the_childs_changes_and_its_end(
+    running: Stack, path: list[str]
+) -> None:
+    with _tracker(running, f"tracker-cli-{len(path)}"):
+        ok = _cli(running, *path, "-wait", "-meta", "run_for=200s", "enc")
+        failed = _cli(running, *path, "-wait", "-meta", "exit_code=3", "enc")
+        timed = _cli(running, *path, "-wait", "-wait-timeout", "1s", "huge")
+    text = ok.stdout.decode()
+    assert ok.returncode == 0, (text, ok.stderr)
+    assert text.startswith("Dispatched Job ID = enc/dispatch-")
+    assert '==> Evaluation "' in text  # the seed's lines first
+    assert 'Task "ffmpeg" exited with code 0' in text
+    assert text.rstrip().splitlines()[-1].endswith("completed: every allocation's tasks "
+                                                   "succeeded (exit code 0)")  # fmt: skip
+    text = failed.stdout.decode()
+    assert failed.returncode == 2, (text, failed.stderr)
+    assert 'Task "ffmpeg" restarting after exit code 3' in text
+    assert "placed: rescheduled (attempt 1)" in text
+    assert "task ffmpeg exited with code 3" in text.splitlines()[-1]
+    assert timed.returncode == 2, (timed.stdout, timed.stderr)
+    assert "still waiting for placement" in timed.stdout.decode().splitlines()[-1]
