@@ -14,6 +14,7 @@
 | `dispatchq:children:<ns>:<job>`  | hash   | worker gate       | CHILDREN_TTL, renewed      |
 | `dispatchq:children:<ns>:<job>:refresh` | string | worker gate | CHILDREN_REFRESH_LOCK ms |
 | `dispatchq:follow`               | zset   | worker, tracker   | none: members leave when done |
+| `dispatchq:request:<id>:partial` | string | worker, tracker   | result_ttl, renewed/check  |
 | `dispatchq:tracker:lease`        | string | tracker           | TRACKER_LEASE_MS, renewed  |
 | `dispatchq:progress:<request id>`| channel| tracker           | (pub/sub: nothing stored)  |
 
@@ -72,6 +73,12 @@ TRACKER_LEASE: Final = f"{PREFIX}:tracker:lease"
 """The leading tracker's ID (SET NX PX): one tracker follows children at a time."""
 TRACKER_LEASE_MS: Final = 10_000
 """The lease lives this long unless its tracker renews it (every third of it)."""
+
+
+def partial(request_id: str) -> str:
+    """A followed child's outcome so far (until its end is stored). TTL: result_ttl,
+    renewed with its record's at every check."""
+    return f"{PREFIX}:request:{request_id}:partial"
 
 
 def progress(request_id: str) -> str:

@@ -13,8 +13,11 @@ beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
   allocation run (stage.lua), and `done` when the child ended (done.lua, from the
   tracker); a replayed dead letter goes back to `queued`.
 - `namespace` (handoff.lua): the child's namespace, for the tracker's reads.
-- `partial`, `deadline` (handoff.lua; dropped by done.lua): the outcome so far of a
-  followed child (stored form, JSON) and the Unix time its `wait_timeout` runs out.
+- `deadline` (handoff.lua; dropped by done.lua): the Unix time a followed child's
+  `wait_timeout` runs out. Its outcome so far (stored form, JSON) is not a field but the
+  key `keys.partial` beside the record (handoff.lua; deleted by done.lua): a hash whose
+  values all stay under 64 bytes keeps Redis's compact encoding, half the memory of a
+  followed child (see the README, "Following children to their end").
 - `job_id` (begin.lua): the parameterized job, when a worker takes the request.
 - `batch_id` (begin.lua): the request's batch, when a worker takes it, for one in a batch.
 - `started_at` (begin.lua): Unix time a worker last took it; `RequestRecord.started_at`.
@@ -81,7 +84,6 @@ FIELDS = (
     "exit_code",
     "deliveries",
     "namespace",
-    "partial",
     "deadline",
 )
 """Every field of the record (the docstring says who writes each, and when)."""
@@ -119,7 +121,6 @@ class RequestRecord:
     eval_id: str = ""
     exit_code: int | None = None
     namespace: str = ""
-    partial: str = ""
     deadline: float | None = None
 
     @classmethod
@@ -136,7 +137,6 @@ class RequestRecord:
             eval_id=data.get("eval_id", ""),
             exit_code=int(data["exit_code"]) if "exit_code" in data else None,
             namespace=data.get("namespace", ""),
-            partial=data.get("partial", ""),
             deadline=float(data["deadline"]) if data.get("deadline") else None,
         )
 
@@ -172,6 +172,21 @@ class StoredResult:
     key: str
     value: bytes | str
     ttl: int
+
+
+IN_RECORD = ("job_id", "dispatched_job_id", "eval_id")
+"""Fields of a stored outcome the record holds too: left out of `keys.partial` (every
+byte of a followed child counts) and put back by `with_record`."""
+
+
+def with_record(partial: str, record: RequestRecord) -> dict[str, Any]:
+    """A followed child's outcome so far (stored form), whole again."""
+    data: dict[str, Any] = json.loads(partial)
+    for name in IN_RECORD:
+        value = getattr(record, name)
+        if value:
+            data[name] = value
+    return data
 
 
 MAX_BATCH_ERRORS = 50
@@ -249,24 +264,32 @@ class RecordStore:
         False for a request already done."""
         return bool(
             self._handoff(
-                keys=[keys.request(request_id), keys.FOLLOW],
+                keys=[keys.request(request_id), keys.FOLLOW, keys.partial(request_id)],
                 args=[
                     self.ttl,
                     request_id,
                     time.time(),
                     namespace,
                     "" if deadline is None else repr(deadline),
-                    json.dumps(partial, separators=(",", ":")),
+                    json.dumps(
+                        {k: v for k, v in partial.items() if k not in IN_RECORD},
+                        separators=(",", ":"),
+                    ),
                 ],
             )
         )
+
+    def load_partial(self, request_id: str) -> str:
+        """A followed child's outcome so far (JSON), or "" if there is none."""
+        value = self.client.get(keys.partial(request_id))
+        return value.decode() if isinstance(value, bytes) else ""
 
     def restage(self, request_id: str, state: RequestState, next_check: float) -> bool:
         """A followed child not ended yet: its stage and its next forced check. False when
         the request is done (it leaves the follow set)."""
         return bool(
             self._stage(
-                keys=[keys.request(request_id), keys.FOLLOW],
+                keys=[keys.request(request_id), keys.FOLLOW, keys.partial(request_id)],
                 args=[self.ttl, request_id, state.value, next_check],
             )
         )
@@ -286,7 +309,7 @@ class RecordStore:
         entry = json.dumps({"request_id": request_id, "error": error}) if error else ""
         args: list[Any] = [self.ttl, exit_code, batch, entry, errors, MAX_BATCH_ERRORS]
         args += [result.value, result.ttl, request_id]
-        keys_ = [keys.request(request_id), result.key, keys.FOLLOW]
+        keys_ = [keys.request(request_id), result.key, keys.FOLLOW, keys.partial(request_id)]
         return bool(self._done(keys=keys_, args=args))
 
     def batch_cancelled(self, batch_id: str) -> bool:

@@ -20,6 +20,7 @@ from dispatch.events import Event
 from dispatch.follow.progress import changes, final_line
 from dispatch.liveness import live_workers
 from dispatch.outcome import DISPATCHED, Outcome, Timings
+from dispatch.records import with_record
 from dispatch.request import DispatchRequest
 from producer.api import Producer
 from producer.enqueue import NewRequest
@@ -120,9 +121,10 @@ def _follow_queued(
             else:
                 outcome = outcome_from_meta(data)
         if seed is None:
-            partial = producer.redis.hget(keys.request(request_id), "partial")
-            if partial:
-                seed = Outcome.from_stored(json.loads(partial))
+            partial = producer.records.load_partial(request_id)
+            record = producer.result(request_id).record
+            if partial and record is not None:
+                seed = Outcome.from_stored(with_record(partial, record))
                 for event in seed.events:
                     on_event(event)
         if seed is not None:

@@ -43,7 +43,14 @@ from dispatch.follow.decide import (
     decide,
 )
 from dispatch.outcome import Outcome
-from dispatch.records import SCRIPTS, RecordStore, RequestRecord, RequestState, StoredResult
+from dispatch.records import (
+    SCRIPTS,
+    RecordStore,
+    RequestRecord,
+    RequestState,
+    StoredResult,
+    with_record,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -166,7 +173,7 @@ class Follower:
         return checked
 
     def _finish(self, record: RequestRecord, verdict: Verdict, checked: Checked) -> bool:
-        outcome = _outcome_so_far(record)
+        outcome = _outcome_so_far(record, self.store.load_partial(record.request_id))
         child = verdict.child or {"status": "", "allocations": []}
         if verdict.error_kind == COLLECTED:
             child = {"status": "", "allocations": []}
@@ -201,9 +208,9 @@ _FOLLOWED = frozenset({RequestState.SCHEDULED, RequestState.RUNNING})
 _SCHEDULED = RequestState.SCHEDULED
 
 
-def _outcome_so_far(record: RequestRecord) -> Outcome:
+def _outcome_so_far(record: RequestRecord, partial: str) -> Outcome:
     try:
-        return Outcome.from_stored(json.loads(record.partial))
+        return Outcome.from_stored(with_record(partial, record))
     except (ValueError, KeyError, TypeError):
         return Outcome.failed(record.job_id, kind="interrupted", message="no outcome so far")
 

@@ -4,7 +4,7 @@
 -- wins, so a late duplicate cannot replace an outcome already stored.
 -- A followed child's end (the tracker) also leaves the follow set (KEYS[3]) here, and
 -- the record's follow fields are dropped: returns 1 when this call finished the request.
--- KEYS: record, [result, [follow set]]. ARGV: ttl, exit code, batch key or '', error
+-- KEYS: record, [result, [follow set, outcome so far]]. ARGV: ttl, exit code, batch key or '', error
 -- entry or '', batch error list, its cap, [result value, result ttl, [request ID]].
 local record = KEYS[1]
 local state = redis.call('HGET', record, 'state')
@@ -12,7 +12,8 @@ if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[9]) end
 redis.call('EXPIRE', record, ARGV[1])
 if state == 'done' then return 0 end
 redis.call('HSET', record, 'state', 'done', 'exit_code', ARGV[2])
-if KEYS[3] then redis.call('HDEL', record, 'partial', 'deadline') end
+if KEYS[3] then redis.call('HDEL', record, 'deadline') end
+if KEYS[4] then redis.call('DEL', KEYS[4]) end
 if ARGV[3] ~= '' then
   redis.call('HINCRBY', ARGV[3], 'done', 1)
   redis.call('EXPIRE', ARGV[3], ARGV[1])

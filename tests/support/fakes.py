@@ -143,6 +143,8 @@ class FakeRecords:
     results: dict[str, StoredResult] = field(default_factory=dict)
     states: list[tuple[str, str]] = field(default_factory=list)
     """Every (request ID, state) written, in order."""
+    partials: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The outcome so far of each request handed off (`keys.partial`)."""
     followed: set[str] = field(default_factory=set)
     """The follow set (request IDs handed off to the tracker)."""
 
@@ -213,7 +215,8 @@ class FakeRecords:
             return False
         if record.get("state") != RequestState.RUNNING.value:
             self._state(request_id, RequestState.SCHEDULED)
-        self.records[request_id].update(namespace=namespace, partial=repr(partial))
+        self.records[request_id]["namespace"] = namespace
+        self.partials[request_id] = partial
         if deadline is not None:
             self.records[request_id]["deadline"] = repr(deadline)
         self.followed.add(request_id)
