@@ -20,6 +20,7 @@ import requests
 
 from devstack.nomadsim_process import NomadSimProcess
 from devstack.redis_server import RedisServer
+from devstack.tracker_process import TrackerProcess
 from devstack.worker_process import WorkerProcess
 
 DEMO_JOB = "video-encode"
@@ -66,6 +67,8 @@ class LocalStack:
     sim: NomadSimProcess
     workers: list[WorkerProcess]
     log_dir: Path
+    tracker: TrackerProcess | None = None
+    """Follows the children of `until` finished requests to their end."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -162,8 +165,13 @@ def local_stack(
                 task_events=True,  # for Flower (`dispatchq flower`)
             )
             procs.append(_start(stack, worker))
+        tracker_env = dict(env)
+        if metrics_port:
+            tracker_env["DISPATCHQ_METRICS_PORT"] = str(metrics_port + workers)
+            tracker_env["DISPATCHQ_METRICS_ADDR"] = LOOPBACK
+        tracker = _start(stack, TrackerProcess(env=tracker_env, log_path=logs / "tracker.log"))
         stack.callback(_stop_together, procs)  # the first thing done on the way out
-        yield LocalStack(redis_server, sim, procs, logs)
+        yield LocalStack(redis_server, sim, procs, logs, tracker)
 
 
 def _stop_together(workers: list[WorkerProcess]) -> None:
