@@ -39,6 +39,7 @@ from devstack.nomadsim_process import NomadSimProcess
 from devstack.redis_server import RedisServer
 from devstack.tracker_process import TrackerProcess
 from dispatch import keys
+from dispatch.errors import NomadError
 from dispatch.events import AllocationPlaced, Dispatched, EvalFinished, MonitorStarted
 from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
@@ -46,7 +47,8 @@ from dispatch.outcome import OutcomeRecorder
 from dispatch.records import RecordStore
 from dispatch.request import DispatchRequest
 
-JOB = {
+JOB_ID = "bench-follow"
+JOB: dict[str, Any] = {
     "ID": "bench-follow", "Name": "bench-follow", "Type": "batch", "Datacenters": ["dc1"],
     "Meta": {"run_for": "1h", "exit_code": "0"},
     "ParameterizedJob": {"Payload": "optional", "MetaOptional": ["run_for", "exit_code"]},
@@ -69,11 +71,11 @@ def dispatch_all(
 
     def one(n: int) -> tuple[str, str]:
         rid = f"{prefix}-{n:06d}"
-        request = DispatchRequest(request_id=rid, job_id=JOB["ID"], meta=metas[n],
+        request = DispatchRequest(request_id=rid, job_id=JOB_ID, meta=metas[n],
                                   until="finished")  # fmt: skip
         answer = client.dispatch(request, None, idempotency_token=request.idempotency_token)
         store.mark_dispatched(rid, answer.dispatched_job_id, answer.eval_id, None)
-        recorder = OutcomeRecorder(JOB["ID"])
+        recorder = OutcomeRecorder(JOB_ID)
         recorder.emit(Dispatched(answer.dispatched_job_id, answer.eval_id, True))
         recorder.emit(MonitorStarted(answer.eval_id))
         recorder.emit(AllocationPlaced("a" * 36, "n" * 36, "encode", "pending", False))
@@ -95,12 +97,16 @@ class TerminalWatch:
 
     def _run(self) -> None:
         start = self._client.current_index()
-        for _index, events in self._client.event_stream(topics=["Allocation"], index=start + 1):
-            now = time.time()
-            for event in events:
-                alloc = (event.get("Payload") or {}).get("Allocation") or {}
-                if alloc.get("ClientStatus") in TERMINAL:
-                    self.seen.setdefault(str(alloc.get("JobID")), now)
+        stream = self._client.event_stream(topics=["Allocation"], index=start + 1)
+        try:
+            for _index, events in stream:
+                now = time.time()
+                for event in events:
+                    alloc = (event.get("Payload") or {}).get("Allocation") or {}
+                    if alloc.get("ClientStatus") in TERMINAL:
+                        self.seen.setdefault(str(alloc.get("JobID")), now)
+        except NomadError:
+            return  # nomadsim stopped at the end of the bench
 
 
 def nomad_201_wait(address: str, child: str, seen: dict[str, float]) -> None:
@@ -109,7 +115,7 @@ def nomad_201_wait(address: str, child: str, seen: dict[str, float]) -> None:
     session, index = requests.Session(), 0
     while True:
         response = session.get(
-            f"{address}/v1/job/{child}/allocations", params={"index": index, "wait": "300s"},
+            f"{address}/v1/job/{child}/allocations", params={"index": str(index), "wait": "300s"},
             timeout=330,
         )  # fmt: skip
         index = int(response.headers.get("X-Nomad-Index", index))
