@@ -2,13 +2,20 @@
 -- often it is finished (a redelivery after the outcome was stored runs the task again),
 -- and stores its outcome (KEYS[2], `store_result`) in the same step: the first finish
 -- wins, so a late duplicate cannot replace an outcome already stored.
--- A followed child's end (the tracker) also leaves the follow set (KEYS[3]) here, and
--- the record's follow fields are dropped: returns 1 when this call finished the request.
--- KEYS: record, [result, [follow set, outcome so far]]. ARGV: ttl, exit code, batch key or '', error
--- entry or '', batch error list, its cap, [result value, result ttl, [request ID]].
+-- A refused message (dead-lettered, not run) that names a request passes its digest: if
+-- the record keeps another one, the message is not that request, and nothing is written
+-- (returns -1).
+-- A followed child's end (the tracker, `RecordStore.finish_followed`) also leaves the
+-- follow set (KEYS[3]) here, and its outcome so far (KEYS[4]) and deadline are dropped.
+-- Returns 1 when this call finished the request, 0 when it was done already.
+-- KEYS: record, [result, [follow set, outcome so far]]. ARGV: ttl, exit code, batch key
+-- or '', error entry or '', batch error list, its cap, digest or '', [result value,
+-- result ttl, [request ID]].
 local record = KEYS[1]
-local state = redis.call('HGET', record, 'state')
-if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[9]) end
+local found = redis.call('HMGET', record, 'state', 'digest')
+local state = found[1]
+if ARGV[7] ~= '' and found[2] and found[2] ~= ARGV[7] then return -1 end
+if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[10]) end
 redis.call('EXPIRE', record, ARGV[1])
 if state == 'done' then return 0 end
 redis.call('HSET', record, 'state', 'done', 'exit_code', ARGV[2])
@@ -25,5 +32,5 @@ if ARGV[3] ~= '' then
     redis.call('EXPIRE', ARGV[5], ARGV[1])
   end
 end
-if KEYS[2] then store_result(KEYS[2], ARGV[7], ARGV[8]) end
+if KEYS[2] then store_result(KEYS[2], ARGV[8], ARGV[9]) end
 return 1

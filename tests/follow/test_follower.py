@@ -61,6 +61,7 @@ def store(redis_client: redis.Redis) -> RecordStore:
 
 
 def _handed_off(store: RecordStore, rid: str = "r1", batch: str | None = "b1") -> None:
+    store.client.hset(keys.request(rid), "state", "queued")  # as enqueue.lua makes it
     store.begin(rid, "enc", batch)
     store.mark_dispatched(rid, CHILD, "e1", batch)
     recorder = OutcomeRecorder("enc")
