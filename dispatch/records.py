@@ -65,7 +65,10 @@ _STATES = frozenset(s.value for s in RequestState)
 TRANSITIONS: dict[RequestState | None, frozenset[RequestState]] = {
     # enqueued; or, for a foreign producer's message (no record), taken or refused at once
     None: frozenset({RequestState.QUEUED, RequestState.DISPATCHING, RequestState.DONE}),
-    RequestState.QUEUED: frozenset({RequestState.DISPATCHING, RequestState.DONE}),
+    # a replayed request that had dispatched resumes where it was: done, or followed on
+    RequestState.QUEUED: frozenset(
+        {RequestState.DISPATCHING, RequestState.SCHEDULED, RequestState.DONE}
+    ),
     RequestState.DISPATCHING: frozenset({RequestState.MONITORING, RequestState.DONE}),
     RequestState.MONITORING: frozenset({RequestState.SCHEDULED, RequestState.DONE}),
     # `until` finished: the tracker follows the child from here
