@@ -112,6 +112,8 @@ class Producer:
         id_prefix_template: str = "",
         priority: int = 0,
         notify_url: str | None = None,
+        until: str = "scheduled",
+        wait_timeout: float | None = None,
     ) -> str:
         """Validate locally and enqueue one request; returns its request ID. With
         `notify_url`, the notifier POSTs its completion event there when it ends.
@@ -119,6 +121,8 @@ class Producer:
         Raises `InvalidRequest` for what can be known bad without Nomad. Enqueueing an ID
         that already exists does nothing and returns the ID (safe to retry); an ID that
         names another request (another job, payload or meta) raises `InvalidRequest`.
+        `until` "finished" makes the request done when its child job is, not when its
+        evaluation is; `wait_timeout` (seconds) bounds that wait.
         """
         request = NewRequest(
             job_id,
@@ -131,6 +135,8 @@ class Producer:
             id_prefix_template=id_prefix_template,
             priority=priority,
             notify_url=notify_url,
+            until=until,
+            wait_timeout=wait_timeout,
         )
         [(rid, flag)] = self.enqueuer.enqueue([request])
         if flag == CONFLICT:
@@ -155,6 +161,7 @@ class Producer:
         detach: bool = False,
         preflight: bool = True,
         notify_url: str | None = None,
+        until: str = "scheduled",
     ) -> str:
         """Enqueue a batch; returns its ID. With `notify_url`, the notifier POSTs the
         batch's completion event there once, when its last item ends. With `preflight`,
@@ -175,6 +182,7 @@ class Producer:
             namespace=namespace,
             detach=detach,
             notify_url=notify_url,
+            until=until,
         )
         return batch_id
 

@@ -82,6 +82,7 @@ class BatchSubmitter:
         namespace: str | None = None,
         detach: bool = False,
         notify_url: str | None = None,
+        until: str = "scheduled",
     ) -> dict[int, int]:
         """Enqueue; returns how many items were new (1), enqueued again (2), skipped (0),
         skipped because their ID names another request (3: a resumed batch keeps what was
@@ -99,6 +100,7 @@ class BatchSubmitter:
                 namespace=namespace,
                 detach=detach,
                 batch_id=batch_id,
+                until=until,
             )
             for n, item in enumerate(items, start=1)
         ]

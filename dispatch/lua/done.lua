@@ -5,18 +5,25 @@
 -- A refused message (dead-lettered, not run) that names a request passes its digest: if
 -- the record keeps another one, the message is not that request, and nothing is written
 -- (returns -1).
--- With a stream (ARGV[10]), the ending appends its completion events in the same step
+-- With a stream (ARGV[12]), the ending appends its completion events in the same step
 -- (`emit_done_events`, lua/_events.lua): the request's, and its batch's when it is the last.
--- KEYS: record, [result]. ARGV: ttl, exit code, batch key or '', error entry or '',
--- batch error list, its cap, digest or '', result value or '', result ttl or '',
--- [batch ID or '', stream, its cap, request ID JSON-escaped, event tail, notify_url or ''].
+-- A followed child's end (the tracker, `RecordStore.finish_followed`) also leaves the
+-- follow set (KEYS[3]) here, and its outcome so far (KEYS[4]) and deadline are dropped.
+-- Returns 1 when this call finished the request, 0 when it was done already.
+-- KEYS: record, [result, [follow set, outcome so far]]. ARGV: ttl, exit code, batch key
+-- or '', error entry or '', batch error list, its cap, digest or '', result value or '',
+-- result ttl or '', request ID or '', [batch ID or '', stream, its cap, request ID
+-- JSON-escaped, event tail, notify_url or ''].
 local record = KEYS[1]
 local found = redis.call('HMGET', record, 'state', 'digest')
 local state = found[1]
 if ARGV[7] ~= '' and found[2] and found[2] ~= ARGV[7] then return -1 end
+if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[10]) end
 redis.call('EXPIRE', record, ARGV[1])
 if state == 'done' then return 0 end
 redis.call('HSET', record, 'state', 'done', 'exit_code', ARGV[2])
+if KEYS[3] then redis.call('HDEL', record, 'deadline') end
+if KEYS[4] then redis.call('DEL', KEYS[4]) end
 if ARGV[3] ~= '' then
   redis.call('HINCRBY', ARGV[3], 'done', 1)
   redis.call('EXPIRE', ARGV[3], ARGV[1])
@@ -29,7 +36,7 @@ if ARGV[3] ~= '' then
   end
 end
 if KEYS[2] then store_result(KEYS[2], ARGV[8], ARGV[9]) end
-if ARGV[11] and ARGV[11] ~= '' then
-  emit_done_events(record, ARGV[3], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15])
+if ARGV[12] and ARGV[12] ~= '' then
+  emit_done_events(record, ARGV[3], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16])
 end
 return 1
