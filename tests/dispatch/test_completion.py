@@ -196,3 +196,14 @@ def test_the_webhook_secret_is_masked_and_registered() -> None:
     assert settings.masked()["notify_secret"] == MASK
     assert "s3cret-value" in settings.secrets
     assert Settings().masked()["notify_secret"] == ""
+
+
+def test_a_followed_childs_end_appends_its_event(redis_client: redis.Redis) -> None:
+    store = RecordStore(redis_client, 60)
+    meta = json.dumps({"status": "SUCCESS", "result": stored(1)})
+    result = StoredResult(keys.celery_result("r-f"), meta, 60)
+    assert store.finish_followed("r-f", 1, None, "boom", result)
+    assert not store.finish_followed("r-f", 1, None, "boom", result)  # first finish wins
+    [(event, url)] = events(redis_client)
+    VALIDATOR.validate(event)
+    assert (event["event_id"], event["exit_code"], url) == ("request:r-f:1", 1, "")
