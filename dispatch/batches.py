@@ -1,9 +1,9 @@
 """Batches: a record per batch with O(1) progress, kept current by the workers.
 
-`dispatchq:batch:<id>` holds `job_id`, `namespace`, `total`, `state` (open | cancelled),
-`created_at`, and counters the workers bump atomically and exactly once per request (see
-`records`): `dispatched`, `done`, `done_dispatched`, `exit:0`, `exit:1`, `exit:2`. Reading
-progress is one HGETALL, whatever the batch's size.
+`dispatchq:batch:<id>` holds `job_id`, `namespace`, `tenant` ('' for none), `total`,
+`state` (open | cancelled), `created_at`, and counters the workers bump atomically and
+exactly once per request (see `records`): `dispatched`, `done`, `done_dispatched`,
+`exit:0`, `exit:1`, `exit:2`. Reading progress is one HGETALL, whatever the batch's size.
 """
 
 from __future__ import annotations
@@ -96,13 +96,21 @@ class BatchStore:
         self.ttl = ttl
 
     def create(
-        self, pipe: Any, batch_id: str, job_id: str, namespace: str | None, total: int
+        self,
+        pipe: Any,
+        batch_id: str,
+        job_id: str,
+        namespace: str | None,
+        total: int,
+        *,
+        tenant: str | None = None,
     ) -> None:
         """Queue the batch record's creation on `pipe`; a resubmission keeps its counters
         and raises `total` if the new submission is longer."""
         key = keys.batch(batch_id)
         pipe.hsetnx(key, "job_id", job_id)
         pipe.hsetnx(key, "namespace", namespace or "")
+        pipe.hsetnx(key, "tenant", tenant or "")
         pipe.hsetnx(key, "state", OPEN)
         pipe.hsetnx(key, "created_at", time.time())
         pipe.hsetnx(key, "total", 0)

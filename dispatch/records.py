@@ -15,7 +15,7 @@ beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
   the moment Nomad answers; a redelivered request that finds them resumes monitoring and
   never dispatches again (begin.lua reads them).
 - `exit_code` (done.lua; cleared by replay.lua): the outcome's exit code, once done.
-- `deliveries` (fetch_counted.lua, `dispatch.dlq.count_delivery`; cleared by replay.lua):
+- `deliveries` (fetch_fair.lua, `dispatch.dlq.count_delivery`; cleared by replay.lua):
   deliveries of the request's messages, for the delivery cap.
 
 Every write renews the TTL. done.lua also stores the outcome under the request's result
@@ -81,16 +81,18 @@ def _load_scripts() -> dict[str, str]:
         for entry in folder.iterdir()
         if entry.name.endswith(".lua")
     }
-    library = texts.pop("_store")
+    libraries = {"store_result(": texts.pop("_store"), "lane_args(": texts.pop("_lanes")}
     return {
-        name: library + text if "store_result(" in text else text
+        name: "".join(lib for call, lib in libraries.items() if call in text) + text
         for name, text in texts.items()
     }
 
 
 SCRIPTS = _load_scripts()
 """The text of each script of `lua/`, read once: `begin`, `dispatched`, `done`, `enqueue`,
-`fetch_counted`, `replay`, `store_result`."""
+`fetch_fair`, `lane_push`, `reclaim`, `replay`, `requeue`, `store_result` (the lane scripts
+belong to `worker.fetch`; they live here with the others so that every script is loaded
+one way)."""
 
 
 @dataclass(frozen=True)

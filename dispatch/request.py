@@ -43,6 +43,11 @@ _NOT_BLANK = r"^[^\x00-\x1f]*[^\x00-\x1f\s][^\x00-\x1f]*$"
 
 NoControl = Annotated[str, Field(pattern=_NO_CONTROL)]
 
+TENANT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+"""A tenant groups batches for fair queueing (`worker.fetch`): 1 to 64 letters, digits,
+'_', '.' or '-' (it is part of a Redis key name, `keys.tenant_ring`)."""
+TENANT_TEXT = "tenant must be 1 to 64 letters, digits, '_', '.' or '-'"
+
 
 class DispatchRequest(BaseModel):
     """Version 1 of the request (the task's keyword arguments; see the README)."""
@@ -59,6 +64,7 @@ class DispatchRequest(BaseModel):
     id_prefix_template: str = ""
     priority: int = Field(0, ge=0, le=PRIORITY_MAX)
     batch_id: NoControl | None = None
+    tenant: Annotated[str, Field(pattern=TENANT_PATTERN)] | None = None
 
     @classmethod
     def from_message(
@@ -138,6 +144,7 @@ _PRODUCER_TEXTS = {
     ),
     "priority": f"priority must be an integer from 0 (inherit) to {PRIORITY_MAX}",
     "payload_ref": "payload_ref must be a non-empty string",
+    "tenant": TENANT_TEXT,
 }
 
 

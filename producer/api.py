@@ -11,6 +11,7 @@ request, not by a sleep loop.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,10 +25,12 @@ from config.celery import make_app
 from config.settings import Settings, load_settings
 from dispatch import keys
 from dispatch.batches import BatchStatus, BatchStore
+from dispatch.errors import InvalidRequest
 from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
 from dispatch.outcome import Outcome
 from dispatch.records import RecordStore, RequestRecord
+from dispatch.request import TENANT_PATTERN, TENANT_TEXT
 from producer.batch import BatchSubmitter, as_items, new_batch_id, stop_children, stream_results
 from producer.batch import preflight as check_items
 from producer.batch_input import BatchItem
@@ -109,8 +112,10 @@ class Producer:
         detach: bool = False,
         id_prefix_template: str = "",
         priority: int = 0,
+        tenant: str | None = None,
     ) -> str:
-        """Validate locally and enqueue one request; returns its request ID.
+        """Validate locally and enqueue one request; returns its request ID. A request in
+        no batch is taken before any batch's (the interactive lane), whatever its tenant.
 
         Raises `InvalidRequest` for what can be known bad without Nomad. Enqueueing an ID
         that already exists does nothing and returns the ID (safe to retry).
@@ -125,6 +130,7 @@ class Producer:
             detach=detach,
             id_prefix_template=id_prefix_template,
             priority=priority,
+            tenant=tenant,
         )
         [(rid, _flag)] = self.enqueuer.enqueue([request])
         return rid
@@ -143,18 +149,22 @@ class Producer:
         namespace: str | None = None,
         detach: bool = False,
         preflight: bool = True,
+        tenant: str | None = None,
     ) -> str:
         """Enqueue a batch; returns its ID. With `preflight`, the job is read once from
         Nomad and a batch with any item it would refuse is rejected whole
         (BatchInputError, naming the lines) before anything is enqueued. Submitting the
-        same items with the same batch ID again enqueues only what was not enqueued."""
+        same items with the same batch ID again enqueues only what was not enqueued.
+        Batches take turns with other batches, grouped by `tenant` (`worker.fetch`)."""
+        if tenant is not None and not re.fullmatch(TENANT_PATTERN, tenant):
+            raise InvalidRequest(TENANT_TEXT)
         listed = as_items(items)
         if preflight:
             job, _ = self.nomad.read_job(job_id, namespace=namespace)
             check_items(job, listed)
         batch_id = batch_id or new_batch_id()
         BatchSubmitter(self.enqueuer, self.batches).submit(
-            job_id, listed, batch_id=batch_id, namespace=namespace, detach=detach
+            job_id, listed, batch_id=batch_id, namespace=namespace, detach=detach, tenant=tenant
         )
         return batch_id
 

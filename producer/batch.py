@@ -81,10 +81,11 @@ class BatchSubmitter:
         batch_id: str,
         namespace: str | None = None,
         detach: bool = False,
+        tenant: str | None = None,
     ) -> dict[int, int]:
         """Enqueue; returns how many items were new (1), enqueued again (2), skipped (0)."""
         pipe = self.batches.client.pipeline(transaction=False)
-        self.batches.create(pipe, batch_id, job_id, namespace, len(items))
+        self.batches.create(pipe, batch_id, job_id, namespace, len(items), tenant=tenant)
         pipe.execute()
         requests = (
             NewRequest(
@@ -96,6 +97,7 @@ class BatchSubmitter:
                 namespace=namespace,
                 detach=detach,
                 batch_id=batch_id,
+                tenant=tenant,
             )
             for n, item in enumerate(items, start=1)
         )

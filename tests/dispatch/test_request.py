@@ -25,6 +25,7 @@ def test_every_field_travels() -> None:
     request = DispatchRequest(
         request_id="r-1", job_id="video", payload_ref="data:,x", meta={"k": "v"},
         namespace="media", detach=True, id_prefix_template="t", priority=70, batch_id="b",
+        tenant="t1",
     )  # fmt: skip
     assert set(request.to_message()) == set(DispatchRequest.model_fields)
     assert DispatchRequest.from_message((), request.to_message()) == request
