@@ -179,7 +179,7 @@ def test_a_dead_consumers_batch_items_are_reclaimed_to_their_lane(
     enqueue(redis_client, "a", 1, tenant="t")
     dead = keys.inflight("dead", QUEUE)
     redis_client.rpoplpush(keys.lane("a"), dead)  # as the fetch stores a lane's item:
-    item: bytes = redis_client.lrange(dead, 0, -1)[0]  # type: ignore[index]
+    item: bytes = redis_client.lindex(dead, 0)  # type: ignore[assignment]
     redis_client.delete(dead, keys.lanes(QUEUE), keys.tenants(QUEUE), keys.tenant_ring(QUEUE, "t"))
     redis_client.lpush(dead, b"\x1et\x1ea\x1e" + item)
     redis_client.sadd(keys.INFLIGHT, f"dead:{QUEUE}")
