@@ -163,6 +163,13 @@ class DeliveryCapExceeded(DispatchqError):
     kind = "delivery_cap"
 
 
+class RequestRefused(Exception):
+    """A message that is not the request its ID names (another message already made that
+    request, or it claims a batch it was not enqueued in): dead-lettered, and the request's
+    record and outcome left alone. Outside `DispatchqError` on purpose: it never becomes
+    the outcome of the request whose ID it borrowed."""
+
+
 # The 500 bodies of NOMAD_API.md section 3 (rows 4-12). Matched anywhere in the body, as
 # RPC forwarding may prefix the text (for example "rpc error: ").
 _VALIDATION_TEXTS = re.compile(

@@ -14,6 +14,10 @@ beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
 - `dispatched_job_id`, `eval_id` (dispatched.lua): the child and its evaluation, written
   the moment Nomad answers; a redelivered request that finds them resumes monitoring and
   never dispatches again (begin.lua reads them).
+- `digest` (enqueue.lua; begin.lua for a request with no record): what the request's
+  message says (`dispatch.request.request_digest`). A message with the same ID and another
+  digest, or one claiming a batch with no record made at enqueue, is not this request:
+  begin.lua and done.lua refuse it without writing anything.
 - `exit_code` (done.lua; cleared by replay.lua): the outcome's exit code, once done.
 - `deliveries` (fetch_fair.lua, `dispatch.dlq.count_delivery`; cleared by replay.lua):
   deliveries of the request's messages, for the delivery cap.
@@ -67,6 +71,7 @@ FIELDS = (
     "eval_id",
     "exit_code",
     "deliveries",
+    "digest",
 )
 """Every field of the record (the docstring says who writes each, and when)."""
 DELIVERIES = "deliveries"
@@ -143,6 +148,14 @@ class Begun(NamedTuple):
     eval_id: str
     cancelled: bool
     value: bytes | None
+    refused: str = ""
+    """Why the message is not the request its ID names ("" when it is)."""
+
+
+REFUSALS = {
+    1: "another request already has this ID (its message says something else): refused",
+    2: "the message claims batch {batch} but was not enqueued in it: refused",
+}
 
 
 @dataclass(frozen=True)
@@ -174,18 +187,26 @@ class RecordStore:
         return RequestRecord.from_hash(request_id, raw) if raw else None  # type: ignore[arg-type]
 
     def begin(
-        self, request_id: str, job_id: str, batch_id: str | None, read: str | None = None
+        self,
+        request_id: str,
+        job_id: str,
+        batch_id: str | None,
+        read: str | None = None,
+        digest: str = "",
     ) -> Begun:
         """Take a request: the child and evaluation it names if it was dispatched before,
         whether its batch is cancelled, and the value of the key `read` (None if absent or
         not asked). Unless it was already dispatched or is cancelled, the record now says
         `dispatching` (and exists, for a message pushed without one by a foreign producer)."""
         batch = keys.batch(batch_id) if batch_id else ""
-        child, eval_id, cancelled, value = self._begin(
+        child, eval_id, cancelled, value, refused = self._begin(
             keys=[keys.request(request_id), *([read] if read else [])],
-            args=[self.ttl, job_id, batch_id or "", time.time(), batch],
+            args=[self.ttl, job_id, batch_id or "", time.time(), batch, digest],
         )
-        return Begun((child or b"").decode(), (eval_id or b"").decode(), bool(cancelled), value)
+        why = REFUSALS[refused].format(batch=batch_id) if refused else ""
+        return Begun(
+            (child or b"").decode(), (eval_id or b"").decode(), bool(cancelled), value, why
+        )
 
     def mark_dispatched(
         self, request_id: str, dispatched_job_id: str, eval_id: str, batch_id: str | None
@@ -203,18 +224,22 @@ class RecordStore:
         batch_id: str | None,
         error: str = "",
         result: StoredResult | None = None,
-    ) -> None:
+        *,
+        digest: str = "",
+    ) -> bool:
         """Final state; counted once in the batch, with the error among its first ones, and
-        `result` stored, all in one step; a request already done keeps what it stored."""
+        `result` stored, all in one step; a request already done keeps what it stored.
+        With `digest` (a refused message's), nothing is written if the record says the
+        request is another one: returns False then."""
         batch = keys.batch(batch_id) if batch_id else ""
         errors = keys.batch_errors(batch_id) if batch_id else ""
         entry = json.dumps({"request_id": request_id, "error": error}) if error else ""
         script_keys = [keys.request(request_id)]
-        args: list[Any] = [self.ttl, exit_code, batch, entry, errors, MAX_BATCH_ERRORS]
+        args: list[Any] = [self.ttl, exit_code, batch, entry, errors, MAX_BATCH_ERRORS, digest]
         if result is not None:
             script_keys.append(result.key)
             args += [result.value, result.ttl]
-        self._done(keys=script_keys, args=args)
+        return bool(self._done(keys=script_keys, args=args) != -1)
 
     def batch_cancelled(self, batch_id: str) -> bool:
         """Whether the batch has been cancelled (for a request that waited its turn)."""

@@ -14,10 +14,12 @@ Our own producer refuses the same things earlier, as `InvalidRequest`, in its ow
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import ErrorDetails
@@ -122,6 +124,30 @@ class DispatchRequest(BaseModel):
         """Nomad's idempotency token: one child per request ID, whatever is redelivered."""
         return f"dispatchq-{self.request_id}"
 
+
+def is_request_id(text: str) -> bool:
+    """Whether `text` could name a request (what the model accepts as `request_id`)."""
+    return 0 < len(text) <= REQUEST_ID_MAX and not _CONTROL.search(text)
+
+
+def request_digest(kwargs: Mapping[str, Any]) -> str:
+    """What a request's message says, in 24 hex digits: the producer keeps it in the record
+    at enqueue time (`DispatchRequest.to_message`'s form), the worker computes it from the
+    arguments it received, and a message whose digest differs from the record's is not
+    that request (a second message reusing its ID, a message claiming its batch): it is
+    refused, and the request's record and outcome are left alone. A redelivery, a retry
+    and a replay carry the same arguments, so the same digest. Keys sorted, so any
+    producer's key order gives one digest; a value that cannot be encoded gives one
+    that matches nothing."""
+    try:
+        canonical = orjson.dumps(dict(kwargs), option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return UNREADABLE
+    return hashlib.blake2b(canonical, digest_size=12).hexdigest()
+
+
+UNREADABLE = "-"
+"""The digest of arguments that are not JSON (matches no record's)."""
 
 _ALL = TypeAdapter(list[DispatchRequest])
 _MISSING = object()

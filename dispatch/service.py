@@ -13,21 +13,27 @@ child.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 
 from dispatch.backpressure import DispatchGate, resources_exhausted
-from dispatch.errors import BatchCancelled, DispatchqError, MonitoringInterrupted, NomadError
+from dispatch.errors import (
+    BatchCancelled,
+    DispatchqError,
+    MonitoringInterrupted,
+    NomadError,
+    RequestRefused,
+)
 from dispatch.eventfeed import EvaluationFeed, FeedReader
 from dispatch.events import Dispatched, DispatchFailed, EvalReadFailed, Event
 from dispatch.monitor import DEFAULT_WAIT, Dispatcher, EvaluationReader, follow
 from dispatch.nomad_config import NomadConfig
 from dispatch.outcome import Outcome, OutcomeRecorder
-from dispatch.records import Begun, RequestRecord, StoredResult
-from dispatch.request import DispatchRequest
+from dispatch.records import Begun, RequestRecord, RequestState, StoredResult
+from dispatch.request import UNREADABLE, DispatchRequest, is_request_id, request_digest
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +62,12 @@ class Payloads(Protocol):
 
 class Records(Protocol):
     def begin(
-        self, request_id: str, job_id: str, batch_id: str | None, read: str | None = None
+        self,
+        request_id: str,
+        job_id: str,
+        batch_id: str | None,
+        read: str | None = None,
+        digest: str = "",
     ) -> Begun: ...
 
     def mark_dispatched(
@@ -70,7 +81,9 @@ class Records(Protocol):
         batch_id: str | None,
         error: str = "",
         result: StoredResult | None = None,
-    ) -> None: ...
+        *,
+        digest: str = "",
+    ) -> bool: ...
 
     def load(self, request_id: str) -> RequestRecord | None: ...
 
@@ -121,6 +134,40 @@ def failed_outcome(job_id: str, error: DispatchqError) -> Outcome:
     return recorder.outcome()
 
 
+def fail_message(
+    records: Records,
+    results: Callable[[str, dict[str, Any]], StoredResult] | None,
+    request_id: str,
+    *,
+    kind: str,
+    reason: str,
+    kwargs: Mapping[str, Any] | None,
+) -> bool:
+    """Give the request `request_id` the exit-1 outcome of a message of it that cannot run
+    (dead-lettered: malformed, invalid, past the delivery cap...), unless it is done
+    already, or the record says the message is not that request (its digest differs:
+    another message reusing the ID). Its job and batch come from its record where a worker
+    took it before, else from the message's arguments, and a batch only for a request
+    enqueued in it. Returns whether the outcome was stored."""
+    if not is_request_id(request_id):
+        return False  # not a request ID of ours (nor a key name to write): the dead letter says why
+    record = records.load(request_id)
+    if record is not None and record.state == RequestState.DONE:
+        return False
+    given = {
+        name: value if isinstance(value, str) else ""
+        for name, value in ((n, (kwargs or {}).get(n)) for n in ("job_id", "batch_id"))
+    }
+    job_id = (record.job_id if record is not None else "") or given["job_id"]
+    batch_id = (record.batch_id or given["batch_id"]) if record is not None else ""
+    outcome = Outcome.failed(job_id, kind=kind, message=reason)
+    stored = results(request_id, outcome.to_stored()) if results is not None else None
+    digest = UNREADABLE if kwargs is None else request_digest(kwargs)
+    return records.mark_done(
+        request_id, outcome.exit_code, batch_id or None, reason, stored, digest=digest
+    )
+
+
 @dataclass
 class DispatchService:
     """What one worker process needs to run requests. Thread-safe if its parts are."""
@@ -136,16 +183,23 @@ class DispatchService:
     the outcome is stored in the same step as the request is marked done."""
 
     def run(
-        self, request: DispatchRequest, on_event: Callable[[Event], None] | None = None
+        self,
+        request: DispatchRequest,
+        on_event: Callable[[Event], None] | None = None,
+        digest: str = "",
     ) -> Outcome:
-        """The outcome of `request`. Raises only retryable errors."""
+        """The outcome of `request`. Raises only retryable errors, and `RequestRefused` for
+        a message whose `digest` (`request_digest` of its arguments) says it is not the
+        request its ID names."""
         # Named on every line, not bound: binding builds a logger per request.
         ids = {"request_id": request.request_id, "job_id": request.job_id}
         recorder = OutcomeRecorder(request.job_id, on_event=on_event)  # times the dispatch
         blob_key = self.resolver.blob_key(request.payload_ref)
         begun = self.records.begin(
-            request.request_id, request.job_id, request.batch_id, read=blob_key
+            request.request_id, request.job_id, request.batch_id, read=blob_key, digest=digest
         )
+        if begun.refused:
+            raise RequestRefused(begun.refused)
         if begun.dispatched_job_id:
             log.info(
                 "request.resumed",

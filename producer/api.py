@@ -25,16 +25,15 @@ from config.celery import make_app
 from config.settings import Settings, load_settings
 from dispatch import keys
 from dispatch.batches import BatchStatus, BatchStore
-from dispatch.errors import InvalidRequest
 from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
 from dispatch.outcome import Outcome
 from dispatch.records import RecordStore, RequestRecord
-from dispatch.request import TENANT_PATTERN, TENANT_TEXT
+from dispatch.request import TENANT_PATTERN, TENANT_TEXT, is_request_id
 from producer.batch import BatchSubmitter, as_items, new_batch_id, stop_children, stream_results
 from producer.batch import preflight as check_items
 from producer.batch_input import BatchItem
-from producer.enqueue import Enqueuer, NewRequest
+from producer.enqueue import CONFLICT, Enqueuer, InvalidRequest, NewRequest
 from producer.results import outcome_from_meta
 
 UNKNOWN = "unknown"
@@ -118,7 +117,8 @@ class Producer:
         no batch is taken before any batch's (the interactive lane), whatever its tenant.
 
         Raises `InvalidRequest` for what can be known bad without Nomad. Enqueueing an ID
-        that already exists does nothing and returns the ID (safe to retry).
+        that already exists does nothing and returns the ID (safe to retry); an ID that
+        names another request (another job, payload or meta) raises `InvalidRequest`.
         """
         request = NewRequest(
             job_id,
@@ -132,7 +132,12 @@ class Producer:
             priority=priority,
             tenant=tenant,
         )
-        [(rid, _flag)] = self.enqueuer.enqueue([request])
+        [(rid, flag)] = self.enqueuer.enqueue([request])
+        if flag == CONFLICT:
+            raise InvalidRequest(
+                f'request ID "{rid}" already names another request (another job, payload or '
+                "meta): choose another ID"
+            )
         return rid
 
     @cached_property
@@ -215,14 +220,16 @@ class Producer:
         request as it finishes (or is found finished). An ID with no record and no outcome
         yet (`unknown`: a message a foreign producer pushed that no worker has taken, or no
         such request at all) is waited for like a queued one: it cannot be told apart from
-        a request still in the queue, so only `timeout` ends that wait.
+        a request still in the queue, so only `timeout` ends that wait. A text that cannot
+        be a request ID (empty, over 200 characters, control characters) is not waited for.
         """
         statuses = {rid: self.result(rid) for rid in dict.fromkeys(request_ids)}
         if on_done is not None:
             for status in statuses.values():
                 if status.done:
                     on_done(status)
-        pending = [rid for rid, st in statuses.items() if not st.done]
+        # (A text that cannot be a request ID, "" say, names nothing that could come.)
+        pending = [rid for rid, st in statuses.items() if not st.done and is_request_id(rid)]
         if not pending:
             return statuses
         backend = self._celery.backend

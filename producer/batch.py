@@ -83,7 +83,9 @@ class BatchSubmitter:
         detach: bool = False,
         tenant: str | None = None,
     ) -> dict[int, int]:
-        """Enqueue; returns how many items were new (1), enqueued again (2), skipped (0)."""
+        """Enqueue; returns how many items were new (1), enqueued again (2), skipped (0),
+        skipped because their ID names another request (3: a resumed batch keeps what was
+        enqueued first)."""
         pipe = self.batches.client.pipeline(transaction=False)
         self.batches.create(pipe, batch_id, job_id, namespace, len(items), tenant=tenant)
         pipe.execute()
@@ -101,7 +103,7 @@ class BatchSubmitter:
             )
             for n, item in enumerate(items, start=1)
         )
-        counts = {0: 0, 1: 0, 2: 0}
+        counts = {0: 0, 1: 0, 2: 0, 3: 0}
         for _, flag in self.enqueuer.enqueue(requests):
             counts[flag] += 1
         return counts

@@ -19,14 +19,14 @@ from dispatch import keys
 from dispatch.errors import InvalidRequest as InvalidRequest
 from dispatch.payload import PAYLOAD_LIMIT, blob_digest
 from dispatch.records import SCRIPTS
-from dispatch.request import DispatchRequest
+from dispatch.request import DispatchRequest, request_digest
 from producer.messages import celery_message, new_request_id
 
 # The batch request list is `keys.batch(id) + _REQUESTS_SUFFIX`.
 _REQUESTS_SUFFIX = keys.batch_requests("")[len(keys.batch("")) :]
 _PREFIXES = (keys.request(""), keys.celery_result(""), keys.batch(""), _REQUESTS_SUFFIX)
 
-NEW, AGAIN, SKIPPED = 1, 2, 0
+NEW, AGAIN, SKIPPED, CONFLICT = 1, 2, 0, 3
 
 CHUNK = 500
 """Requests per script call: large enough to amortise the round trip, small enough not to
@@ -86,10 +86,12 @@ class Enqueuer:
         self.blob_ttl = blob_ttl
 
     def enqueue(self, requests: Iterable[NewRequest]) -> list[tuple[str, int]]:
-        """(request ID, NEW | AGAIN | SKIPPED) per request, in order. Validates each first.
+        """(request ID, NEW | AGAIN | SKIPPED | CONFLICT) per request, in order. Validates
+        each first.
 
         A request ID that exists is skipped, unless its earlier run ended without
-        dispatching anything: then it is enqueued again (AGAIN)."""
+        dispatching anything: then it is enqueued again (AGAIN). CONFLICT: the ID exists
+        and names another request (another job, payload, meta...): skipped too."""
         listed = prepare(requests)  # all of them first: a bad one means nothing is written
         chunks = [listed[i : i + CHUNK] for i in range(0, len(listed), CHUNK)]
         if not chunks:
@@ -131,9 +133,11 @@ class Enqueuer:
             if blob is not None and blob[0] not in stored:
                 commands.append(("SET", keys.blob(blob[0]), blob[1], "EX", self.blob_ttl))
                 stored.add(blob[0])
+            message = request.to_message()
             argv += [
-                f"{request.request_id}\x1f{request.batch_id or ''}\x1f{request.tenant or ''}",
-                celery_message(request.to_message(), self.queue),
+                f"{request.request_id}\x1f{request.batch_id or ''}\x1f{request_digest(message)}"
+                f"\x1f{request.tenant or ''}",
+                celery_message(message, self.queue),
             ]
         commands.append(("EVALSHA", sha, 1, self.queue, *argv))
         return commands, ids

@@ -88,8 +88,13 @@ def test_flower_sees_workers_tasks_results_and_the_queue(
                      if name.startswith("flowered@") and alive],
             "the worker online",
         )  # fmt: skip
-        workers = _get(f"{flower}/api/workers?refresh=1")
-        assert any(name.startswith("flowered@") for name in workers), workers
+        # Flower asks the workers (a broadcast, answered within its inspect timeout): on a
+        # loaded machine a first answer can come late, and Flower then lists none.
+        _until(
+            lambda: [name for name in _get(f"{flower}/api/workers?refresh=1")
+                     if name.startswith("flowered@")],
+            "the worker in /api/workers",
+        )  # fmt: skip
         good = producer.enqueue("encode", meta={"profile": "hd"})
         refused = producer.enqueue("encode", meta={"wrong": "x"})
         raw = str(uuid.uuid4())

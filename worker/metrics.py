@@ -200,8 +200,8 @@ class WorkerMetrics:
         self.task_seconds.labels(state=(state or "unknown").lower()).observe(
             time.monotonic() - started
         )
-        if state == "SUCCESS" and isinstance(retval, dict):
-            self._count_outcome(retval)
+        if state == "SUCCESS" and isinstance(retval, dict) and "exit_code" in retval:
+            self._count_outcome(retval)  # (a refused message has none: it made no outcome)
         elif state == "FAILURE":
             # An exception no outcome was made for: waiters see Celery's failure, exit 1.
             kind = type(retval).__name__ if isinstance(retval, BaseException) else "unknown"

@@ -20,8 +20,9 @@ an exit-1 outcome so that nobody waits for it forever:
   acknowledged once dead-lettered: if the dead-letter write fails they stay
   unacknowledged and come back, so a bad message is never dropped unrecorded.
 
-A request of ours gets its exit-1 outcome (`fail_request`): its record, if there is one,
-says which job and batch it belongs to, not the refused message.
+A request of ours gets its exit-1 outcome (`dispatch.service.fail_message`): its record,
+if there is one, says which job and batch it belongs to, and whether the refused message
+is that request at all (its digest).
 
 `worker.app` installs both (`broker_transport`, `worker_consumer`).
 """
@@ -47,8 +48,8 @@ from vine import promise
 from config.celery import TASK_DISPATCH, GuardedRedisBackend
 from config.settings import Settings, load_settings, worker_redis
 from dispatch import dlq, keys, lanes
-from dispatch.outcome import Outcome
 from dispatch.records import RecordStore, RequestState
+from dispatch.service import fail_message
 from worker.deadletter import dead_letter
 from worker.fetch import Counted, ReliableChannel, ReliableTransport
 
@@ -238,7 +239,7 @@ class PoisonTransport(ReliableTransport):
             from worker.app import app  # noqa: PLC0415  (loaded by now: it loads this module)
 
             backend = cast(GuardedRedisBackend, app.backend)
-            fail_request(backend, task_id, "malformed", problem, _kwargs_of(message))
+            _fail(backend, task_id, "malformed", problem, _kwargs_of(message))
 
 
 REPR_MAXSIZE = 1024
@@ -338,41 +339,22 @@ class PoisonAwareConsumer(Consumer):
         )
         if task == TASK_DISPATCH and task_id:
             kwargs = body[1] if body_problem(body) is None else {}
-            backend = cast(GuardedRedisBackend, self.app.backend)
-            fail_request(backend, task_id, kind, reason, kwargs)
+            _fail(cast(GuardedRedisBackend, self.app.backend), task_id, kind, reason, kwargs)
         message.ack_log_error(_ack_log, self.connection_errors)  # type: ignore[attr-defined]
 
 
-MAX_REQUEST_ID = 200
-"""The longest request ID of the message format (README): longer task IDs get no outcome."""
-
-
-def fail_request(
+def _fail(
     backend: GuardedRedisBackend,
     task_id: str,
     kind: str,
     reason: str,
-    kwargs: dict[str, Any] | None = None,
+    kwargs: dict[str, Any] | None,
 ) -> None:
-    """Give the request `task_id` its exit-1 outcome, unless it is done already. Its job
-    and batch come from its record where it has them (a worker took it before), else from
-    the message's arguments (`kwargs`), if they could be read."""
-    if len(task_id) > MAX_REQUEST_ID:
-        return  # not a request ID of ours (nor a key name to write): the dead letter says why
     sink = _sink()
     records = RecordStore(sink.redis, sink.settings.result_ttl)
-    record = records.load(task_id)
-    if record is not None and record.state == RequestState.DONE:
-        return
-    given = {
-        name: value if isinstance(value, str) else ""
-        for name, value in ((n, (kwargs or {}).get(n)) for n in ("job_id", "batch_id"))
-    }
-    job_id = (record.job_id if record is not None else "") or given["job_id"]
-    batch_id = (record.batch_id if record is not None else "") or given["batch_id"]
-    outcome = Outcome.failed(job_id, kind=kind, message=reason)
-    stored = backend.success_result(task_id, outcome.to_stored())
-    records.mark_done(task_id, outcome.exit_code, batch_id or None, reason, stored)
+    fail_message(
+        records, backend.success_result, task_id, kind=kind, reason=reason, kwargs=kwargs
+    )
 
 
 def _named(headers: Any) -> tuple[str | None, str | None]:

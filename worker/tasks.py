@@ -17,10 +17,10 @@ from typing import Any
 import structlog
 
 from config.celery import TASK_DISPATCH
-from dispatch.errors import DispatchqError
+from dispatch.errors import DispatchqError, RequestRefused
 from dispatch.outcome import Outcome
-from dispatch.request import DispatchRequest, InvalidMessage
-from dispatch.service import failed_outcome
+from dispatch.request import DispatchRequest, InvalidMessage, request_digest
+from dispatch.service import fail_message, failed_outcome
 from worker.app import app
 from worker.deadletter import dead_letter
 from worker.policy import PolicyTask
@@ -53,6 +53,13 @@ def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
         request = DispatchRequest.from_message(args, kwargs, task_id)
     except InvalidMessage as err:
         dead_letter(rt.redis, reason=str(err), task_id=task_id, args=args, kwargs=kwargs)
+        # Its exit-1 outcome, through the record (counted in its batch), unless the record
+        # says this message is not that request (`request_digest`).
+        self.request.ignore_result = True
+        if task_id:
+            service = rt.service
+            fail_message(service.records, service.results, task_id,
+                         kind=err.kind, reason=str(err), kwargs=kwargs)  # fmt: skip
         job_id = kwargs.get("job_id") if isinstance(kwargs.get("job_id"), str) else ""
         return failed_outcome(job_id or "", err).to_stored()
 
@@ -62,8 +69,17 @@ def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
         form = outcome.to_stored()
         return {key: form[key] for key in SUMMARY if key in form}
 
+    def run() -> dict[str, Any]:
+        try:
+            return stored(rt.service.run(request, digest=request_digest(kwargs)))
+        except RequestRefused as err:  # not this request: its record and outcome untouched
+            self.request.ignore_result = True
+            dead_letter(rt.redis, reason=str(err), kind="conflict", task_id=task_id,
+                        kwargs=kwargs)  # fmt: skip
+            return {"refused": str(err)}
+
     def give_up(err: DispatchqError) -> dict[str, Any]:
         log.error("request.gave_up", retries=self.retries_spent, error=str(err))
         return stored(rt.service.give_up(request, err, self.retries_spent))
 
-    return self.with_retries(lambda: stored(rt.service.run(request)), give_up)
+    return self.with_retries(run, give_up)

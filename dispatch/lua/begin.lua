@@ -3,17 +3,26 @@
 -- the request is already dispatched, or cancelled) the record marked dispatching; and the
 -- value of KEYS[2], if given (the payload blob the request will need). One round trip
 -- where four separate reads and writes cost a third of a request's time.
--- KEYS: record, [blob]. ARGV: ttl, job ID, batch ID or '', now, batch key or ''.
+-- A message that is not the request its ID names is refused before anything is written:
+-- its digest differs from the record's (1), or it claims a batch and no record was made
+-- for it at enqueue time (2). The first message of a request with no record (a foreign
+-- producer's) leaves its digest in the record it creates, for the next ones.
+-- KEYS: record, [blob]. ARGV: ttl, job ID, batch ID or '', now, batch key or '', digest.
+-- Returns {child, eval ID, cancelled, blob value, refused}.
 local record = KEYS[1]
-local ids = redis.call('HMGET', record, 'dispatched_job_id', 'eval_id')
+local ids = redis.call('HMGET', record, 'dispatched_job_id', 'eval_id', 'digest', 'state')
+local digest = ids[3]
+if digest and digest ~= ARGV[6] then return {false, false, 0, false, 1} end
+if not ids[4] and ARGV[3] ~= '' then return {false, false, 0, false, 2} end
 local cancelled = 0
 if ARGV[3] ~= '' and redis.call('HGET', ARGV[5], 'state') == 'cancelled' then cancelled = 1 end
 local child = ids[1]
 if (not child or child == '') and cancelled == 0 then
   redis.call('HSET', record, 'state', 'dispatching', 'job_id', ARGV[2], 'started_at', ARGV[4])
   if ARGV[3] ~= '' then redis.call('HSET', record, 'batch_id', ARGV[3]) end
+  if not digest then redis.call('HSET', record, 'digest', ARGV[6]) end
   redis.call('EXPIRE', record, ARGV[1])
 end
 local value = false
 if KEYS[2] then value = redis.call('GET', KEYS[2]) end
-return {child, ids[2], cancelled, value}
+return {child, ids[2], cancelled, value, 0}

@@ -2,12 +2,17 @@
 -- often it is finished (a redelivery after the outcome was stored runs the task again),
 -- and stores its outcome (KEYS[2], `store_result`) in the same step: the first finish
 -- wins, so a late duplicate cannot replace an outcome already stored.
+-- A refused message (dead-lettered, not run) that names a request passes its digest: if
+-- the record keeps another one, the message is not that request, and nothing is written
+-- (returns -1).
 -- KEYS: record, [result]. ARGV: ttl, exit code, batch key or '', error entry or '',
--- batch error list, its cap, [result value, result ttl].
+-- batch error list, its cap, digest or '', [result value, result ttl].
 local record = KEYS[1]
-local state = redis.call('HGET', record, 'state')
+local found = redis.call('HMGET', record, 'state', 'digest')
+local state = found[1]
+if ARGV[7] ~= '' and found[2] and found[2] ~= ARGV[7] then return -1 end
 redis.call('EXPIRE', record, ARGV[1])
-if state == 'done' then return end
+if state == 'done' then return 0 end
 redis.call('HSET', record, 'state', 'done', 'exit_code', ARGV[2])
 if ARGV[3] ~= '' then
   redis.call('HINCRBY', ARGV[3], 'done', 1)
@@ -20,4 +25,5 @@ if ARGV[3] ~= '' then
     redis.call('EXPIRE', ARGV[5], ARGV[1])
   end
 end
-if KEYS[2] then store_result(KEYS[2], ARGV[7], ARGV[8]) end
+if KEYS[2] then store_result(KEYS[2], ARGV[8], ARGV[9]) end
+return 1

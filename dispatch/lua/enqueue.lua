@@ -3,12 +3,15 @@
 -- queue (the interactive lane), a batch's onto its batch's lane (`_lanes.lua`).
 -- KEYS: the queue. ARGV: ttl, then the key prefixes of a request record, a result, a batch
 -- and a batch's request list (from `keys`), the six lane key prefixes, then two arguments
--- per request: "<request ID>\x1f<batch ID or nothing>\x1f<tenant or nothing>" and the message. Returns per request 1 (new),
--- 2 (enqueued again: its earlier run ended without dispatching anything) or 0 (exists:
--- skipped). New batch members join the batch's list.
+-- per request: "<request ID>\x1f<batch ID or nothing>\x1f<digest>\x1f<tenant or nothing>"
+-- and the message. Returns per request 1 (new), 2 (enqueued again: its earlier run ended
+-- without dispatching anything), 0 (exists: skipped) or 3 (the ID names another request,
+-- whose digest differs: skipped). New batch members join the batch's list.
 --
 -- Cost per request is what bounds a batch enqueue (bench/enqueue), so the new-request path
--- is two calls: HSETNX creates the record (and is the existence check), EXPIRE dates it.
+-- is three calls: HSETNX creates the record (and is the existence check), HSET keeps the
+-- request's digest (`dispatch.request.request_digest`: a worker refuses a message whose
+-- digest differs), EXPIRE dates it.
 local queue, ttl = KEYS[1], tonumber(ARGV[1])
 local p_request, p_result, p_batch, s_requests = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local k = lane_args(ARGV, 6)
@@ -16,12 +19,16 @@ local out, messages, lists, laned, tenant_of = {}, {}, {}, {}, {}
 for i = 12, #ARGV, 2 do
   local sep = string.find(ARGV[i], '\31', 1, true)
   local sep2 = string.find(ARGV[i], '\31', sep + 1, true)
+  local sep3 = string.find(ARGV[i], '\31', sep2 + 1, true)
   local rid, batch_id = string.sub(ARGV[i], 1, sep - 1), string.sub(ARGV[i], sep + 1, sep2 - 1)
+  local digest = string.sub(ARGV[i], sep2 + 1, sep3 - 1)
   local record = p_request .. rid
   local flag = redis.call('HSETNX', record, 'state', 'queued')
   if flag == 0 then
-    local f = redis.call('HMGET', record, 'state', 'dispatched_job_id', 'exit_code')
-    if f[1] == 'done' and (not f[2] or f[2] == '') then
+    local f = redis.call('HMGET', record, 'state', 'dispatched_job_id', 'exit_code', 'digest')
+    if f[4] and f[4] ~= digest then
+      flag = 3
+    elseif f[1] == 'done' and (not f[2] or f[2] == '') then
       flag = 2
       if batch_id ~= '' and f[3] then
         redis.call('HINCRBY', p_batch .. batch_id, 'done', -1)
@@ -31,14 +38,15 @@ for i = 12, #ARGV, 2 do
       redis.call('HSET', record, 'state', 'queued')
     end
   end
-  if flag > 0 then
+  if flag == 1 or flag == 2 then
+    redis.call('HSET', record, 'digest', digest)
     redis.call('EXPIRE', record, ttl)
     if batch_id == '' then
       messages[#messages + 1] = ARGV[i + 1]
     else
       if not laned[batch_id] then
         laned[batch_id] = {}
-        tenant_of[batch_id] = string.sub(ARGV[i], sep2 + 1)
+        tenant_of[batch_id] = string.sub(ARGV[i], sep3 + 1)
       end
       table.insert(laned[batch_id], ARGV[i + 1])
     end

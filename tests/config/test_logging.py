@@ -45,6 +45,15 @@ def test_json_lines_with_bound_context() -> None:
     assert line["level"] == "info"
 
 
+def test_a_json_line_never_raises_on_what_orjson_refuses() -> None:
+    """A hostile message's arguments are logged as they came: an integer past 64 bits."""
+    out = io.StringIO()
+    configure_logging("json", stream=out)
+    structlog.get_logger().warning("message.dead_lettered", kwargs={"priority": 2**70})
+    line = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert line["kwargs"] == {"priority": 2**70}
+
+
 def test_capture_logs_sees_events() -> None:
     with capture_logs() as logs:
         structlog.get_logger().warning("no worker", queue="dispatchq")

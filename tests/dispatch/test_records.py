@@ -108,8 +108,9 @@ def test_the_scripts_ship_as_package_data() -> None:
 def test_a_request_record_through_its_states(redis_client: redis.Redis) -> None:
     store = RecordStore(redis_client, 60)
     redis_client.set("blob-key", b"payload")
+    redis_client.hset(keys.request("r-1"), "state", "queued")  # enqueued in batch b-1
     begun = store.begin("r-1", "video", "b-1", read="blob-key")
-    assert begun == ("", "", False, b"payload")
+    assert begun == ("", "", False, b"payload", "")
     store.mark_dispatched("r-1", "video/dispatch-1", "e-1", "b-1")
     store.mark_dispatched("r-1", "video/dispatch-1", "e-1", "b-1")  # counted once
     result = StoredResult(keys.celery_result("r-1"), '{"status": "SUCCESS"}', 60)
@@ -142,6 +143,6 @@ def test_a_redelivered_request_that_was_dispatched_is_not_taken_again(
     store = RecordStore(redis_client, 60)
     store.begin("r-1", "video", None)
     store.mark_dispatched("r-1", "video/dispatch-1", "e-1", None)
-    assert store.begin("r-1", "video", None) == ("video/dispatch-1", "e-1", False, None)
+    assert store.begin("r-1", "video", None) == ("video/dispatch-1", "e-1", False, None, "")
     record = store.load("r-1")
     assert record is not None and record.state is RequestState.MONITORING

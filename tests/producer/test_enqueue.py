@@ -8,6 +8,7 @@ import redis
 
 from dispatch import keys
 from dispatch.payload import blob_digest
+from dispatch.request import request_digest
 from producer.enqueue import NEW, SKIPPED, Enqueuer, InvalidRequest, NewRequest
 
 
@@ -36,7 +37,7 @@ def test_one_request_makes_record_blob_and_message(
     )
     assert (rid, added) == ("r-1", NEW)
     record = redis_client.hgetall(keys.request("r-1"))
-    assert record == {b"state": b"queued"}
+    assert set(record) == {b"state", b"digest"} and record[b"state"] == b"queued"
     assert 0 < redis_client.ttl(keys.request("r-1")) <= 600
     digest = blob_digest(b"hello")
     assert redis_client.get(keys.blob(digest)) == b"hello"
@@ -55,6 +56,7 @@ def test_one_request_makes_record_blob_and_message(
         "payload_ref": f"blob:sha256:{digest}",
         "meta": {"profile": "hd"},
     }
+    assert record[b"digest"] == request_digest(kwargs).encode()  # what the worker checks
 
 
 def test_same_request_id_twice_is_enqueued_once(

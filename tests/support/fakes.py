@@ -156,9 +156,16 @@ class FakeRecords:
         self._state(request_id, RequestState.QUEUED)
 
     def begin(
-        self, request_id: str, job_id: str, batch_id: str | None, read: str | None = None
+        self,
+        request_id: str,
+        job_id: str,
+        batch_id: str | None,
+        read: str | None = None,
+        digest: str = "",
     ) -> Begun:
         record = self.records.get(request_id, {})
+        if record.get("digest") not in (None, digest):
+            return Begun("", "", False, None, "refused: another request has this ID")
         child, eval_id = record.get("dispatched_job_id", ""), record.get("eval_id", "")
         cancelled = bool(batch_id) and batch_id in self.cancelled
         if not child and not cancelled:
@@ -186,9 +193,11 @@ class FakeRecords:
         batch_id: str | None,
         error: str = "",
         result: StoredResult | None = None,
-    ) -> None:
+        *,
+        digest: str = "",
+    ) -> bool:
         if self.records.get(request_id, {}).get("state") == RequestState.DONE.value:
-            return  # the first finish wins
+            return True  # the first finish wins
         self._state(request_id, RequestState.DONE)
         self.records[request_id]["exit_code"] = str(exit_code)
         if batch_id:
@@ -197,6 +206,7 @@ class FakeRecords:
                 counters[name] = counters.get(name, 0) + 1
         if result is not None:
             self.results[request_id] = result
+        return True
 
     def load(self, request_id: str) -> RequestRecord | None:
         raw = self.records.get(request_id)
