@@ -20,6 +20,7 @@ import requests
 
 from devstack.nomadsim_process import NomadSimProcess
 from devstack.redis_server import RedisServer
+from devstack.tracker_process import TrackerProcess
 from devstack.worker_process import WorkerProcess
 
 DEMO_JOB = "video-encode"
@@ -31,26 +32,35 @@ SIM_ARGS = ["--nodes", "6", "--node-cpu", "4000", "--node-memory", "8192", "--ru
 
 
 def demo_job() -> dict[str, Any]:
-    """The `video-encode` parameterized job: payload required, meta profile required."""
+    """The `video-encode` parameterized job: payload required, meta profile required; its
+    task runs on nomadsim's mock_driver, and the meta `run_for` and `exit_code` (optional)
+    pick how long each encode runs and how it exits. No restarts or reschedules: a failed
+    encode ends at once (Nomad's batch defaults would retry it for a minute)."""
     return {
         "ID": DEMO_JOB,
         "Name": DEMO_JOB,
         "Type": "batch",
         "Datacenters": ["dc1"],
+        "Meta": {"run_for": "300ms", "exit_code": "0"},
         "ParameterizedJob": {
             "Payload": "required",
             "MetaRequired": ["profile"],
-            "MetaOptional": ["priority"],
+            "MetaOptional": ["priority", "run_for", "exit_code"],
         },
         "TaskGroups": [
             {
                 "Name": "encode",
                 "Count": 1,
+                "RestartPolicy": {"Attempts": 0, "Mode": "fail"},
+                "ReschedulePolicy": {"Attempts": 0, "Unlimited": False},
                 "Tasks": [
                     {
                         "Name": "ffmpeg",
-                        "Driver": "exec",
-                        "Config": {"command": "ffmpeg", "args": ["-i", "${NOMAD_TASK_DIR}/in"]},
+                        "Driver": "mock_driver",
+                        "Config": {
+                            "run_for": "${NOMAD_META_run_for}",
+                            "exit_code": "${NOMAD_META_exit_code}",
+                        },
                         "Resources": {"CPU": 500, "MemoryMB": 256},
                         "DispatchPayload": {"File": "input.json"},
                     }
@@ -66,6 +76,8 @@ class LocalStack:
     sim: NomadSimProcess
     workers: list[WorkerProcess]
     log_dir: Path
+    tracker: TrackerProcess | None = None
+    """Follows the children of `until` finished requests to their end."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -162,8 +174,13 @@ def local_stack(
                 task_events=True,  # for Flower (`dispatchq flower`)
             )
             procs.append(_start(stack, worker))
+        tracker_env = dict(env)
+        if metrics_port:
+            tracker_env["DISPATCHQ_METRICS_PORT"] = str(metrics_port + workers)
+            tracker_env["DISPATCHQ_METRICS_ADDR"] = LOOPBACK
+        tracker = _start(stack, TrackerProcess(env=tracker_env, log_path=logs / "tracker.log"))
         stack.callback(_stop_together, procs)  # the first thing done on the way out
-        yield LocalStack(redis_server, sim, procs, logs)
+        yield LocalStack(redis_server, sim, procs, logs, tracker)
 
 
 def _stop_together(workers: list[WorkerProcess]) -> None:

@@ -18,6 +18,10 @@
 | `dispatchq:tenants:<queue>`      | list   | producer, worker  | none (emptied by fetch)    |
 | `dispatchq:tenant:<tenant>:<queue>` | list | producer, worker | none (emptied by fetch)    |
 | `dispatchq:credit:<queue>`       | hash   | worker fetch      | none (emptied by fetch)    |
+| `dispatchq:follow`               | zset   | worker, tracker   | none: members leave when done |
+| `dispatchq:request:<id>:partial` | string | worker, tracker   | result_ttl, renewed/check  |
+| `dispatchq:tracker:lease`        | string | tracker           | TRACKER_LEASE_MS, renewed  |
+| `dispatchq:progress:<request id>`| channel| tracker           | (pub/sub: nothing stored)  |
 
 The request hash is both the caller-visible state (queued, dispatching, monitoring) and the
 worker's write-ahead record: once `dispatched_job_id` is in it, a redelivered request resumes
@@ -108,6 +112,26 @@ def lane_keys(queue: str) -> list[str]:
     """The key prefixes the lane scripts take as arguments, in their order: lane, lanes,
     tenants, tenant ring (before the tenant), tenant ring suffix (after it), credit."""
     return [LANE, lanes(queue), tenants(queue), f"{PREFIX}:tenant:", f":{queue}", credit(queue)]
+FOLLOW: Final = f"{PREFIX}:follow"
+"""The children followed to their end (`until` finished): member = request ID, score = the
+Unix time of its next forced check. No TTL: a member leaves when its request is done (the
+script that stores the outcome removes it); its request record holds the rest."""
+TRACKER_LEASE: Final = f"{PREFIX}:tracker:lease"
+"""The leading tracker's ID (SET NX PX): one tracker follows children at a time."""
+TRACKER_LEASE_MS: Final = 10_000
+"""The lease lives this long unless its tracker renews it (every third of it)."""
+
+
+def partial(request_id: str) -> str:
+    """A followed child's outcome so far (until its end is stored). TTL: result_ttl,
+    renewed with its record's at every check."""
+    return f"{PREFIX}:request:{request_id}:partial"
+
+
+def progress(request_id: str) -> str:
+    """The pub/sub channel where the tracker announces a followed child's changes (JSON
+    lines) for `dispatchq job dispatch -wait`; nothing is stored."""
+    return f"{PREFIX}:progress:{request_id}"
 
 
 def inflight(consumer_id: str, queue: str) -> str:

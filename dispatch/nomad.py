@@ -189,6 +189,24 @@ class NomadClient:
         body, _ = self._call("GET", path, namespace=namespace)
         return list(body or [])
 
+    def job_allocations(
+        self, job_id: str, *, namespace: str | None = None
+    ) -> list[dict[str, JSON]]:
+        """`GET /v1/job/<id>/allocations`: AllocListStubs with TaskStates, NextAllocation,
+        RescheduleTracker and FollowupEvalID (`[]` for a job without allocations)."""
+        path = f"/v1/job/{quote(job_id, safe='')}/allocations"
+        body, _ = self._call("GET", path, namespace=namespace)
+        return list(body or [])
+
+    def watch_job_allocations(
+        self, job_id: str, *, namespace: str | None = None, index: int = 0, wait: float = 30.0
+    ) -> tuple[list[dict[str, JSON]], int]:
+        """`job_allocations` as a blocking query: answers once the index passes `index`
+        (or `wait` seconds pass), with the new index."""
+        path = f"/v1/job/{quote(job_id, safe='')}/allocations"
+        body, last = self._call("GET", path, namespace=namespace, index=index, wait=wait)
+        return list(body or []), last
+
     def read_evaluation(
         self, eval_id: str, *, index: int = 0, wait: float | None = None
     ) -> tuple[dict[str, JSON], int]:

@@ -37,8 +37,15 @@ COMPLETE = "complete"  # followed to the end; the last evaluation placed everyth
 PLACEMENT_FAILED = "placement_failed"  # the last evaluation failed to place some
 DISPATCHED = "dispatched"  # accepted and not followed: -detach, or no evaluation
 ERROR = "error"  # refused, unreachable, or the evaluation could not be read
+# `until` finished (`dispatch.follow.decide`): how the child job ended
+FINISHED = "finished"  # every chain's last allocation completed, no task failed
+FAILED = "failed"  # a task failed (after restarts and reschedules), start error, max_run
+UNPLACED = "unplaced"  # still waiting for placement when the wait timeout ran out
 
-EXIT_CODES = {COMPLETE: 0, DISPATCHED: 0, PLACEMENT_FAILED: 2, ERROR: 1}
+EXIT_CODES = {
+    COMPLETE: 0, DISPATCHED: 0, PLACEMENT_FAILED: 2, ERROR: 1,
+    FINISHED: 0, FAILED: 2, UNPLACED: 2,
+}  # fmt: skip
 STORED_VERSION = 2  # `to_stored`'s form; `to_json`'s full form has no "v"
 OUTCOME_SCHEMA: dict[str, Any] = json.loads(
     (Path(__file__).with_name("outcome.schema.json")).read_text()
@@ -90,6 +97,8 @@ class Outcome:
     error_message: str | None = None  # the server's own text when there was one
     error_status: int | None = None
     events: list[Event] = field(default_factory=list)
+    child: dict[str, Any] | None = None
+    """How the child job ended (`until` finished): `dispatch.follow.decide.child_end`."""
 
     @property
     def exit_code(self) -> int:
@@ -129,7 +138,19 @@ class Outcome:
         if events and isinstance(events[0], Dispatched):
             events = events[1:]  # rebuilt from the summary by `from_stored`
         data["events"] = [event.to_row() for event in events]
+        if self.child is not None:
+            data["child"] = self.child
         return data
+
+    def with_end(
+        self, status: str, child: dict[str, Any], error_kind: str = "", message: str = ""
+    ) -> Outcome:
+        """This outcome (the evaluation's) with the child's end: its status decides."""
+        self.status, self.child = status, child
+        self.error_kind = error_kind or None
+        self.error_message = message or None
+        self.error_status = None
+        return self
 
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> Outcome:
@@ -141,6 +162,11 @@ class Outcome:
         for row in data.get("events", []):
             recorder.emit(event_from_row(row))
         outcome = recorder.outcome()
+        if "child" in data:
+            outcome.with_end(
+                data["status"], data["child"], data.get("error_kind", ""),
+                data.get("error_message", ""),
+            )  # fmt: skip
         started, dispatch_seconds, monitor_seconds = data["timings"]
         outcome.timings = Timings(started, dispatch_seconds, monitor_seconds)
         return outcome

@@ -4,10 +4,20 @@
 and the worker's write-ahead log. Every script that writes it is a `.lua` file in `lua/`
 beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
 
-- `state` (enqueue.lua, begin.lua, dispatched.lua, done.lua, replay.lua): the state machine
-  `TRANSITIONS` below; `queued` when the producer enqueues it (again), `dispatching` when a
-  worker takes it, `monitoring` once Nomad answered the dispatch, `done` with its outcome;
-  a replayed dead letter goes back to `queued`.
+- `state` (enqueue.lua, begin.lua, dispatched.lua, handoff.lua, stage.lua, done.lua,
+  replay.lua): the state machine `TRANSITIONS` below; `queued` when the producer enqueues
+  it (again), `dispatching` when a worker takes it, `monitoring` once Nomad answered the
+  dispatch, `done` with its outcome; a request that follows its child (`until` finished)
+  goes from `monitoring` to `scheduled` when its evaluation is done (placed, or blocked
+  and waiting for capacity: handoff.lua), then `running` once the tracker saw an
+  allocation run (stage.lua), and `done` when the child ended (done.lua, from the
+  tracker); a replayed dead letter goes back to `queued`.
+- `namespace` (handoff.lua): the child's namespace, for the tracker's reads.
+- `deadline` (handoff.lua; dropped by done.lua): the Unix time a followed child's
+  `wait_timeout` runs out. Its outcome so far (stored form, JSON) is not a field but the
+  key `keys.partial` beside the record (handoff.lua; deleted by done.lua): a hash whose
+  values all stay under 64 bytes keeps Redis's compact encoding, half the memory of a
+  followed child (see the README, "Following children to their end").
 - `job_id` (begin.lua): the parameterized job, when a worker takes the request.
 - `batch_id` (begin.lua): the request's batch, when a worker takes it, for one in a batch.
 - `started_at` (begin.lua): Unix time a worker last took it; `RequestRecord.started_at`.
@@ -45,6 +55,8 @@ class RequestState(StrEnum):
     QUEUED = "queued"
     DISPATCHING = "dispatching"
     MONITORING = "monitoring"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
     DONE = "done"
 
 
@@ -53,14 +65,21 @@ _STATES = frozenset(s.value for s in RequestState)
 TRANSITIONS: dict[RequestState | None, frozenset[RequestState]] = {
     # enqueued; or, for a foreign producer's message (no record), taken or refused at once
     None: frozenset({RequestState.QUEUED, RequestState.DISPATCHING, RequestState.DONE}),
-    RequestState.QUEUED: frozenset({RequestState.DISPATCHING, RequestState.DONE}),
+    # a replayed request that had dispatched resumes where it was: done, or followed on
+    RequestState.QUEUED: frozenset(
+        {RequestState.DISPATCHING, RequestState.SCHEDULED, RequestState.DONE}
+    ),
     RequestState.DISPATCHING: frozenset({RequestState.MONITORING, RequestState.DONE}),
-    RequestState.MONITORING: frozenset({RequestState.DONE}),
+    RequestState.MONITORING: frozenset({RequestState.SCHEDULED, RequestState.DONE}),
+    # `until` finished: the tracker follows the child from here
+    RequestState.SCHEDULED: frozenset({RequestState.RUNNING, RequestState.DONE}),
+    RequestState.RUNNING: frozenset({RequestState.SCHEDULED, RequestState.DONE}),
     RequestState.DONE: frozenset({RequestState.QUEUED}),  # enqueued again, or replayed
 }
 """The states a record can go to from each (None: no record yet). A redelivery may write
-its state again (dispatching, monitoring); done is final until enqueued again (a request
-that never dispatched) or replayed from the dead-letter list."""
+its state again (dispatching, monitoring, scheduled); a rescheduled child goes from
+running back to scheduled while it waits for its replacement; done is final until
+enqueued again (a request that never dispatched) or replayed from the dead-letter list."""
 
 FIELDS = (
     "state",
@@ -71,6 +90,8 @@ FIELDS = (
     "eval_id",
     "exit_code",
     "deliveries",
+    "namespace",
+    "deadline",
     "digest",
 )
 """Every field of the record (the docstring says who writes each, and when)."""
@@ -95,9 +116,9 @@ def _load_scripts() -> dict[str, str]:
 
 SCRIPTS = _load_scripts()
 """The text of each script of `lua/`, read once: `begin`, `dispatched`, `done`, `enqueue`,
-`fetch_fair`, `lane_push`, `reclaim`, `replay`, `requeue`, `store_result` (the lane scripts
-belong to `worker.fetch`; they live here with the others so that every script is loaded
-one way)."""
+`fetch_fair`, `handoff`, `lane_push`, `lease`, `reclaim`, `replay`, `requeue`, `stage`,
+`store_result` (the lane scripts belong to `worker.fetch`; they live here with the others
+so that every script is loaded one way)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +131,8 @@ class RequestRecord:
     dispatched_job_id: str = ""
     eval_id: str = ""
     exit_code: int | None = None
+    namespace: str = ""
+    deadline: float | None = None
 
     @classmethod
     def from_hash(cls, request_id: str, raw: dict[bytes, bytes]) -> RequestRecord:
@@ -124,6 +147,8 @@ class RequestRecord:
             dispatched_job_id=data.get("dispatched_job_id", ""),
             eval_id=data.get("eval_id", ""),
             exit_code=int(data["exit_code"]) if "exit_code" in data else None,
+            namespace=data.get("namespace", ""),
+            deadline=float(data["deadline"]) if data.get("deadline") else None,
         )
 
     @property
@@ -168,6 +193,21 @@ class StoredResult:
     ttl: int
 
 
+IN_RECORD = ("job_id", "dispatched_job_id", "eval_id")
+"""Fields of a stored outcome the record holds too: left out of `keys.partial` (every
+byte of a followed child counts) and put back by `with_record`."""
+
+
+def with_record(partial: str, record: RequestRecord) -> dict[str, Any]:
+    """A followed child's outcome so far (stored form), whole again."""
+    data: dict[str, Any] = json.loads(partial)
+    for name in IN_RECORD:
+        value = getattr(record, name)
+        if value:
+            data[name] = value
+    return data
+
+
 MAX_BATCH_ERRORS = 50
 """A batch keeps the first errors only: enough to see what went wrong, bounded memory."""
 
@@ -181,6 +221,8 @@ class RecordStore:
         self._dispatched = client.register_script(SCRIPTS["dispatched"])
         self._done = client.register_script(SCRIPTS["done"])
         self._begin = client.register_script(SCRIPTS["begin"])
+        self._handoff = client.register_script(SCRIPTS["handoff"])
+        self._stage = client.register_script(SCRIPTS["stage"])
 
     def load(self, request_id: str) -> RequestRecord | None:
         raw = self.client.hgetall(keys.request(request_id))
@@ -240,6 +282,66 @@ class RecordStore:
             script_keys.append(result.key)
             args += [result.value, result.ttl]
         return bool(self._done(keys=script_keys, args=args) != -1)
+
+    def hand_off(
+        self,
+        request_id: str,
+        namespace: str,
+        partial: dict[str, Any],
+        deadline: float | None,
+    ) -> bool:
+        """The evaluation is done and the request follows its child: `scheduled`, with the
+        outcome so far, in the follow set, due at once (the tracker takes it from here).
+        False for a request already done."""
+        return bool(
+            self._handoff(
+                keys=[keys.request(request_id), keys.FOLLOW, keys.partial(request_id)],
+                args=[
+                    self.ttl,
+                    request_id,
+                    time.time(),
+                    namespace,
+                    "" if deadline is None else repr(deadline),
+                    json.dumps(
+                        {k: v for k, v in partial.items() if k not in IN_RECORD},
+                        separators=(",", ":"),
+                    ),
+                ],
+            )
+        )
+
+    def load_partial(self, request_id: str) -> str:
+        """A followed child's outcome so far (JSON), or "" if there is none."""
+        value = self.client.get(keys.partial(request_id))
+        return value.decode() if isinstance(value, bytes) else ""
+
+    def restage(self, request_id: str, state: RequestState, next_check: float) -> bool:
+        """A followed child not ended yet: its stage and its next forced check. False when
+        the request is done (it leaves the follow set)."""
+        return bool(
+            self._stage(
+                keys=[keys.request(request_id), keys.FOLLOW, keys.partial(request_id)],
+                args=[self.ttl, request_id, state.value, next_check],
+            )
+        )
+
+    def finish_followed(
+        self,
+        request_id: str,
+        exit_code: int,
+        batch_id: str | None,
+        error: str,
+        result: StoredResult,
+    ) -> bool:
+        """A followed child's end: stored, published, done, counted, out of the follow set,
+        in one step; the first finish wins (True), any later one changes nothing."""
+        batch = keys.batch(batch_id) if batch_id else ""
+        errors = keys.batch_errors(batch_id) if batch_id else ""
+        entry = json.dumps({"request_id": request_id, "error": error}) if error else ""
+        args: list[Any] = [self.ttl, exit_code, batch, entry, errors, MAX_BATCH_ERRORS, ""]
+        args += [result.value, result.ttl, request_id]
+        keys_ = [keys.request(request_id), result.key, keys.FOLLOW, keys.partial(request_id)]
+        return bool(self._done(keys=keys_, args=args))
 
     def batch_cancelled(self, batch_id: str) -> bool:
         """Whether the batch has been cancelled (for a request that waited its turn)."""

@@ -35,6 +35,10 @@ REQUEST_ID_MAX = 200
 """Characters of a request ID at most."""
 PRIORITY_MAX = 100
 """Nomad's highest job priority; 0 means the parent's."""
+UNTIL_SCHEDULED: Literal["scheduled"] = "scheduled"
+"""`until`'s default: the request is done when its evaluation is (placed, or blocked)."""
+UNTIL_FINISHED: Literal["finished"] = "finished"
+"""`until` finished: the request is done when its child job is (`dispatch.follow`)."""
 
 _CONTROL = re.compile("[\x00-\x1f]")
 # As patterns, checked by pydantic-core without a call into Python (a batch enqueue
@@ -67,6 +71,8 @@ class DispatchRequest(BaseModel):
     priority: int = Field(0, ge=0, le=PRIORITY_MAX)
     batch_id: NoControl | None = None
     tenant: Annotated[str, Field(pattern=TENANT_PATTERN)] | None = None
+    until: Literal["scheduled", "finished"] = "scheduled"
+    wait_timeout: Annotated[float, Field(gt=0)] | None = None
 
     @classmethod
     def from_message(
@@ -116,8 +122,18 @@ class DispatchRequest(BaseModel):
         """The task's keyword arguments: `v`, the IDs, and the other fields unless they
         are empty or their default (the compact form of the README's message format), in
         the model's order."""
-        # `v` and the IDs are never empty (validated); every default is falsy.
-        return {name: value for name, value in self.__dict__.items() if value}
+        # `v` and the IDs are never empty (validated); every default is falsy but `until`'s,
+        # left out too, so that a request as of version 1 is the message it always was.
+        return {
+            name: value
+            for name, value in self.__dict__.items()
+            if value and not (name == "until" and value == UNTIL_SCHEDULED)
+        }
+
+    @property
+    def follows_child(self) -> bool:
+        """Whether the request is done only when its child job is (`until` finished)."""
+        return self.until == UNTIL_FINISHED
 
     @property
     def idempotency_token(self) -> str:
@@ -171,6 +187,8 @@ _PRODUCER_TEXTS = {
     "priority": f"priority must be an integer from 0 (inherit) to {PRIORITY_MAX}",
     "payload_ref": "payload_ref must be a non-empty string",
     "tenant": TENANT_TEXT,
+    "until": "until must be 'scheduled' or 'finished'",
+    "wait_timeout": "wait_timeout must be a number of seconds above 0",
 }
 
 

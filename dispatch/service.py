@@ -31,11 +31,15 @@ from dispatch.eventfeed import EvaluationFeed, FeedReader
 from dispatch.events import Dispatched, DispatchFailed, EvalReadFailed, Event
 from dispatch.monitor import DEFAULT_WAIT, Dispatcher, EvaluationReader, follow
 from dispatch.nomad_config import NomadConfig
-from dispatch.outcome import Outcome, OutcomeRecorder
+from dispatch.outcome import COMPLETE, DISPATCHED, PLACEMENT_FAILED, Outcome, OutcomeRecorder
 from dispatch.records import Begun, RequestRecord, RequestState, StoredResult
 from dispatch.request import UNREADABLE, DispatchRequest, is_request_id, request_digest
 
 log = structlog.get_logger(__name__)
+
+HANDED_OFF = frozenset({COMPLETE, PLACEMENT_FAILED, DISPATCHED})
+"""The evaluation's ends after which a request that follows its child (`until` finished)
+goes to the tracker: placed, blocked (it waits for capacity), or not followed (-detach)."""
 
 
 # The service's parts, as it uses them: `NomadClient`, `PayloadResolver` and `RecordStore`
@@ -86,6 +90,14 @@ class Records(Protocol):
     ) -> bool: ...
 
     def load(self, request_id: str) -> RequestRecord | None: ...
+
+    def hand_off(
+        self,
+        request_id: str,
+        namespace: str,
+        partial: dict[str, Any],
+        deadline: float | None,
+    ) -> bool: ...
 
     def batch_cancelled(self, batch_id: str) -> bool: ...
 
@@ -305,7 +317,27 @@ class DispatchService:
         outcome = recorder.outcome()
         if self.gate is not None and resources_exhausted(outcome):
             self.gate.overloaded("resources exhausted")
+        if request.follows_child and outcome.status in HANDED_OFF:
+            return self._hand_off(request, outcome, child_id)
         return self._finish(request, outcome)
+
+    def _hand_off(self, request: DispatchRequest, outcome: Outcome, child_id: str) -> Outcome:
+        """`until` finished: the evaluation is done (placed, or blocked: the child waits for
+        capacity), so the request goes to the tracker's follow set with the outcome so far,
+        and this worker's slot is free. The outcome returned is not stored."""
+        deadline = None
+        if request.wait_timeout is not None:
+            deadline = outcome.timings.started_at + request.wait_timeout
+        namespace = request.namespace or self.client.config.namespace or ""
+        self.records.hand_off(request.request_id, namespace, outcome.to_stored(), deadline)
+        log.info(
+            "request.handed_off",
+            request_id=request.request_id,
+            job_id=request.job_id,
+            dispatched_job_id=child_id,
+            status=outcome.status,
+        )
+        return outcome
 
     def _finish(self, request: DispatchRequest, outcome: Outcome) -> Outcome:
         error = outcome.error_message or "" if outcome.exit_code == 1 else ""

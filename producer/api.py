@@ -112,6 +112,8 @@ class Producer:
         id_prefix_template: str = "",
         priority: int = 0,
         tenant: str | None = None,
+        until: str = "scheduled",
+        wait_timeout: float | None = None,
     ) -> str:
         """Validate locally and enqueue one request; returns its request ID. A request in
         no batch is taken before any batch's (the interactive lane), whatever its tenant.
@@ -119,6 +121,8 @@ class Producer:
         Raises `InvalidRequest` for what can be known bad without Nomad. Enqueueing an ID
         that already exists does nothing and returns the ID (safe to retry); an ID that
         names another request (another job, payload or meta) raises `InvalidRequest`.
+        `until` "finished" makes the request done when its child job is, not when its
+        evaluation is; `wait_timeout` (seconds) bounds that wait.
         """
         request = NewRequest(
             job_id,
@@ -131,6 +135,8 @@ class Producer:
             id_prefix_template=id_prefix_template,
             priority=priority,
             tenant=tenant,
+            until=until,
+            wait_timeout=wait_timeout,
         )
         [(rid, flag)] = self.enqueuer.enqueue([request])
         if flag == CONFLICT:
@@ -155,6 +161,7 @@ class Producer:
         detach: bool = False,
         preflight: bool = True,
         tenant: str | None = None,
+        until: str = "scheduled",
     ) -> str:
         """Enqueue a batch; returns its ID. With `preflight`, the job is read once from
         Nomad and a batch with any item it would refuse is rejected whole
@@ -169,7 +176,13 @@ class Producer:
             check_items(job, listed)
         batch_id = batch_id or new_batch_id()
         BatchSubmitter(self.enqueuer, self.batches).submit(
-            job_id, listed, batch_id=batch_id, namespace=namespace, detach=detach, tenant=tenant
+            job_id,
+            listed,
+            batch_id=batch_id,
+            namespace=namespace,
+            detach=detach,
+            tenant=tenant,
+            until=until,
         )
         return batch_id
 

@@ -82,6 +82,7 @@ class BatchSubmitter:
         namespace: str | None = None,
         detach: bool = False,
         tenant: str | None = None,
+        until: str = "scheduled",
     ) -> dict[int, int]:
         """Enqueue; returns how many items were new (1), enqueued again (2), skipped (0),
         skipped because their ID names another request (3: a resumed batch keeps what was
@@ -100,6 +101,7 @@ class BatchSubmitter:
                 detach=detach,
                 batch_id=batch_id,
                 tenant=tenant,
+                until=until,
             )
             for n, item in enumerate(items, start=1)
         )

@@ -28,6 +28,7 @@ from producer import (
     cli_lanes,
     cli_queue,
     cli_sim,
+    cli_tracker,
 )
 
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="<command>")
     for module in (cli_job, cli_batch, cli_queue, cli_lanes, cli_dlq, cli_demo, cli_dev,
-                   cli_sim, cli_health, cli_flower):  # fmt: skip
+                   cli_sim, cli_health, cli_flower, cli_tracker):  # fmt: skip
         module.register(commands)
     return parser
 

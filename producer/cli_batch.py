@@ -1,6 +1,6 @@
 """`dispatchq batch`: fan out a file of requests, follow its progress, read its results.
 
-dispatchq batch [submit] <job> FILE|- [--csv] [--batch-id ID] [--wait] [-json]
+dispatchq batch [submit] <job> FILE|- [--csv] [--batch-id ID] [--until finished] [--wait] [-json]
 dispatchq batch status ID [--wait] [-json]
 dispatchq batch results ID
 dispatchq batch cancel ID [--stop-dispatched]
@@ -54,6 +54,13 @@ def register(commands: Any) -> None:
     )
     batch.add_argument(
         "--no-preflight", action="store_true", help="skip the check against the job's rules"
+    )
+    batch.add_argument(
+        "--until",
+        choices=("scheduled", "finished"),
+        default="scheduled",
+        help="a request is done when its evaluation is (scheduled, the default) or when "
+        "its child job is (finished: followed by `dispatchq tracker`)",
     )
     batch.add_argument("--wait", action="store_true", help="show a live progress bar until done")
     batch.add_argument(
@@ -112,6 +119,7 @@ def _submit(producer: Producer, args: argparse.Namespace, job: str, path: str) -
         namespace=args.namespace,
         preflight=not args.no_preflight,
         tenant=args.tenant,
+        until=args.until,
     )
     if args.json and not args.wait:
         print(json.dumps({"batch_id": batch_id, "items": len(items)}))

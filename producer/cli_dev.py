@@ -43,7 +43,9 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from devstack.stack import local_stack  # noqa: PLC0415  (the stack loads only here)
 
-    print("dispatchq dev: starting redis-server, nomadsim and workers...", file=sys.stderr)
+    print(
+        "dispatchq dev: starting redis-server, nomadsim, workers and a tracker...", file=sys.stderr
+    )
     try:
         with local_stack(args.workers, args.concurrency, args.metrics_port) as stack:
             _announce(stack, args.metrics_port)
@@ -82,6 +84,7 @@ def _watch(stack: LocalStack) -> int:
         "redis-server": stack.redis.process,
         "nomadsim": stack.sim.process,
         **{f"worker {w.name}": w.process for w in stack.workers},
+        "tracker": stack.tracker.process if stack.tracker else None,
     }
     while True:
         for name, process in children.items():

@@ -27,12 +27,31 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--local", action="store_true", help="only workers on this host (by hostname)"
     )
+    parser.add_argument(
+        "--tracker",
+        action="store_true",
+        help="instead: exit 0 if a `dispatchq tracker` holds the lease (follows children)",
+    )
     parser.set_defaults(handler=run)
+
+
+def _tracker(client: redis.Redis) -> int:
+    holder, left = client.get(keys.TRACKER_LEASE), client.pttl(keys.TRACKER_LEASE)
+    if not holder:
+        print("No tracker holds the lease: children of `until` finished requests wait "
+              "(start `dispatchq tracker`)", file=sys.stderr)  # fmt: skip
+        return 1
+    followed = client.zcard(keys.FOLLOW)
+    name = holder.decode() if isinstance(holder, bytes) else str(holder)
+    print(f"{name} leads ({left} ms left on its lease), {followed} children followed")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     with redis.Redis.from_url(settings.redis_url.get_secret_value()) as client:
+        if args.tracker:
+            return _tracker(client)
         workers = live_workers(client, settings.queue)
     if args.local:
         # Celery's default: socket.gethostname(), also behind a worker's %h.

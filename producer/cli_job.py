@@ -23,13 +23,16 @@ from typing import Any, NoReturn, TextIO
 from config.logging import configure_logging
 from dispatch.errors import ConfigError
 from dispatch.events import Event
+from dispatch.follow.direct import follow_child
+from dispatch.follow.progress import final_line, parse_duration
 from dispatch.monitor import dispatch_and_follow
 from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
 from dispatch.outcome import Outcome
 from dispatch.render import render
-from dispatch.request import DispatchRequest
+from dispatch.request import UNTIL_FINISHED, UNTIL_SCHEDULED, DispatchRequest
 from dispatch.retry import RetryPolicy
+from dispatch.service import HANDED_OFF
 from producer.enqueue import InvalidRequest
 from producer.messages import new_request_id
 from producer.queued import NoWorker, dispatch_queued
@@ -67,6 +70,12 @@ Dispatch Options:
                          A prefix template for the dispatched job's ID.
   -priority=<n>          The dispatched job's priority (1-100; 0 inherits).
   -verbose               Print full 36-character IDs.
+  -wait                  After the evaluation, follow the dispatched job to its
+                         end: a line per allocation or task change, then the
+                         job's end. Exit 0 when every allocation completed,
+                         2 when it failed (or was still unplaced at the
+                         timeout), 1 otherwise. No time limit unless:
+  -wait-timeout=<d>      Stop waiting after this long (90s, 5m, 1h30m).
   -direct                Call Nomad from this process instead of going through
                          the queue (the default: a worker dispatches and this
                          command waits for its outcome; there -detach prints
@@ -103,12 +112,30 @@ DispatchPath = Callable[[JobDispatch, Callable[[Event], None]], Outcome]
 
 
 def dispatch_direct(request: JobDispatch, on_event: Callable[[Event], None]) -> Outcome:
-    """Dispatch and monitor from this process, like the nomad CLI."""
+    """Dispatch and monitor from this process, like the nomad CLI; with -wait, then follow
+    the child to its end (`dispatch.follow.direct`)."""
     with NomadClient(request.nomad, retry=DIRECT_RETRY) as client:
-        return dispatch_and_follow(
+        outcome = dispatch_and_follow(
             client, request.request, request.payload,
             idempotency_token=request.idempotency_token, on_event=on_event,
-        )
+        )  # fmt: skip
+        child = outcome.dispatched_job_id
+        if not request.request.follows_child or not child or outcome.status not in HANDED_OFF:
+            return outcome
+        timeout = request.request.wait_timeout
+        deadline = None if timeout is None else outcome.timings.started_at + timeout
+        verdict = follow_child(
+            client, child, namespace=request.request.namespace, deadline=deadline,
+            on_line=_say, verbose=False,
+        )  # fmt: skip
+    outcome.with_end(verdict.status, verdict.child, verdict.error_kind, verdict.message)
+    _say(final_line(outcome, child))
+    return outcome
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def dispatch_through_queue(request: JobDispatch, on_event: Callable[[Event], None]) -> Outcome:
@@ -118,6 +145,7 @@ def dispatch_through_queue(request: JobDispatch, on_event: Callable[[Event], Non
         payload=request.payload,
         idempotency_token=request.idempotency_token,
         on_event=on_event,
+        on_line=_say,
     )
     if request.detach:
         sys.stdout.write(f"Request ID = {request_id}\n")
@@ -190,6 +218,8 @@ def register(commands: Any) -> None:
     _flag(parser, "detach", action="store_true")
     _flag(parser, "verbose", action="store_true")
     _flag(parser, "direct", action="store_true")
+    _flag(parser, "wait", action="store_true")
+    _flag(parser, "wait-timeout", default="")
     _flag(parser, "idempotency-token", default="")
     _flag(parser, "id-prefix-template", default="")
     _flag(parser, "priority", type=int, default=0)
@@ -243,6 +273,14 @@ def build_request(options: argparse.Namespace, environ: Mapping[str, str]) -> Jo
         positional = positional[1:]
     if not 1 <= len(positional) <= 2:
         raise UsageError(f"{ARGUMENT_COUNT}\n\n{USAGE}".rstrip("\n"))
+    wait_timeout = None
+    if options.wait_timeout:
+        if not options.wait:
+            raise UsageError("-wait-timeout requires -wait")
+        try:
+            wait_timeout = parse_duration(options.wait_timeout)
+        except ValueError as err:
+            raise UsageError(f"Error parsing -wait-timeout: {err}") from None
     payload = _read_input(positional[1]) if len(positional) == 2 else None
     meta = _parse_meta(options.meta)
     nomad = NomadConfig.from_env(environ).with_overrides(
@@ -266,6 +304,8 @@ def build_request(options: argparse.Namespace, environ: Mapping[str, str]) -> Jo
         detach=options.detach,
         id_prefix_template=options.id_prefix_template,
         priority=options.priority,
+        until=UNTIL_FINISHED if options.wait else UNTIL_SCHEDULED,
+        wait_timeout=wait_timeout,
     )
     token = options.idempotency_token or None
     return JobDispatch(request=request, payload=payload, idempotency_token=token, nomad=nomad)

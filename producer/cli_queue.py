@@ -121,6 +121,8 @@ def status_lines(status: RequestStatus) -> list[str]:
         pairs.append(("Evaluation Status", outcome.eval_status))
     if outcome is not None and outcome.blocked_eval_id:
         pairs.append(("Blocked Evaluation", outcome.blocked_eval_id))
+    if outcome is not None and outcome.child is not None:
+        pairs.append(("Child Job Status", outcome.child.get("status") or "gone"))
     if outcome is not None and outcome.error_message:
         pairs.append(("Error", outcome.error_message))
     return format_kv(pairs)

@@ -18,18 +18,26 @@ from devstack.stack import DEMO_JOB, DEMO_QUEUE, LocalStack, local_stack
 from producer.api import Producer, RequestStatus
 
 PROFILES = ("480p", "720p", "1080p", "4k")
+RUN_MS = {"480p": 200, "720p": 300, "1080p": 500, "4k": 900}
+FAILURES = {3: "corrupt source", 137: "killed (out of memory)"}
+"""Exit codes a few encodes end with on purpose (one in 60): the summary shows them."""
 
 
 def encode_requests(count: int, seed: int = 7) -> list[dict[str, Any]]:
-    """`count` encode requests: a small JSON payload each, a profile, sometimes a priority."""
+    """`count` encode requests, each followed to its end (`until` finished): a small JSON
+    payload, a profile (which sets how long the mock encode runs), sometimes a priority,
+    and for one in 60 an exit code that fails it."""
     rng = random.Random(seed)  # noqa: S311  (demo data)
     items = []
     for n in range(count):
-        meta = {"profile": rng.choice(PROFILES)}
+        profile = rng.choice(PROFILES)
+        meta = {"profile": profile, "run_for": f"{RUN_MS[profile] + rng.randrange(200)}ms"}
         if n % 5 == 0:
             meta["priority"] = "high"
+        if n % 60 == 59:
+            meta["exit_code"] = "3" if n % 120 == 59 else "137"
         payload = json.dumps({"source": f"s3://media/raw/clip-{n:05d}.mov", "n": n}).encode()
-        items.append({"payload": payload, "meta": meta})
+        items.append({"payload": payload, "meta": meta, "until": "finished"})
     return items
 
 
@@ -60,7 +68,8 @@ def _fan_out(stack: LocalStack, count: int, console: Console) -> int:
     env = stack.env
     console.print(
         f"Stack up: redis {env['DISPATCHQ_REDIS_URL']}, nomadsim {env['NOMAD_ADDR']}, "
-        f"{len(stack.workers)} worker(s). Dispatching {count} x {DEMO_JOB}."
+        f"{len(stack.workers)} worker(s), a tracker. Dispatching {count} x {DEMO_JOB}, "
+        "each followed to its end."
     )
     settings = Settings(redis_url=env["DISPATCHQ_REDIS_URL"], queue=DEMO_QUEUE)
     codes: Counter[int] = Counter()
@@ -73,7 +82,7 @@ def _fan_out(stack: LocalStack, count: int, console: Console) -> int:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn(
-                "ok {task.fields[ok]}  placement-wait {task.fields[wait]}  err {task.fields[err]}"
+                "succeeded {task.fields[ok]}  failed {task.fields[wait]}  error {task.fields[err]}"
             ),
             TimeElapsedColumn(),
         )
@@ -88,14 +97,29 @@ def _fan_out(stack: LocalStack, count: int, console: Console) -> int:
             statuses = producer.wait(ids, timeout=600, on_done=done)
         elapsed = time.monotonic() - started
     console.print(summary_table(statuses, codes, enqueued, elapsed))
-    examples = [s for s in statuses.values() if s.outcome is not None][:3]
-    for status in examples:
+    failed = [s for s in statuses.values() if s.outcome is not None and s.outcome.exit_code]
+    for status in failed[:3]:
         assert status.outcome is not None
         console.print(
             f"  {status.request_id}: exit {status.outcome.exit_code}, "
-            f"{status.outcome.dispatched_job_id}, eval {status.outcome.eval_status}"
+            f"{status.outcome.dispatched_job_id}: {status.outcome.error_message}"
         )
     return 1 if codes[1] or sum(codes.values()) < count else 0
+
+
+def _task_ends(statuses: dict[str, RequestStatus]) -> tuple[Counter[int], list[float]]:
+    """The task exit codes of the failed encodes, and how long every encode ran."""
+    exits: Counter[int] = Counter()
+    seconds = []
+    for status in statuses.values():
+        child = status.outcome.child if status.outcome is not None else None
+        for alloc in (child or {}).get("allocations", []):
+            for task in alloc.get("tasks", {}).values():
+                if task.get("failed") and "exit_code" in task:
+                    exits[task["exit_code"]] += 1
+                if "started_at" in task and "finished_at" in task:
+                    seconds.append(task["finished_at"] - task["started_at"])
+    return exits, sorted(seconds)
 
 
 def summary_table(
@@ -105,14 +129,26 @@ def summary_table(
     table.add_column("exit code")
     table.add_column("meaning")
     table.add_column("requests", justify="right")
-    meanings = {0: "scheduled", 2: "placement failed (blocked eval waits)", 1: "error"}
+    exits, seconds = _task_ends(statuses)
+    failures = ", ".join(
+        f"exit {code} ({FAILURES.get(code, 'failed')}): {n}" for code, n in sorted(exits.items())
+    )
+    meanings = {
+        0: "succeeded: the encode ran and exited 0",
+        2: f"failed: {failures or 'a task failed'}",
+        1: "error (lost, stopped, unreachable...)",
+    }
     for code in (0, 2, 1):
         table.add_row(str(code), meanings[code], str(codes[code]))
     unfinished = len(statuses) - sum(codes.values())
     if unfinished:
         table.add_row("-", "not finished", str(unfinished))
+    ran = ""
+    if seconds:
+        median, p95 = seconds[len(seconds) // 2], seconds[int(len(seconds) * 0.95)]
+        ran = f"; each encode ran {median:.2f}s (median), {p95:.2f}s (p95)"
     table.caption = (
-        f"{len(statuses)} requests: enqueued in {enqueued:.2f}s, all done in {elapsed:.2f}s "
-        f"({len(statuses) / elapsed:.0f}/s end to end)"
+        f"{len(statuses)} encodes followed to their end: enqueued in {enqueued:.2f}s, all "
+        f"finished in {elapsed:.2f}s{ran}"
     )
     return table

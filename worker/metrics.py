@@ -208,12 +208,14 @@ class WorkerMetrics:
             self.outcomes.labels(exit_code="1", status="task_failed", error_kind=kind).inc()
 
     def _count_outcome(self, outcome: dict[str, Any]) -> None:
-        """`outcome` is the task's return value, `Outcome.to_stored()`."""
-        self.outcomes.labels(
-            exit_code=str(outcome.get("exit_code", "")),
-            status=str(outcome.get("status", "")),
-            error_kind=str(outcome.get("error_kind") or ""),
-        ).inc()
+        """`outcome` is the task's return value, `Outcome.to_stored()` (or, for a request
+        handed to the tracker, no outcome yet: only its dispatch latency counts here)."""
+        if outcome.get("status") != "handed_off":
+            self.outcomes.labels(
+                exit_code=str(outcome.get("exit_code", "")),
+                status=str(outcome.get("status", "")),
+                error_kind=str(outcome.get("error_kind") or ""),
+            ).inc()
         timings = outcome.get("timings")  # [started_at, dispatch_seconds, monitor_seconds]
         if isinstance(timings, list) and len(timings) > 1:
             dispatch_seconds = timings[1]

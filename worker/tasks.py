@@ -20,7 +20,7 @@ from config.celery import TASK_DISPATCH
 from dispatch.errors import DispatchqError, RequestRefused
 from dispatch.outcome import Outcome
 from dispatch.request import DispatchRequest, InvalidMessage, request_digest
-from dispatch.service import fail_message, failed_outcome
+from dispatch.service import HANDED_OFF, fail_message, failed_outcome
 from worker.app import app
 from worker.deadletter import dead_letter
 from worker.policy import PolicyTask
@@ -39,6 +39,11 @@ the task's result, the exit code first. A refused dispatch is a task that succee
 answer is stored; Celery's FAILURE would make a Celery client's `.get()` raise instead of
 returning the outcome), so Flower's state column says SUCCESS and its result column says
 `'exit_code': 1`."""
+
+
+HANDED = "handed_off"
+"""What the task returns (Flower's result column) for an `until` finished request whose
+evaluation is done: the tracker follows its child and stores the outcome."""
 
 
 @app.task(name=TASK_DISPATCH, bind=True, base=PolicyTask, resultrepr_maxsize=RESULT_REPR_CHARS)
@@ -67,7 +72,11 @@ def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
         self.request.ignore_result = True  # the service stored it (see the docstring)
         # What Celery reprs on every success (slowly), and `worker.metrics` counts.
         form = outcome.to_stored()
-        return {key: form[key] for key in SUMMARY if key in form}
+        summary = {key: form[key] for key in SUMMARY if key in form}
+        if request.follows_child and outcome.status in HANDED_OFF:
+            # not an outcome yet: the tracker stores it when the child ends
+            summary = {"status": HANDED, "timings": form["timings"]}
+        return summary
 
     def run() -> dict[str, Any]:
         try:

@@ -26,9 +26,36 @@ def test_every_field_travels() -> None:
         request_id="r-1", job_id="video", payload_ref="data:,x", meta={"k": "v"},
         namespace="media", detach=True, id_prefix_template="t", priority=70, batch_id="b",
         tenant="t1",
+        until="finished", wait_timeout=90.5,
     )  # fmt: skip
     assert set(request.to_message()) == set(DispatchRequest.model_fields)
     assert DispatchRequest.from_message((), request.to_message()) == request
+
+
+def test_until_scheduled_is_the_version_1_message_it_always_was() -> None:
+    plain = DispatchRequest(request_id="r-1", job_id="video")
+    explicit = DispatchRequest(request_id="r-1", job_id="video", until="scheduled")
+    assert plain.to_message() == explicit.to_message() == {
+        "v": 1, "request_id": "r-1", "job_id": "video"
+    }
+    assert not plain.follows_child
+    finished = DispatchRequest.from_message((), {**plain.to_message(), "until": "finished"})
+    assert finished.follows_child and finished.to_message()["until"] == "finished"
+
+
+@pytest.mark.parametrize(
+    ("fields", "text"),
+    [
+        ({"until": "forever"}, "until must be 'scheduled' or 'finished'"),
+        ({"wait_timeout": 0}, "wait_timeout must be a number of seconds above 0"),
+        ({"wait_timeout": "5m"}, "wait_timeout must be a number of seconds above 0"),
+    ],
+)
+def test_until_and_wait_timeout_are_refused_clearly(fields: dict[str, object], text: str) -> None:
+    with pytest.raises(InvalidRequest, match=text):
+        DispatchRequest.from_producer({"job_id": "video", "request_id": "r", **fields})
+    with pytest.raises(InvalidMessage, match="until|wait_timeout"):
+        DispatchRequest.from_message((), {"v": 1, "job_id": "video", "request_id": "r", **fields})
 
 
 @pytest.mark.parametrize(

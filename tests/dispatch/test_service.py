@@ -174,3 +174,25 @@ def test_the_model_carries_every_field_the_client_sends() -> None:
                       allocs={EVAL: [[allocation("running")]]})  # fmt: skip
     service(nomad).run(req)
     assert nomad.sent[0].request == req
+
+
+def test_until_finished_hands_off_to_the_tracker_instead_of_storing_an_outcome() -> None:
+    nomad, records = FakeNomad(), FakeRecords()
+    records.enqueue("r-test")
+    outcome = service(nomad, records).run(
+        request("video-encode", until="finished", wait_timeout=60.0)
+    )
+    assert outcome.status == "complete"  # the evaluation's, kept as the outcome so far
+    assert states(records) == ["queued", "dispatching", "monitoring", "scheduled"]
+    assert records.followed == {"r-test"} and "r-test" not in records.results
+    record = records.load("r-test")
+    assert record is not None and record.deadline == outcome.timings.started_at + 60.0
+    assert records.partials["r-test"]["dispatched_job_id"] == CHILD
+
+
+def test_until_finished_with_a_refused_dispatch_ends_at_once() -> None:
+    nomad = FakeNomad(dispatches=[ValidationError("bad meta", status=400)])
+    records = FakeRecords()
+    outcome = service(nomad, records).run(request("video-encode", until="finished"))
+    assert outcome.exit_code == 1 and not records.followed
+    assert states(records)[-1] == "done"

@@ -143,6 +143,10 @@ class FakeRecords:
     results: dict[str, StoredResult] = field(default_factory=dict)
     states: list[tuple[str, str]] = field(default_factory=list)
     """Every (request ID, state) written, in order."""
+    partials: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The outcome so far of each request handed off (`keys.partial`)."""
+    followed: set[str] = field(default_factory=set)
+    """The follow set (request IDs handed off to the tracker)."""
 
     def _state(self, request_id: str, state: RequestState) -> None:
         record = self.records.setdefault(request_id, {})
@@ -206,6 +210,26 @@ class FakeRecords:
                 counters[name] = counters.get(name, 0) + 1
         if result is not None:
             self.results[request_id] = result
+        return True
+
+    def hand_off(
+        self,
+        request_id: str,
+        namespace: str,
+        partial: dict[str, Any],
+        deadline: float | None,
+    ) -> bool:
+        """What handoff.lua does: scheduled (unless running), the follow fields, followed."""
+        record = self.records.get(request_id, {})
+        if record.get("state") == RequestState.DONE.value:
+            return False
+        if record.get("state") != RequestState.RUNNING.value:
+            self._state(request_id, RequestState.SCHEDULED)
+        self.records[request_id]["namespace"] = namespace
+        self.partials[request_id] = partial
+        if deadline is not None:
+            self.records[request_id]["deadline"] = repr(deadline)
+        self.followed.add(request_id)
         return True
 
     def load(self, request_id: str) -> RequestRecord | None:

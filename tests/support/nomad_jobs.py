@@ -73,3 +73,19 @@ def clear_faults(address: str) -> None:
 def set_scheduler(address: str, knobs: dict[str, Any]) -> None:
     """Change nomadsim's scheduler knobs at run time (e.g. `schedule_delay_ms`)."""
     requests.put(f"{address}/_sim/scheduler", json=knobs, timeout=10).raise_for_status()
+
+
+def mock_encode_job(job_id: str, **group: Any) -> dict[str, Any]:
+    """A parameterized mock_driver job whose dispatch meta picks how each child ends:
+    `exit_code`, `run_for` (scaled by nomadsim's --time-scale) and `start_error`; Nomad's
+    batch restart and reschedule defaults (3 restarts, 1 reschedule)."""
+    job = parameterized_job(job_id, meta_optional=["exit_code", "run_for", "start_error"])
+    job["Meta"] = {"exit_code": "0", "run_for": "20s", "start_error": ""}
+    task = job["TaskGroups"][0]["Tasks"][0]
+    task.update(Driver="mock_driver", Config={
+        "exit_code": "${NOMAD_META_exit_code}",
+        "run_for": "${NOMAD_META_run_for}",
+        "start_error": "${NOMAD_META_start_error}",
+    })  # fmt: skip
+    job["TaskGroups"][0].update(group)
+    return job

@@ -1,0 +1,227 @@
+"""Following children to their end: one tracker holding 20,000 children, and 500 ending
+within one second, against Nomad 2.0.1's approach (one blocking-query loop per job).
+
+    .venv/bin/python -m bench.follow_scale [--count 20000] [--burst 500]
+
+Children are dispatched to nomadsim straight from here (the worker's part, dispatch and
+handoff, is `RecordStore.hand_off`, as a worker calls it), with mock_driver tasks that run
+an hour; one `dispatchq tracker` process follows them. Printed:
+
+- Redis bytes per followed child: `used_memory` before and after the handoffs, over the
+  count (the record with its outcome so far, and the follow set's entry), and MEMORY
+  USAGE of one record and of one final outcome (the limit: 1.5 KB per child);
+- the tracker's RSS once it has checked every child (the limit: 250 MB);
+- then `--burst` children whose tasks all end within one second: for each, nomadsim's
+  terminal event (the Allocation event with a terminal ClientStatus, received on this
+  process's own event stream) to the outcome stored (its `date_done`), p50 and p99
+  (the limit: p99 1 s); and the baseline in the same run: as many threads, each running
+  Nomad 2.0.1's `-wait` loop (a blocking query on the job's allocations until every one
+  is terminal), on the same kind of children: the same latency, and its memory and
+  connections per followed job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from bench.procfs import memory, tree
+from devstack.nomadsim_process import NomadSimProcess
+from devstack.redis_server import RedisServer
+from devstack.tracker_process import TrackerProcess
+from dispatch import keys
+from dispatch.errors import NomadError
+from dispatch.events import AllocationPlaced, Dispatched, EvalFinished, MonitorStarted
+from dispatch.nomad import NomadClient
+from dispatch.nomad_config import NomadConfig
+from dispatch.outcome import OutcomeRecorder
+from dispatch.records import RecordStore
+from dispatch.request import DispatchRequest
+
+JOB_ID = "bench-follow"
+JOB: dict[str, Any] = {
+    "ID": "bench-follow", "Name": "bench-follow", "Type": "batch", "Datacenters": ["dc1"],
+    "Meta": {"run_for": "1h", "exit_code": "0"},
+    "ParameterizedJob": {"Payload": "optional", "MetaOptional": ["run_for", "exit_code"]},
+    "TaskGroups": [{
+        "Name": "encode", "Count": 1,
+        "RestartPolicy": {"Attempts": 0}, "ReschedulePolicy": {"Attempts": 0},
+        "Tasks": [{"Name": "ffmpeg", "Driver": "mock_driver",
+                   "Config": {"run_for": "${NOMAD_META_run_for}",
+                              "exit_code": "${NOMAD_META_exit_code}"},
+                   "Resources": {"CPU": 1, "MemoryMB": 1}}],
+    }],
+}  # fmt: skip
+TERMINAL = {"complete", "failed", "lost"}
+
+
+def dispatch_all(
+    client: NomadClient, store: RecordStore, prefix: str, metas: list[dict[str, str]]
+) -> list[tuple[str, str]]:
+    """Dispatch and hand off each: [(request ID, child job ID)]."""
+
+    def one(n: int) -> tuple[str, str]:
+        rid = f"{prefix}-{n:06d}"
+        request = DispatchRequest(request_id=rid, job_id=JOB_ID, meta=metas[n],
+                                  until="finished")  # fmt: skip
+        answer = client.dispatch(request, None, idempotency_token=request.idempotency_token)
+        store.mark_dispatched(rid, answer.dispatched_job_id, answer.eval_id, None)
+        recorder = OutcomeRecorder(JOB_ID)
+        recorder.emit(Dispatched(answer.dispatched_job_id, answer.eval_id, True))
+        recorder.emit(MonitorStarted(answer.eval_id))
+        recorder.emit(AllocationPlaced("a" * 36, "n" * 36, "encode", "pending", False))
+        recorder.emit(EvalFinished(answer.eval_id, "complete", False))
+        store.hand_off(rid, "", recorder.outcome().to_stored(), None)
+        return rid, answer.dispatched_job_id
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(len(metas))))
+
+
+class TerminalWatch:
+    """nomadsim's event stream, read here: when each child's alloc turned terminal."""
+
+    def __init__(self, client: NomadClient) -> None:
+        self.seen: dict[str, float] = {}
+        self._client = client
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        start = self._client.current_index()
+        stream = self._client.event_stream(topics=["Allocation"], index=start + 1)
+        try:
+            for _index, events in stream:
+                now = time.time()
+                for event in events:
+                    alloc = (event.get("Payload") or {}).get("Allocation") or {}
+                    if alloc.get("ClientStatus") in TERMINAL:
+                        self.seen.setdefault(str(alloc.get("JobID")), now)
+        except NomadError:
+            return  # nomadsim stopped at the end of the bench
+
+
+def nomad_201_wait(address: str, child: str, seen: dict[str, float]) -> None:
+    """Nomad 2.0.1's `job dispatch -wait`: blocking queries on the job's allocations until
+    every allocation is terminal; one connection (a session) per job."""
+    session, index = requests.Session(), 0
+    while True:
+        response = session.get(
+            f"{address}/v1/job/{child}/allocations", params={"index": str(index), "wait": "300s"},
+            timeout=330,
+        )  # fmt: skip
+        index = int(response.headers.get("X-Nomad-Index", index))
+        allocs = response.json()
+        if allocs and all(a["ClientStatus"] in TERMINAL for a in allocs):
+            seen[child] = time.time()
+            session.close()
+            return
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def _burst_metas(count: int, end_in: float) -> tuple[list[dict[str, str]], float]:
+    """Metas whose tasks end within one second, `end_in` seconds (about) from now."""
+    end_at = time.time() + end_in
+    return [{"run_for": f"{int(end_in * 1000) + (n * 997) % 1000}ms"} for n in range(count)], end_at
+
+
+def main() -> int:  # noqa: PLR0915
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--burst", type=int, default=500)
+    args = parser.parse_args()
+    logs = Path(tempfile.mkdtemp(prefix="follow-bench-"))
+    sim_args = ["--nodes", "10", "--node-cpu", "10000000", "--node-memory", "10000000",
+                "--start-time", "5ms", "--gc-after", "0"]  # fmt: skip
+    with RedisServer() as server, NomadSimProcess(args=sim_args) as sim:
+        requests.put(f"{sim.address}/v1/jobs", json={"Job": JOB}, timeout=10).raise_for_status()
+        r = redis.Redis.from_url(server.url)
+        client = NomadClient(NomadConfig(address=sim.address), pool_size=16)
+        store = RecordStore(r, 86_400)
+        before = int(r.info("memory")["used_memory"])
+        started = time.monotonic()
+        followed = dispatch_all(client, store, "scale", [{}] * args.count)
+        per_child = (int(r.info("memory")["used_memory"]) - before) / args.count
+        one_record = r.memory_usage(keys.request(followed[0][0]))
+        print(f"dispatched and handed off {args.count} in {time.monotonic() - started:.0f}s")
+        env = {"DISPATCHQ_REDIS_URL": server.url, "NOMAD_ADDR": sim.address,
+               "DISPATCHQ_LOG_FORMAT": "json", "DISPATCHQ_LOG_LEVEL": "WARNING"}  # fmt: skip
+        with TrackerProcess(env=env, log_path=logs / "tracker.log") as tracker:
+            assert tracker.process is not None
+            started = time.monotonic()
+            while r.zcount(keys.FOLLOW, "-inf", time.time() + 60) > 0:
+                time.sleep(0.5)
+            checked_in = time.monotonic() - started
+            rss = memory(tree(tracker.process.pid)).rss
+            print(f"tracker checked all {args.count} in {checked_in:.0f}s")
+            watch = TerminalWatch(client)
+            time.sleep(0.5)
+            metas, _ = _burst_metas(args.burst, 8.0)
+            burst = dispatch_all(client, store, "burst", metas)
+            deadline = time.monotonic() + 120
+            while any(r.hget(keys.request(rid), "state") != b"done" for rid, _ in burst):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            ours = []
+            for rid, child in burst:
+                meta = r.get(keys.celery_result(rid))
+                if meta and child in watch.seen:
+                    stored = datetime.fromisoformat(json.loads(meta)["date_done"]).timestamp()
+                    ours.append(stored - watch.seen[child])
+            sample = r.get(keys.celery_result(burst[0][0]))
+            outcome_bytes = r.memory_usage(keys.celery_result(burst[0][0]))
+            # the baseline: one blocking-query loop per job, same kind of children
+            metas, _ = _burst_metas(args.burst, 8.0)
+            rss_before = memory([__import__("os").getpid()]).rss
+            children = [child for _rid, child in dispatch_all(client, store, "base", metas)]
+            r.delete(keys.FOLLOW)  # the tracker leaves these to the baseline
+            seen: dict[str, float] = {}
+            threads = [threading.Thread(target=nomad_201_wait, args=(sim.address, c, seen),
+                                        daemon=True) for c in children]  # fmt: skip
+            for t in threads:
+                t.start()
+            time.sleep(2)
+            rss_loops = memory([__import__("os").getpid()]).rss - rss_before
+            for t in threads:
+                t.join(120)
+            base = [seen[c] - watch.seen[c] for c in children if c in seen and c in watch.seen]
+    print()
+    print(
+        f"Redis per followed child: {per_child:.0f} B (limit 1536); one record "
+        f"{one_record} B; one final outcome {outcome_bytes} B ({len(sample or b'')} B JSON)"
+    )
+    print(f"tracker RSS following {args.count}: {rss / 1e6:.0f} MB (limit 250 MB)")
+    print(
+        f"{args.burst} ending within 1 s, terminal event -> outcome stored "
+        f"({len(ours)} measured): p50 {_pct(ours, 0.5) * 1000:.0f} ms, "
+        f"p99 {_pct(ours, 0.99) * 1000:.0f} ms (limit p99 1000 ms)"
+    )
+    print(
+        f"baseline, Nomad 2.0.1 -wait (a blocking-query loop and a connection per job, "
+        f"{len(base)} measured): p50 {_pct(base, 0.5) * 1000:.0f} ms, p99 "
+        f"{_pct(base, 0.99) * 1000:.0f} ms; {rss_loops / max(1, args.burst) / 1e3:.0f} KB "
+        f"and 1 connection per job, so {rss_loops / max(1, args.burst) * args.count / 1e6:.0f}"
+        f" MB and {args.count} connections for {args.count} jobs"
+    )
+    print(f"logs: {logs}")
+    ok = per_child <= 1536 and rss <= 250e6 and _pct(ours, 0.99) <= 1.0
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
