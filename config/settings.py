@@ -8,6 +8,7 @@ field names below (`redis_url = "redis://..."`).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ from pydantic_settings import (
 from config.logging import MASK, mask_url, url_secrets
 from dispatch import keys
 from dispatch.completion import EventStream
+from dispatch.request import TENANT_PATTERN, TENANT_TEXT
 
 __all__ = ["Settings", "load_settings", "mask_url", "worker_redis"]
 
@@ -63,6 +65,12 @@ class Settings(BaseSettings):
     )
     payload_http_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Hosts (host or host:port) http(s):// refs may fetch."
+    )
+    tenant_weights: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict,
+        description="Weights of tenants in the round robin between batches' tenants, as "
+        "tenant=weight,... (a whole number from 1 to 1000; a tenant not named has 1): a "
+        "tenant of weight 3 takes three messages for every one of a tenant of weight 1.",
     )
     payload_http_timeout: float = Field(
         10.0,
@@ -157,6 +165,29 @@ class Settings(BaseSettings):
             raise ValueError(f"the scheme must be one of {', '.join(REDIS_SCHEMES)}")
         if port == 0:
             raise ValueError("not a valid Redis URL: the port must be a number 1-65535")
+        return value
+
+    @field_validator("tenant_weights", mode="before")
+    @classmethod
+    def _parse_weights(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        weights: dict[str, int] = {}
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            tenant, sep, weight = part.partition("=")
+            if not sep or not weight.strip().isdigit():
+                raise ValueError(f"expected tenant=weight, got {part!r}")
+            weights[tenant.strip()] = int(weight)
+        return weights
+
+    @field_validator("tenant_weights")
+    @classmethod
+    def _check_weights(cls, value: dict[str, int]) -> dict[str, int]:
+        for tenant, weight in value.items():
+            if not re.fullmatch(TENANT_PATTERN, tenant):
+                raise ValueError(f"{TENANT_TEXT}: {tenant!r}")
+            if not 1 <= weight <= 1000:
+                raise ValueError(f"the weight of {tenant!r} must be from 1 to 1000")
         return value
 
     @field_validator("payload_file_roots", "payload_http_hosts", "notify_hosts", mode="before")

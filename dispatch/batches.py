@@ -1,9 +1,9 @@
 """Batches: a record per batch with O(1) progress, kept current by the workers.
 
-`dispatchq:batch:<id>` holds `job_id`, `namespace`, `total`, `state` (open | cancelled),
-`created_at`, `notify_url` (optional), `finished_at` (set once, with the batch's
-completion event: `dispatch.completion`), and counters the workers bump atomically and
-exactly once per request (see `records`): `dispatched`, `done`, `done_dispatched`,
+`dispatchq:batch:<id>` holds `job_id`, `namespace`, `tenant` ('' for none), `total`,
+`state` (open | cancelled), `created_at`, `notify_url` (optional), `finished_at` (set once,
+with the batch's completion event: `dispatch.completion`), and counters the workers bump
+atomically and exactly once per request (see `records`): `dispatched`, `done`, `done_dispatched`,
 `exit:0`, `exit:1`, `exit:2`. Reading progress is one HGETALL, whatever the batch's size.
 """
 
@@ -105,6 +105,7 @@ class BatchStore:
         total: int,
         *,
         notify_url: str | None = None,
+        tenant: str | None = None,
     ) -> None:
         """Queue the batch record's creation on `pipe`; a resubmission keeps its counters
         and raises `total` if the new submission is longer. `notify_url`: where the
@@ -112,6 +113,7 @@ class BatchStore:
         key = keys.batch(batch_id)
         pipe.hsetnx(key, "job_id", job_id)
         pipe.hsetnx(key, "namespace", namespace or "")
+        pipe.hsetnx(key, "tenant", tenant or "")
         pipe.hsetnx(key, "state", OPEN)
         pipe.hsetnx(key, "created_at", time.time())
         pipe.hsetnx(key, "total", 0)

@@ -15,6 +15,11 @@
 | `dispatchq:children:<ns>:<job>`  | hash   | worker gate       | CHILDREN_TTL, renewed      |
 | `dispatchq:children:<ns>:<job>:refresh` | string | worker gate | CHILDREN_REFRESH_LOCK ms |
 | `dispatchq:events` (setting) | stream | worker (done.lua) | none; `MAXLEN ~ events_maxlen` |
+| `dispatchq:lane:<batch id>`      | list   | producer, worker  | none (a broker list)       |
+| `dispatchq:lanes:<queue>`        | hash   | producer, worker  | none (emptied by fetch)    |
+| `dispatchq:tenants:<queue>`      | list   | producer, worker  | none (emptied by fetch)    |
+| `dispatchq:tenant:<tenant>:<queue>` | list | producer, worker | none (emptied by fetch)    |
+| `dispatchq:credit:<queue>`       | hash   | worker fetch      | none (emptied by fetch)    |
 | `dispatchq:follow`               | zset   | worker, tracker   | none: members leave when done |
 | `dispatchq:request:<id>:partial` | string | worker, tracker   | result_ttl, renewed/check  |
 | `dispatchq:tracker:lease`        | string | tracker           | TRACKER_LEASE_MS, renewed  |
@@ -27,6 +32,9 @@ monitoring instead of dispatching again.
 Broker keys carry no TTL by design, since a queue must not expire: kombu's queue list
 `<queue>` (plus `<queue>\\x06\\x16<n>` per priority) and `_kombu.binding.*`, and the
 in-flight lists of `worker.fetch` (below). They hold only messages waiting or in flight.
+The batch lanes and their registry (below) are broker keys too: a lane list vanishes when
+its last message is fetched (Redis deletes an empty list), and the fetch that finds a lane
+empty takes it out of the registry, so they hold nothing once the batches have drained.
 """
 
 from __future__ import annotations
@@ -78,6 +86,45 @@ LEASE_TTL: Final = 15
 without a lease is gone, and its in-flight messages go back to their queue."""
 
 
+LANE: Final = f"{PREFIX}:lane:"
+"""Fair queueing (`worker.fetch`, `dispatch/lua/_lanes.lua`): the documented queue list is
+the interactive lane; a batch's messages wait in a lane of their own, `<LANE><batch id>`
+(batch IDs are global, like `batch()`), registered per queue: `lanes()` maps each batch
+with a lane that may hold messages to its tenant, `tenants()` is the ring of tenants with
+such batches (the next in turn at its right end) and `tenant_ring()` each tenant's ring of
+batches; `credit()` counts what the tenant in turn has taken of its weight. No TTL: the
+fetch that finds a lane empty unregisters it, and a tenant without batches leaves the ring."""
+
+
+def lane(batch_id: str) -> str:
+    """The messages of one batch waiting to be fetched. No TTL (a broker list)."""
+    return f"{LANE}{batch_id}"
+
+
+def lanes(queue: str) -> str:
+    """Registered lanes of a queue: batch ID -> tenant ('' for none). No TTL."""
+    return f"{PREFIX}:lanes:{queue}"
+
+
+def tenants(queue: str) -> str:
+    """The ring of tenants with registered lanes of a queue. No TTL."""
+    return f"{PREFIX}:tenants:{queue}"
+
+
+def tenant_ring(queue: str, tenant: str) -> str:
+    """A tenant's ring of registered batches (tenant names hold no ':'). No TTL."""
+    return f"{PREFIX}:tenant:{tenant}:{queue}"
+
+
+def credit(queue: str) -> str:
+    """Takes of the tenant in turn since its turn began (weighted round robin). No TTL."""
+    return f"{PREFIX}:credit:{queue}"
+
+
+def lane_keys(queue: str) -> list[str]:
+    """The key prefixes the lane scripts take as arguments, in their order: lane, lanes,
+    tenants, tenant ring (before the tenant), tenant ring suffix (after it), credit."""
+    return [LANE, lanes(queue), tenants(queue), f"{PREFIX}:tenant:", f":{queue}", credit(queue)]
 FOLLOW: Final = f"{PREFIX}:follow"
 """The children followed to their end (`until` finished): member = request ID, score = the
 Unix time of its next forced check. No TTL: a member leaves when its request is done (the
@@ -148,8 +195,8 @@ def celery_result(request_id: str) -> str:
 
 def is_broker_key(key: str, queue: str) -> bool:
     """True for the broker's keys, which carry no TTL by design (see the module docstring)."""
-    return key in (queue, INFLIGHT) or key.startswith(
-        (f"{queue}\x06\x16", "_kombu.binding", f"{INFLIGHT}:")
+    return key in (queue, INFLIGHT, lanes(queue), tenants(queue), credit(queue)) or key.startswith(
+        (f"{queue}\x06\x16", "_kombu.binding", f"{INFLIGHT}:", LANE, f"{PREFIX}:tenant:")
     )
 
 

@@ -33,6 +33,7 @@ beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
   enqueues a request again): how many times the request ended; the attempt of its
   completion event (`dispatch.completion`).
 - `deliveries` (fetch_counted.lua, `dispatch.dlq.count_delivery`; cleared by replay.lua):
+- `deliveries` (fetch_fair.lua, `dispatch.dlq.count_delivery`; cleared by replay.lua):
   deliveries of the request's messages, for the delivery cap.
 
 Every write renews the TTL. done.lua also stores the outcome under the request's result
@@ -112,19 +113,22 @@ def _load_scripts() -> dict[str, str]:
         for entry in folder.iterdir()
         if entry.name.endswith(".lua")
     }
-    library = texts.pop("_store")
-    events = texts.pop("_events")
+    libraries = {
+        "store_result(": texts.pop("_store"),
+        "emit_done_events(": texts.pop("_events"),
+        "lane_args(": texts.pop("_lanes"),
+    }
     return {
-        name: (library if "store_result(" in text else "")
-        + (events if "emit_done_events(" in text else "")
-        + text
+        name: "".join(lib for call, lib in libraries.items() if call in text) + text
         for name, text in texts.items()
     }
 
 
 SCRIPTS = _load_scripts()
 """The text of each script of `lua/`, read once: `begin`, `dispatched`, `done`, `enqueue`,
-`fetch_counted`, `handoff`, `replay`, `stage`, `store_result`."""
+`fetch_fair`, `handoff`, `lane_push`, `lease`, `reclaim`, `replay`, `requeue`, `stage`,
+`store_result` (the lane scripts belong to `worker.fetch`; they live here with the others
+so that every script is loaded one way)."""
 
 
 @dataclass(frozen=True)

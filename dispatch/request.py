@@ -53,6 +53,11 @@ _NOT_BLANK = r"^[^\x00-\x1f]*[^\x00-\x1f\s][^\x00-\x1f]*$"
 
 NoControl = Annotated[str, Field(pattern=_NO_CONTROL)]
 
+TENANT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+"""A tenant groups batches for fair queueing (`worker.fetch`): 1 to 64 letters, digits,
+'_', '.' or '-' (it is part of a Redis key name, `keys.tenant_ring`)."""
+TENANT_TEXT = "tenant must be 1 to 64 letters, digits, '_', '.' or '-'"
+
 
 class DispatchRequest(BaseModel):
     """Version 1 of the request (the task's keyword arguments; see the README)."""
@@ -71,6 +76,7 @@ class DispatchRequest(BaseModel):
     batch_id: NoControl | None = None
     notify_url: Annotated[str, Field(max_length=NOTIFY_URL_MAX, pattern=_NOTIFY_URL)] | None = None
     """Where the notifier POSTs this request's completion event (`dispatch.notifier`)."""
+    tenant: Annotated[str, Field(pattern=TENANT_PATTERN)] | None = None
     until: Literal["scheduled", "finished"] = "scheduled"
     wait_timeout: Annotated[float, Field(gt=0)] | None = None
 
@@ -197,6 +203,7 @@ _PRODUCER_TEXTS = {
         f"notify_url must be an http:// or https:// URL of at most {NOTIFY_URL_MAX} "
         "characters, without spaces or control characters"
     ),
+    "tenant": TENANT_TEXT,
     "until": "until must be 'scheduled' or 'finished'",
     "wait_timeout": "wait_timeout must be a number of seconds above 0",
 }

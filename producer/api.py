@@ -11,6 +11,7 @@ request, not by a sleep loop.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,7 +29,7 @@ from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
 from dispatch.outcome import Outcome
 from dispatch.records import RecordStore, RequestRecord
-from dispatch.request import check_notify_url, is_request_id
+from dispatch.request import TENANT_PATTERN, TENANT_TEXT, check_notify_url, is_request_id
 from producer.batch import BatchSubmitter, as_items, new_batch_id, stop_children, stream_results
 from producer.batch import preflight as check_items
 from producer.batch_input import BatchItem
@@ -112,10 +113,12 @@ class Producer:
         id_prefix_template: str = "",
         priority: int = 0,
         notify_url: str | None = None,
+        tenant: str | None = None,
         until: str = "scheduled",
         wait_timeout: float | None = None,
     ) -> str:
-        """Validate locally and enqueue one request; returns its request ID. With
+        """Validate locally and enqueue one request; returns its request ID. A request in
+        no batch is taken before any batch's (the interactive lane), whatever its tenant. With
         `notify_url`, the notifier POSTs its completion event there when it ends.
 
         Raises `InvalidRequest` for what can be known bad without Nomad. Enqueueing an ID
@@ -135,6 +138,7 @@ class Producer:
             id_prefix_template=id_prefix_template,
             priority=priority,
             notify_url=notify_url,
+            tenant=tenant,
             until=until,
             wait_timeout=wait_timeout,
         )
@@ -161,13 +165,17 @@ class Producer:
         detach: bool = False,
         preflight: bool = True,
         notify_url: str | None = None,
+        tenant: str | None = None,
         until: str = "scheduled",
     ) -> str:
         """Enqueue a batch; returns its ID. With `notify_url`, the notifier POSTs the
         batch's completion event there once, when its last item ends. With `preflight`,
         the job is read once from Nomad and a batch with any item it would refuse is rejected whole
         (BatchInputError, naming the lines) before anything is enqueued. Submitting the
-        same items with the same batch ID again enqueues only what was not enqueued."""
+        same items with the same batch ID again enqueues only what was not enqueued.
+        Batches take turns with other batches, grouped by `tenant` (`worker.fetch`)."""
+        if tenant is not None and not re.fullmatch(TENANT_PATTERN, tenant):
+            raise InvalidRequest(TENANT_TEXT)
         listed = as_items(items)
         if notify_url is not None:
             check_notify_url(notify_url)
@@ -182,6 +190,7 @@ class Producer:
             namespace=namespace,
             detach=detach,
             notify_url=notify_url,
+            tenant=tenant,
             until=until,
         )
         return batch_id

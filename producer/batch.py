@@ -82,13 +82,16 @@ class BatchSubmitter:
         namespace: str | None = None,
         detach: bool = False,
         notify_url: str | None = None,
+        tenant: str | None = None,
         until: str = "scheduled",
     ) -> dict[int, int]:
         """Enqueue; returns how many items were new (1), enqueued again (2), skipped (0),
         skipped because their ID names another request (3: a resumed batch keeps what was
         enqueued first)."""
         pipe = self.batches.client.pipeline(transaction=False)
-        self.batches.create(pipe, batch_id, job_id, namespace, len(items), notify_url=notify_url)
+        self.batches.create(
+            pipe, batch_id, job_id, namespace, len(items), notify_url=notify_url, tenant=tenant
+        )
         pipe.execute()
         requests = [
             NewRequest(
@@ -100,6 +103,7 @@ class BatchSubmitter:
                 namespace=namespace,
                 detach=detach,
                 batch_id=batch_id,
+                tenant=tenant,
                 until=until,
             )
             for n, item in enumerate(items, start=1)

@@ -25,6 +25,7 @@ from producer import (
     cli_flower,
     cli_health,
     cli_job,
+    cli_lanes,
     cli_notifier,
     cli_queue,
     cli_sim,
@@ -56,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dispatch HashiCorp Nomad parameterized jobs through a durable queue.",
     )
     commands = parser.add_subparsers(dest="command", metavar="<command>")
-    for module in (cli_job, cli_batch, cli_queue, cli_dlq, cli_demo, cli_dev, cli_sim, cli_health,
-                   cli_flower, cli_notifier, cli_tracker):  # fmt: skip
+    for module in (cli_job, cli_batch, cli_queue, cli_lanes, cli_dlq, cli_demo, cli_dev,
+                   cli_sim, cli_health, cli_flower, cli_notifier, cli_tracker):  # fmt: skip
         module.register(commands)
     return parser
 

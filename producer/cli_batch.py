@@ -48,6 +48,11 @@ def register(commands: Any) -> None:
     batch.add_argument("--batch-id", help="batch ID (re-use one to resume a batch)")
     batch.add_argument("--namespace", help="Nomad namespace of the job")
     batch.add_argument(
+        "--tenant",
+        help="who the batch is for: batches take turns, grouped by tenant (a tenant with ten "
+        "batches gets the share of one with one; weights: DISPATCHQ_TENANT_WEIGHTS)",
+    )
+    batch.add_argument(
         "--no-preflight", action="store_true", help="skip the check against the job's rules"
     )
     batch.add_argument(
@@ -121,6 +126,7 @@ def _submit(producer: Producer, args: argparse.Namespace, job: str, path: str) -
         namespace=args.namespace,
         preflight=not args.no_preflight,
         notify_url=args.notify_url,
+        tenant=args.tenant,
         until=args.until,
     )
     if args.json and not args.wait:

@@ -2,8 +2,9 @@
 
 For every request, one server-side script (`dispatch/lua/enqueue.lua`, owned by
 `dispatch.records`) creates the request record (state `queued`) and pushes the Celery
-message, unless a record with that request ID already exists: enqueueing the same request
-ID twice is a no-op, which makes producers safe to retry.
+message (a request in no batch onto the queue, the interactive lane; a batch's onto its
+batch's lane, `worker.fetch`), unless a record with that request ID already exists:
+enqueueing the same request ID twice is a no-op, which makes producers safe to retry.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class Enqueuer:
         """The chunk's blob writes and its one script call, and its request IDs."""
         commands: list[tuple[Any, ...]] = []
         stored: set[str] = set()
-        argv: list[str | float | int] = [self.result_ttl, *_PREFIXES]
+        argv: list[str | float | int] = [self.result_ttl, *_PREFIXES, *keys.lane_keys(self.queue)]
         ids: list[str] = []
         for request, blob in chunk:
             ids.append(request.request_id)
@@ -134,7 +135,8 @@ class Enqueuer:
                 stored.add(blob[0])
             message = request.to_message()
             argv += [
-                f"{request.request_id}\x1f{request.batch_id or ''}\x1f{request_digest(message)}",
+                f"{request.request_id}\x1f{request.batch_id or ''}\x1f{request_digest(message)}"
+                f"\x1f{request.tenant or ''}",
                 celery_message(message, self.queue),
             ]
         commands.append(("EVALSHA", sha, 1, self.queue, *argv))

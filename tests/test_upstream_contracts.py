@@ -204,3 +204,12 @@ def test_celery_result_meta_is_what_the_backend_builds_by_hand() -> None:
         "review dispatch.keys.celery_result: Celery's result key changed to "
         f"{backend.get_key_for_task('r-1')!r}"
     )
+
+
+def test_kombu_publishes_through_put() -> None:
+    """`ReliableChannel._put` sends a retry of a batch's request to its lane: kombu's
+    publish must still end in the channel's `_put(queue, message, ...)`."""
+    publish = inspect.getsource(virtual.Channel.basic_publish)
+    assert "self._put(" in publish, (
+        "review worker.fetch.ReliableChannel._put: kombu no longer publishes through _put"
+    )

@@ -22,14 +22,28 @@ from, however long its requests run. A closing channel (warm shutdown, a lost co
 gives its own back at once, as kombu restores its unacknowledged messages then. A message
 can so be delivered twice (harmless: see `dispatch.service`), never zero times.
 
-A queue that just gave a message likely has more: the next fetch from it is a script that
-does not block, and moves the item as `BLMOVE` does and, for a message of the task a
-subclass names (`counted`), counts its delivery in its request record in the same step,
-where the consumer would spend a round trip of its own on it (the delivery cap,
-`worker.poison`). An empty queue is waited on with `BLMOVE` again.
+Fair queueing: the queue list is the interactive lane (requests in no batch, and whatever
+any Celery client pushes there); a batch's messages wait in a lane of their own
+(`keys.lane`), registered per queue in a ring of tenants, each with a ring of its batches
+(`dispatch/lua/_lanes.lua`). A fetch that does not block (`dispatch/lua/fetch_fair.lua`)
+takes from the interactive lane first, else from the next tenant in turn (weighted round
+robin: a tenant takes `weights()[tenant]` messages, 1 unless named, before the next one's
+turn) and that tenant's next batch in turn, and moves the message into the in-flight list
+in the same step; for a message of the task a subclass names (`counted`) it also counts
+its delivery in its request record, where the consumer would spend a round trip of its own
+on it (the delivery cap, `worker.poison`). A message from a lane is kept in the in-flight
+list as "\x1e<tenant>\x1e<batch>\x1e<item>", so that a requeue, a give-back or a reclaim
+returns it to its own lane (registering the lane again); acknowledgement removes it as
+stored. A retry of a batch's message is published to its lane (`lane_of`).
+
+The non-blocking fetch follows a fetch that found a message; after one that found nothing
+the interactive lane is waited on with `BLMOVE` for at most `brpop_timeout` (kombu's, 1 s),
+after which the lanes are looked at again: a batch submitted to an idle worker waits at
+most that long.
 
 `BLMOVE` takes one source list: queue priorities are not used (one list per queue), and a
 worker consuming several queues takes from one at a time, in turn.
+The in-flight list of a consumer is per queue; its lane messages are in it, wrapped.
 """
 
 from __future__ import annotations
@@ -46,7 +60,7 @@ import structlog
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 from redis import Redis, RedisError
 from redis.exceptions import NoScriptError
 
@@ -58,26 +72,10 @@ log = structlog.get_logger(__name__)
 RENEW_EVERY = 5.0
 """Seconds between lease renewals and sweeps for the messages of consumers that are gone."""
 
-# Give a consumer's in-flight messages back to their queue and forget the list: if it is
-# gone (no lease), or unconditionally when ARGV[2] is '1' (the caller's own, at close).
-# KEYS: lease, in-flight list, queue, registry. ARGV: registry member, '0' or '1'.
-_RECLAIM_LUA = """
-if ARGV[2] == '0' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local moved = 0
-while redis.call('RPOPLPUSH', KEYS[2], KEYS[3]) do moved = moved + 1 end
-redis.call('SREM', KEYS[4], ARGV[1])
-return moved
-"""
-
-# A rejected message back to its queue (where kombu puts it: the end fetched last), unless
-# it already left the in-flight list. KEYS: in-flight list, queue. ARGV: the item.
-_REQUEUE_LUA = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then redis.call('LPUSH', KEYS[2], ARGV[1]) end
-"""
 
 class Counted(NamedTuple):
     """Whose deliveries a fetch counts, and where: the `deliveries` field of the request
-    record (`dispatch/lua/fetch_counted.lua`, owned by `dispatch.records`)."""
+    record (`dispatch/lua/fetch_fair.lua`, owned by `dispatch.records`)."""
 
     task: str
     record_prefix: str
@@ -85,7 +83,20 @@ class Counted(NamedTuple):
 
 
 Fetched = tuple[str, str, bytes]
-"""A message in an in-flight list: the list, the queue it came from, the item as fetched."""
+"""A message in an in-flight list: the list, the queue it came from, the item as stored
+there (wrapped if it came from a batch's lane: `unwrap`)."""
+
+LANE_MARK = b"\x1e"
+
+
+def unwrap(stored: bytes) -> bytes:
+    """The message of an in-flight item (as a lane's item is stored: see the docstring)."""
+    if stored[:1] == LANE_MARK:
+        parts = stored.split(LANE_MARK, 3)
+        if len(parts) == 4:
+            return parts[3]
+    return stored
+
 
 _open: weakref.WeakSet[ReliableChannel] = weakref.WeakSet()
 
@@ -161,7 +172,7 @@ class ReliableChannel(kombu_redis.Channel):
         self._fetching_from = ""
         self._fetch_command = "BLMOVE"
         self._fetch_script: str | None = None  # its SHA, once loaded
-        self._queue_busy = False  # the last fetch found a message
+        self._poll_lanes = True  # the next fetch: the non-blocking script over every lane
         self._fetched: Fetched | None = None
         self.deliveries: int | None = None
         """While a message is handed over: its deliveries, if the fetch counted them."""
@@ -192,17 +203,19 @@ class ReliableChannel(kombu_redis.Channel):
             self._renew_at = 0.0
         self.look_after()
         inflight = keys.inflight(self.consumer_id, queue)
-        counted = self.counted() if self._queue_busy else None
-        if counted is not None and self._fetch_script is None:
+        if self._poll_lanes and self._fetch_script is None:
             with self.conn_or_acquire() as client:
-                self._fetch_script = client.script_load(SCRIPTS["fetch_counted"])
+                self._fetch_script = client.script_load(SCRIPTS["fetch_fair"])
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
-        if counted is not None:
+        if self._poll_lanes:
             self._fetch_command = "EVALSHA"
+            counted = self.counted() or ("", "", 0)
+            weights = [str(x) for pair in sorted(self.weights().items()) for x in pair]
             self.client.connection.send_command(
-                "EVALSHA", self._fetch_script, 2, queue, inflight, *counted
-            )
+                "EVALSHA", self._fetch_script, 2, queue, inflight, *counted,
+                *keys.lane_keys(queue), *weights,
+            )  # fmt: skip
         else:
             self._fetch_command = "BLMOVE"
             wait = self.brpop_timeout if timeout is None else timeout
@@ -223,7 +236,8 @@ class ReliableChannel(kombu_redis.Channel):
             item, deliveries = reply, -1
             if command == "EVALSHA" and reply:
                 item, deliveries = reply[0], int(reply[1])
-            self._queue_busy = item is not None
+            # After a message, or a blocking wait that ended empty: every lane again.
+            self._poll_lanes = item is not None or command == "BLMOVE"
             self._queue_cycle.rotate(queue)  # the next fetch from the next queue, if several
             if item is None:
                 raise Empty()
@@ -234,8 +248,25 @@ class ReliableChannel(kombu_redis.Channel):
             self._flush_brpop_reauth()
 
     def counted(self) -> Counted | None:
-        """Whose deliveries a fetch counts (None: nobody's, and every fetch blocks)."""
+        """Whose deliveries a fetch counts (None: nobody's)."""
         return None
+
+    def weights(self) -> dict[str, int]:
+        """Tenants' weights in the round robin between tenants (1 unless named)."""
+        return {}
+
+    def lane_of(self, message: Any) -> tuple[str, str] | None:
+        """The (batch ID, tenant or '') whose lane a published message goes to; None: the
+        queue. Here: none (a subclass that knows its task's arguments says)."""
+        return None
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        lane = self.lane_of(message)
+        if lane is None:
+            super()._put(queue, message, **kwargs)
+            return
+        with self.conn_or_acquire() as client:
+            client.eval(SCRIPTS["lane_push"], 0, *lane, dumps(message), *keys.lane_keys(queue))
 
     def _hand_over(self, fetched: Fetched, deliveries: int) -> None:
         """Deliver a fetched item to kombu. If kombu holds it (`InflightQoS.append` took
@@ -245,7 +276,7 @@ class ReliableChannel(kombu_redis.Channel):
         self._fetched = fetched
         self.deliveries = deliveries if deliveries >= 0 else None
         try:
-            message = self._decode(fetched[2])
+            message = self._decode(unwrap(fetched[2]))
             if message is not None:
                 self.connection._deliver(message, fetched[1])
         except NoConsumer:
@@ -266,8 +297,12 @@ class ReliableChannel(kombu_redis.Channel):
             client.lrem(fetched[0], 1, fetched[2])  # type: ignore[arg-type]
 
     def requeue(self, fetched: Fetched) -> None:
+        """Back to its lane or queue, at the end fetched last (where kombu puts it)."""
         with self.conn_or_acquire() as client:
-            client.eval(_REQUEUE_LUA, 2, fetched[0], fetched[1], fetched[2])
+            client.eval(
+                SCRIPTS["requeue"], 2, fetched[0], fetched[1], fetched[2],
+                *keys.lane_keys(fetched[1]),
+            )  # fmt: skip
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
         raise NotImplementedError("messages are fetched by basic_consume only (worker.fetch)")
@@ -295,11 +330,11 @@ class ReliableChannel(kombu_redis.Channel):
             pipe.sadd(keys.INFLIGHT, *mine)
             pipe.smembers(keys.INFLIGHT)
             members = {bytes_to_str(m) for m in pipe.execute()[-1]}
-            reclaim = client.register_script(_RECLAIM_LUA)
+            reclaim = client.register_script(SCRIPTS["reclaim"])
             for member in sorted(members - mine):
                 consumer, _, queue = member.partition(":")
                 lists = [keys.lease(consumer), keys.inflight(consumer, queue), queue]
-                reclaim(keys=[*lists, keys.INFLIGHT], args=[member, "0"])
+                reclaim(keys=[*lists, keys.INFLIGHT], args=[member, "0", *keys.lane_keys(queue)])
         self._renew_at = time.monotonic() + RENEW_EVERY
 
     def close(self) -> None:
@@ -320,10 +355,11 @@ class ReliableChannel(kombu_redis.Channel):
     def _give_back(self) -> None:
         """Every message of this consumer's in-flight lists back to its queue, at once."""
         with self.conn_or_acquire() as client:
-            reclaim = client.register_script(_RECLAIM_LUA)
+            reclaim = client.register_script(SCRIPTS["reclaim"])
             for queue in sorted(self._lists):
                 lists = [keys.lease(self.consumer_id), keys.inflight(self.consumer_id, queue)]
-                reclaim(keys=[*lists, queue, keys.INFLIGHT], args=[self._member(queue), "1"])
+                args = [self._member(queue), "1", *keys.lane_keys(queue)]
+                reclaim(keys=[*lists, queue, keys.INFLIGHT], args=args)
             client.delete(keys.lease(self.consumer_id))
 
 

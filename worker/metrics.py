@@ -7,7 +7,12 @@
 - `dispatchq_outcomes_total{exit_code,status,error_kind}` (counter): outcomes stored.
 - `dispatchq_retries_total{kind}` (counter): task retries, by the kind of error retried.
 - `dispatchq_in_flight` (gauge): requests this process is working on now.
-- `dispatchq_queue_depth{queue}` (gauge): requests waiting in the queue (LLEN at scrape).
+- `dispatchq_queue_depth{queue}` (gauge): requests waiting in the queue, every lane
+  together (read at scrape, `dispatch.lanes.backlog`).
+- `dispatchq_lane_depth{queue,lane,tenant,batch}` (gauge): requests waiting per lane:
+  `lane="interactive"` (requests in no batch), and `lane="batch"` per batch with a
+  backlog, with its tenant (`-` for none); a drained batch's series goes away.
+- `dispatchq_tenant_depth{queue,tenant}` (gauge): requests waiting per tenant's batches.
 - `dispatchq_dead_letters` (gauge): entries in the dead-letter list (LLEN at scrape).
 - `dispatchq_dispatch_rate` (gauge): the dispatches/s every worker may make now, the
   backpressure rate (`dispatch.backpressure`): `dispatch_rate` unless Nomad pushed back.
@@ -45,7 +50,7 @@ from redis.retry import Retry
 
 from config.celery import TASK_DISPATCH
 from config.settings import Settings
-from dispatch import keys
+from dispatch import keys, lanes
 from dispatch.backpressure import shared_rate
 
 log = structlog.get_logger(__name__)
@@ -65,15 +70,25 @@ class RedisGauges(Collector):
         self.queue = queue
         self.rate_ceiling = rate_ceiling
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> tuple[GaugeMetricFamily, ...]:
         depth = GaugeMetricFamily(
             "dispatchq_queue_depth", "Requests waiting in the queue.", labels=["queue"]
+        )
+        lane = GaugeMetricFamily(
+            "dispatchq_lane_depth",
+            "Requests waiting per lane (interactive, or a batch's).",
+            labels=["queue", "lane", "tenant", "batch"],
+        )
+        tenant = GaugeMetricFamily(
+            "dispatchq_tenant_depth",
+            "Requests waiting in a tenant's batches.",
+            labels=["queue", "tenant"],
         )
         dead = GaugeMetricFamily("dispatchq_dead_letters", "Entries in the dead-letter list.")
         rate = GaugeMetricFamily(
             "dispatchq_dispatch_rate", "Dispatches per second the workers may make now."
         )
-        return depth, dead, rate
+        return depth, dead, rate, lane, tenant
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         """The names alone, so that registering does not read Redis."""
@@ -81,20 +96,24 @@ class RedisGauges(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.llen(self.queue)
-            pipe.llen(keys.DLQ)
-            queued, dead_letters = pipe.execute()
+            backlog = lanes.backlog(self.client, self.queue)
+            dead_letters = self.client.llen(keys.DLQ)
             allowed = shared_rate(self.client, self.rate_ceiling)
         except redis.RedisError as err:
             # Absent rather than a made-up 0: an alert on the depth must not go quiet.
             log.warning("metrics.redis_unavailable", error=str(err))
             return ()
-        depth, dead, rate = self._families()
-        depth.add_metric([self.queue], queued)
+        families = depth, dead, rate, lane, tenant = self._families()
+        depth.add_metric([self.queue], backlog.total)
         dead.add_metric([], dead_letters)
         rate.add_metric([], allowed)
-        return depth, dead, rate
+        lane.add_metric([self.queue, lanes.INTERACTIVE, "", ""], backlog.interactive)
+        for name, batches in backlog.batches.items():
+            for batch_id, waiting in batches.items():
+                lane.add_metric([self.queue, "batch", name, batch_id], waiting)
+        for name, waiting in backlog.tenants.items():
+            tenant.add_metric([self.queue, name], waiting)
+        return families
 
 
 def _attempt(task_id: str, task: Any) -> tuple[str, int]:

@@ -47,7 +47,7 @@ from vine import promise
 
 from config.celery import TASK_DISPATCH, GuardedRedisBackend
 from config.settings import Settings, load_settings, worker_redis
-from dispatch import dlq, keys
+from dispatch import dlq, keys, lanes
 from dispatch.records import RecordStore, RequestState
 from dispatch.service import fail_message
 from worker.deadletter import dead_letter
@@ -182,6 +182,13 @@ class PoisonChannel(ReliableChannel):
         consumer counts the others): see `PoisonAwareConsumer._over_delivery_cap`."""
         ttl = _sink().settings.result_ttl
         return Counted(TASK_DISPATCH, keys.request(""), ttl)
+
+    def weights(self) -> dict[str, int]:
+        return _sink().settings.tenant_weights
+
+    def lane_of(self, message: Any) -> tuple[str, str] | None:
+        """A retry of a batch's request goes back to its batch's lane."""
+        return lanes.lane_of(message, TASK_DISPATCH)
 
     def _decode(self, item: bytes) -> Any:
         try:

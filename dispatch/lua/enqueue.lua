@@ -1,11 +1,12 @@
 -- Enqueue a chunk of requests (`producer.enqueue`): per request, create its record
--- (queued) and push its message, unless the record exists.
+-- (queued) and push its message, unless the record exists: a request in no batch onto the
+-- queue (the interactive lane), a batch's onto its batch's lane (`_lanes.lua`).
 -- KEYS: the queue. ARGV: ttl, then the key prefixes of a request record, a result, a batch
--- and a batch's request list (from `keys`), then two arguments per request:
--- "<request ID>\x1f<batch ID or nothing>\x1f<digest>" and the message. Returns per
--- request 1 (new), 2 (enqueued again: its earlier run ended without dispatching anything),
--- 0 (exists: skipped) or 3 (the ID names another request, whose digest differs: skipped).
--- New batch members join the batch's list.
+-- and a batch's request list (from `keys`), the six lane key prefixes, then two arguments
+-- per request: "<request ID>\x1f<batch ID or nothing>\x1f<digest>\x1f<tenant or nothing>"
+-- and the message. Returns per request 1 (new), 2 (enqueued again: its earlier run ended
+-- without dispatching anything), 0 (exists: skipped) or 3 (the ID names another request,
+-- whose digest differs: skipped). New batch members join the batch's list.
 --
 -- Cost per request is what bounds a batch enqueue (bench/enqueue), so the new-request path
 -- is three calls: HSETNX creates the record (and is the existence check), HSET keeps the
@@ -13,12 +14,14 @@
 -- digest differs), EXPIRE dates it.
 local queue, ttl = KEYS[1], tonumber(ARGV[1])
 local p_request, p_result, p_batch, s_requests = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local out, messages, lists = {}, {}, {}
-for i = 6, #ARGV, 2 do
+local k = lane_args(ARGV, 6)
+local out, messages, lists, laned, tenant_of = {}, {}, {}, {}, {}
+for i = 12, #ARGV, 2 do
   local sep = string.find(ARGV[i], '\31', 1, true)
   local sep2 = string.find(ARGV[i], '\31', sep + 1, true)
+  local sep3 = string.find(ARGV[i], '\31', sep2 + 1, true)
   local rid, batch_id = string.sub(ARGV[i], 1, sep - 1), string.sub(ARGV[i], sep + 1, sep2 - 1)
-  local digest = string.sub(ARGV[i], sep2 + 1)
+  local digest = string.sub(ARGV[i], sep2 + 1, sep3 - 1)
   local record = p_request .. rid
   local flag = redis.call('HSETNX', record, 'state', 'queued')
   if flag == 0 then
@@ -40,7 +43,15 @@ for i = 6, #ARGV, 2 do
   if flag == 1 or flag == 2 then
     redis.call('HSET', record, 'digest', digest)
     redis.call('EXPIRE', record, ttl)
-    messages[#messages + 1] = ARGV[i + 1]
+    if batch_id == '' then
+      messages[#messages + 1] = ARGV[i + 1]
+    else
+      if not laned[batch_id] then
+        laned[batch_id] = {}
+        tenant_of[batch_id] = string.sub(ARGV[i], sep3 + 1)
+      end
+      table.insert(laned[batch_id], ARGV[i + 1])
+    end
     if flag == 1 and batch_id ~= '' then
       local list = p_batch .. batch_id .. s_requests
       if not lists[list] then lists[list] = {} end
@@ -50,6 +61,7 @@ for i = 6, #ARGV, 2 do
   out[#out + 1] = flag
 end
 if #messages > 0 then redis.call('LPUSH', queue, unpack(messages)) end
+for batch_id, items in pairs(laned) do lane_push(k, batch_id, tenant_of[batch_id], items) end
 for list, ids in pairs(lists) do
   redis.call('RPUSH', list, unpack(ids))
   redis.call('EXPIRE', list, ttl)

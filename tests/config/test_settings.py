@@ -65,3 +65,13 @@ def test_celery_config_is_safe_by_default() -> None:
     assert conf["task_reject_on_worker_lost"] is True
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["result_expires"] == settings.result_ttl
+
+
+def test_tenant_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISPATCHQ_TENANT_WEIGHTS", "acme=3, beta=1")
+    assert load_settings().tenant_weights == {"acme": 3, "beta": 1}
+    for bad, says in (("acme", "tenant=weight"), ("acme=0", "from 1 to 1000"),
+                      ("a:b=2", "tenant must be"), ("acme=x", "tenant=weight")):  # fmt: skip
+        monkeypatch.setenv("DISPATCHQ_TENANT_WEIGHTS", bad)
+        with pytest.raises(ValidationError, match=says):
+            load_settings()

@@ -99,7 +99,7 @@ def test_the_scripts_ship_as_package_data() -> None:
     patterns = config["tool"]["setuptools"]["package-data"]["dispatch"]
     for name in scripts():
         assert any(fnmatch(f"lua/{name}.lua", pattern) for pattern in patterns), name
-    assert set(SCRIPTS) == set(scripts()) - {"_store", "_events"}
+    assert set(SCRIPTS) == set(scripts()) - {"_store", "_events", "_lanes"}
 
 
 # -- the scripts on Redis ---------------------------------------------------------------

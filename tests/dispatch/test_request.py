@@ -26,6 +26,7 @@ def test_every_field_travels() -> None:
         request_id="r-1", job_id="video", payload_ref="data:,x", meta={"k": "v"},
         namespace="media", detach=True, id_prefix_template="t", priority=70, batch_id="b",
         notify_url="https://hooks.example/done",
+        tenant="t1",
         until="finished", wait_timeout=90.5,
     )  # fmt: skip
     assert set(request.to_message()) == set(DispatchRequest.model_fields)

@@ -20,7 +20,9 @@ QUEUE = "identity-test"
 def _enqueue(client: redis.Redis, **fields: object) -> DispatchRequest:
     enqueuer = Enqueuer(client, queue=QUEUE, result_ttl=60, blob_ttl=60)
     [(rid, _flag)] = enqueuer.enqueue([NewRequest(**fields)])
-    [raw] = client.lrange(QUEUE, 0, 0)
+    batch_id = fields.get("batch_id")
+    # A batch's message waits in its batch's lane (fair queueing, `worker.fetch`).
+    [raw] = client.lrange(keys.lane(str(batch_id)) if batch_id else QUEUE, 0, 0)
     body = json.loads(base64.b64decode(json.loads(raw)["body"]))
     request = DispatchRequest.from_message((), body[1], rid)
     assert request.request_id == rid

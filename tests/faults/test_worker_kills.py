@@ -7,6 +7,8 @@ import time
 import pytest
 
 from devstack.worker_process import WorkerProcess
+from dispatch import keys, lanes
+from producer.batch import request_id_for
 from producer.enqueue import NewRequest
 from tests.support.faults import (
     REDELIVERY,
@@ -20,6 +22,7 @@ from tests.support.faults import (
     wait_until,
 )
 from tests.support.nomad_jobs import add_fault
+from tests.support.stack import QUEUE
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -123,3 +126,59 @@ def test_worker_killed_while_monitoring_resumes_without_a_second_dispatch(
     rescuer_log = (stack.log_dir / "rescuer.log").read_text()
     assert rescuer_log.count('"request.resumed"') >= at_kill["monitoring"]
     assert '"request.dispatched"' not in rescuer_log
+
+
+def test_sigkill_workers_while_batch_lanes_and_the_interactive_lane_drain(
+    fault_stack: FaultStack,
+) -> None:
+    """Fair queueing under SIGKILL: two tenants' batches (in their lanes) and requests in
+    no batch (the queue), two workers, one SIGKILLed every couple of seconds. A killed
+    worker's lane messages, held wrapped in its in-flight list, go back to their own lanes:
+    every request ends with one outcome and one child, and every lane drains."""
+    stack = fault_stack
+    set_latency(stack.sim.address, 60)
+    incarnation = 0
+
+    def spawn(slot: int) -> WorkerProcess:
+        nonlocal incarnation
+        incarnation += 1
+        return stack.worker(f"l{slot}-{incarnation}").start()
+
+    workers = [spawn(1), spawn(2)]
+    kills = 0
+    per_batch = 300
+    try:
+        with stack.producer() as producer:
+            ids: list[str] = []
+            for batch_id, tenant in (("lane-a", "ta"), ("lane-b", "tb")):
+                items = [{"meta": {"profile": "hd"}} for _ in range(per_batch)]
+                producer.dispatch_batch(
+                    "encode", items, batch_id=batch_id, preflight=False, tenant=tenant
+                )
+                ids += [request_id_for(batch_id, n) for n in range(1, per_batch + 1)]
+            ids += [producer.enqueue("encode", meta={"profile": "sd"}) for _ in range(100)]
+            total = len(ids)
+            while kills < MAX_KILLS // 2 and states(producer.redis, ids)["done"] < total * 0.9:
+                time.sleep(1.5)
+                slot = kills % 2
+                workers[slot].kill()
+                kills += 1
+                workers[slot] = spawn(slot + 1)
+            accounting = Accounting.of(stack, producer, ids, timeout=90 + REDELIVERY)
+            backlog = lanes.backlog(producer.redis, QUEUE)
+            registered = producer.redis.exists(keys.lanes(QUEUE), keys.tenants(QUEUE))
+    finally:
+        for worker in workers:
+            worker.stop()
+    stack.report(
+        "SIGKILL workers, 2 tenants' lanes and the interactive lane",
+        requests=total,
+        faults=f"{kills} SIGKILLs of 2 workers",
+        lost=len(accounting.lost),
+        doubled=len(accounting.doubled),
+        notes="batch items in lanes of two tenants, 100 requests in no batch",
+    )
+    assert kills >= 1
+    accounting.assert_each_succeeded_once(ids)
+    assert backlog.total == 0
+    assert registered == 0

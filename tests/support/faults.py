@@ -19,7 +19,7 @@ import redis
 import requests
 
 from devstack.worker_process import WorkerProcess
-from dispatch import keys
+from dispatch import keys, lanes
 from producer.api import Producer, RequestStatus
 from tests.support.nomad_jobs import (
     sim_dispatches,
@@ -172,13 +172,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def drained(client: redis.Redis, queue: str = QUEUE) -> bool:
-    """Nothing waiting or in flight (unacknowledged: `worker.fetch`): every message taken."""
+    """Nothing waiting (in the queue or a batch's lane) or in flight (unacknowledged:
+    `worker.fetch`): every message taken."""
     members = [m.decode() for m in client.smembers(keys.INFLIGHT)]  # type: ignore[union-attr]
     inflight = [keys.inflight(*m.split(":", 1)) for m in members]
     pipe = client.pipeline(transaction=False)
     for key in (queue, *inflight):
         pipe.llen(key)
-    return not any(pipe.execute())
+    return not any(pipe.execute()) and lanes.backlog(client, queue).total == 0
 
 
 def states(client: redis.Redis, ids: list[str]) -> Counter[str]:

@@ -27,6 +27,7 @@ from devstack.ports import free_port
 from devstack.worker_process import WorkerProcess
 from dispatch import keys
 from dispatch.errors import NomadError
+from producer.enqueue import Enqueuer, NewRequest
 from tests.support.nomad_jobs import add_fault
 from tests.support.stack import QUEUE, Stack
 from worker.metrics import WorkerMetrics
@@ -49,6 +50,8 @@ METRICS = (
     "dispatchq_queue_depth",
     "dispatchq_dead_letters",
     "dispatchq_dispatch_rate",
+    "dispatchq_lane_depth",
+    "dispatchq_tenant_depth",
 )
 
 
@@ -157,6 +160,26 @@ def test_queue_gauges_are_read_at_scrape_time(
     redis_client.lpush(keys.DLQ, "x", "y")
     assert value(metrics, "dispatchq_queue_depth", queue=UNIT_QUEUE) == 3
     assert value(metrics, "dispatchq_dead_letters") == 2
+
+
+def test_lane_gauges_show_the_backlog_per_lane_tenant_and_batch(
+    metrics: WorkerMetrics, redis_client: redis.Redis
+) -> None:
+    enqueuer = Enqueuer(redis_client, queue=UNIT_QUEUE, result_ttl=60, blob_ttl=60)
+    enqueuer.enqueue(
+        [NewRequest("encode", request_id=f"lm-{n}", batch_id="m1", tenant="t") for n in range(3)]
+        + [NewRequest("encode", request_id="lane-m-x", batch_id="m2")]
+        + [NewRequest("encode", request_id="lane-i")]
+    )
+    try:
+        assert value(metrics, "dispatchq_queue_depth", queue=UNIT_QUEUE) == 5
+        lane = "dispatchq_lane_depth"
+        assert value(metrics, lane, queue=UNIT_QUEUE, lane="interactive", tenant="", batch="") == 1
+        assert value(metrics, lane, queue=UNIT_QUEUE, lane="batch", tenant="t", batch="m1") == 3
+        assert value(metrics, lane, queue=UNIT_QUEUE, lane="batch", tenant="-", batch="m2") == 1
+        assert value(metrics, "dispatchq_tenant_depth", queue=UNIT_QUEUE, tenant="t") == 3
+    finally:
+        redis_client.delete(keys.lane("m1"), keys.lane("m2"), keys.lanes(UNIT_QUEUE))
 
 
 def test_the_dispatch_rate_gauge_shows_a_slowdown(
