@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,11 +12,12 @@ from pathlib import Path
 
 import redis
 
+from devstack.process_group import ProcessGroup
 from dispatch import keys
 
 
 @dataclass
-class NotifierProcess:
+class NotifierProcess(ProcessGroup):
     """A notifier in its own process group, configured by environment variables."""
 
     env: Mapping[str, str]
@@ -64,24 +64,5 @@ class NotifierProcess:
         finally:
             client.close()
 
-    def kill(self) -> None:
-        """SIGKILL: a crash; its unacknowledged events wait for another notifier."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.process = None
-
     def __enter__(self) -> NotifierProcess:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack.process_group import ProcessGroup
+
 
 @dataclass
-class TrackerProcess:
+class TrackerProcess(ProcessGroup):
     """`dispatchq tracker` in its own process group; `args` are extra flags."""
 
     env: Mapping[str, str]
@@ -36,24 +37,5 @@ class TrackerProcess:
                 out.close()
         return self
 
-    def kill(self) -> None:
-        """SIGKILL: a crash, nothing released (the lease lapses on its own)."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.process = None
-
     def __enter__(self) -> TrackerProcess:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

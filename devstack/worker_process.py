@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,11 +12,12 @@ from pathlib import Path
 
 import redis
 
+from devstack.process_group import ProcessGroup
 from dispatch.liveness import live_workers
 
 
 @dataclass
-class WorkerProcess:
+class WorkerProcess(ProcessGroup):
     """A worker in its own process group, configured by environment variables."""
 
     env: Mapping[str, str]
@@ -80,25 +80,5 @@ class WorkerProcess:
         finally:
             client.close()
 
-    def kill(self) -> None:
-        """SIGKILL the whole worker (main process and pool): a crash, nothing cleaned up."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Warm shutdown (SIGTERM), then SIGKILL if it does not exit in time."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.process = None
-
     def __enter__(self) -> WorkerProcess:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
