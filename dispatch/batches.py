@@ -1,10 +1,17 @@
 """Batches: a record per batch with O(1) progress, kept current by the workers.
 
 `dispatchq:batch:<id>` holds `job_id`, `namespace`, `tenant` ('' for none), `total`,
-`state` (open | cancelled), `created_at`, `notify_url` (optional), `finished_at` (set once,
-with the batch's completion event: `dispatch.completion`), and counters the workers bump
-atomically and exactly once per request (see `records`): `dispatched`, `done`, `done_dispatched`,
-`exit:0`, `exit:1`, `exit:2`. Reading progress is one HGETALL, whatever the batch's size.
+`state` (open | cancelled), `created_at`, `until` and `detach` (what its requests were
+enqueued with, for their retries), `max_attempts` (optional, `--max-attempts`),
+`notify_url` (optional), `finished_at` (set with the batch's completion event,
+`dispatch.completion`; cleared when a retry re-opens it), `finishes` (how many times it
+finished), and counters the workers bump atomically and exactly once per request (see
+`records`): `dispatched`, `done`, `done_dispatched`, `exit:0`, `exit:1`, `exit:2`, the
+requests in each state between queued and done (`st:dispatching`, `st:monitoring`,
+`st:scheduled`, `st:running`: moved in the same step as the record's state, `lua/_batch.lua`)
+and `retries` (attempts claimed after the first, `lua/retry.lua`). Counts are of each
+item's latest attempt: a retried item leaves `done` and `exit:<code>` when its next attempt
+is claimed. Reading progress is one HGETALL, whatever the batch's size.
 """
 
 from __future__ import annotations
@@ -35,6 +42,11 @@ class BatchStatus:
     done: int = 0
     done_dispatched: int = 0
     exit_codes: dict[int, int] = field(default_factory=dict)
+    states: dict[str, int] = field(default_factory=dict)
+    """Requests per state between queued and done (`st:<state>` counters)."""
+    retries: int = 0
+    max_attempts: int = 1
+    until: str = "scheduled"
 
     @classmethod
     def from_hash(cls, batch_id: str, raw: dict[bytes, bytes]) -> BatchStatus:
@@ -55,17 +67,41 @@ class BatchStatus:
             done=int(data.get("done", 0)),
             done_dispatched=int(data.get("done_dispatched", 0)),
             exit_codes=codes,
+            states={
+                name[len("st:") :]: max(0, int(value))
+                for name, value in data.items()
+                if name.startswith("st:")
+            },
+            retries=int(data.get("retries", 0)),
+            max_attempts=int(data.get("max_attempts") or 1),
+            until=data.get("until") or "scheduled",
         )
 
     @property
     def monitoring(self) -> int:
-        """Dispatched and being followed."""
+        """Dispatched and not done: its evaluation followed, or its child (`until` finished)."""
         return max(0, self.dispatched - self.done_dispatched)
 
     @property
+    def dispatching(self) -> int:
+        """Taken by a worker: being dispatched, or its evaluation followed."""
+        return self.states.get("dispatching", 0) + self.states.get("monitoring", 0)
+
+    @property
+    def waiting(self) -> int:
+        """`until` finished: handed to the tracker, no allocation running yet (waiting for
+        capacity, a blocked evaluation, or to start; a rescheduled child too)."""
+        return self.states.get("scheduled", 0)
+
+    @property
+    def running(self) -> int:
+        """`until` finished: the child's allocation runs."""
+        return self.states.get("running", 0)
+
+    @property
     def queued(self) -> int:
-        """Not yet dispatched (queued, or being dispatched)."""
-        return max(0, self.total - self.done - self.monitoring)
+        """Waiting in the queue (for its first attempt or its next)."""
+        return max(0, self.total - self.done - self.dispatching - self.waiting - self.running)
 
     @property
     def finished(self) -> bool:
@@ -84,10 +120,19 @@ class BatchStatus:
             "namespace": self.namespace or None,
             "state": self.state,
             "total": self.total,
+            "until": self.until,
             "queued": self.queued,
+            "dispatching": self.dispatching,
+            "waiting": self.waiting,
+            "running": self.running,
             "monitoring": self.monitoring,
             "done": self.done,
-            "exit_codes": {str(k): v for k, v in sorted(self.exit_codes.items())},
+            "succeeded": self.exit_codes.get(0, 0),
+            "failed": self.exit_codes.get(2, 0),
+            "errors": self.exit_codes.get(1, 0),
+            "exit_codes": {str(k): v for k, v in sorted(self.exit_codes.items()) if v},
+            "retries": self.retries,
+            "max_attempts": self.max_attempts,
         }
 
 
@@ -106,10 +151,15 @@ class BatchStore:
         *,
         notify_url: str | None = None,
         tenant: str | None = None,
+        until: str = "scheduled",
+        detach: bool = False,
+        max_attempts: int | None = None,
     ) -> None:
         """Queue the batch record's creation on `pipe`; a resubmission keeps its counters
         and raises `total` if the new submission is longer. `notify_url`: where the
-        notifier POSTs the batch's completion event (a resubmission may set another)."""
+        notifier POSTs the batch's completion event (a resubmission may set another);
+        `max_attempts`: attempts per item when its own run fails (a resubmission may set
+        another)."""
         key = keys.batch(batch_id)
         pipe.hsetnx(key, "job_id", job_id)
         pipe.hsetnx(key, "namespace", namespace or "")
@@ -117,9 +167,13 @@ class BatchStore:
         pipe.hsetnx(key, "state", OPEN)
         pipe.hsetnx(key, "created_at", time.time())
         pipe.hsetnx(key, "total", 0)
+        pipe.hsetnx(key, "until", until)
+        pipe.hsetnx(key, "detach", int(detach))
         pipe.eval(_RAISE_TOTAL, 1, key, total)
         if notify_url:
             pipe.hset(key, "notify_url", notify_url)
+        if max_attempts is not None:
+            pipe.hset(key, "max_attempts", max_attempts)
         pipe.expire(key, self.ttl)
 
     def status(self, batch_id: str) -> BatchStatus | None:
@@ -146,7 +200,10 @@ class BatchStore:
                 yield raw.decode() if isinstance(raw, bytes) else str(raw)
             start += chunk
 
-    def errors(self, batch_id: str) -> list[dict[str, str]]:
+    def errors(self, batch_id: str) -> list[dict[str, Any]]:
+        """The batch's first errors and failures (at most `records.MAX_BATCH_ERRORS`):
+        `request_id`, `exit_code` and `error` (a failed child's: its tasks' exit codes and
+        messages), oldest first."""
         entries = self.client.lrange(keys.batch_errors(batch_id), 0, -1)
         return [json.loads(e) for e in entries]
 

@@ -90,6 +90,41 @@ def request_event_args(
     ]
 
 
+def stored_in_meta(value: bytes | str) -> dict[str, Any]:
+    """The stored outcome inside a result value (Celery's meta: its `result`), for the
+    completion event of a followed child's end; {} when it is not one."""
+    try:
+        meta = json.loads(value)
+    except ValueError:
+        return {}
+    stored = meta.get("result") if isinstance(meta, dict) else None
+    return stored if isinstance(stored, dict) else {}
+
+
+def error_entry(request_id: str, exit_code: int, error: str) -> str:
+    """A batch's error list entry (`keys.batch_errors`), "" for no error."""
+    if not error:
+        return ""
+    return json.dumps({"request_id": request_id, "exit_code": exit_code, "error": error})
+
+
+def done_args(
+    events: EventStream,
+    request_id: str,
+    batch_id: str | None,
+    outcome: dict[str, Any] | None,
+    notify_url: str | None,
+) -> list[Any]:
+    """The done script's ARGV 11-18: the completion event's (empty when events are off or
+    there is no outcome), then the retry set and the request ID (automatic retries)."""
+    args: list[Any] = []
+    if outcome is not None:
+        args = request_event_args(events, request_id, batch_id, outcome, notify_url)
+    if not args:
+        args = [batch_id or "", "", "", "", "", ""]
+    return [*args, keys.RETRY_DUE, request_id]
+
+
 def parse_entry(fields: Any) -> tuple[dict[str, Any], str]:
     """A stream entry's event (parsed) and notify_url ("" when none)."""
     data = {

@@ -11,6 +11,8 @@
 | `dispatchq:batch:<id>:requests`  | list   | producer          | result_ttl                 |
 | `dispatchq:batch:<id>:errors`    | list   | worker            | result_ttl                 |
 | `dispatchq:batch:<id>:items`     | hash   | producer          | result_ttl                 |
+| `dispatchq:batch:<id>:attempts`  | hash   | producer, tracker | result_ttl                 |
+| `dispatchq:retry`                | zset   | worker, tracker   | none: members leave when claimed |
 | `dispatchq:rate`                 | hash   | worker gate       | RATE_TTL, renewed/write    |
 | `dispatchq:children:<ns>:<job>`  | hash   | worker gate       | CHILDREN_TTL, renewed      |
 | `dispatchq:children:<ns>:<job>:refresh` | string | worker gate | CHILDREN_REFRESH_LOCK ms |
@@ -125,6 +127,8 @@ def lane_keys(queue: str) -> list[str]:
     """The key prefixes the lane scripts take as arguments, in their order: lane, lanes,
     tenants, tenant ring (before the tenant), tenant ring suffix (after it), credit."""
     return [LANE, lanes(queue), tenants(queue), f"{PREFIX}:tenant:", f":{queue}", credit(queue)]
+
+
 FOLLOW: Final = f"{PREFIX}:follow"
 """The children followed to their end (`until` finished): member = request ID, score = the
 Unix time of its next forced check. No TTL: a member leaves when its request is done (the
@@ -167,7 +171,8 @@ def blob(sha256_hex: str) -> str:
 
 
 def batch(batch_id: str) -> str:
-    """A batch: job, total, state and counters per state and exit code. TTL: result_ttl."""
+    """A batch: job, total, state and counters per state and exit code (`dispatch.batches`
+    lists its fields). TTL: result_ttl."""
     return f"{PREFIX}:batch:{batch_id}"
 
 
@@ -180,6 +185,27 @@ def batch_items(batch_id: str) -> str:
     """Per request ID of the batch, what re-running its item needs: JSON `{"line", "payload_ref",
     "meta"}` (`batch results --failed`). TTL: result_ttl."""
     return f"{PREFIX}:batch:{batch_id}:items"
+
+
+def batch_attempts(batch_id: str) -> str:
+    """Per item of the batch retried at least once (its first request ID), its latest
+    attempt (2, 3, ...; an item not in it is at attempt 1). Attempt n > 1 of item `<id>` is
+    the request `attempt_id(<id>, n)`. Written only by lua/retry.lua. TTL: result_ttl."""
+    return f"{PREFIX}:batch:{batch_id}:attempts"
+
+
+def attempt_id(request_id: str, attempt: int) -> str:
+    """The request ID of an item's attempt: its first request ID for attempt 1, else
+    `<first request ID>~<attempt>` (`dispatchq batch retry`, `--max-attempts`)."""
+    return request_id if attempt <= 1 else f"{request_id}~{attempt}"
+
+
+RETRY_DUE: Final = f"{PREFIX}:retry"
+"""Batch items whose run failed (exit 2) with attempts left (`--max-attempts`): member
+`<batch id>\x1f<item's first request ID>`, score the Unix time it failed. Added by
+lua/done.lua in the step that stores the failure, removed by lua/retry.lua when the next
+attempt is claimed (`producer.retry`, drained by the leading tracker). No TTL: members
+leave when claimed, and a crash between the two leaves the item here, not lost."""
 
 
 def batch_errors(batch_id: str) -> str:

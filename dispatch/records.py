@@ -5,8 +5,8 @@ and the worker's write-ahead log. Every script that writes it is a `.lua` file i
 beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
 
 - `state` (enqueue.lua, begin.lua, dispatched.lua, handoff.lua, stage.lua, done.lua,
-  replay.lua): the state machine `TRANSITIONS` below; `queued` when the producer enqueues
-  it (again), `dispatching` when a worker takes it, `monitoring` once Nomad answered the
+  replay.lua, retry.lua): the state machine `TRANSITIONS` below; `queued` when the producer
+  enqueues it (again) or claims it as a batch item's next attempt (retry.lua), `dispatching` when a worker takes it, `monitoring` once Nomad answered the
   dispatch, `done` with its outcome; a request that follows its child (`until` finished)
   goes from `monitoring` to `scheduled` when its evaluation is done (placed, or blocked
   and waiting for capacity: handoff.lua), then `running` once the tracker saw an
@@ -24,7 +24,7 @@ beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
 - `dispatched_job_id`, `eval_id` (dispatched.lua): the child and its evaluation, written
   the moment Nomad answers; a redelivered request that finds them resumes monitoring and
   never dispatches again (begin.lua reads them).
-- `digest` (enqueue.lua; begin.lua for a request with no record): what the request's
+- `digest` (enqueue.lua, retry.lua; begin.lua for a request with no record): what the request's
   message says (`dispatch.request.request_digest`). A message with the same ID and another
   digest, or one claiming a batch with no record made at enqueue, is not this request:
   begin.lua and done.lua refuse it without writing anything.
@@ -32,9 +32,16 @@ beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
 - `ends` (_events.lua, in the step that stores the outcome; kept by enqueue.lua when it
   enqueues a request again): how many times the request ended; the attempt of its
   completion event (`dispatch.completion`).
-- `deliveries` (fetch_counted.lua, `dispatch.dlq.count_delivery`; cleared by replay.lua):
 - `deliveries` (fetch_fair.lua, `dispatch.dlq.count_delivery`; cleared by replay.lua):
   deliveries of the request's messages, for the delivery cap.
+- `notify_url` (handoff.lua): a followed request's own notify_url, for its completion
+  event when the tracker stores its end (`finish_followed`); only when it has one.
+- `attempt`, `item` (retry.lua): for a batch item's attempt after the first, its number
+  and the item's first request ID (`keys.attempt_id`); done.lua reads them to decide an
+  automatic retry (`--max-attempts`).
+
+A request of a batch moves between its batch's state counters in the same scripts
+(`batch_move`, `lua/_batch.lua`; see `dispatch.batches`).
 
 Every write renews the TTL. done.lua also stores the outcome under the request's result
 key, in Celery's result format (`store_result` in `lua/_store.lua`, the one place that
@@ -53,7 +60,7 @@ from typing import Any, NamedTuple
 import redis
 
 from dispatch import keys
-from dispatch.completion import EventStream, request_event_args
+from dispatch.completion import EventStream, done_args, error_entry, stored_in_meta
 
 
 class RequestState(StrEnum):
@@ -99,6 +106,9 @@ FIELDS = (
     "deadline",
     "digest",
     "ends",
+    "notify_url",
+    "attempt",
+    "item",
 )
 """Every field of the record (the docstring says who writes each, and when)."""
 DELIVERIES = "deliveries"
@@ -117,6 +127,7 @@ def _load_scripts() -> dict[str, str]:
         "store_result(": texts.pop("_store"),
         "emit_done_events(": texts.pop("_events"),
         "lane_args(": texts.pop("_lanes"),
+        "batch_move(": texts.pop("_batch"),
     }
     return {
         name: "".join(lib for call, lib in libraries.items() if call in text) + text
@@ -126,8 +137,8 @@ def _load_scripts() -> dict[str, str]:
 
 SCRIPTS = _load_scripts()
 """The text of each script of `lua/`, read once: `begin`, `dispatched`, `done`, `enqueue`,
-`fetch_fair`, `handoff`, `lane_push`, `lease`, `reclaim`, `replay`, `requeue`, `stage`,
-`store_result` (the lane scripts belong to `worker.fetch`; they live here with the others
+`fetch_fair`, `handoff`, `lane_push`, `lease`, `reclaim`, `replay`, `requeue`, `retry`,
+`stage`, `store_result` (the lane scripts belong to `worker.fetch`; they live here with the others
 so that every script is loaded one way)."""
 
 
@@ -143,6 +154,8 @@ class RequestRecord:
     exit_code: int | None = None
     namespace: str = ""
     deadline: float | None = None
+    notify_url: str = ""
+    attempt: int = 1
 
     @classmethod
     def from_hash(cls, request_id: str, raw: dict[bytes, bytes]) -> RequestRecord:
@@ -159,6 +172,8 @@ class RequestRecord:
             exit_code=int(data["exit_code"]) if "exit_code" in data else None,
             namespace=data.get("namespace", ""),
             deadline=float(data["deadline"]) if data.get("deadline") else None,
+            notify_url=data.get("notify_url", ""),
+            attempt=int(data["attempt"]) if data.get("attempt") else 1,
         )
 
     @property
@@ -220,17 +235,6 @@ def with_record(partial: str, record: RequestRecord) -> dict[str, Any]:
 
 MAX_BATCH_ERRORS = 50
 """A batch keeps the first errors only: enough to see what went wrong, bounded memory."""
-
-
-def _stored(value: bytes | str) -> dict[str, Any]:
-    """The stored outcome inside a result value (Celery's meta: its `result`), for the
-    completion event of a followed child's end; {} when it is not one."""
-    try:
-        meta = json.loads(value)
-    except ValueError:
-        return {}
-    stored = meta.get("result") if isinstance(meta, dict) else None
-    return stored if isinstance(stored, dict) else {}
 
 
 class RecordStore:
@@ -302,7 +306,7 @@ class RecordStore:
         request is another one: returns False then."""
         batch = keys.batch(batch_id) if batch_id else ""
         errors = keys.batch_errors(batch_id) if batch_id else ""
-        entry = json.dumps({"request_id": request_id, "error": error}) if error else ""
+        entry = error_entry(request_id, exit_code, error)
         script_keys = [keys.request(request_id)]
         args: list[Any] = [self.ttl, exit_code, batch, entry, errors, MAX_BATCH_ERRORS, digest]
         if result is not None:
@@ -311,8 +315,7 @@ class RecordStore:
         else:
             args += ["", ""]
         args.append("")  # no follow set: no request ID (ARGV[10])
-        if outcome is not None:
-            args += request_event_args(self.events, request_id, batch_id, outcome, notify_url)
+        args += done_args(self.events, request_id, batch_id, outcome, notify_url)
         return bool(self._done(keys=script_keys, args=args) != -1)
 
     def hand_off(
@@ -321,10 +324,11 @@ class RecordStore:
         namespace: str,
         partial: dict[str, Any],
         deadline: float | None,
+        notify_url: str | None = None,
     ) -> bool:
         """The evaluation is done and the request follows its child: `scheduled`, with the
         outcome so far, in the follow set, due at once (the tracker takes it from here).
-        False for a request already done."""
+        Its `notify_url` is kept in the record for its end. False for a request already done."""
         return bool(
             self._handoff(
                 keys=[keys.request(request_id), keys.FOLLOW, keys.partial(request_id)],
@@ -338,6 +342,8 @@ class RecordStore:
                         {k: v for k, v in partial.items() if k not in IN_RECORD},
                         separators=(",", ":"),
                     ),
+                    keys.batch(""),
+                    notify_url or "",
                 ],
             )
         )
@@ -353,7 +359,7 @@ class RecordStore:
         return bool(
             self._stage(
                 keys=[keys.request(request_id), keys.FOLLOW, keys.partial(request_id)],
-                args=[self.ttl, request_id, state.value, next_check],
+                args=[self.ttl, request_id, state.value, next_check, keys.batch("")],
             )
         )
 
@@ -364,15 +370,20 @@ class RecordStore:
         batch_id: str | None,
         error: str,
         result: StoredResult,
+        *,
+        notify_url: str = "",
     ) -> bool:
         """A followed child's end: stored, published, done, counted, out of the follow set,
-        in one step; the first finish wins (True), any later one changes nothing."""
+        in one step; the first finish wins (True), any later one changes nothing. Its
+        completion event is POSTed to `notify_url` (the record's, kept at hand-off)."""
         batch = keys.batch(batch_id) if batch_id else ""
         errors = keys.batch_errors(batch_id) if batch_id else ""
-        entry = json.dumps({"request_id": request_id, "error": error}) if error else ""
+        entry = error_entry(request_id, exit_code, error)
         args: list[Any] = [self.ttl, exit_code, batch, entry, errors, MAX_BATCH_ERRORS, ""]
         args += [result.value, result.ttl, request_id]
-        args += request_event_args(self.events, request_id, batch_id, _stored(result.value))
+        args += done_args(
+            self.events, request_id, batch_id, stored_in_meta(result.value), notify_url or None
+        )
         keys_ = [keys.request(request_id), result.key, keys.FOLLOW, keys.partial(request_id)]
         return bool(self._done(keys=keys_, args=args))
 

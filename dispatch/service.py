@@ -99,6 +99,7 @@ class Records(Protocol):
         namespace: str,
         partial: dict[str, Any],
         deadline: float | None,
+        notify_url: str | None = None,
     ) -> bool: ...
 
     def batch_cancelled(self, batch_id: str) -> bool: ...
@@ -340,7 +341,9 @@ class DispatchService:
         if request.wait_timeout is not None:
             deadline = outcome.timings.started_at + request.wait_timeout
         namespace = request.namespace or self.client.config.namespace or ""
-        self.records.hand_off(request.request_id, namespace, outcome.to_stored(), deadline)
+        self.records.hand_off(
+            request.request_id, namespace, outcome.to_stored(), deadline, request.notify_url
+        )
         log.info(
             "request.handed_off",
             request_id=request.request_id,

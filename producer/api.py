@@ -36,6 +36,23 @@ from producer.batch_input import BatchItem
 from producer.enqueue import CONFLICT, Enqueuer, InvalidRequest, NewRequest
 from producer.events import follow_events
 from producer.results import outcome_from_meta
+from producer.retry import BatchRetrier, RetryReport
+
+MAX_ATTEMPTS = 100
+"""The most attempts `max_attempts` may ask for per item."""
+
+
+def check_max_attempts(max_attempts: int | None, until: str) -> None:
+    """`max_attempts` is an integer 1-100, for a batch followed `until` finished (the
+    only one whose exit code 2 is a failure of the item's own run: a placement failure
+    of `until` scheduled leaves a blocked evaluation that may still place the child)."""
+    if max_attempts is None:
+        return
+    if type(max_attempts) is not int or not 1 <= max_attempts <= MAX_ATTEMPTS:
+        raise InvalidRequest(f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS}")
+    if until != "finished":
+        raise InvalidRequest('max_attempts needs until "finished" (retries follow a failed run)')
+
 
 UNKNOWN = "unknown"
 DONE = "done"
@@ -167,8 +184,12 @@ class Producer:
         notify_url: str | None = None,
         tenant: str | None = None,
         until: str = "scheduled",
+        max_attempts: int | None = None,
     ) -> str:
-        """Enqueue a batch; returns its ID. With `notify_url`, the notifier POSTs the
+        """Enqueue a batch; returns its ID. With `max_attempts` (1-100; `until` "finished"
+        only), an item whose own run failed (exit code 2) is dispatched again, as its next
+        attempt, until it succeeds or has had that many (never for exit code 1: a bad
+        request stays bad); see `retry_batch`. With `notify_url`, the notifier POSTs the
         batch's completion event there once, when its last item ends. With `preflight`,
         the job is read once from Nomad and a batch with any item it would refuse is rejected whole
         (BatchInputError, naming the lines) before anything is enqueued. Submitting the
@@ -176,6 +197,7 @@ class Producer:
         Batches take turns with other batches, grouped by `tenant` (`worker.fetch`)."""
         if tenant is not None and not re.fullmatch(TENANT_PATTERN, tenant):
             raise InvalidRequest(TENANT_TEXT)
+        check_max_attempts(max_attempts, until)
         listed = as_items(items)
         if notify_url is not None:
             check_notify_url(notify_url)
@@ -192,8 +214,20 @@ class Producer:
             notify_url=notify_url,
             tenant=tenant,
             until=until,
+            max_attempts=max_attempts,
         )
         return batch_id
+
+    def retry_batch(self, batch_id: str) -> RetryReport:
+        """Dispatch again every item of the batch whose latest attempt ended without
+        success (exit code 1 or 2), with the same payload reference and meta, as its next
+        attempt in the same batch: request `<first request ID>~<attempt>`. Idempotent: an
+        item is claimed once per attempt, so a second call, or one while a retry is in
+        flight, dispatches nothing twice. Raises KeyError for no such batch."""
+        if self.batches.status(batch_id) is None:
+            raise KeyError(batch_id)
+        retrier = BatchRetrier(self.redis, queue=self.settings.queue, ttl=self.settings.result_ttl)
+        return retrier.retry_batch(batch_id)
 
     def batch_status(self, batch_id: str) -> BatchStatus | None:
         """Counts per state and exit code: one read, whatever the batch's size."""

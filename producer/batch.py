@@ -84,14 +84,16 @@ class BatchSubmitter:
         notify_url: str | None = None,
         tenant: str | None = None,
         until: str = "scheduled",
+        max_attempts: int | None = None,
     ) -> dict[int, int]:
         """Enqueue; returns how many items were new (1), enqueued again (2), skipped (0),
         skipped because their ID names another request (3: a resumed batch keeps what was
         enqueued first)."""
         pipe = self.batches.client.pipeline(transaction=False)
         self.batches.create(
-            pipe, batch_id, job_id, namespace, len(items), notify_url=notify_url, tenant=tenant
-        )
+            pipe, batch_id, job_id, namespace, len(items), notify_url=notify_url, tenant=tenant,
+            until=until, detach=detach, max_attempts=max_attempts,
+        )  # fmt: skip
         pipe.execute()
         requests = [
             NewRequest(
@@ -142,27 +144,31 @@ def _rerun(item: BatchItem, n: int) -> dict[str, Any]:
 def stream_results(
     batches: BatchStore, batch_id: str, chunk: int = 500, *, failed_only: bool = False
 ) -> Iterator[str]:
-    """One JSON line per request of the batch, in item order: the outcome when done, the
-    state otherwise. Reads results in chunks (one MGET per chunk). With `failed_only`, only
+    """One JSON line per item of the batch, in item order, of its latest attempt (its
+    `request_id` and `attempt`: `keys.attempt_id`): the outcome when done, the state
+    otherwise. Reads results in chunks (one MGET per chunk). With `failed_only`, only
     the items whose outcome's exit code is not 0, each with what re-running it needs: its
     line, payload reference and meta (`_rerun`)."""
     client = batches.client
     ids: list[str] = []
 
     def flush() -> Iterator[str]:
+        raw = client.hmget(keys.batch_attempts(batch_id), ids)
+        attempts = [int(n) if n else 1 for n in raw]
+        latest = [keys.attempt_id(rid, n) for rid, n in zip(ids, attempts, strict=True)]
         pipe = client.pipeline(transaction=False)
-        pipe.mget([keys.celery_result(rid) for rid in ids])
+        pipe.mget([keys.celery_result(rid) for rid in latest])
         if failed_only:
             pipe.hmget(keys.batch_items(batch_id), ids)
         else:
-            for rid in ids:
+            for rid in latest:
                 pipe.hget(keys.request(rid), "state")
         metas, *rest = pipe.execute()
         if failed_only:
-            yield from _failed_lines(ids, metas, rest[0])
+            yield from _failed_lines(latest, attempts, metas, rest[0])
             return
-        for rid, meta, state in zip(ids, metas, rest, strict=True):
-            line: dict[str, Any] = {"request_id": rid}
+        for rid, n, meta, state in zip(latest, attempts, metas, rest, strict=True):
+            line: dict[str, Any] = {"request_id": rid, "attempt": n}
             outcome = outcome_from_meta(json.loads(meta)) if meta else None
             if outcome is not None:
                 line.update(state="done", outcome=outcome.to_stored())
@@ -180,13 +186,15 @@ def stream_results(
 
 
 def _failed_lines(
-    ids: list[str], metas: list[bytes | None], items: list[bytes | None]
+    ids: list[str], attempts: list[int], metas: list[bytes | None], items: list[bytes | None]
 ) -> Iterator[str]:
-    for rid, meta, item in zip(ids, metas, items, strict=True):
+    for rid, n, meta, item in zip(ids, attempts, metas, items, strict=True):
         outcome = outcome_from_meta(json.loads(meta)) if meta else None
         if outcome is None or outcome.exit_code == 0:
             continue
-        line: dict[str, Any] = {"request_id": rid, "line": None, "payload_ref": None, "meta": {}}
+        line: dict[str, Any] = {
+            "request_id": rid, "attempt": n, "line": None, "payload_ref": None, "meta": {}
+        }  # fmt: skip
         line.update(json.loads(item) if item else {})
         line.update(exit_code=outcome.exit_code, outcome=outcome.to_stored())
         yield json.dumps(line)

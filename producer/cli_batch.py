@@ -1,8 +1,10 @@
 """`dispatchq batch`: fan out a file of requests, follow its progress, read its results.
 
-dispatchq batch [submit] <job> FILE|- [--csv] [--batch-id ID] [--until finished] [--wait] [-json]
+dispatchq batch [submit] <job> FILE|- [--csv] [--batch-id ID] [--until finished]
+                [--max-attempts N] [--wait] [-json]
 dispatchq batch status ID [--wait] [-json]
-dispatchq batch results ID
+dispatchq batch results ID [--failed]
+dispatchq batch retry ID [--wait] [-json]
 dispatchq batch cancel ID [--stop-dispatched]
 """
 
@@ -25,7 +27,10 @@ from producer.api import Producer
 from producer.batch_input import BatchItem, read_csv, read_jsonl
 from producer.enqueue import InvalidRequest
 
-ACTIONS = ("submit", "status", "results", "cancel")
+ACTIONS = ("submit", "status", "results", "retry", "cancel")
+FIRST_FAILURES = 5
+"""Failures the summary lists (the batch keeps its first 50: `dispatchq batch status -json`
+does not show them; `batch results --failed` lists every one)."""
 POLL = 0.2  # progress refresh; status reads are O(1), one HGETALL
 
 
@@ -40,7 +45,7 @@ def register(commands: Any) -> None:
         "words",
         nargs="+",
         metavar="ARG",
-        help="[submit] <job> FILE | status ID | results ID | cancel ID",
+        help="[submit] <job> FILE | status ID | results ID | retry ID | cancel ID",
     )
     batch.add_argument(
         "--csv", action="store_true", help="FILE is CSV (default: JSON Lines, or by .csv suffix)"
@@ -62,6 +67,11 @@ def register(commands: Any) -> None:
         help="a request is done when its evaluation is (scheduled, the default) or when "
         "its child job is (finished: followed by `dispatchq tracker`)",
     )
+    batch.add_argument(
+        "--max-attempts", type=int, metavar="N",
+        help="with --until finished: dispatch an item again when its own run fails (exit 2), "
+        "up to N attempts in all (never for exit 1)",
+    )  # fmt: skip
     batch.add_argument("--wait", action="store_true", help="show a live progress bar until done")
     batch.add_argument(
         "--stop-dispatched", action="store_true", help="cancel: also stop dispatched children"
@@ -93,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
                 return _status(producer, args, words[0])
             if action == "results":
                 return _results(producer, words[0], failed=args.failed)
+            if action == "retry":
+                return _retry(producer, args, words[0])
             return _cancel(producer, args, words[0])
         except InvalidRequest as err:
             print(f"Error: {err}", file=sys.stderr)
@@ -128,6 +140,7 @@ def _submit(producer: Producer, args: argparse.Namespace, job: str, path: str) -
         notify_url=args.notify_url,
         tenant=args.tenant,
         until=args.until,
+        max_attempts=args.max_attempts,
     )
     if args.json and not args.wait:
         print(json.dumps({"batch_id": batch_id, "items": len(items)}))
@@ -145,11 +158,16 @@ def _status(producer: Producer, args: argparse.Namespace, batch_id: str) -> int:
     if status is None:
         print(f'No batch with ID "{batch_id}" found', file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(status.to_json()))
-    else:
-        Console().print(summary_table(status, producer.batches.errors(batch_id)))
+    _summary(producer, status, args.json)
     return status.worst_exit_code() if status.finished else 0
+
+
+def _summary(producer: Producer, status: BatchStatus, as_json: bool) -> None:
+    errors = producer.batches.errors(status.batch_id)
+    if as_json:
+        print(json.dumps({**status.to_json(), "first_failures": errors[:FIRST_FAILURES]}))
+    else:
+        Console().print(summary_table(status, errors))
 
 
 def _follow(producer: Producer, batch_id: str, as_json: bool) -> int:
@@ -173,36 +191,77 @@ def _follow(producer: Producer, batch_id: str, as_json: bool) -> int:
             if status is None:
                 print(f'Batch "{batch_id}" expired while waiting', file=sys.stderr)
                 return 1
-            codes = status.exit_codes
-            detail = (
-                f"queued {status.queued}  monitoring {status.monitoring}  "
-                f"ok {codes.get(0, 0)}  placement {codes.get(2, 0)}  error {codes.get(1, 0)}"
-            )
+            detail = progress_line(status)
             progress.update(bar, completed=status.done, total=status.total, detail=detail)
             if status.finished:
                 break
             time.sleep(POLL)
-    if as_json:
-        print(json.dumps(status.to_json()))
-    else:
-        Console().print(summary_table(status, producer.batches.errors(batch_id)))
+    _summary(producer, status, as_json)
     return status.worst_exit_code()
 
 
-def summary_table(status: BatchStatus, errors: list[dict[str, str]]) -> Table:
+def progress_line(status: BatchStatus) -> str:
+    """The live bar's counts (each item's latest attempt)."""
+    codes = status.exit_codes
+    if status.until == "finished":
+        return (
+            f"queued {status.queued}  dispatching {status.dispatching}  waiting "
+            f"{status.waiting}  running {status.running}  ok {codes.get(0, 0)}  "
+            f"failed {codes.get(2, 0)}  error {codes.get(1, 0)}"
+        )
+    return (
+        f"queued {status.queued}  monitoring {status.monitoring}  "
+        f"ok {codes.get(0, 0)}  placement {codes.get(2, 0)}  error {codes.get(1, 0)}"
+    )
+
+
+def summary_table(status: BatchStatus, errors: list[dict[str, Any]]) -> Table:
     table = Table(title=f"batch {status.batch_id} ({status.job_id}, {status.state})")
     table.add_column("exit code")
     table.add_column("meaning")
     table.add_column("requests", justify="right")
-    meanings = {0: "scheduled", 2: "placement failure", 1: "error"}
+    if status.until == "finished":
+        meanings = {0: "succeeded", 2: "failed", 1: "other error"}
+    else:
+        meanings = {0: "scheduled", 2: "placement failure", 1: "error"}
     for code in (0, 2, 1):
         table.add_row(str(code), meanings[code], str(status.exit_codes.get(code, 0)))
-    if not status.finished:
+    if not status.finished and status.until == "finished":
+        for name, count in (
+            ("queued", status.queued), ("dispatching", status.dispatching),
+            ("waiting for capacity or start", status.waiting), ("running", status.running),
+        ):  # fmt: skip
+            table.add_row("-", name, str(count))
+    elif not status.finished:
         table.add_row("-", "queued / monitoring", f"{status.queued} / {status.monitoring}")
-    lines = [f"{e['request_id']}: {e['error']}" for e in errors[:5]]
+    if status.retries or status.max_attempts > 1:
+        table.add_row("-", f"retries (max attempts {status.max_attempts})", str(status.retries))
+    lines = [
+        f"{e['request_id']}: exit {e.get('exit_code', 1)}: {e['error']}"
+        for e in errors[:FIRST_FAILURES]
+    ]
     if lines:
-        table.caption = "first errors:\n" + "\n".join(lines)
+        table.caption = "first failures:\n" + "\n".join(lines)
     return table
+
+
+def _retry(producer: Producer, args: argparse.Namespace, batch_id: str) -> int:
+    try:
+        report = producer.retry_batch(batch_id)
+    except KeyError:
+        print(f'No batch with ID "{batch_id}" found', file=sys.stderr)
+        return 1
+    if args.json and not args.wait:
+        print(json.dumps({"batch_id": batch_id, **report.to_json()}))
+    elif not args.wait:
+        print(
+            f"Batch {batch_id}: {report.retried} item(s) dispatched again; left alone: "
+            f"{report.in_flight} in flight, {report.succeeded} succeeded, "
+            f"{report.missing} not retryable"
+        )
+    if not args.wait:
+        return 1 if report.missing else 0
+    return _follow(producer, batch_id, args.json)
 
 
 def _results(producer: Producer, batch_id: str, *, failed: bool = False) -> int:

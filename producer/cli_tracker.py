@@ -28,6 +28,7 @@ from dispatch.nomad_config import NomadConfig
 from dispatch.outcome import Outcome
 from dispatch.records import RecordStore
 from dispatch.retry import RetryPolicy
+from producer.retry import BatchRetrier
 
 log = structlog.get_logger(__name__)
 
@@ -108,8 +109,9 @@ def build(settings: Settings, policy: FollowPolicy, nomad: NomadConfig | None = 
         nomad, retry=RetryPolicy(attempts=3, floor=0.1, cap=1.0), pool_size=policy.threads + 2
     )
     backend = cast(GuardedRedisBackend, make_app(settings).backend)
-    follower = Follower(nomad_client, RecordStore(client, settings.result_ttl),
-                        backend.success_result, policy=policy)  # fmt: skip
+    store = RecordStore(client, settings.result_ttl, settings.event_stream)
+    follower = Follower(nomad_client, store, backend.success_result, policy=policy)
+    retrier = BatchRetrier(client, queue=settings.queue, ttl=settings.result_ttl)
 
     def events(connected: Any) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         start = nomad_client.current_index()
@@ -117,7 +119,7 @@ def build(settings: Settings, policy: FollowPolicy, nomad: NomadConfig | None = 
             topics=TOPICS, index=start + 1, namespace="*", on_open=lambda _r: connected()
         )
 
-    return Tracker(client, follower, Lease(client), events, policy)
+    return Tracker(client, follower, Lease(client), events, policy, chores=retrier.drain_due)
 
 
 def run(args: argparse.Namespace) -> int:

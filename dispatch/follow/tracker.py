@@ -55,6 +55,8 @@ from dispatch.records import (
 log = structlog.get_logger(__name__)
 
 TOPICS = ("Job", "Allocation")
+CHORES_EVERY = 0.2
+"""Seconds between the leader's chores (`Tracker.chores`)."""
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,15 @@ class Follower:
             outcome.timings.monitor_seconds = 0.0
         stored = self.results(record.request_id, outcome.to_stored())
         error = outcome.error_message or "" if outcome.exit_code == 1 else ""
+        if outcome.exit_code == 2:
+            error = failure_text(outcome)
         finished = self.store.finish_followed(
-            record.request_id, outcome.exit_code, record.batch_id or None, error, stored
+            record.request_id,
+            outcome.exit_code,
+            record.batch_id or None,
+            error,
+            stored,
+            notify_url=record.notify_url,
         )
         if finished:
             log.info(
@@ -206,6 +215,20 @@ class Follower:
 
 _FOLLOWED = frozenset({RequestState.SCHEDULED, RequestState.RUNNING})
 _SCHEDULED = RequestState.SCHEDULED
+
+
+def failure_text(outcome: Outcome) -> str:
+    """A failed child in one line, for its batch's first failures: the failed tasks with
+    their exit codes and messages (`task ffmpeg exit code 3: Exit Code: 3`), else the
+    outcome's own message."""
+    parts = []
+    for alloc in (outcome.child or {}).get("allocations") or []:
+        for name, task in (alloc.get("tasks") or {}).items():
+            if task.get("failed"):
+                code = task.get("exit_code")
+                said = f"task {name}" + (f" exit code {code}" if code is not None else "")
+                parts.append(said + (f": {task['message']}" if task.get("message") else ""))
+    return "; ".join(parts) or outcome.error_message or outcome.status
 
 
 def _outcome_so_far(record: RequestRecord, partial: str) -> Outcome:
@@ -263,6 +286,9 @@ class Tracker:
     """Child job ID -> request ID, for the children this tracker has checked."""
     leading: bool = False
     stream_connected: bool = False
+    chores: Callable[[], object] | None = None
+    """Run by the leader between passes, about every `CHORES_EVERY` seconds: the automatic
+    retries of batch items (`producer.retry.BatchRetrier.drain_due`)."""
 
     def __post_init__(self) -> None:
         self.follower.on_child = self._know
@@ -272,6 +298,7 @@ class Tracker:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(self.policy.threads, thread_name_prefix="follow")
         self._renewed = 0.0
+        self._chores_at = 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -284,6 +311,7 @@ class Tracker:
                 if not self._lead():
                     self._stop.wait(keys.TRACKER_LEASE_MS / 3000)
                     continue
+                self._chores()
                 if not self.run_once():
                     self._stop.wait(0.05)
         finally:
@@ -305,6 +333,16 @@ class Tracker:
             self.children.clear()
         self.leading = held
         return held
+
+    def _chores(self) -> None:
+        now = time.monotonic()
+        if self.chores is None or now - self._chores_at < CHORES_EVERY:
+            return
+        self._chores_at = now
+        try:
+            self.chores()
+        except Exception:  # Redis away: the next pass tries again
+            log.exception("tracker.chores_failed")
 
     def run_once(self) -> int:
         """One pass: submit the checks of the dirty and the due children not being checked

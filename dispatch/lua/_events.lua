@@ -26,11 +26,16 @@ local function emit_done_events(record, batch, batch_id, stream, maxlen, rid, ta
   if redis.call('HSETNX', batch, 'finished_at', now[1] .. '.' .. string.format('%06d', now[2])) == 0 then
     return
   end
+  -- A batch finishes again after `batch retry` (which clears finished_at): its next
+  -- finishes are events of their own, `batch:<id>:<n>`.
+  local round = redis.call('HINCRBY', batch, 'finishes', 1)
+  local event_id = 'batch:' .. batch_id
+  if round > 1 then event_id = event_id .. ':' .. round end
   local fields = redis.call('HGETALL', batch)
   local b, codes = {}, {}
   for i = 1, #fields, 2 do
     local name = fields[i]
-    if string.sub(name, 1, 5) == 'exit:' then
+    if string.sub(name, 1, 5) == 'exit:' and tonumber(fields[i + 1]) ~= 0 then
       codes[string.sub(name, 6)] = tonumber(fields[i + 1])
     else
       b[name] = fields[i + 1]
@@ -43,7 +48,7 @@ local function emit_done_events(record, batch, batch_id, stream, maxlen, rid, ta
     status = 'failed'
   end
   local event = {
-    v = 1, type = 'batch.finished', event_id = 'batch:' .. batch_id, batch_id = batch_id,
+    v = 1, type = 'batch.finished', event_id = event_id, batch_id = batch_id,
     job_id = b['job_id'] or '', status = status, total = total, done = done,
     succeeded = codes['0'] or 0, failed = done - (codes['0'] or 0),
     exit_codes = codes, at = tonumber(now[1]) + tonumber(now[2]) / 1e6,

@@ -19,7 +19,10 @@ if ARGV[3] ~= '' and redis.call('HGET', ARGV[5], 'state') == 'cancelled' then ca
 local child = ids[1]
 if (not child or child == '') and cancelled == 0 then
   redis.call('HSET', record, 'state', 'dispatching', 'job_id', ARGV[2], 'started_at', ARGV[4])
-  if ARGV[3] ~= '' then redis.call('HSET', record, 'batch_id', ARGV[3]) end
+  if ARGV[3] ~= '' then
+    redis.call('HSET', record, 'batch_id', ARGV[3])
+    batch_move(ARGV[5], ids[4], 'dispatching')
+  end
   if not digest then redis.call('HSET', record, 'digest', ARGV[6]) end
   redis.call('EXPIRE', record, ARGV[1])
 end

@@ -9,11 +9,17 @@
 -- (`emit_done_events`, lua/_events.lua): the request's, and its batch's when it is the last.
 -- A followed child's end (the tracker, `RecordStore.finish_followed`) also leaves the
 -- follow set (KEYS[3]) here, and its outcome so far (KEYS[4]) and deadline are dropped.
+-- A request of a batch leaves its batch's state counters (`batch_move`, lua/_batch.lua).
+-- Automatic retry (`--max-attempts`): an item of a batch whose `max_attempts` exceeds this
+-- attempt (the record's `attempt`, 1 when absent) and that failed in its own run (exit
+-- code 2) is not counted done in its batch: it is queued for its next attempt in the
+-- retry set (ARGV[17], member "<batch ID>\31<item's first request ID>"), which
+-- `producer.retry` drains; its own outcome and event are stored as for any ending.
 -- Returns 1 when this call finished the request, 0 when it was done already.
 -- KEYS: record, [result, [follow set, outcome so far]]. ARGV: ttl, exit code, batch key
 -- or '', error entry or '', batch error list, its cap, digest or '', result value or '',
--- result ttl or '', request ID or '', [batch ID or '', stream, its cap, request ID
--- JSON-escaped, event tail, notify_url or ''].
+-- result ttl or '', request ID or '', batch ID or '', stream or '', its cap, request ID
+-- JSON-escaped, event tail, notify_url or '', [retry set, request ID (plain)].
 local record = KEYS[1]
 local found = redis.call('HMGET', record, 'state', 'digest')
 local state = found[1]
@@ -25,11 +31,26 @@ redis.call('HSET', record, 'state', 'done', 'exit_code', ARGV[2])
 if KEYS[3] then redis.call('HDEL', record, 'deadline') end
 if KEYS[4] then redis.call('DEL', KEYS[4]) end
 if ARGV[3] ~= '' then
-  redis.call('HINCRBY', ARGV[3], 'done', 1)
+  batch_move(ARGV[3], state, 'done')
   redis.call('EXPIRE', ARGV[3], ARGV[1])
-  redis.call('HINCRBY', ARGV[3], 'exit:' .. ARGV[2], 1)
+  local again = false
+  if ARGV[2] == '2' and ARGV[17] and ARGV[17] ~= '' then
+    local b = redis.call('HMGET', ARGV[3], 'max_attempts', 'state')
+    local r = redis.call('HMGET', record, 'attempt', 'item')
+    if tonumber(b[1] or '1') > tonumber(r[1] or '1') and b[2] ~= 'cancelled' then
+      again = true
+      local now = redis.call('TIME')
+      redis.call('ZADD', ARGV[17], 'NX', now[1], ARGV[11] .. '\31' .. (r[2] or ARGV[18]))
+    end
+  end
   local child = redis.call('HGET', record, 'dispatched_job_id')
-  if child and child ~= '' then redis.call('HINCRBY', ARGV[3], 'done_dispatched', 1) end
+  if not again then
+    redis.call('HINCRBY', ARGV[3], 'done', 1)
+    redis.call('HINCRBY', ARGV[3], 'exit:' .. ARGV[2], 1)
+    if child and child ~= '' then redis.call('HINCRBY', ARGV[3], 'done_dispatched', 1) end
+  elseif child and child ~= '' then
+    redis.call('HINCRBY', ARGV[3], 'dispatched', -1)  -- its next attempt counts itself
+  end
   if ARGV[4] ~= '' and redis.call('LLEN', ARGV[5]) < tonumber(ARGV[6]) then
     redis.call('RPUSH', ARGV[5], ARGV[4])
     redis.call('EXPIRE', ARGV[5], ARGV[1])

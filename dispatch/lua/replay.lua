@@ -16,6 +16,8 @@ if #KEYS == 4 then
     redis.call('HINCRBY', counters, 'done', -1)
     if code then redis.call('HINCRBY', counters, 'exit:' .. code, -1) end
     if child and child ~= '' then redis.call('HINCRBY', counters, 'done_dispatched', -1) end
+  elseif batch and batch ~= '' then
+    batch_move(ARGV[4] .. batch, state, 'queued')
   end
   redis.call('HDEL', record, 'deliveries', 'exit_code')
   redis.call('HSET', record, 'state', 'queued')

@@ -99,7 +99,7 @@ def test_the_scripts_ship_as_package_data() -> None:
     patterns = config["tool"]["setuptools"]["package-data"]["dispatch"]
     for name in scripts():
         assert any(fnmatch(f"lua/{name}.lua", pattern) for pattern in patterns), name
-    assert set(SCRIPTS) == set(scripts()) - {"_store", "_events", "_lanes"}
+    assert set(SCRIPTS) == set(scripts()) - {"_store", "_events", "_lanes", "_batch"}
 
 
 # -- the scripts on Redis ---------------------------------------------------------------
@@ -128,7 +128,8 @@ def test_a_request_record_through_its_states(redis_client: redis.Redis) -> None:
     assert redis_client.get(result.key) == b'{"status": "SUCCESS"}'
     counters = redis_client.hgetall(keys.batch("b-1"))
     assert counters == {b"dispatched": b"1", b"done": b"1", b"exit:0": b"1",
-                        b"done_dispatched": b"1"}  # fmt: skip
+                        b"done_dispatched": b"1",  # and it went through each state once:
+                        b"st:dispatching": b"0", b"st:monitoring": b"0"}  # fmt: skip
     published = []
     while message := pubsub.get_message(timeout=0.2):
         if message["type"] == "message":

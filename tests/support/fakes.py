@@ -96,9 +96,7 @@ class FakeNomad:
         answer: list[dict[str, Any]] = self._next(self.allocs[eval_id])
         return answer, 14
 
-    def job_evaluations(
-        self, job_id: str, *, namespace: str | None = None
-    ) -> list[dict[str, Any]]:
+    def job_evaluations(self, job_id: str, *, namespace: str | None = None) -> list[dict[str, Any]]:
         self.reads.append(("job_evals", job_id))
         return self.job_evals
 
@@ -220,6 +218,7 @@ class FakeRecords:
         namespace: str,
         partial: dict[str, Any],
         deadline: float | None,
+        notify_url: str | None = None,
     ) -> bool:
         """What handoff.lua does: scheduled (unless running), the follow fields, followed."""
         record = self.records.get(request_id, {})
@@ -231,6 +230,8 @@ class FakeRecords:
         self.partials[request_id] = partial
         if deadline is not None:
             self.records[request_id]["deadline"] = repr(deadline)
+        if notify_url:
+            self.records[request_id]["notify_url"] = notify_url
         self.followed.add(request_id)
         return True
 
@@ -238,9 +239,7 @@ class FakeRecords:
         raw = self.records.get(request_id)
         if not raw:
             return None
-        return RequestRecord.from_hash(
-            request_id, {k.encode(): v.encode() for k, v in raw.items()}
-        )
+        return RequestRecord.from_hash(request_id, {k.encode(): v.encode() for k, v in raw.items()})
 
     def batch_cancelled(self, batch_id: str) -> bool:
         return batch_id in self.cancelled
