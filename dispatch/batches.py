@@ -54,7 +54,7 @@ class BatchStatus:
         codes = {
             int(name[len("exit:") :]): int(value)
             for name, value in data.items()
-            if name.startswith("exit:")
+            if name.startswith("exit:") and int(value) > 0
         }
         return cls(
             batch_id=batch_id,

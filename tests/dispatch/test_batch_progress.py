@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -32,7 +32,8 @@ def store(redis_client: redis.Redis) -> RecordStore:
 
 def submit(client: redis.Redis, batch_id: str, n: int, max_attempts: int | None = None) -> None:
     enqueuer = Enqueuer(client, queue=QUEUE, result_ttl=TTL, blob_ttl=TTL)
-    items = [BatchItem(payload_ref=f"data:,{i}", meta={"i": str(i)}, line=i) for i in range(1, n + 1)]
+    items = [BatchItem(payload_ref=f"data:,{i}", meta={"i": str(i)}, line=i)
+             for i in range(1, n + 1)]  # fmt: skip
     BatchSubmitter(enqueuer, BatchStore(client, TTL)).submit(
         "enc", items, batch_id=batch_id, until="finished", max_attempts=max_attempts
     )
@@ -48,6 +49,11 @@ def counts(client: redis.Redis, batch_id: str) -> dict[str, int]:
     data = status(client, batch_id).to_json()
     names = ("queued", "dispatching", "waiting", "running", "succeeded", "failed", "errors")
     return {name: data[name] for name in names}
+
+
+def events(client: redis.Redis) -> list[tuple[dict[str, Any], str]]:
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(keys.EVENTS))
+    return [parse_entry(fields) for _, fields in entries]
 
 
 def take(store: RecordStore, rid: str, batch_id: str) -> None:
@@ -106,7 +112,7 @@ def test_counts_follow_each_item_through_its_states(
 def test_status_costs_one_read_whatever_the_batch_size(redis_client: redis.Redis) -> None:
     submit(redis_client, "small", 10)
     submit(redis_client, "large", 10_000)
-    sizes = [len(redis_client.hgetall(keys.batch(b))) for b in ("small", "large")]  # type: ignore[arg-type]
+    sizes = [len(redis_client.hgetall(keys.batch(b))) for b in ("small", "large")]
     assert sizes[0] == sizes[1]  # the same fields: nothing per item
     assert status(redis_client, "large").queued == 10_000
 
@@ -172,16 +178,14 @@ def test_max_attempts_retries_a_failed_run_not_a_bad_request(
     assert counts(redis_client, "b3") == dict(
         queued=0, dispatching=0, waiting=0, running=0, succeeded=0, failed=1, errors=1
     )
-    finished = [e for e, _ in map(parse_entry, (f for _, f in redis_client.xrange(keys.EVENTS)))
-                if e["type"] == "batch.finished"]  # fmt: skip
+    finished = [e for e, _ in events(redis_client) if e["type"] == "batch.finished"]
     assert [e["event_id"] for e in finished] == ["batch:b3"]
     # retried by hand: the batch finishes again, as an event of its own
     assert BatchRetrier(redis_client, queue=QUEUE, ttl=TTL).retry_batch("b3").retried == 2
     for r in (f"{failing}~3", f"{refused}~2"):
         to_tracker(store, r, "b3")
         end(store, r, "b3", 0)
-    finished = [e for e, _ in map(parse_entry, (f for _, f in redis_client.xrange(keys.EVENTS)))
-                if e["type"] == "batch.finished"]  # fmt: skip
+    finished = [e for e, _ in events(redis_client) if e["type"] == "batch.finished"]
     assert [(e["event_id"], e["status"]) for e in finished] == [
         ("batch:b3", "failed"), ("batch:b3:2", "succeeded")
     ]  # fmt: skip
@@ -206,5 +210,5 @@ def test_a_followed_request_keeps_its_notify_url_for_its_end(
     assert record is not None
     result = StoredResult(keys.celery_result("solo"), json.dumps({"status": "SUCCESS"}), TTL)
     store.finish_followed("solo", 0, None, "", result, notify_url=record.notify_url)
-    [(event, url)] = [parse_entry(f) for _, f in redis_client.xrange(keys.EVENTS)]
+    [(event, url)] = events(redis_client)
     assert (event["event_id"], url) == ("request:solo:1", "http://127.0.0.1:9/hook")
