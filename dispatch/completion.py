@@ -10,7 +10,8 @@ request or batch named one, `notify_url` (read by the notifier, `dispatch.notifi
 Event, version 1 (`v`): `type` is `request.finished` or `batch.finished`; `event_id` is
 stable for de-duplication: `request:<request id>:<attempt>` (attempt: the how-manieth end
 of this request's record: a replayed dead letter ends again as attempt 2) or
-`batch:<batch id>` (a batch finishes once). A request event carries `request_id`,
+`batch:<batch id>` (its first finish; `batch:<batch id>:<n>` for the n-th, after
+`batch retry` re-opened it). A request event carries `request_id`,
 `batch_id`, `job_id`, `status`, `exit_code`, `error_kind`, `at` and `summary` (the
 outcome's summary: its stored form without the transcript). A batch event carries
 `batch_id`, `job_id`, `status` (succeeded: every item exited 0; failed; cancelled),
