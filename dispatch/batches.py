@@ -200,11 +200,11 @@ class BatchStore:
                 yield raw.decode() if isinstance(raw, bytes) else str(raw)
             start += chunk
 
-    def errors(self, batch_id: str) -> list[dict[str, Any]]:
-        """The batch's first errors and failures (at most `records.MAX_BATCH_ERRORS`):
-        `request_id`, `exit_code` and `error` (a failed child's: its tasks' exit codes and
-        messages), oldest first."""
-        entries = self.client.lrange(keys.batch_errors(batch_id), 0, -1)
+    def errors(self, batch_id: str, limit: int = 0) -> list[dict[str, Any]]:
+        """The batch's first errors and failures (at most `records.MAX_BATCH_ERRORS`, or
+        `limit`): `request_id`, `exit_code` and `error` (a failed child's: its tasks' exit
+        codes and messages), oldest first."""
+        entries = self.client.lrange(keys.batch_errors(batch_id), 0, limit - 1)
         return [json.loads(e) for e in entries]
 
 

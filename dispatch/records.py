@@ -6,8 +6,9 @@ beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
 
 - `state` (enqueue.lua, begin.lua, dispatched.lua, handoff.lua, stage.lua, done.lua,
   replay.lua, retry.lua): the state machine `TRANSITIONS` below; `queued` when the producer
-  enqueues it (again) or claims it as a batch item's next attempt (retry.lua), `dispatching` when a worker takes it, `monitoring` once Nomad answered the
-  dispatch, `done` with its outcome; a request that follows its child (`until` finished)
+  enqueues it (again) or claims it as a batch item's next attempt (retry.lua),
+  `dispatching` when a worker takes it, `monitoring` once Nomad answered the dispatch,
+  `done` with its outcome; a request that follows its child (`until` finished)
   goes from `monitoring` to `scheduled` when its evaluation is done (placed, or blocked
   and waiting for capacity: handoff.lua), then `running` once the tracker saw an
   allocation run (stage.lua), and `done` when the child ended (done.lua, from the

@@ -29,8 +29,8 @@ from producer.enqueue import InvalidRequest
 
 ACTIONS = ("submit", "status", "results", "retry", "cancel")
 FIRST_FAILURES = 5
-"""Failures the summary lists (the batch keeps its first 50: `dispatchq batch status -json`
-does not show them; `batch results --failed` lists every one)."""
+"""Failures the summary lists, of the first 50 the batch keeps (`batch results --failed`
+lists every item that did not succeed)."""
 POLL = 0.2  # progress refresh; status reads are O(1), one HGETALL
 
 
@@ -163,9 +163,9 @@ def _status(producer: Producer, args: argparse.Namespace, batch_id: str) -> int:
 
 
 def _summary(producer: Producer, status: BatchStatus, as_json: bool) -> None:
-    errors = producer.batches.errors(status.batch_id)
+    errors = producer.batches.errors(status.batch_id, FIRST_FAILURES)
     if as_json:
-        print(json.dumps({**status.to_json(), "first_failures": errors[:FIRST_FAILURES]}))
+        print(json.dumps({**status.to_json(), "first_failures": errors}))
     else:
         Console().print(summary_table(status, errors))
 
