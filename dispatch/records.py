@@ -36,7 +36,8 @@ beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
 - `deliveries` (fetch_fair.lua, `dispatch.dlq.count_delivery`; cleared by replay.lua):
   deliveries of the request's messages, for the delivery cap.
 - `notify_url` (handoff.lua): a followed request's own notify_url, for its completion
-  event when the tracker stores its end (`finish_followed`); only when it has one.
+  event when the tracker stores its end (`finish_followed`); only when it has one (a URL
+  over 64 bytes costs that record the compact encoding, not the others).
 - `attempt`, `item` (retry.lua): for a batch item's attempt after the first, its number
   and the item's first request ID (`keys.attempt_id`); done.lua reads them to decide an
   automatic retry (`--max-attempts`).

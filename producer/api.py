@@ -24,7 +24,7 @@ from celery.result import AsyncResult, ResultSet
 from config.celery import make_app
 from config.settings import Settings, load_settings
 from dispatch import keys
-from dispatch.batches import BatchStatus, BatchStore
+from dispatch.batches import CANCELLED, BatchStatus, BatchStore
 from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
 from dispatch.outcome import Outcome
@@ -224,8 +224,11 @@ class Producer:
         attempt in the same batch: request `<first request ID>~<attempt>`. Idempotent: an
         item is claimed once per attempt, so a second call, or one while a retry is in
         flight, dispatches nothing twice. Raises KeyError for no such batch."""
-        if self.batches.status(batch_id) is None:
+        status = self.batches.status(batch_id)
+        if status is None:
             raise KeyError(batch_id)
+        if status.state == CANCELLED:
+            raise InvalidRequest(f"batch {batch_id} was cancelled: nothing to retry")
         retrier = BatchRetrier(self.redis, queue=self.settings.queue, ttl=self.settings.result_ttl)
         return retrier.retry_batch(batch_id)
 
