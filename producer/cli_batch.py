@@ -167,7 +167,16 @@ def _summary(producer: Producer, status: BatchStatus, as_json: bool) -> None:
     if as_json:
         print(json.dumps({**status.to_json(), "first_failures": errors}))
     else:
-        Console().print(summary_table(status, errors))
+        console = Console()
+        console.print(summary_table(status))
+        if errors:
+            console.print(f"First failures (`dispatchq batch results {status.batch_id} --failed`"
+                          " lists every one):")  # fmt: skip
+        for error in errors:
+            console.print(
+                f"  {error['request_id']}: exit {error.get('exit_code', 1)}: {error['error']}",
+                soft_wrap=True, markup=False, highlight=False,
+            )  # fmt: skip
 
 
 def _follow(producer: Producer, batch_id: str, as_json: bool) -> int:
@@ -215,7 +224,7 @@ def progress_line(status: BatchStatus) -> str:
     )
 
 
-def summary_table(status: BatchStatus, errors: list[dict[str, Any]]) -> Table:
+def summary_table(status: BatchStatus) -> Table:
     table = Table(title=f"batch {status.batch_id} ({status.job_id}, {status.state})")
     table.add_column("exit code")
     table.add_column("meaning")
@@ -236,12 +245,6 @@ def summary_table(status: BatchStatus, errors: list[dict[str, Any]]) -> Table:
         table.add_row("-", "queued / monitoring", f"{status.queued} / {status.monitoring}")
     if status.retries or status.max_attempts > 1:
         table.add_row("-", f"retries (max attempts {status.max_attempts})", str(status.retries))
-    lines = [
-        f"{e['request_id']}: exit {e.get('exit_code', 1)}: {e['error']}"
-        for e in errors[:FIRST_FAILURES]
-    ]
-    if lines:
-        table.caption = "first failures:\n" + "\n".join(lines)
     return table
 
 

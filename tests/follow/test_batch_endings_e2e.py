@@ -101,6 +101,9 @@ def test_counts_by_ending_max_attempts_and_retry_of_what_failed(running: Stack) 
         assert data["first_failures"] and all(
             "exit code 3" in f["error"] and f["exit_code"] == 2 for f in data["first_failures"]
         )
+        human = _cli(running, "batch", "status", batch).stdout
+        assert "First failures" in human and "task ffmpeg exit code 3" in human, human
+        assert "succeeded" in human and "retries (max attempts 2)" in human, human
 
         # what made them fail is fixed: `batch retry` (twice: the second claims nothing)
         fixed = mock_encode_job("enc")
