@@ -39,7 +39,7 @@ from typing import Any
 
 import requests
 
-from bench import stack
+from bench import procfs, stack
 from devstack.nomadsim_process import NomadSimProcess
 from devstack.notifier_process import NotifierProcess
 from devstack.redis_server import RedisServer
@@ -119,8 +119,18 @@ def _sim() -> NomadSimProcess:
     return sim
 
 
-def e2e_run(count: int, notify: bool, workers: int, logs: Path) -> tuple[float, dict[int, int]]:
-    """Seconds from submit to finished, and the batch's exit codes."""
+def _cpu(groups: list[Any]) -> float:
+    """CPU seconds so far of the process groups' trees (workers, tracker, notifier)."""
+    pids = [g.process.pid for g in groups if g is not None and g.process is not None]
+    return sum(procfs.cpu_seconds(procfs.tree(pid)) for pid in pids)
+
+
+def e2e_run(
+    count: int, notify: bool, workers: int, logs: Path
+) -> tuple[float, float, dict[int, int]]:
+    """Seconds from submit to finished, CPU seconds per item of dispatchq's processes
+    (workers, tracker and, with notifications, notifier: less sensitive to a shared
+    machine than the wall clock), and the batch's exit codes."""
     receiver = Receiver() if notify else None
     sim = _sim()
     try:
@@ -138,6 +148,7 @@ def e2e_run(count: int, notify: bool, workers: int, logs: Path) -> tuple[float, 
             try:
                 with Producer(stack.settings(server.url)) as producer:
                     listed = items(count)
+                    cpu0 = _cpu([*procs, tracker, notifier])
                     started = time.perf_counter()
                     batch = producer.dispatch_batch(
                         JOB, listed, until="finished", preflight=False,
@@ -147,6 +158,7 @@ def e2e_run(count: int, notify: bool, workers: int, logs: Path) -> tuple[float, 
                         producer, batch, timeout=max(300.0, count / 10), stall=120.0, poll=0.1
                     )
                     seconds = time.perf_counter() - started
+                    cpu = (_cpu([*procs, tracker, notifier]) - cpu0) / count
                     if status is None or not status.finished:
                         raise RuntimeError(f"the batch did not finish: {status}")
                     if receiver is not None:
@@ -155,7 +167,7 @@ def e2e_run(count: int, notify: bool, workers: int, logs: Path) -> tuple[float, 
                             time.sleep(0.05)
                         if not receiver.ok[f"batch:{batch}"]:
                             raise RuntimeError("the batch's webhook did not arrive")
-                    return seconds, status.exit_codes
+                    return seconds, cpu, status.exit_codes
             finally:
                 if notifier is not None:
                     notifier.stop()
@@ -263,16 +275,21 @@ def main() -> int:
         logs = Path(tmp)
         if "e2e" in only:
             times: dict[str, list[float]] = {"off": [], "on": []}
+            cpus: dict[str, list[float]] = {"off": [], "on": []}
             for run in range(1, args.runs + 1):
                 for mode in ("off", "on") if run % 2 else ("on", "off"):
-                    seconds, codes = e2e_run(args.count, mode == "on", args.workers, logs)
+                    seconds, cpu, codes = e2e_run(args.count, mode == "on", args.workers, logs)
                     times[mode].append(seconds)
+                    cpus[mode].append(cpu)
                     print(f"  run {run} notifications {mode:<3} {seconds:7.2f} s "
-                          f"({args.count / seconds:,.0f} items/s), exit codes {codes}",
-                          flush=True)  # fmt: skip
+                          f"({args.count / seconds:,.0f} items/s), CPU {cpu * 1000:.3f} ms/item, "
+                          f"exit codes {codes}", flush=True)  # fmt: skip
             off, on = statistics.median(times["off"]), statistics.median(times["on"])
+            c_off, c_on = statistics.median(cpus["off"]), statistics.median(cpus["on"])
             print(f"e2e: {args.count:,} items until finished, median off {off:.2f} s, on "
-                  f"{on:.2f} s, on/off {on / off:.3f} (limit: within 5 %)")  # fmt: skip
+                  f"{on:.2f} s, on/off {on / off:.3f} (limit: within 5 %); CPU per item of "
+                  f"workers + tracker (+ notifier): off {c_off * 1000:.3f} ms, on "
+                  f"{c_on * 1000:.3f} ms, on/off {c_on / c_off:.3f}")  # fmt: skip
         if "status" in only:
             sizes = [int(s) for s in args.status_sizes.split(",")]
             medians = status_bench(sizes)
