@@ -17,6 +17,20 @@ def median_rate(run: Callable[[], int], repeats: int) -> tuple[float, list[float
     return statistics.median(rates), rates
 
 
+def interleaved_rates(
+    runs: dict[str, Callable[[], int]], repeats: int
+) -> list[tuple[str, float, list[float]]]:
+    """`median_rate` of each, run in turns (run 1 of each, then run 2...), so that a load
+    that comes and goes on the machine falls on all of them alike."""
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            count = run()
+            rates[name].append(count / (time.perf_counter() - started))
+    return [(name, statistics.median(each), each) for name, each in rates.items()]
+
+
 def report(title: str, rows: list[tuple[str, float, list[float]]], unit: str = "/s") -> None:
     print(f"\n{title}")
     width = max(len(name) for name, _, _ in rows)

@@ -4,7 +4,7 @@ Ours (`Producer.dispatch_batch`: record + blob + message per request, one script
 500) against, in the same run and on the same redis-server: a `task.delay()` loop (Celery's
 default publishing, 1,000 requests, scaled), and the same protocol-2 messages built by hand
 and pushed with a raw pipelined LPUSH (the ceiling: no records, no blobs, no checks).
-Medians of 5 runs.
+Medians of 5 runs, interleaved.
 
     .venv/bin/python -m bench.enqueue [--count 10000] [--runs 5]
 """
@@ -17,7 +17,7 @@ import json
 import redis
 from celery import Celery
 
-from bench.common import median_rate, ratio, report
+from bench.common import interleaved_rates, ratio, report
 from config.settings import Settings
 from devstack.redis_server import RedisServer
 from dispatch.request import DispatchRequest
@@ -78,14 +78,10 @@ def main() -> None:
             producer.dispatch_batch("video-encode", items, preflight=False)
             return count
 
-        rows = []
-        for name, fn in (
-            ("delay() loop", delay_loop),
-            ("raw LPUSH pipeline", raw_lpush),
-            ("dispatch_batch", ours),
-        ):
-            median, runs = median_rate(fn, args.runs)
-            rows.append((name, median, runs))
+        rows = interleaved_rates(
+            {"delay() loop": delay_loop, "raw LPUSH pipeline": raw_lpush, "dispatch_batch": ours},
+            args.runs,
+        )
         report(f"Enqueue {count:,} requests (medians of {args.runs} runs)", rows)
         rates = {name: median for name, median, _ in rows}
         ratio("dispatch_batch / delay() loop", rates["dispatch_batch"], rates["delay() loop"], 4.0)

@@ -18,9 +18,9 @@ from dispatch import keys
 from dispatch.batches import BatchStore
 from dispatch.errors import DispatchqError
 from dispatch.nomad import NomadClient
-from dispatch.payload import PAYLOAD_LIMIT, blob_digest
+from dispatch.payload import PAYLOAD_LIMIT
 from producer.batch_input import BatchInputError, BatchItem, summarise
-from producer.enqueue import AGAIN, NEW, Enqueuer, NewRequest
+from producer.enqueue import Enqueuer, NewRequest
 from producer.results import outcome_from_meta
 
 
@@ -100,6 +100,7 @@ class BatchSubmitter:
                 payload_ref=item.payload_ref,
                 meta=item.meta,
                 request_id=item.request_id or request_id_for(batch_id, n),
+                line=item.line or n,
                 namespace=namespace,
                 detach=detach,
                 batch_id=batch_id,
@@ -109,34 +110,9 @@ class BatchSubmitter:
             for n, item in enumerate(items, start=1)
         ]
         counts = {0: 0, 1: 0, 2: 0, 3: 0}
-        kept: dict[str, str] = {}
-        answers = self.enqueuer.enqueue(requests)
-        for n, (item, (rid, flag)) in enumerate(zip(items, answers, strict=True), start=1):
+        for _, flag in self.enqueuer.enqueue(requests):
             counts[flag] += 1
-            if flag in {NEW, AGAIN}:
-                kept[rid] = json.dumps(_rerun(item, n))
-        self._keep(batch_id, kept)
         return counts
-
-    def _keep(self, batch_id: str, kept: dict[str, str], chunk: int = 1000) -> None:
-        """What re-running each enqueued item needs (`keys.batch_items`)."""
-        key = keys.batch_items(batch_id)
-        pipe = self.batches.client.pipeline(transaction=False)
-        names = list(kept)
-        for start in range(0, len(names), chunk):
-            pipe.hset(key, mapping={n: kept[n] for n in names[start : start + chunk]})
-        if kept:
-            pipe.expire(key, self.batches.ttl)
-        pipe.execute()
-
-
-def _rerun(item: BatchItem, n: int) -> dict[str, Any]:
-    """An item as `batch results --failed` shows it: its line (or position), payload
-    reference (an inline payload's blob: it lasts DISPATCHQ_BLOB_TTL) and meta."""
-    ref = item.payload_ref
-    if item.payload is not None:
-        ref = f"blob:sha256:{blob_digest(item.payload)}"
-    return {"line": item.line or n, "payload_ref": ref, "meta": item.meta}
 
 
 def stream_results(
@@ -145,7 +121,8 @@ def stream_results(
     """One JSON line per request of the batch, in item order: the outcome when done, the
     state otherwise. Reads results in chunks (one MGET per chunk). With `failed_only`, only
     the items whose outcome's exit code is not 0, each with what re-running it needs: its
-    line, payload reference and meta (`_rerun`)."""
+    line (or position), payload reference (an inline payload's blob: it lasts
+    DISPATCHQ_BLOB_TTL) and meta, as kept at enqueue (`keys.batch_items`)."""
     client = batches.client
     ids: list[str] = []
 

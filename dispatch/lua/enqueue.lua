@@ -1,12 +1,14 @@
 -- Enqueue a chunk of requests (`producer.enqueue`): per request, create its record
 -- (queued) and push its message, unless the record exists: a request in no batch onto the
 -- queue (the interactive lane), a batch's onto its batch's lane (`_lanes.lua`).
--- KEYS: the queue. ARGV: ttl, then the key prefixes of a request record, a result, a batch
--- and a batch's request list (from `keys`), the six lane key prefixes, then two arguments
--- per request: "<request ID>\x1f<batch ID or nothing>\x1f<digest>\x1f<tenant or nothing>"
--- and the message. Returns per request 1 (new), 2 (enqueued again: its earlier run ended
+-- KEYS: the queue. ARGV: ttl, then the key prefixes of a request record, a result, a batch,
+-- the suffixes of a batch's request list and of its items (from `keys`), the six lane key
+-- prefixes, then two arguments per request: "<request ID>\x1f<batch ID or nothing>\x1f
+-- <digest>\x1f<tenant or nothing>\x1f<item or nothing>" and the message; an item (JSON,
+-- which escapes \x1f) is what re-running a batch member needs (`keys.batch_items`). Returns per request 1 (new), 2 (enqueued again: its earlier run ended
 -- without dispatching anything), 0 (exists: skipped) or 3 (the ID names another request,
--- whose digest differs: skipped). New batch members join the batch's list.
+-- whose digest differs: skipped). New batch members join the batch's list; the items of
+-- those enqueued (1 or 2) are kept.
 --
 -- Cost per request is what bounds a batch enqueue (bench/enqueue), so the new-request path
 -- is three calls: HSETNX creates the record (and is the existence check), HSET keeps the
@@ -14,12 +16,14 @@
 -- digest differs), EXPIRE dates it.
 local queue, ttl = KEYS[1], tonumber(ARGV[1])
 local p_request, p_result, p_batch, s_requests = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local k = lane_args(ARGV, 6)
-local out, messages, lists, laned, tenant_of = {}, {}, {}, {}, {}
-for i = 12, #ARGV, 2 do
+local s_items = ARGV[6]
+local k = lane_args(ARGV, 7)
+local out, messages, lists, laned, tenant_of, kept = {}, {}, {}, {}, {}, {}
+for i = 13, #ARGV, 2 do
   local sep = string.find(ARGV[i], '\31', 1, true)
   local sep2 = string.find(ARGV[i], '\31', sep + 1, true)
   local sep3 = string.find(ARGV[i], '\31', sep2 + 1, true)
+  local sep4 = string.find(ARGV[i], '\31', sep3 + 1, true)
   local rid, batch_id = string.sub(ARGV[i], 1, sep - 1), string.sub(ARGV[i], sep + 1, sep2 - 1)
   local digest = string.sub(ARGV[i], sep2 + 1, sep3 - 1)
   local record = p_request .. rid
@@ -48,9 +52,15 @@ for i = 12, #ARGV, 2 do
     else
       if not laned[batch_id] then
         laned[batch_id] = {}
-        tenant_of[batch_id] = string.sub(ARGV[i], sep3 + 1)
+        tenant_of[batch_id] = string.sub(ARGV[i], sep3 + 1, sep4 - 1)
+        kept[batch_id] = {}
       end
       table.insert(laned[batch_id], ARGV[i + 1])
+      if sep4 < #ARGV[i] then
+        local items = kept[batch_id]
+        items[#items + 1] = rid
+        items[#items + 1] = string.sub(ARGV[i], sep4 + 1)
+      end
     end
     if flag == 1 and batch_id ~= '' then
       local list = p_batch .. batch_id .. s_requests
@@ -62,6 +72,13 @@ for i = 12, #ARGV, 2 do
 end
 if #messages > 0 then redis.call('LPUSH', queue, unpack(messages)) end
 for batch_id, items in pairs(laned) do lane_push(k, batch_id, tenant_of[batch_id], items) end
+for batch_id, items in pairs(kept) do
+  if #items > 0 then
+    local key = p_batch .. batch_id .. s_items
+    redis.call('HSET', key, unpack(items))
+    redis.call('EXPIRE', key, ttl)
+  end
+end
 for list, ids in pairs(lists) do
   redis.call('RPUSH', list, unpack(ids))
   redis.call('EXPIRE', list, ttl)
