@@ -93,12 +93,12 @@ def fail_early_attempts(alloc: Alloc, group: JsonObj, task: JsonObj, plan: TaskP
     (default 1) instead of their config's exit code; the replacements after them run as
     configured. A real Nomad cannot express this (a task's environment says nothing of
     reschedule attempts), and ignores the meta keys."""
+    sources = [m for m in (alloc.job.get("Meta"), group.get("Meta"), task.get("Meta")) if m]
+    if not any(FAIL_ATTEMPTS in m for m in sources):
+        return plan  # (the usual case: no dict built)
     meta: dict[str, str] = {}
-    for source in (alloc.job.get("Meta"), group.get("Meta"), task.get("Meta")):
-        if source:
-            meta.update(source)
-    if FAIL_ATTEMPTS not in meta:
-        return plan
+    for source in sources:
+        meta.update(source)
     raw_attempts, raw_code = meta[FAIL_ATTEMPTS], meta.get(FAIL_EXIT_CODE, "1")
     if not (raw_attempts.isascii() and raw_attempts.isdigit()
             and raw_code.isascii() and raw_code.isdigit() and 0 < int(raw_code) < 256):
