@@ -206,8 +206,9 @@ def test_sigkill_of_the_leading_tracker_during_a_fan_out_of_1000(
 def test_children_that_end_while_the_event_stream_is_cut_are_seen_after_it_returns(
     running: Stack, redis_client: redis.Redis
 ) -> None:
-    """The stream is cut (every connection refused) while children end; the forced sweep
-    is an hour away: only the reconcile after the reconnect can end them."""
+    """The stream is refused (every new connection cut before an answer) while children
+    end; the forced sweep is an hour away: only the reconcile after the reconnect can end
+    them. An open stream cut mid-run: tests/follow/test_follow_faults.py."""
     sim = running.sim.address
     add_fault(sim, {"kind": "cut", "route": "event-stream"})
     tracker = _tracker(running, "tracker-cut")
