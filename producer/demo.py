@@ -98,12 +98,11 @@ def _fan_out(stack: LocalStack, count: int, console: Console) -> int:
         elapsed = time.monotonic() - started
     console.print(summary_table(statuses, codes, enqueued, elapsed))
     failed = [s for s in statuses.values() if s.outcome is not None and s.outcome.exit_code]
+    if failed:
+        console.print("First failures (`dispatchq status ID` shows one in full):")
     for status in failed[:3]:
         assert status.outcome is not None
-        console.print(
-            f"  {status.request_id}: exit {status.outcome.exit_code}, "
-            f"{status.outcome.dispatched_job_id}: {status.outcome.error_message}"
-        )
+        console.print(f"  {status.request_id}: {status.outcome.error_message}", soft_wrap=True)
     return 1 if codes[1] or sum(codes.values()) < count else 0
 
 

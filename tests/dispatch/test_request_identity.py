@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import redis
 
@@ -17,7 +18,7 @@ from producer.enqueue import CONFLICT, NEW, SKIPPED, Enqueuer, NewRequest
 QUEUE = "identity-test"
 
 
-def _enqueue(client: redis.Redis, **fields: object) -> DispatchRequest:
+def _enqueue(client: redis.Redis, **fields: Any) -> DispatchRequest:
     enqueuer = Enqueuer(client, queue=QUEUE, result_ttl=60, blob_ttl=60)
     [(rid, _flag)] = enqueuer.enqueue([NewRequest(**fields)])
     batch_id = fields.get("batch_id")

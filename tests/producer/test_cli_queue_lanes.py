@@ -3,27 +3,49 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import pytest
 import redis
 
 from devstack.redis_server import RedisServer
+from producer.cli import main
 from producer.enqueue import Enqueuer, NewRequest
 
 QUEUE = "cli-lanes-test"
 
 
-def run_queue(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"DISPATCHQ_REDIS_URL": url, "DISPATCHQ_QUEUE": QUEUE, "PATH": "/usr/bin:/bin"}
-    return subprocess.run(
-        [sys.executable, "-m", "producer.cli", "queue", *args],
-        capture_output=True, text=True, env=env, check=False, timeout=60,
-    )  # fmt: skip
+@dataclass
+class Shown:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_queue(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., Shown]:
+    """`dispatchq queue ARGS` against the Redis at `url`, in this process."""
+
+    def run(url: str, *args: str) -> Shown:
+        monkeypatch.setenv("DISPATCHQ_REDIS_URL", url)
+        monkeypatch.setenv("DISPATCHQ_QUEUE", QUEUE)
+        monkeypatch.delenv("DISPATCHQ_CONFIG", raising=False)
+        capsys.readouterr()
+        try:
+            code = main(["queue", *args])
+        except SystemExit as exit_:
+            code = int(exit_.code or 0)
+        out, err = capsys.readouterr()
+        return Shown(code, out, err)
+
+    return run
 
 
 def test_queue_shows_the_backlog_per_lane_tenant_and_batch(
-    redis_server: RedisServer, redis_client: redis.Redis
+    redis_server: RedisServer, redis_client: redis.Redis, run_queue: Callable[..., Shown]
 ) -> None:
     enqueuer = Enqueuer(redis_client, queue=QUEUE, result_ttl=60, blob_ttl=60)
     enqueuer.enqueue(
@@ -48,7 +70,7 @@ def test_queue_shows_the_backlog_per_lane_tenant_and_batch(
     assert any(line.split() == ["batch", "acme", "qa", "4"] for line in text.stdout.splitlines())
 
 
-def test_queue_says_so_when_redis_cannot_be_read() -> None:
+def test_queue_says_so_when_redis_cannot_be_read(run_queue: Callable[..., Shown]) -> None:
     shown = run_queue("redis://127.0.0.1:1/0")
     assert shown.returncode == 1
     assert "Error reading the queue" in shown.stderr

@@ -151,7 +151,7 @@ words = st.sampled_from(
 
 
 @given(argv=st.lists(words, max_size=6))
-@settings(max_examples=300, deadline=None, database=None,
+@settings(max_examples=150, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 def test_fuzzed_command_lines_never_raise(
     env: None, capsys: pytest.CaptureFixture[str], argv: list[str]
