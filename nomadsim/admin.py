@@ -12,9 +12,12 @@
     POST   /_sim/nodes/<id or name>/down   the node goes down: its allocs become lost
                                            and are replaced; answers {"evals": [...]}
     POST   /_sim/nodes/<id or name>/up     the node takes allocations again
+    POST   /_sim/event-stream/cut  drop every open /v1/event/stream connection mid-body;
+                                   answers {"cut": n}
 
 A rule is {"kind": "error|rate_limit|slow|cut", "route": "*", "method": "*",
-"probability": 1.0, "count": null, "delay_ms": 0, "message": ""} (see faults.py).
+"probability": 1.0, "count": null, "delay_ms": 0, "message": "", "status": 500} (see
+faults.py).
 """
 
 from __future__ import annotations
@@ -128,6 +131,8 @@ async def _route(sim: Sim, request: Request, path: str) -> Response:
                 for n in sim.scheduler.nodes
             ]
         )
+    elif name == "event-stream/cut" and method == "POST":
+        return _json({"cut": sim.store.broker.cut_all()})
     elif name.startswith("nodes/") and method == "POST":
         ref, _, action = name[len("nodes/"):].partition("/")
         node = find_node(sim.scheduler, ref)

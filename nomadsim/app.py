@@ -115,7 +115,7 @@ class NomadSimServer:
             if action.kind == "cut":
                 sim.statuses["cut"] += 1
                 return None
-            status = 500 if action.kind == "error" else 429
+            status = action.status if action.kind == "error" else 429
             sim.statuses[str(status)] += 1
             return text_response(status, action.message or DEFAULT_MESSAGES[action.kind])
         ctx = Ctx(sim, request, path, request.query)

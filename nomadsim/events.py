@@ -76,6 +76,8 @@ class Subscription:
     namespace: str
     pending: deque[Batch | None] = field(default_factory=deque)
     waiter: asyncio.Future[None] | None = None
+    #: Set by `EventBroker.cut_all`: the stream drops its connection mid-body.
+    cut: bool = False
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -138,3 +140,15 @@ class EventBroker:
 
     def unsubscribe(self, sub: Subscription) -> None:
         self.subscribers.discard(sub)
+
+    def cut_all(self) -> int:
+        """Every open stream drops its connection at once, without ending its body (as
+        a network cut or an agent restart looks to a client); returns how many."""
+        subs = list(self.subscribers)
+        self.subscribers.clear()
+        for sub in subs:
+            sub.cut = True
+            sub.pending.clear()
+            sub.pending.append(None)
+            sub.wake()
+        return len(subs)

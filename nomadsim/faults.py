@@ -1,5 +1,6 @@
 """Fault injection: per-route rules (500, 429, slow, cut) and a global latency.
 
+An `error` rule answers its `status` (500 unless given, any 5xx), `rate_limit` 429.
 A rule matches a request when its `route` (an fnmatch pattern over nomadsim's route
 names, e.g. `dispatch`, `evaluation*`, `*`) and `method` match. It fires with
 `probability`, for at most `count` requests if set ("the next N requests"). Rules are
@@ -29,6 +30,8 @@ class FaultRule:
     count: int | None = None
     delay_ms: float = 0.0
     message: str = ""
+    #: The status an `error` rule answers (500 to 599; default 500).
+    status: int = 500
     id: int = 0
 
     @classmethod
@@ -36,7 +39,7 @@ class FaultRule:
         if not isinstance(data, dict):
             raise ValueError("a fault rule must be a JSON object")
         unknown = set(data) - {"kind", "route", "method", "probability", "count", "delay_ms",
-                               "message", "id"}
+                               "message", "status", "id"}
         if unknown:
             raise ValueError(f"unknown fault rule fields: {sorted(unknown)}")
         rule = cls(
@@ -47,11 +50,14 @@ class FaultRule:
             count=None if data.get("count") is None else int(data["count"]),
             delay_ms=float(data.get("delay_ms", 0.0)),
             message=str(data.get("message", "")),
+            status=int(data.get("status", 500)),
         )
         if rule.kind not in KINDS:
             raise ValueError(f"fault kind must be one of {list(KINDS)}, not {rule.kind!r}")
         if not 0.0 <= rule.probability <= 1.0:
             raise ValueError("probability must be between 0 and 1")
+        if rule.kind == "error" and not 500 <= rule.status <= 599:
+            raise ValueError("an error rule's status must be from 500 to 599")
         if rule.kind == "slow" and rule.delay_ms <= 0:
             raise ValueError("a slow rule needs delay_ms > 0")
         return rule

@@ -117,6 +117,13 @@ class Stream:
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
         await self._conn.drain()
 
+    def abort(self) -> None:
+        """Drop the connection mid-body: no last chunk, so the client sees a cut."""
+        self.done = True
+        transport = self._conn.transport
+        if transport is not None:
+            transport.abort()
+
     def write_eof(self) -> None:
         if self.done:
             return

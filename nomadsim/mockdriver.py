@@ -24,6 +24,10 @@ from nomadsim.jsonshape import parse_go_duration
 from nomadsim.model import Alloc, JsonObj
 
 _VAR = re.compile(r"\$\{([^}]+)\}")
+#: nomadsim-only meta keys (runner.fail_early_attempts): the first N allocations of a
+#: reschedule chain fail with this exit code. Read by nomadsim alone, never by dispatchq.
+FAIL_ATTEMPTS = "nomadsim_fail_attempts"
+FAIL_EXIT_CODE = "nomadsim_fail_exit_code"
 DEFAULT_KILL_TIMEOUT = 5_000_000_000
 MAX_KILL_TIMEOUT = 30_000_000_000
 

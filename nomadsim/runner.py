@@ -18,11 +18,12 @@ Timers come from one heap (`Clients.timers`), not one asyncio handle per task.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from nomadsim import taskevents as te
 from nomadsim.jsonshape import now_ns, rfc3339
-from nomadsim.mockdriver import TaskPlan, cached_plan
+from nomadsim.mockdriver import FAIL_ATTEMPTS, FAIL_EXIT_CODE, TaskPlan, cached_plan
 from nomadsim.model import Alloc, JsonObj
 from nomadsim.policies import RestartTracker
 
@@ -79,8 +80,35 @@ def _plans(alloc: Alloc, group: JsonObj, node_dc: str) -> list[tuple[JsonObj, Ta
         if isinstance(plan, str):
             out.append((task, None, plan))
         else:
+            if task["Driver"] == "mock_driver" and not plan.invalid:
+                plan = fail_early_attempts(alloc, group, task, plan)
             out.append((task, plan, ""))
     return out
+
+
+def fail_early_attempts(alloc: Alloc, group: JsonObj, task: JsonObj, plan: TaskPlan) -> TaskPlan:
+    """nomadsim's own test knob (no Nomad has it): with meta `nomadsim_fail_attempts` = N,
+    the mock_driver tasks of the first N allocations of a reschedule chain (those whose
+    RescheduleTracker holds fewer than N events) exit with `nomadsim_fail_exit_code`
+    (default 1) instead of their config's exit code; the replacements after them run as
+    configured. A real Nomad cannot express this (a task's environment says nothing of
+    reschedule attempts), and ignores the meta keys."""
+    sources = [m for m in (alloc.job.get("Meta"), group.get("Meta"), task.get("Meta")) if m]
+    if not any(FAIL_ATTEMPTS in m for m in sources):
+        return plan  # (the usual case: no dict built)
+    meta: dict[str, str] = {}
+    for source in sources:
+        meta.update(source)
+    raw_attempts, raw_code = meta[FAIL_ATTEMPTS], meta.get(FAIL_EXIT_CODE, "1")
+    if not (raw_attempts.isascii() and raw_attempts.isdigit()
+            and raw_code.isascii() and raw_code.isdigit() and 0 < int(raw_code) < 256):
+        return replace(plan, invalid=(
+            f"nomadsim: meta {FAIL_ATTEMPTS} must be a whole number and {FAIL_EXIT_CODE} "
+            f"one from 1 to 255, not {raw_attempts!r} and {raw_code!r}"))
+    attempts = len((alloc.reschedule_tracker or {}).get("Events") or ())
+    if attempts >= int(raw_attempts):
+        return plan
+    return replace(plan, exit_code=int(raw_code))
 
 
 class AllocRun:

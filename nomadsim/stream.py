@@ -134,6 +134,9 @@ async def _follow(heartbeat: float, sub: Subscription, response: Stream) -> None
             while pending:
                 batch = pending.popleft()
                 if batch is None:
+                    if sub.cut:
+                        response.abort()
+                        raise ConnectionResetError("the stream was cut (/_sim/event-stream/cut)")
                     if lines:
                         await response.write(b"".join(lines))
                     return

@@ -15,7 +15,13 @@ from typing import Any, cast
 
 import redis
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 
 from config.celery import GuardedRedisBackend, make_app
@@ -53,7 +59,8 @@ def register(commands: Any) -> None:
 
 
 class TrackerMetrics:
-    """Children followed (ZCARD when scraped), running (as last checked) and finished."""
+    """Children followed (ZCARD when scraped), running (as last checked) and finished, the
+    lease, and the process's CPU and memory (README, Metrics)."""
 
     def __init__(self, client: redis.Redis, tracker: Tracker | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -68,6 +75,7 @@ class TrackerMetrics:
         self._running: set[str] = set()
         self._client, self.tracker = client, tracker
         self.registry.register(cast(Any, self))
+        ProcessCollector(registry=self.registry)
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())

@@ -192,14 +192,19 @@ def unix_time(value: Any) -> float | None:
     return round(moment.timestamp(), 3)
 
 
-def child_end(job: dict[str, Any], allocs: list[dict[str, Any]]) -> dict[str, Any]:
+def child_end(
+    job: dict[str, Any], allocs: list[dict[str, Any]], *, every: bool = False
+) -> dict[str, Any]:
     """The outcome's `child`: the job's status and, for the last allocation of each chain,
     its ID, group, client status and description, reschedules, and per task its state,
     Failed, restarts, exit code, signal, exit message and start/finish times (Unix).
-    Empty values are left out (compact: this is stored with every outcome)."""
+    Empty values are left out (compact: this is stored with every outcome). With `every`,
+    every allocation, oldest first: a progress view (`progress.changes`), in which an
+    allocation that a reschedule replaced still shows how it ended."""
     out: dict[str, Any] = {"status": job.get("Status") or ""}
     rows = []
-    for alloc in chain_ends(allocs):
+    chosen = sorted(allocs, key=lambda a: a.get("CreateIndex") or 0) if every else None
+    for alloc in chain_ends(allocs) if chosen is None else chosen:
         tracker = alloc.get("RescheduleTracker") or {}
         row: dict[str, Any] = {
             "id": alloc.get("ID", ""),

@@ -64,7 +64,7 @@ def follow_child(
         down_since = None
         verdict = decide(job, allocs, now=clock(), deadline=deadline)
         if job is not None:
-            current = child_end(job, allocs)
+            current = child_end(job, allocs, every=True)
             for line in changes(view, current, verbose=verbose):
                 on_line(line)
             view = current

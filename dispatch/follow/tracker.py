@@ -209,7 +209,7 @@ class Follower:
     ) -> None:
         """The child as it is now, for `dispatchq job dispatch -wait` (which shows what
         changed between two of these); nothing is stored."""
-        view = {"stage": stage, **child_end(job, allocs)}
+        view = {"stage": stage, **child_end(job, allocs, every=True)}
         self.store.client.publish(keys.progress(request_id), json.dumps(view))
 
 

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from dispatch.follow.decide import chain_ends, decide, unix_time
+from dispatch.follow.decide import chain_ends, child_end, decide, unix_time
+from dispatch.follow.progress import changes
 
 
 def _task(state: str = "dead", *, failed: bool = False, code: int | None = 0,
@@ -56,6 +57,25 @@ def test_a_failure_then_a_successful_reschedule_is_exit_0() -> None:
     assert (verdict.status, verdict.exit_code) == ("finished", 0)
     [alloc] = verdict.child["allocations"]
     assert (alloc["id"], alloc["reschedules"]) == ("a2", 1)
+
+
+def test_the_progress_view_shows_how_a_replaced_allocation_ended() -> None:
+    """`-wait` prints the first allocation's last exit though a reschedule replaced it."""
+    running = _alloc("a1", "running", tasks={"ffmpeg": _task("running", code=7, restarts=3)})
+    first = _alloc("a1", "failed", desired="stop", nxt="a2", description="Failed tasks",
+                   tasks={"ffmpeg": _task(failed=True, code=7, restarts=3)})  # fmt: skip
+    second = _alloc("a2", "running", index=2, prev="a1", reschedules=1,
+                    tasks={"ffmpeg": _task("running", code=None)})  # fmt: skip
+    before = child_end(_job("running"), [running], every=True)
+    after = child_end(_job("running"), [second, first], every=True)
+    assert changes(before, after) == [
+        'Allocation "a1" failed: Failed tasks',
+        'Task "ffmpeg" exited with code 7 (failed)',
+        'Allocation "a2" placed: rescheduled (attempt 1)',
+        'Allocation "a2" running',
+        'Task "ffmpeg" started',
+    ]
+    assert [a["id"] for a in child_end(_job("running"), [second, first])["allocations"]] == ["a2"]
 
 
 def test_a_task_that_failed_after_its_restarts_and_reschedules_is_exit_2() -> None:

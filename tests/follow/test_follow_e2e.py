@@ -31,6 +31,9 @@ from tests.support.nomad_jobs import (
 from tests.support.stack import Stack
 
 SECOND = 1_000_000_000
+FAIL_FIRST = {"nomadsim_fail_attempts": "1", "nomadsim_fail_exit_code": "7"}
+"""nomadsim-only meta (nomadsim/README.md): the chain's first allocation fails with exit
+code 7 (after its 3 restarts), the replacement runs the child's config."""
 FAST = ["--time-scale", "0.001", "--start-time", "5ms", "--nodes", "2",
         "--node-cpu", "200000", "--node-memory", "200000"]  # fmt: skip
 
@@ -74,6 +77,7 @@ def test_mixed_endings_each_with_its_exit_code_and_fields(
         "ok": ("enc", {"exit_code": "0", "run_for": "30s"}),
         "exit3": ("enc", {"exit_code": "3", "run_for": "10s"}),
         "start-error": ("enc", {"start_error": "no such file: ffmpeg"}),
+        "rescheduled-ok": ("enc", {"run_for": "20s", **FAIL_FIRST}),
         "max-run": ("enc-mrd", {"run_for": "1h"}),
         "lost": ("enc", {"run_for": "1h"}),
     }
@@ -104,6 +108,13 @@ def test_mixed_endings_each_with_its_exit_code_and_fields(
     task = _task(failed)
     assert (task["failed"], task["exit_code"], task["restarts"]) == (True, 3, 3)
     assert "exited with code 3" in failed.error_message
+
+    again = by["rescheduled-ok"]  # the first allocation failed, its replacement completed
+    assert (again.status, again.exit_code, again.error_kind) == ("finished", 0, None)
+    [alloc] = again.child["allocations"]
+    assert (alloc["client_status"], alloc["reschedules"]) == ("complete", 1)
+    task = _task(again)
+    assert (task["failed"], task["exit_code"], task["restarts"]) == (False, 0, 0)
 
     start = by["start-error"]
     assert (start.status, start.exit_code) == ("failed", 2)
@@ -195,8 +206,9 @@ def test_sigkill_of_the_leading_tracker_during_a_fan_out_of_1000(
 def test_children_that_end_while_the_event_stream_is_cut_are_seen_after_it_returns(
     running: Stack, redis_client: redis.Redis
 ) -> None:
-    """The stream is cut (every connection refused) while children end; the forced sweep
-    is an hour away: only the reconcile after the reconnect can end them."""
+    """The stream is refused (every new connection cut before an answer) while children
+    end; the forced sweep is an hour away: only the reconcile after the reconnect can end
+    them. An open stream cut mid-run: tests/follow/test_follow_faults.py."""
     sim = running.sim.address
     add_fault(sim, {"kind": "cut", "route": "event-stream"})
     tracker = _tracker(running, "tracker-cut")
@@ -265,6 +277,9 @@ def test_job_dispatch_wait_prints_the_childs_changes_and_its_end(
     with _tracker(running, f"tracker-cli-{len(path)}"):
         ok = _cli(running, *path, "-wait", "-meta", "run_for=200s", "enc")
         failed = _cli(running, *path, "-wait", "-meta", "exit_code=3", "enc")
+        again = _cli(running, *path, "-wait", "-meta", "run_for=200s",
+                     *[a for k, v in FAIL_FIRST.items() for a in ("-meta", f"{k}={v}")],
+                     "enc")  # fmt: skip
         timed = _cli(running, *path, "-wait", "-wait-timeout", "1s", "huge")
     text = ok.stdout.decode()
     assert ok.returncode == 0, (text, ok.stderr)
@@ -278,5 +293,10 @@ def test_job_dispatch_wait_prints_the_childs_changes_and_its_end(
     assert 'Task "ffmpeg" restarting after exit code 3' in text
     assert "placed: rescheduled (attempt 1)" in text
     assert "task ffmpeg exited with code 3" in text.splitlines()[-1]
+    text = again.stdout.decode()  # a failure, then a successful reschedule: exit 0
+    assert again.returncode == 0, (text, again.stderr)
+    assert "placed: rescheduled (attempt 1)" in text
+    assert 'Task "ffmpeg" exited with code 0' in text
+    assert "completed: every allocation's tasks succeeded" in text.splitlines()[-1]
     assert timed.returncode == 2, (timed.stdout, timed.stderr)
     assert "still waiting for placement" in timed.stdout.decode().splitlines()[-1]

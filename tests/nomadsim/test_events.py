@@ -197,5 +197,37 @@ def test_errors(sapi: Api, query: str, status: int, body: str) -> None:
     assert (response.status_code, response.text) == (status, body)
 
 
+def test_cut_drops_every_open_stream_mid_body(sim: NomadSimProcess, sapi: Api) -> None:
+    """`POST /_sim/event-stream/cut`: open streams lose their connection without the body's
+    end (a chunked stream's last chunk never comes); a new stream works at once."""
+    chunked = socket.create_connection(("127.0.0.1", sim.port), timeout=10)
+    plain = open_stream(sim, "topic=Job:none")
+    try:
+        chunked.sendall(b"GET /v1/event/stream?topic=Job:none HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = chunked.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in first
+        assert plain.line() == {}
+        assert sapi.ok("POST", "/_sim/event-stream/cut")["cut"] >= 2  # an earlier one may linger
+        assert plain.line() is None  # the connection is gone
+        rest = b""
+        try:
+            while chunk := chunked.recv(65536):
+                rest += chunk
+        except ConnectionResetError:
+            pass
+        assert b"0\r\n\r\n" not in first + rest  # no last chunk: cut, not ended
+    finally:
+        chunked.close()
+        plain.close()
+    again = open_stream(sim, "topic=Job")
+    try:
+        job_id = unique("after-cut")
+        sapi.register(parameterized(job_id))
+        events = again.events_until(lambda evs: any(e["Key"] == job_id for e in evs))
+        assert events[-1]["Type"] == "JobRegistered"
+    finally:
+        again.close()
+
+
 def test_non_get_is_405(sapi: Api) -> None:
     assert sapi.post("/v1/event/stream").status_code == 405

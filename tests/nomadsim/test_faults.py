@@ -55,6 +55,14 @@ def test_error_and_rate_limit_for_the_next_requests(fapi: Api) -> None:
     assert record["count"] == 1
 
 
+def test_an_error_rule_answers_its_status(fapi: Api) -> None:
+    fapi.ok("POST", "/_sim/faults", json={"kind": "error", "route": "job-allocations",
+                                          "status": 503, "message": "try later", "count": 1})
+    first = fapi.get("/v1/job/nope/allocations")
+    assert (first.status_code, first.text) == (503, "try later")
+    assert fapi.get("/v1/job/nope/allocations").status_code == 200  # the count is spent
+
+
 def test_cut_closes_the_connection_without_a_response(fapi: Api) -> None:
     job_id = unique("cut")
     fapi.register(parameterized(job_id))
@@ -97,7 +105,8 @@ def test_slow_and_latency_are_counted(fapi: Api) -> None:
 @pytest.mark.parametrize(
     "rule",
     [{"kind": "explode"}, {"kind": "error", "probability": 2}, {"kind": "slow"},
-     {"kind": "error", "colour": "red"}, ["not", "an", "object"]],
+     {"kind": "error", "colour": "red"}, {"kind": "error", "status": 429},
+     ["not", "an", "object"]],
 )
 def test_invalid_rules(fapi: Api, rule: object) -> None:
     response = fapi.post("/_sim/faults", json=rule)

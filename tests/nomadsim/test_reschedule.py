@@ -186,6 +186,51 @@ def test_node_down_makes_allocs_lost(api: Api) -> None:
         api.ok("DELETE", child_path(child))
 
 
+def _fail_knob_job(job_id: str, meta: dict[str, str]) -> dict[str, Any]:
+    job = mock_job(job_id, {"t": {"run_for": "1ms", "exit_code": 0}}, restart={"Attempts": 1},
+                   reschedule={"Attempts": 1, "Delay": 5 * SECOND})
+    job["Meta"] = meta
+    return job
+
+
+def test_nomadsim_fail_attempts_fails_a_chains_first_allocations(api: Api) -> None:
+    """The nomadsim-only knob (meta `nomadsim_fail_attempts`): a real Nomad cannot make a
+    replacement behave differently from the allocation it replaces (client/taskenv gives a
+    task no reschedule count, and the mock driver keeps no state between starts), so a
+    failure then a successful reschedule needs this. The first allocation fails with the
+    knob's exit code after its restarts, the replacement runs the config and completes."""
+    job_id = unique("knob")
+    api.register(_fail_knob_job(job_id, {"nomadsim_fail_attempts": "1",
+                                         "nomadsim_fail_exit_code": "7"}))
+    child = api.dispatch(job_id)["DispatchedJobID"]
+    api.wait_for(lambda: api.job(child)["Status"] == "dead", f"{child} to be dead")
+    first, second = chain(api, child)
+    assert (first["ClientStatus"], first["NextAllocation"]) == ("failed", second["ID"])
+    codes = [e["Details"]["exit_code"] for e in first["TaskStates"]["t"]["Events"]
+             if e["Type"] == "Terminated"]
+    assert codes == ["7", "7"]  # the first run and its one restart
+    assert second["PreviousAllocation"] == first["ID"]
+    assert len(second["RescheduleTracker"]["Events"]) == 1
+    assert second["ClientStatus"] == "complete"
+    assert [e["Details"]["exit_code"] for e in second["TaskStates"]["t"]["Events"]
+            if e["Type"] == "Terminated"] == ["0"]
+    summary = api.ok("GET", f"{child_path(child)}/summary")["Summary"]
+    assert (summary["g"]["Failed"], summary["g"]["Complete"]) == (1, 1)
+
+    more = unique("knob2")  # more failing attempts than reschedules: the chain fails
+    api.register(_fail_knob_job(more, {"nomadsim_fail_attempts": "2"}))
+    child = api.dispatch(more)["DispatchedJobID"]
+    api.wait_for(lambda: api.job(child)["Status"] == "dead", f"{child} to be dead")
+    assert [a["ClientStatus"] for a in chain(api, child)] == ["failed", "failed"]
+
+    bad = unique("knob3")
+    api.register(_fail_knob_job(bad, {"nomadsim_fail_attempts": "once"}))
+    child = api.dispatch(bad)["DispatchedJobID"]
+    alloc = final_alloc(api, child)
+    [event] = [e for e in alloc["TaskStates"]["t"]["Events"] if e["Type"] == "Failed Validation"]
+    assert "nomadsim_fail_attempts must be a whole number" in event["Details"]["validation_error"]
+
+
 def test_event_stream_follows_a_child(sim: NomadSimProcess, api: Api) -> None:
     """nomad/stream and state events: an `Allocation` event with the whole alloc (its
     TaskStates) at every task-state change, filterable by job ID; `Job` events when the

@@ -75,11 +75,19 @@ def set_scheduler(address: str, knobs: dict[str, Any]) -> None:
     requests.put(f"{address}/_sim/scheduler", json=knobs, timeout=10).raise_for_status()
 
 
+SIM_FAIL = ("nomadsim_fail_attempts", "nomadsim_fail_exit_code")
+
+
 def mock_encode_job(job_id: str, **group: Any) -> dict[str, Any]:
     """A parameterized mock_driver job whose dispatch meta picks how each child ends:
     `exit_code`, `run_for` (scaled by nomadsim's --time-scale) and `start_error`; Nomad's
-    batch restart and reschedule defaults (3 restarts, 1 reschedule)."""
-    job = parameterized_job(job_id, meta_optional=["exit_code", "run_for", "start_error"])
+    batch restart and reschedule defaults (3 restarts, 1 reschedule). The nomadsim-only
+    `nomadsim_fail_attempts` (and `nomadsim_fail_exit_code`) make the first allocations of
+    a reschedule chain fail (nomadsim/README.md): a failure, then a successful reschedule."""
+    job = parameterized_job(
+        job_id,
+        meta_optional=["exit_code", "run_for", "start_error", *SIM_FAIL],
+    )
     job["Meta"] = {"exit_code": "0", "run_for": "20s", "start_error": ""}
     task = job["TaskGroups"][0]["Tasks"][0]
     task.update(Driver="mock_driver", Config={
