@@ -116,14 +116,16 @@ def done_args(
     outcome: dict[str, Any] | None,
     notify_url: str | None,
 ) -> list[Any]:
-    """The done script's ARGV 11-18: the completion event's (empty when events are off or
-    there is no outcome), then the retry set and the request ID (automatic retries)."""
+    """The done script's ARGV 11-19: the completion event's (empty when events are off or
+    there is no outcome), then the retry set, the request ID and the batch's items hash
+    (automatic retries)."""
     args: list[Any] = []
     if outcome is not None:
         args = request_event_args(events, request_id, batch_id, outcome, notify_url)
     if not args:
         args = [batch_id or "", "", "", "", "", ""]
-    return [*args, keys.RETRY_DUE, request_id]
+    items = keys.batch_items(batch_id) if batch_id else ""
+    return [*args, keys.RETRY_DUE, request_id, items]
 
 
 def parse_entry(fields: Any) -> tuple[dict[str, Any], str]:

@@ -14,12 +14,15 @@
 -- attempt (the record's `attempt`, 1 when absent) and that failed in its own run (exit
 -- code 2) is not counted done in its batch: it is queued for its next attempt in the
 -- retry set (ARGV[17], member "<batch ID>\31<item's first request ID>"), which
--- `producer.retry` drains; its own outcome and event are stored as for any ending.
+-- `producer.retry` drains; its own outcome and event are stored as for any ending. Only
+-- if the batch kept what re-running the item needs (ARGV[19], `keys.batch_items`) and its
+-- next attempt's ID fits in 200 characters: else it ends as a failure now.
 -- Returns 1 when this call finished the request, 0 when it was done already.
 -- KEYS: record, [result, [follow set, outcome so far]]. ARGV: ttl, exit code, batch key
 -- or '', error entry or '', batch error list, its cap, digest or '', result value or '',
 -- result ttl or '', request ID or '', batch ID or '', stream or '', its cap, request ID
--- JSON-escaped, event tail, notify_url or '', [retry set, request ID (plain)].
+-- JSON-escaped, event tail, notify_url or '', [retry set, request ID (plain), the batch's
+-- items hash or ''].
 local record = KEYS[1]
 local found = redis.call('HMGET', record, 'state', 'digest')
 local state = found[1]
@@ -37,10 +40,14 @@ if ARGV[3] ~= '' then
   if ARGV[2] == '2' and ARGV[17] and ARGV[17] ~= '' then
     local b = redis.call('HMGET', ARGV[3], 'max_attempts', 'state')
     local r = redis.call('HMGET', record, 'attempt', 'item')
-    if tonumber(b[1] or '1') > tonumber(r[1] or '1') and b[2] ~= 'cancelled' then
+    local item, attempt = r[2] or ARGV[18], tonumber(r[1] or '1')
+    -- retryable only with what re-running it needs kept, and a next ID of 200 at most
+    if tonumber(b[1] or '1') > attempt and b[2] ~= 'cancelled'
+        and redis.call('HEXISTS', ARGV[19], item) == 1
+        and #item + 1 + #tostring(attempt + 1) <= 200 then
       again = true
       local now = redis.call('TIME')
-      redis.call('ZADD', ARGV[17], 'NX', now[1], ARGV[11] .. '\31' .. (r[2] or ARGV[18]))
+      redis.call('ZADD', ARGV[17], 'NX', now[1], ARGV[11] .. '\31' .. item)
     end
   end
   local child = redis.call('HGET', record, 'dispatched_job_id')

@@ -212,3 +212,19 @@ def test_a_followed_request_keeps_its_notify_url_for_its_end(
     store.finish_followed("solo", 0, None, "", result, notify_url=record.notify_url)
     [(event, url)] = events(redis_client)
     assert (event["event_id"], url) == ("request:solo:1", "http://127.0.0.1:9/hook")
+
+
+def test_an_item_that_cannot_be_rerun_ends_failed_instead_of_waiting(
+    redis_client: redis.Redis, store: RecordStore
+) -> None:
+    """What re-running an item needs expired (a batch running past its TTL): its failed
+    run ends it, counted, rather than leaving it in the retry set for ever."""
+    submit(redis_client, "b4", 2, max_attempts=3)
+    gone, kept = request_id_for("b4", 1), request_id_for("b4", 2)
+    redis_client.hdel(keys.batch_items("b4"), gone)
+    for rid in (gone, kept):
+        to_tracker(store, rid, "b4")
+        end(store, rid, "b4", 2)
+    due = cast(list[bytes], redis_client.zrange(keys.RETRY_DUE, 0, -1))
+    assert due == [f"b4\x1f{kept}".encode()]
+    assert counts(redis_client, "b4")["failed"] == 1 and counts(redis_client, "b4")["queued"] == 1
