@@ -105,7 +105,6 @@ class TransportError(NomadError):
         self.retryable = retryable
 
 
-
 # -- errors of the request's path (raised outside the Nomad client) ---------------------
 
 

@@ -169,7 +169,9 @@ def request_digest(kwargs: Mapping[str, Any]) -> str:
     producer's key order gives one digest; a value that cannot be encoded gives one
     that matches nothing."""
     try:
-        canonical = orjson.dumps(dict(kwargs), option=orjson.OPT_SORT_KEYS)
+        canonical = orjson.dumps(
+            kwargs if type(kwargs) is dict else dict(kwargs), option=orjson.OPT_SORT_KEYS
+        )
     except (TypeError, orjson.JSONEncodeError):
         return UNREADABLE
     return hashlib.blake2b(canonical, digest_size=12).hexdigest()

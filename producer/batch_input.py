@@ -24,7 +24,7 @@ from producer.enqueue import InvalidRequest
 _FIELDS = ("payload", "payload_base64", "payload_ref", "request_id")
 
 
-@dataclass
+@dataclass(slots=True)
 class BatchItem:
     """One request of a batch. `line` is where it came from (1-based), for messages."""
 

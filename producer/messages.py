@@ -54,8 +54,9 @@ KWARGSREPR_MAX = 256
 
 def _readable(request: dict[str, Any]) -> str:
     """What Flower and `celery inspect` show as the task's arguments: the request's
-    fields a person looks for, capped."""
-    shown = repr({name: request[name] for name in _SHOWN if name in request})
+    fields a person looks for, capped (the repr of a dict of them, built as text)."""
+    shown = "{" + ", ".join(f"{name!r}: {request[name]!r}" for name in _SHOWN if name in request)
+    shown += "}"
     return shown if len(shown) <= KWARGSREPR_MAX else shown[: KWARGSREPR_MAX - 3] + "..."
 
 
