@@ -183,7 +183,7 @@ def test_slow_scheduling_keeps_evals_pending(small: Api) -> None:
     api = small
     job_id = unique("slow")
     api.register(parameterized(job_id))
-    api.ok("PUT", "/_sim/scheduler", json={"schedule_delay_ms": 2000})
+    api.ok("PUT", "/_sim/scheduler", json={"schedule_delay_ms": 1000})
     try:
         results = [api.dispatch(job_id) for _ in range(20)]
         statuses = [api.eval(r["EvalID"])["Status"] for r in results[1:]]
