@@ -15,23 +15,12 @@ from typing import Any
 
 import pytest
 
-from devstack.nomadsim_process import NomadSimProcess
 from devstack.notifier_process import NotifierProcess
 from devstack.tracker_process import TrackerProcess
 from producer.api import Producer
 from tests.producer.test_notifier import SECRET, Receiver
 from tests.support.nomad_jobs import mock_encode_job, register
 from tests.support.stack import Stack
-
-FAST = ["--time-scale", "0.001", "--start-time", "5ms", "--nodes", "2",
-        "--node-cpu", "200000", "--node-memory", "200000"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[NomadSimProcess]:
-    with NomadSimProcess(args=FAST) as process:
-        register(process.address, mock_encode_job("enc"))
-        yield process
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from dispatch.batches import BatchStatus
 from producer.api import Producer
 from producer.batch_input import BatchItem
 from tests.support.nomad_jobs import (
+    FAST_SIM,
     add_fault,
     clear_faults,
     mock_encode_job,
@@ -34,13 +35,11 @@ SECOND = 1_000_000_000
 FAIL_FIRST = {"nomadsim_fail_attempts": "1", "nomadsim_fail_exit_code": "7"}
 """nomadsim-only meta (nomadsim/README.md): the chain's first allocation fails with exit
 code 7 (after its 3 restarts), the replacement runs the child's config."""
-FAST = ["--time-scale", "0.001", "--start-time", "5ms", "--nodes", "2",
-        "--node-cpu", "200000", "--node-memory", "200000"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[NomadSimProcess]:
-    with NomadSimProcess(args=FAST) as process:
+    with NomadSimProcess(args=FAST_SIM) as process:
         register(process.address, mock_encode_job("enc"))
         register(process.address, mock_encode_job("enc-mrd", MaxRunDuration=50 * SECOND))
         register(process.address, parameterized_job("huge", memory_mb=10_000_000))

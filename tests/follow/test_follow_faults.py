@@ -17,23 +17,12 @@ import pytest
 import redis
 import requests
 
-from devstack.nomadsim_process import NomadSimProcess
 from devstack.tracker_process import TrackerProcess
 from dispatch import keys
 from producer.api import Producer
 from producer.batch_input import BatchItem
-from tests.support.nomad_jobs import add_fault, clear_faults, mock_encode_job, register
+from tests.support.nomad_jobs import add_fault, clear_faults
 from tests.support.stack import Stack
-
-FAST = ["--time-scale", "0.001", "--start-time", "5ms", "--nodes", "2",
-        "--node-cpu", "200000", "--node-memory", "200000"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[NomadSimProcess]:
-    with NomadSimProcess(args=FAST) as process:
-        register(process.address, mock_encode_job("enc"))
-        yield process
 
 
 @pytest.fixture(scope="module")

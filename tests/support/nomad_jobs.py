@@ -75,6 +75,11 @@ def set_scheduler(address: str, knobs: dict[str, Any]) -> None:
     requests.put(f"{address}/_sim/scheduler", json=knobs, timeout=10).raise_for_status()
 
 
+FAST_SIM = ["--time-scale", "0.001", "--start-time", "5ms", "--nodes", "2",
+            "--node-cpu", "200000", "--node-memory", "200000"]  # fmt: skip
+"""nomadsim's flags for following: tasks run at a thousandth of their time, on two large
+nodes."""
+
 SIM_FAIL = ("nomadsim_fail_attempts", "nomadsim_fail_exit_code")
 
 
