@@ -107,6 +107,14 @@ class BatchStatus:
     def finished(self) -> bool:
         return self.done >= self.total
 
+    @property
+    def progress(self) -> str:
+        """Where the batch is, in a word for people: cancelled, finished or in progress
+        (`state` stays open until a cancel; a retry makes a finished batch in progress)."""
+        if self.state == CANCELLED:
+            return CANCELLED
+        return "finished" if self.finished else "in progress"
+
     def worst_exit_code(self) -> int:
         """1 beats 2 beats 0; a batch that is not finished counts as 1."""
         if not self.finished or self.exit_codes.get(1):
@@ -119,6 +127,7 @@ class BatchStatus:
             "job_id": self.job_id,
             "namespace": self.namespace or None,
             "state": self.state,
+            "finished": self.finished,
             "total": self.total,
             "until": self.until,
             "queued": self.queued,

@@ -225,7 +225,7 @@ def progress_line(status: BatchStatus) -> str:
 
 
 def summary_table(status: BatchStatus) -> Table:
-    table = Table(title=f"batch {status.batch_id} ({status.job_id}, {status.state})")
+    table = Table(title=f"batch {status.batch_id} ({status.job_id}, {status.progress})")
     table.add_column("exit code")
     table.add_column("meaning")
     table.add_column("requests", justify="right")
@@ -256,11 +256,12 @@ def _retry(producer: Producer, args: argparse.Namespace, batch_id: str) -> int:
         return 1
     if args.json and not args.wait:
         print(json.dumps({"batch_id": batch_id, **report.to_json()}))
-    elif not args.wait:
+    else:  # with --wait -json, stdout is the final status alone
         print(
             f"Batch {batch_id}: {report.retried} item(s) dispatched again; left alone: "
             f"{report.in_flight} in flight, {report.succeeded} succeeded, "
-            f"{report.missing} not retryable"
+            f"{report.missing} not retryable",
+            file=sys.stderr if args.json else sys.stdout,
         )
     if not args.wait:
         return 1 if report.missing else 0

@@ -180,7 +180,7 @@ def test_cli_batch_wait_prints_summary_and_exit_code(running: Stack, tmp_path: P
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "batch b-cli (encode, open)" in proc.stdout
+    assert "batch b-cli (encode, finished)" in proc.stdout
     status = subprocess.run(
         [sys.executable, "-m", "producer.cli", "batch", "status", "b-cli", "-json"],
         env=env,
