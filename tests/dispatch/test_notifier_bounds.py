@@ -44,7 +44,9 @@ def gated() -> Iterator[tuple[Gate, int]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+    )
     thread.start()
     yield gate, server.server_address[1]
     gate.open.set()

@@ -38,7 +38,9 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def http_origin() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+    )
     thread.start()
     yield f"127.0.0.1:{server.server_address[1]}"
     server.shutdown()
