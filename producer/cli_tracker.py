@@ -28,7 +28,8 @@ from config.celery import GuardedRedisBackend, make_app
 from config.logging import configure_logging, register_secrets, url_secrets
 from config.settings import Settings, load_settings, worker_redis
 from dispatch import keys
-from dispatch.follow.tracker import TOPICS, Checked, Follower, FollowPolicy, Lease, Tracker
+from dispatch.follow.leader import Lease
+from dispatch.follow.tracker import TOPICS, Checked, Follower, FollowPolicy, Tracker
 from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
 from dispatch.outcome import Outcome

@@ -1,6 +1,6 @@
 """The tracker: follows every child in the follow set to its end (no Celery here).
 
-One process at a time leads (`Lease`, SET NX PX in Redis, renewed every third of its
+One process at a time leads (`leader.Lease`, SET NX PX in Redis, renewed every third of its
 life; a standby takes over once it lapses). The leader runs:
 
 - one event stream (`topic=Job`, `topic=Allocation`, every namespace) that only marks
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,9 +41,9 @@ from dispatch.follow.decide import (
     child_end,
     decide,
 )
+from dispatch.follow.leader import Lease, reconcile_all
 from dispatch.outcome import Outcome
 from dispatch.records import (
-    SCRIPTS,
     RecordStore,
     RequestRecord,
     RequestState,
@@ -236,37 +235,6 @@ def _outcome_so_far(record: RequestRecord, partial: str) -> Outcome:
         return Outcome.from_stored(with_record(partial, record))
     except (ValueError, KeyError, TypeError):
         return Outcome.failed(record.job_id, kind="interrupted", message="no outcome so far")
-
-
-class Lease:
-    """The leader lease: `hold()` takes or renews it, True while this tracker leads."""
-
-    def __init__(self, client: redis.Redis, holder: str | None = None) -> None:
-        self.client = client
-        self.holder = holder or f"tracker-{uuid.uuid4().hex[:12]}"
-        self._script = client.register_script(SCRIPTS["lease"])
-
-    def hold(self) -> bool:
-        return bool(
-            self._script(keys=[keys.TRACKER_LEASE], args=[self.holder, keys.TRACKER_LEASE_MS])
-        )
-
-    def release(self) -> None:
-        if self.client.get(keys.TRACKER_LEASE) == self.holder.encode():
-            self.client.delete(keys.TRACKER_LEASE)
-
-
-def reconcile_all(client: redis.Redis, rate: float, now: float) -> int:
-    """Make every followed child due, `rate` per second from now (ZADD XX LT: a child due
-    sooner keeps its time). Returns how many are followed."""
-    members = cast(list[bytes], client.zrange(keys.FOLLOW, 0, -1))
-    pipe = client.pipeline(transaction=False)
-    for n, member in enumerate(members):
-        pipe.zadd(keys.FOLLOW, {member: now + n / rate}, xx=True, lt=True)
-        if n % 1000 == 999:
-            pipe.execute()
-    pipe.execute()
-    return len(members)
 
 
 EventSource = Callable[[Callable[[], None]], Iterator[tuple[int, list[dict[str, Any]]]]]

@@ -13,7 +13,8 @@ from dispatch import keys
 from dispatch.errors import NotFound, ServerError
 from dispatch.events import Dispatched, EvalFinished, MonitorStarted
 from dispatch.follow.decide import decide
-from dispatch.follow.tracker import Checked, Follower, FollowPolicy, Lease, Tracker, reconcile_all
+from dispatch.follow.leader import Lease, reconcile_all
+from dispatch.follow.tracker import Checked, Follower, FollowPolicy, Tracker
 from dispatch.outcome import OutcomeRecorder
 from dispatch.records import RecordStore, StoredResult
 
