@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 
 from devstack.worker_process import WorkerProcess
 from dispatch import keys, lanes
@@ -30,6 +31,36 @@ BATCH = 1000
 MAX_KILLS = 8
 
 
+class KillsInTurn:
+    """Two workers; `until_mostly_done` SIGKILLs one of them every 1.5 s, alternately, and
+    starts a new one in its place. Every worker is stopped on leaving."""
+
+    def __init__(self, stack: FaultStack, prefix: str) -> None:
+        self.stack, self.prefix = stack, prefix
+        self.started = self.kills = 0
+        self.workers = [self._spawn(1), self._spawn(2)]
+
+    def _spawn(self, slot: int) -> WorkerProcess:
+        self.started += 1
+        return self.stack.worker(f"{self.prefix}{slot}-{self.started}").start()
+
+    def until_mostly_done(self, client: redis.Redis, ids: list[str], max_kills: int) -> None:
+        """Kill in turn until `max_kills` or nine in ten of `ids` are done."""
+        while self.kills < max_kills and states(client, ids)["done"] < len(ids) * 0.9:
+            time.sleep(1.5)
+            slot = self.kills % 2
+            self.workers[slot].kill()
+            self.kills += 1
+            self.workers[slot] = self._spawn(slot + 1)
+
+    def __enter__(self) -> KillsInTurn:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
 def test_sigkill_workers_again_and_again_during_a_1000_request_batch(
     fault_stack: FaultStack,
 ) -> None:
@@ -39,33 +70,16 @@ def test_sigkill_workers_again_and_again_during_a_1000_request_batch(
     stack = fault_stack
     # Every Nomad call takes a while, so kills land on workers mid-request.
     set_latency(stack.sim.address, 60)
-    incarnation = 0
-
-    def spawn(slot: int) -> WorkerProcess:
-        nonlocal incarnation
-        incarnation += 1
-        return stack.worker(f"w{slot}-{incarnation}").start()
-
-    workers = [spawn(1), spawn(2)]
-    kills = 0
-    try:
-        with stack.producer() as producer:
-            items = [
-                NewRequest("encode", payload=b'{"clip": %d}' % n, meta={"profile": "hd"})
-                for n in range(BATCH)
-            ]
-            ids = [rid for rid, _ in producer.enqueuer.enqueue(items)]
-            while kills < MAX_KILLS and states(producer.redis, ids)["done"] < BATCH * 0.9:
-                time.sleep(1.5)
-                slot = kills % 2
-                workers[slot].kill()
-                kills += 1
-                workers[slot] = spawn(slot + 1)
-            accounting = Accounting.of(stack, producer, ids, timeout=90 + REDELIVERY)
-            redelivered = sum(n for k, n in deliveries(producer.redis, ids).items() if k > 1)
-    finally:
-        for worker in workers:
-            worker.stop()
+    with KillsInTurn(stack, "w") as killer, stack.producer() as producer:
+        items = [
+            NewRequest("encode", payload=b'{"clip": %d}' % n, meta={"profile": "hd"})
+            for n in range(BATCH)
+        ]
+        ids = [rid for rid, _ in producer.enqueuer.enqueue(items)]
+        killer.until_mostly_done(producer.redis, ids, MAX_KILLS)
+        accounting = Accounting.of(stack, producer, ids, timeout=90 + REDELIVERY)
+        redelivered = sum(n for k, n in deliveries(producer.redis, ids).items() if k > 1)
+    kills = killer.kills
     stack.report(
         "SIGKILL workers, 1,000 requests",
         requests=BATCH,
@@ -137,39 +151,22 @@ def test_sigkill_workers_while_batch_lanes_and_the_interactive_lane_drain(
     every request ends with one outcome and one child, and every lane drains."""
     stack = fault_stack
     set_latency(stack.sim.address, 60)
-    incarnation = 0
-
-    def spawn(slot: int) -> WorkerProcess:
-        nonlocal incarnation
-        incarnation += 1
-        return stack.worker(f"l{slot}-{incarnation}").start()
-
-    workers = [spawn(1), spawn(2)]
-    kills = 0
     per_batch = 300
-    try:
-        with stack.producer() as producer:
-            ids: list[str] = []
-            for batch_id, tenant in (("lane-a", "ta"), ("lane-b", "tb")):
-                items = [{"meta": {"profile": "hd"}} for _ in range(per_batch)]
-                producer.dispatch_batch(
-                    "encode", items, batch_id=batch_id, preflight=False, tenant=tenant
-                )
-                ids += [request_id_for(batch_id, n) for n in range(1, per_batch + 1)]
-            ids += [producer.enqueue("encode", meta={"profile": "sd"}) for _ in range(100)]
-            total = len(ids)
-            while kills < MAX_KILLS // 2 and states(producer.redis, ids)["done"] < total * 0.9:
-                time.sleep(1.5)
-                slot = kills % 2
-                workers[slot].kill()
-                kills += 1
-                workers[slot] = spawn(slot + 1)
-            accounting = Accounting.of(stack, producer, ids, timeout=90 + REDELIVERY)
-            backlog = lanes.backlog(producer.redis, QUEUE)
-            registered = producer.redis.exists(keys.lanes(QUEUE), keys.tenants(QUEUE))
-    finally:
-        for worker in workers:
-            worker.stop()
+    with KillsInTurn(stack, "l") as killer, stack.producer() as producer:
+        ids: list[str] = []
+        for batch_id, tenant in (("lane-a", "ta"), ("lane-b", "tb")):
+            items = [{"meta": {"profile": "hd"}} for _ in range(per_batch)]
+            producer.dispatch_batch(
+                "encode", items, batch_id=batch_id, preflight=False, tenant=tenant
+            )
+            ids += [request_id_for(batch_id, n) for n in range(1, per_batch + 1)]
+        ids += [producer.enqueue("encode", meta={"profile": "sd"}) for _ in range(100)]
+        total = len(ids)
+        killer.until_mostly_done(producer.redis, ids, MAX_KILLS // 2)
+        accounting = Accounting.of(stack, producer, ids, timeout=90 + REDELIVERY)
+        backlog = lanes.backlog(producer.redis, QUEUE)
+        registered = producer.redis.exists(keys.lanes(QUEUE), keys.tenants(QUEUE))
+    kills = killer.kills
     stack.report(
         "SIGKILL workers, 2 tenants' lanes and the interactive lane",
         requests=total,
