@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 import redis
-from kombu import Connection, Consumer, Queue
+from kombu import Connection
 
 from config.celery import TASK_DISPATCH
 from devstack.redis_server import RedisServer
 from dispatch import keys
 from dispatch.records import DELIVERIES
 from producer.messages import celery_message
+from tests.support.consumer import consume as consume_from
 from tests.support.requests import message_body
 from worker.fetch import Counted, ReliableChannel, ReliableTransport
 
@@ -44,14 +45,7 @@ def push(client: redis.Redis, *request_ids: str) -> None:
 
 def consume(conn: Connection, count: int) -> tuple[Any, list[Any]]:
     """A consumer on QUEUE and the first `count` messages it was handed (unacknowledged)."""
-    got: list[Any] = []
-    channel = conn.channel()
-    consumer = Consumer(channel, [Queue(QUEUE, routing_key=QUEUE)], accept=["json"],
-                        on_message=got.append)  # fmt: skip
-    consumer.consume()
-    while len(got) < count:
-        conn.drain_events(timeout=5)
-    return channel, got
+    return consume_from(conn, QUEUE, count)
 
 
 def request_id(message: Any) -> str:

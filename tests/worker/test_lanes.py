@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 import redis
-from kombu import Connection, Consumer, Exchange, Queue
+from kombu import Connection, Exchange
 
 from config.celery import TASK_DISPATCH
 from devstack.redis_server import RedisServer
 from dispatch import keys, lanes
 from producer.enqueue import Enqueuer, NewRequest
 from producer.messages import celery_message
+from tests.support.consumer import consume as consume_from
 from tests.support.requests import message_body
 from worker.fetch import ReliableChannel, ReliableTransport
 
@@ -61,14 +62,7 @@ def enqueue(client: redis.Redis, batch: str | None, count: int, tenant: str | No
 
 def consume(conn: Connection, count: int) -> tuple[Any, list[Any]]:
     """A consumer on QUEUE and the first `count` messages it was handed, in fetch order."""
-    got: list[Any] = []
-    channel = conn.channel()
-    consumer = Consumer(channel, [Queue(QUEUE, routing_key=QUEUE)], accept=["json"],
-                        on_message=got.append)  # fmt: skip
-    consumer.consume()
-    while len(got) < count:
-        conn.drain_events(timeout=5)
-    return channel, got
+    return consume_from(conn, QUEUE, count)
 
 
 def source(message: Any) -> str:
