@@ -8,14 +8,14 @@
 | `celery-task-meta-<request id>`  | string | Celery's backend  | result_ttl (result_expires) |
 | `dispatchq:workers`              | zset   | worker heartbeat  | WORKER_TTL, renewed/beat   |
 | `dispatchq:batch:<id>`           | hash   | producer, worker  | result_ttl                 |
-| `dispatchq:batch:<id>:requests`  | list   | producer          | result_ttl                 |
-| `dispatchq:batch:<id>:errors`    | list   | worker            | result_ttl                 |
-| `dispatchq:batch:<id>:items`     | hash   | producer          | result_ttl                 |
-| `dispatchq:batch:<id>:attempts`  | hash   | producer, tracker | result_ttl                 |
+| `dispatchq:batch-requests:<id>`  | list   | producer          | result_ttl                 |
+| `dispatchq:batch-errors:<id>`    | list   | worker            | result_ttl                 |
+| `dispatchq:batch-items:<id>`     | hash   | producer          | result_ttl                 |
+| `dispatchq:batch-attempts:<id>`  | hash   | producer, tracker | result_ttl                 |
 | `dispatchq:retry`                | zset   | worker, tracker   | none: members leave when claimed |
 | `dispatchq:rate`                 | hash   | worker gate       | RATE_TTL, renewed/write    |
 | `dispatchq:children:<ns>:<job>`  | hash   | worker gate       | CHILDREN_TTL, renewed      |
-| `dispatchq:children:<ns>:<job>:refresh` | string | worker gate | CHILDREN_REFRESH_LOCK ms |
+| `dispatchq:children-refresh:<ns>:<job>` | string | worker gate | CHILDREN_REFRESH_LOCK ms |
 | `dispatchq:events` (setting) | stream | worker (done.lua) | none; `MAXLEN ~ events_maxlen` |
 | `dispatchq:lane:<batch id>`      | list   | producer, worker  | none (a broker list)       |
 | `dispatchq:lanes:<queue>`        | hash   | producer, worker  | none (emptied by fetch)    |
@@ -23,9 +23,18 @@
 | `dispatchq:tenant:<tenant>:<queue>` | list | producer, worker | none (emptied by fetch)    |
 | `dispatchq:credit:<queue>`       | hash   | worker fetch      | none (emptied by fetch)    |
 | `dispatchq:follow`               | zset   | worker, tracker   | none: members leave when done |
-| `dispatchq:request:<id>:partial` | string | worker, tracker   | result_ttl, renewed/check  |
+| `dispatchq:partial:<request id>` | string | worker, tracker   | result_ttl, renewed/check  |
 | `dispatchq:tracker:lease`        | string | tracker           | TRACKER_LEASE_MS, renewed  |
 | `dispatchq:progress:<request id>`| channel| tracker           | (pub/sub: nothing stored)  |
+
+**One key space per kind of object.** A key is a fixed prefix that names its kind
+(`dispatchq:request:`, `dispatchq:batch-items:`, ...) followed by the object's ID, and
+nothing is ever appended after an ID: whatever characters an ID holds (':' included), it
+cannot name another object's key or a key of another kind, because no prefix is the start
+of another (`PREFIXES`, checked by tests/dispatch/test_keys.py against generated IDs). Where
+a key holds two names, every name but the last is one that cannot hold ':' (a tenant, a
+Nomad namespace, a consumer ID). An ID that ends in `~<digits>` is dispatchq's own (an
+attempt of a batch item, `attempt_id`): producers may not use one (`is_reserved_id`).
 
 The request hash is both the caller-visible state (queued, dispatching, monitoring) and the
 worker's write-ahead record: once `dispatched_job_id` is in it, a redelivered request resumes
@@ -41,6 +50,7 @@ empty takes it out of the registry, so they hold nothing once the batches have d
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 PREFIX: Final = "dispatchq"
@@ -142,7 +152,7 @@ TRACKER_LEASE_MS: Final = 10_000
 def partial(request_id: str) -> str:
     """A followed child's outcome so far (until its end is stored). TTL: result_ttl,
     renewed with its record's at every check."""
-    return f"{PREFIX}:request:{request_id}:partial"
+    return f"{PREFIX}:partial:{request_id}"
 
 
 def progress(request_id: str) -> str:
@@ -178,26 +188,37 @@ def batch(batch_id: str) -> str:
 
 def batch_requests(batch_id: str) -> str:
     """The batch's request IDs in item order (for `batch results`). TTL: result_ttl."""
-    return f"{PREFIX}:batch:{batch_id}:requests"
+    return f"{PREFIX}:batch-requests:{batch_id}"
 
 
 def batch_items(batch_id: str) -> str:
     """Per request ID of the batch, what re-running its item needs: JSON `{"line", "payload_ref",
     "meta"}` (`batch results --failed`). TTL: result_ttl."""
-    return f"{PREFIX}:batch:{batch_id}:items"
+    return f"{PREFIX}:batch-items:{batch_id}"
 
 
 def batch_attempts(batch_id: str) -> str:
     """Per item of the batch retried at least once (its first request ID), its latest
     attempt (2, 3, ...; an item not in it is at attempt 1). Attempt n > 1 of item `<id>` is
     the request `attempt_id(<id>, n)`. Written only by lua/retry.lua. TTL: result_ttl."""
-    return f"{PREFIX}:batch:{batch_id}:attempts"
+    return f"{PREFIX}:batch-attempts:{batch_id}"
 
 
 def attempt_id(request_id: str, attempt: int) -> str:
     """The request ID of an item's attempt: its first request ID for attempt 1, else
     `<first request ID>~<attempt>` (`dispatchq batch retry`, `--max-attempts`)."""
     return request_id if attempt <= 1 else f"{request_id}~{attempt}"
+
+
+_RESERVED = re.compile(r"~[0-9]+\Z")
+
+
+def is_reserved_id(some_id: str) -> bool:
+    """Whether an ID ends in `~<digits>`: the form of an item's attempt (`attempt_id`) and
+    of a batch's n-th finish event, which only dispatchq makes. A producer's request or
+    batch ID may not, so that no request from outside can become an attempt of a batch
+    item, and no batch's event ID can be another's."""
+    return _RESERVED.search(some_id) is not None
 
 
 RETRY_DUE: Final = f"{PREFIX}:retry"
@@ -210,7 +231,7 @@ leave when claimed, and a crash between the two leaves the item here, not lost."
 
 def batch_errors(batch_id: str) -> str:
     """The first errors of a batch, as JSON entries. TTL: result_ttl."""
-    return f"{PREFIX}:batch:{batch_id}:errors"
+    return f"{PREFIX}:batch-errors:{batch_id}"
 
 
 def celery_result(request_id: str) -> str:
@@ -234,4 +255,31 @@ def children(namespace: str, job_id: str) -> str:
 
 def children_refresh(namespace: str, job_id: str) -> str:
     """Held by the worker reading the job's summary. TTL: CHILDREN_REFRESH_LOCK ms."""
-    return f"{children(namespace, job_id)}:refresh"
+    return f"{PREFIX}:children-refresh:{namespace}:{job_id}"
+
+
+PREFIXES: Final = {
+    "request": request(""),
+    "partial": partial(""),
+    "progress": progress(""),
+    "blob": blob(""),
+    "batch": batch(""),
+    "batch-requests": batch_requests(""),
+    "batch-items": batch_items(""),
+    "batch-attempts": batch_attempts(""),
+    "batch-errors": batch_errors(""),
+    "lane": LANE,
+    "lanes": lanes(""),
+    "tenants": tenants(""),
+    "tenant": f"{PREFIX}:tenant:",
+    "credit": credit(""),
+    "inflight": f"{INFLIGHT}:",
+    "lease": lease(""),
+    "children": f"{PREFIX}:children:",
+    "children-refresh": f"{PREFIX}:children-refresh:",
+    "result": CELERY_RESULT_PREFIX,
+}
+"""The prefix of every kind of key that ends in a name (the one-key-space rule above): none
+is the start of another, nor of a fixed key (`FIXED`)."""
+FIXED: Final = frozenset({DLQ, WORKERS, RATE, EVENTS, INFLIGHT, FOLLOW, TRACKER_LEASE, RETRY_DUE})
+"""The keys whose name holds no ID."""

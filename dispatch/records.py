@@ -207,6 +207,8 @@ class Begun(NamedTuple):
 REFUSALS = {
     1: "another request already has this ID (its message says something else): refused",
     2: "the message claims batch {batch} but was not enqueued in it: refused",
+    3: "its request ID ends in '~' and digits, the form of a batch item's attempt, which only "
+    "dispatchq makes (with its record): refused",
 }
 
 
@@ -271,8 +273,9 @@ class RecordStore:
         batch = keys.batch(batch_id) if batch_id else ""
         child, eval_id, cancelled, value, refused = self._begin(
             keys=[keys.request(request_id), *([read] if read else [])],
-            args=[self.ttl, job_id, batch_id or "", time.time(), batch, digest],
-        )
+            args=[self.ttl, job_id, batch_id or "", time.time(), batch, digest,
+                  "1" if keys.is_reserved_id(request_id) else ""],
+        )  # fmt: skip
         why = REFUSALS[refused].format(batch=batch_id) if refused else ""
         return Begun(
             (child or b"").decode(), (eval_id or b"").decode(), bool(cancelled), value, why

@@ -58,6 +58,10 @@ TENANT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 '_', '.' or '-' (it is part of a Redis key name, `keys.tenant_ring`)."""
 TENANT_TEXT = "tenant must be 1 to 64 letters, digits, '_', '.' or '-'"
 
+NAMESPACE_PATTERN = r"^[A-Za-z0-9-]{1,128}$"
+"""Nomad's rule for a namespace's name (1 to 128 letters, digits or '-'), checked here
+because it is part of a Redis key name, before a second name (`keys.children`)."""
+
 
 class DispatchRequest(BaseModel):
     """Version 1 of the request (the task's keyword arguments; see the README)."""
@@ -69,7 +73,7 @@ class DispatchRequest(BaseModel):
     job_id: Annotated[str, Field(min_length=1, pattern=_NOT_BLANK)]
     payload_ref: Annotated[str, Field(min_length=1)] | None = None
     meta: dict[Annotated[str, Field(min_length=1)], str] = Field(default_factory=dict)
-    namespace: str | None = None
+    namespace: Annotated[str, Field(pattern=NAMESPACE_PATTERN)] | None = None
     detach: bool = False
     id_prefix_template: str = ""
     priority: int = Field(0, ge=0, le=PRIORITY_MAX)
@@ -223,6 +227,8 @@ def _in_producer_words(problem: ErrorDetails) -> str:
         return f"meta value for {loc[1]!r} must be a string, not {kind}"
     if problem["type"] == "string_pattern_mismatch" and _CONTROL.search(str(given)):
         return f"{name} must not contain control characters"
+    if name == "namespace" and problem["type"] == "string_pattern_mismatch":
+        return "namespace must be 1 to 128 letters, digits or '-' (Nomad's rule)"
     if name in _PRODUCER_TEXTS:
         return _PRODUCER_TEXTS[name]
     if problem["type"] == "bool_type":

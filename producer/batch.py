@@ -20,7 +20,7 @@ from dispatch.errors import DispatchqError
 from dispatch.nomad import NomadClient
 from dispatch.payload import PAYLOAD_LIMIT
 from producer.batch_input import BatchInputError, BatchItem, summarise
-from producer.enqueue import Enqueuer, NewRequest
+from producer.enqueue import ALL, CONFLICT, Enqueuer, NewRequest, Prepared, prepare
 from producer.results import outcome_from_meta
 
 
@@ -86,15 +86,15 @@ class BatchSubmitter:
         until: str = "scheduled",
         max_attempts: int | None = None,
     ) -> dict[int, int]:
-        """Enqueue; returns how many items were new (1), enqueued again (2), skipped (0),
-        skipped because their ID names another request (3: a resumed batch keeps what was
-        enqueued first)."""
-        pipe = self.batches.client.pipeline(transaction=False)
-        self.batches.create(
-            pipe, batch_id, job_id, namespace, len(items), notify_url=notify_url, tenant=tenant,
-            until=until, detach=detach, max_attempts=max_attempts,
-        )  # fmt: skip
-        pipe.execute()
+        """Enqueue all items or none; returns how many items were new (1), enqueued again
+        (2) or skipped because they were enqueued before (0: a resumed batch). Raises
+        BatchInputError, before anything is written, naming the lines whose request ID
+        names another request already (3), or a batch ID that only dispatchq may make."""
+        if keys.is_reserved_id(batch_id):
+            raise BatchInputError(
+                f"batch ID {batch_id!r} ends in '~' and digits, which dispatchq keeps for "
+                "its own: choose another"
+            )
         requests = [
             NewRequest(
                 job_id,
@@ -111,10 +111,41 @@ class BatchSubmitter:
             )
             for n, item in enumerate(items, start=1)
         ]
+        listed = prepare(requests)
+        clashes = self.enqueuer.clashes(listed)
+        if clashes:
+            raise BatchInputError(_clash_text(listed, clashes))
+        pipe = self.batches.client.pipeline(transaction=False)
+        self.batches.create(
+            pipe, batch_id, job_id, namespace, len(items), notify_url=notify_url, tenant=tenant,
+            until=until, detach=detach, max_attempts=max_attempts,
+        )  # fmt: skip
+        pipe.execute()
         counts = {0: 0, 1: 0, 2: 0, 3: 0}
-        for _, flag in self.enqueuer.enqueue(requests):
+        flags = self.enqueuer.send(listed, ALL)
+        for _, flag in flags:
             counts[flag] += 1
+        if counts[CONFLICT]:
+            # Taken between the check and the write (by another producer, just then): the
+            # chunks with a clash wrote nothing, the others are enqueued.
+            raced = [n for n, (_, flag) in enumerate(flags) if flag == CONFLICT]
+            first = listed[raced[0]]
+            raise DispatchqError(
+                f"{len(raced)} request ID(s) were taken by another request while batch "
+                f"{batch_id} was submitted (first: line {first[2]}, {first[0].request_id!r}); "
+                f"{counts[1] + counts[2]} items were enqueued: cancel the batch, or submit it "
+                "again with other IDs for those items"
+            )
         return counts
+
+
+def _clash_text(listed: list[Prepared], positions: list[int]) -> str:
+    lines = [
+        f"line {listed[n][2]}: request ID {listed[n][0].request_id!r} already names another "
+        "request (another job, payload or meta)"
+        for n in positions
+    ]
+    return summarise(lines) + "\ngive those items other request IDs"
 
 
 def stream_results(

@@ -260,11 +260,12 @@ def _retry(producer: Producer, args: argparse.Namespace, batch_id: str) -> int:
         print(
             f"Batch {batch_id}: {report.retried} item(s) dispatched again; left alone: "
             f"{report.in_flight} in flight, {report.succeeded} succeeded, "
-            f"{report.missing} not retryable",
+            f"{report.missing} not retryable"
+            + (f", {report.taken} whose next attempt's ID is taken" if report.taken else ""),
             file=sys.stderr if args.json else sys.stdout,
         )
     if not args.wait:
-        return 1 if report.missing else 0
+        return 1 if report.missing or report.taken else 0
     return _follow(producer, batch_id, args.json)
 
 

@@ -22,18 +22,19 @@ from dispatch.records import SCRIPTS
 from dispatch.request import DispatchRequest, request_digest
 from producer.messages import celery_message, compact_json, new_request_id
 
-# A batch's request list is `keys.batch(id) + _REQUESTS_SUFFIX`, its items `+ _ITEMS_SUFFIX`.
-_REQUESTS_SUFFIX = keys.batch_requests("")[len(keys.batch("")) :]
-_ITEMS_SUFFIX = keys.batch_items("")[len(keys.batch("")) :]
 _PREFIXES = (
     keys.request(""),
     keys.celery_result(""),
     keys.batch(""),
-    _REQUESTS_SUFFIX,
-    _ITEMS_SUFFIX,
+    keys.batch_requests(""),
+    keys.batch_items(""),
 )
 
 NEW, AGAIN, SKIPPED, CONFLICT = 1, 2, 0, 3
+
+EACH, ALL, CHECK = "each", "all", "check"
+"""The enqueue script's modes (`dispatch/lua/enqueue.lua`): skip each request whose ID
+names another request; write nothing of a chunk where one does (a batch); write nothing."""
 
 CHUNK = 500
 """Requests per script call: large enough to amortise the round trip, small enough not to
@@ -79,7 +80,7 @@ Prepared = tuple[DispatchRequest, Blob | None, int | None]
 def prepare(requests: Iterable[NewRequest]) -> list[Prepared]:
     """The requests as they will be enqueued, each with its inline payload; raises
     InvalidRequest for what can be known bad without Nomad (the model's rules, checked for
-    all at once, and the 16 KiB limit)."""
+    all at once, the 16 KiB limit, and the IDs only dispatchq makes: `keys.is_reserved_id`)."""
     items: list[dict[str, Any]] = []
     blobs: list[Blob | None] = []
     lines: list[int | None] = []
@@ -102,7 +103,14 @@ def prepare(requests: Iterable[NewRequest]) -> list[Prepared]:
         items.append(data)
         blobs.append(blob)
         lines.append(new.line)
-    return list(zip(DispatchRequest.all_from_producer(items), blobs, lines, strict=True))
+    checked = DispatchRequest.all_from_producer(items)
+    for request in checked:
+        if keys.is_reserved_id(request.request_id):
+            raise InvalidRequest(
+                f"request_id {request.request_id!r} ends in '~' and digits, which names an "
+                "attempt of a batch item (dispatchq makes those): choose another ID"
+            )
+    return list(zip(checked, blobs, lines, strict=True))
 
 
 class Enqueuer:
@@ -121,7 +129,25 @@ class Enqueuer:
         A request ID that exists is skipped, unless its earlier run ended without
         dispatching anything: then it is enqueued again (AGAIN). CONFLICT: the ID exists
         and names another request (another job, payload, meta...): skipped too."""
-        listed = prepare(requests)  # all of them first: a bad one means nothing is written
+        return self.send(prepare(requests), EACH)  # all checked first: a bad one, no write
+
+    def clashes(self, listed: list[Prepared]) -> list[int]:
+        """The positions of the requests whose ID names another request already. Reads
+        only: one EXISTS per chunk, and the enqueue script's check where one exists."""
+        chunks = [listed[i : i + CHUNK] for i in range(0, len(listed), CHUNK)]
+        pipe = self.client.pipeline(transaction=False)
+        for chunk in chunks:
+            pipe.exists(*(keys.request(request.request_id) for request, _, _ in chunk))
+        existing = [n for n, count in enumerate(pipe.execute()) if count]
+        found: list[int] = []
+        if existing:
+            for n in existing:
+                flags = self.send(chunks[n], CHECK)
+                found += [n * CHUNK + i for i, (_, flag) in enumerate(flags) if flag == CONFLICT]
+        return found
+
+    def send(self, listed: list[Prepared], mode: str) -> list[tuple[str, int]]:
+        """Enqueue prepared requests in chunks, in a mode of the script (EACH, ALL, CHECK)."""
         chunks = [listed[i : i + CHUNK] for i in range(0, len(listed), CHUNK)]
         if not chunks:
             return []
@@ -135,7 +161,7 @@ class Enqueuer:
         try:
             sent: deque[tuple[int, list[str]]] = deque()
             for chunk in chunks:
-                count, data, ids = self._commands(chunk, sha)
+                count, data, ids = self._commands(chunk, sha, mode)
                 conn.send_packed_command([data])
                 sent.append((count, ids))
                 if len(sent) > 1:
@@ -149,18 +175,21 @@ class Enqueuer:
             pool.release(conn)
         return out
 
-    def _commands(self, chunk: list[Prepared], sha: str) -> tuple[int, bytes, list[str]]:
+    def _commands(
+        self, chunk: list[Prepared], sha: str, mode: str
+    ) -> tuple[int, bytes, list[str]]:
         """The chunk's blob writes and its one script call, packed (`packed`): how many
         commands, their bytes, the chunk's request IDs."""
         commands: list[list[bytes]] = []
         stored: set[str] = set()
-        argv = [b"EVALSHA", sha.encode(), b"1", self.queue.encode(), b"%d" % self.result_ttl]
+        argv = [b"EVALSHA", sha.encode(), b"1", self.queue.encode(), b"%d" % self.result_ttl,
+                mode.encode()]  # fmt: skip
         argv += [prefix.encode() for prefix in (*_PREFIXES, *keys.lane_keys(self.queue))]
         ids: list[str] = []
         blob_ttl = b"%d" % self.blob_ttl
         for request, blob, line in chunk:
             ids.append(request.request_id)
-            if blob is not None and blob[0] not in stored:
+            if blob is not None and blob[0] not in stored and mode != CHECK:
                 commands.append([b"SET", keys.blob(blob[0]).encode(), blob[1], b"EX", blob_ttl])
                 stored.add(blob[0])
             message = request.to_message()

@@ -39,12 +39,14 @@ CHUNK = 500
 class RetryReport:
     """What `retry_batch` did: items re-dispatched (`retried`), and those left alone: still
     running an attempt (`in_flight`), succeeded, or not retryable (`missing`: what the batch
-    kept of the item expired, or its next attempt's ID would exceed 200 characters)."""
+    kept of the item expired, or its next attempt's ID would exceed 200 characters;
+    `taken`: a record of its next attempt's ID exists that no retry made)."""
 
     retried: int = 0
     in_flight: int = 0
     succeeded: int = 0
     missing: int = 0
+    taken: int = 0
 
     def to_json(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -82,10 +84,11 @@ class BatchRetrier:
                     report.succeeded += 1
                 else:
                     todo.append((item, n))
-            claimed, missing = self._claim_items(batch_id, todo, "all")
+            claimed, missing, taken = self._claim_items(batch_id, todo, "all")
             report.retried += claimed
             report.missing += missing
-            report.in_flight += len(todo) - claimed - missing
+            report.taken += taken
+            report.in_flight += len(todo) - claimed - missing - taken
 
     def drain_due(self, limit: int = CHUNK) -> int:
         """Claim the next attempt of the items waiting in the retry set (`keys.RETRY_DUE`);
@@ -99,7 +102,7 @@ class BatchRetrier:
         for batch_id, items in by_batch.items():
             attempts = self._attempts(batch_id, items)
             todo = list(zip(items, attempts, strict=True))
-            claimed, _ = self._claim_items(batch_id, todo, "auto")
+            claimed, _, _ = self._claim_items(batch_id, todo, "auto")
             done += claimed
         return done
 
@@ -109,10 +112,10 @@ class BatchRetrier:
 
     def _claim_items(
         self, batch_id: str, todo: list[tuple[str, int]], mode: str
-    ) -> tuple[int, int]:
-        """(claimed, missing) for items at the given attempts."""
+    ) -> tuple[int, int, int]:
+        """(claimed, missing, taken) for items at the given attempts."""
         if not todo:
-            return 0, 0
+            return 0, 0, 0
         batch = {
             k.decode(): v.decode()
             for k, v in cast(dict[bytes, bytes], self.client.hgetall(keys.batch(batch_id))).items()
@@ -136,10 +139,13 @@ class BatchRetrier:
         if stale and mode == "auto":
             self.client.zrem(keys.RETRY_DUE, *stale)
         if len(args) == 11:
-            return 0, missing
+            return 0, missing, 0
         claim_keys = [keys.batch(batch_id), keys.batch_attempts(batch_id), keys.RETRY_DUE]
         flags = cast(list[int], self._claim(keys=claim_keys, args=args))
-        return sum(flags), missing
+        taken = flags.count(2)
+        if taken:
+            log.error("batch.retry_taken", batch_id=batch_id, items=taken)
+        return flags.count(1), missing, taken
 
     def _message(
         self, batch: dict[str, str], batch_id: str, request_id: str, kept: dict[str, Any]

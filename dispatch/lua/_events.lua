@@ -27,10 +27,10 @@ local function emit_done_events(record, batch, batch_id, stream, maxlen, rid, ta
     return
   end
   -- A batch finishes again after `batch retry` (which clears finished_at): its next
-  -- finishes are events of their own, `batch:<id>:<n>`.
+  -- finishes are events of their own, `batch:<id>~<n>` (batch IDs never end in '~<n>').
   local round = redis.call('HINCRBY', batch, 'finishes', 1)
   local event_id = 'batch:' .. batch_id
-  if round > 1 then event_id = event_id .. ':' .. round end
+  if round > 1 then event_id = event_id .. '~' .. round end
   local fields = redis.call('HGETALL', batch)
   local b, codes = {}, {}
   for i = 1, #fields, 2 do

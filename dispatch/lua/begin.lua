@@ -6,14 +6,18 @@
 -- A message that is not the request its ID names is refused before anything is written:
 -- its digest differs from the record's (1), or it claims a batch and no record was made
 -- for it at enqueue time (2). The first message of a request with no record (a foreign
--- producer's) leaves its digest in the record it creates, for the next ones.
--- KEYS: record, [blob]. ARGV: ttl, job ID, batch ID or '', now, batch key or '', digest.
+-- producer's) leaves its digest in the record it creates, for the next ones, unless its ID
+-- is of the form only dispatchq makes, a batch item's attempt (`keys.is_reserved_id`),
+-- whose record the retry made: without it, the message is refused (3).
+-- KEYS: record, [blob]. ARGV: ttl, job ID, batch ID or '', now, batch key or '', digest,
+-- '1' for an attempt's ID or ''.
 -- Returns {child, eval ID, cancelled, blob value, refused}.
 local record = KEYS[1]
 local ids = redis.call('HMGET', record, 'dispatched_job_id', 'eval_id', 'digest', 'state')
 local digest = ids[3]
 if digest and digest ~= ARGV[6] then return {false, false, 0, false, 1} end
 if not ids[4] and ARGV[3] ~= '' then return {false, false, 0, false, 2} end
+if not ids[4] and ARGV[7] == '1' then return {false, false, 0, false, 3} end
 local cancelled = 0
 if ARGV[3] ~= '' and redis.call('HGET', ARGV[5], 'state') == 'cancelled' then cancelled = 1 end
 local child = ids[1]

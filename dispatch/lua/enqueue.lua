@@ -1,25 +1,54 @@
 -- Enqueue a chunk of requests (`producer.enqueue`): per request, create its record
 -- (queued) and push its message, unless the record exists: a request in no batch onto the
 -- queue (the interactive lane), a batch's onto its batch's lane (`_lanes.lua`).
--- KEYS: the queue. ARGV: ttl, then the key prefixes of a request record, a result, a batch,
--- the suffixes of a batch's request list and of its items (from `keys`), the six lane key
+-- KEYS: the queue. ARGV: ttl, mode, then the key prefixes of a request record, a result, a
+-- batch, a batch's request list and its items hash (from `keys`), the six lane key
 -- prefixes, then two arguments per request: "<request ID>\x1f<batch ID or nothing>\x1f
 -- <digest>\x1f<tenant or nothing>\x1f<item or nothing>" and the message; an item (JSON,
--- which escapes \x1f) is what re-running a batch member needs (`keys.batch_items`). Returns per request 1 (new), 2 (enqueued again: its earlier run ended
--- without dispatching anything), 0 (exists: skipped) or 3 (the ID names another request,
--- whose digest differs: skipped). New batch members join the batch's list; the items of
--- those enqueued (1 or 2) are kept.
+-- which escapes \x1f) is what re-running a batch member needs (`keys.batch_items`).
+-- Returns per request 1 (new), 2 (enqueued again: its earlier run ended without
+-- dispatching anything), 0 (exists: skipped) or 3 (the ID names another request, whose
+-- digest differs: skipped). New batch members join the batch's list; the items of those
+-- enqueued (1 or 2) are kept.
+-- Mode 'check' writes nothing (what would be done); mode 'all' (a batch: all or nothing)
+-- writes nothing either when any request would be 3; mode 'each' skips those alone.
 --
--- Cost per request is what bounds a batch enqueue (bench/enqueue), so the new-request path
--- is three calls: HSETNX creates the record (and is the existence check), HSET keeps the
--- request's digest (`dispatch.request.request_digest`: a worker refuses a message whose
--- digest differs), EXPIRE dates it.
-local queue, ttl = KEYS[1], tonumber(ARGV[1])
-local p_request, p_result, p_batch, s_requests = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local s_items = ARGV[6]
-local k = lane_args(ARGV, 7)
-local out, messages, lists, laned, tenant_of, kept = {}, {}, {}, {}, {}, {}
-for i = 13, #ARGV, 2 do
+-- Cost per request is what bounds a batch enqueue (bench/enqueue): one HMGET reads what
+-- exists (first, for every request, so that nothing is written before a clash is known),
+-- then a new request is two calls: HSET creates the record with its digest
+-- (`dispatch.request.request_digest`: a worker refuses a message whose digest differs),
+-- EXPIRE dates it.
+local queue, ttl, mode = KEYS[1], tonumber(ARGV[1]), ARGV[2]
+local p_request, p_result, p_batch, p_requests = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local p_items = ARGV[7]
+local k = lane_args(ARGV, 8)
+local first = 14
+local out, found, clash = {}, {}, false
+for i = first, #ARGV, 2 do
+  local sep = string.find(ARGV[i], '\31', 1, true)
+  local sep2 = string.find(ARGV[i], '\31', sep + 1, true)
+  local sep3 = string.find(ARGV[i], '\31', sep2 + 1, true)
+  local rid = string.sub(ARGV[i], 1, sep - 1)
+  local digest = string.sub(ARGV[i], sep2 + 1, sep3 - 1)
+  local f = redis.call('HMGET', p_request .. rid, 'state', 'dispatched_job_id', 'exit_code', 'digest')
+  local flag = 1
+  if f[1] or f[4] then
+    if f[4] and f[4] ~= digest then
+      flag, clash = 3, true
+    elseif f[1] == 'done' and (not f[2] or f[2] == '') then
+      flag = 2
+    else
+      flag = 0
+    end
+  end
+  out[#out + 1] = flag
+  found[#found + 1] = f
+end
+if mode == 'check' or (mode == 'all' and clash) then return out end
+local messages, lists, laned, tenant_of, kept = {}, {}, {}, {}, {}
+for i = first, #ARGV, 2 do
+  local n = (i - first) / 2 + 1
+  local flag, f = out[n], found[n]
   local sep = string.find(ARGV[i], '\31', 1, true)
   local sep2 = string.find(ARGV[i], '\31', sep + 1, true)
   local sep3 = string.find(ARGV[i], '\31', sep2 + 1, true)
@@ -27,25 +56,17 @@ for i = 13, #ARGV, 2 do
   local rid, batch_id = string.sub(ARGV[i], 1, sep - 1), string.sub(ARGV[i], sep + 1, sep2 - 1)
   local digest = string.sub(ARGV[i], sep2 + 1, sep3 - 1)
   local record = p_request .. rid
-  local flag = redis.call('HSETNX', record, 'state', 'queued')
-  if flag == 0 then
-    local f = redis.call('HMGET', record, 'state', 'dispatched_job_id', 'exit_code', 'digest')
-    if f[4] and f[4] ~= digest then
-      flag = 3
-    elseif f[1] == 'done' and (not f[2] or f[2] == '') then
-      flag = 2
-      if batch_id ~= '' and f[3] then
-        redis.call('HINCRBY', p_batch .. batch_id, 'done', -1)
-        redis.call('HINCRBY', p_batch .. batch_id, 'exit:' .. f[3], -1)
-      end
-      local ends = redis.call('HGET', record, 'ends')
-      redis.call('DEL', record, p_result .. rid)
-      redis.call('HSET', record, 'state', 'queued')
-      if ends then redis.call('HSET', record, 'ends', ends) end  -- its next end: next attempt
+  if flag == 2 then
+    if batch_id ~= '' and f[3] then
+      redis.call('HINCRBY', p_batch .. batch_id, 'done', -1)
+      redis.call('HINCRBY', p_batch .. batch_id, 'exit:' .. f[3], -1)
     end
+    local ends = redis.call('HGET', record, 'ends')
+    redis.call('DEL', record, p_result .. rid)
+    if ends then redis.call('HSET', record, 'ends', ends) end  -- its next end: next attempt
   end
   if flag == 1 or flag == 2 then
-    redis.call('HSET', record, 'digest', digest)
+    redis.call('HSET', record, 'state', 'queued', 'digest', digest)
     redis.call('EXPIRE', record, ttl)
     if batch_id == '' then
       messages[#messages + 1] = ARGV[i + 1]
@@ -63,18 +84,17 @@ for i = 13, #ARGV, 2 do
       end
     end
     if flag == 1 and batch_id ~= '' then
-      local list = p_batch .. batch_id .. s_requests
+      local list = p_requests .. batch_id
       if not lists[list] then lists[list] = {} end
       table.insert(lists[list], rid)
     end
   end
-  out[#out + 1] = flag
 end
 if #messages > 0 then redis.call('LPUSH', queue, unpack(messages)) end
 for batch_id, items in pairs(laned) do lane_push(k, batch_id, tenant_of[batch_id], items) end
 for batch_id, items in pairs(kept) do
   if #items > 0 then
-    local key = p_batch .. batch_id .. s_items
+    local key = p_items .. batch_id
     redis.call('HSET', key, unpack(items))
     redis.call('EXPIRE', key, ttl)
   end

@@ -12,7 +12,10 @@
 -- KEYS: batch, attempts hash, retry set. ARGV: ttl, request record prefix, batch ID,
 -- tenant, mode, the six lane key prefixes, then six per item: the item's first request
 -- ID, its attempt as read, that attempt's request ID, the next attempt's request ID, its
--- digest, its message. Returns per item 1 (claimed) or 0.
+-- digest, its message. Returns per item 1 (claimed), 0, or 2 when a record of the next
+-- attempt's ID exists already: a retry never adopts a record it did not make (producers
+-- may not use such IDs, and a worker refuses a message of one without its record, so
+-- this should not happen; the item is left as it is, and reported).
 local batch, attempts, due = KEYS[1], KEYS[2], KEYS[3]
 local ttl, p_request, batch_id, tenant, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local k = lane_args(ARGV, 6)
@@ -22,7 +25,9 @@ for i = 12, #ARGV, 6 do
   local member = batch_id .. '\31' .. item
   local claimed = 0
   local f = redis.call('HMGET', p_request .. latest, 'state', 'exit_code', 'dispatched_job_id')
-  if (redis.call('HGET', attempts, item) or '1') == n and f[1] == 'done' and f[2]
+  if redis.call('EXISTS', p_request .. next_id) == 1 then
+    claimed = 2
+  elseif (redis.call('HGET', attempts, item) or '1') == n and f[1] == 'done' and f[2]
       and f[2] ~= '0' then
     local was_due = redis.call('ZREM', due, member) == 1
     if mode == 'all' or was_due then

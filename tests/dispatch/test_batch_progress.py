@@ -187,7 +187,7 @@ def test_max_attempts_retries_a_failed_run_not_a_bad_request(
         end(store, r, "b3", 0)
     finished = [e for e, _ in events(redis_client) if e["type"] == "batch.finished"]
     assert [(e["event_id"], e["status"]) for e in finished] == [
-        ("batch:b3", "failed"), ("batch:b3:2", "succeeded")
+        ("batch:b3", "failed"), ("batch:b3~2", "succeeded")
     ]  # fmt: skip
 
 
