@@ -1,8 +1,11 @@
 """Completion events: one JSON event per request that ends and per batch that finishes.
 
 The record's done script (`lua/done.lua`, the one place an outcome is stored) appends them
-to a Redis stream (`keys.EVENTS` unless the `events_stream` setting names another, capped
-with `XADD ... MAXLEN ~ events_maxlen`) in the same step as the outcome: `_events.lua`. A
+to a Redis stream (`keys.EVENTS` unless the `events_stream` setting names another) in the
+same step as the outcome: `_events.lua`. The stream is trimmed to about `events_maxlen`
+entries, never past an entry the notifier's group has not read and acknowledged (so a
+webhook is never trimmed away while the notifier is stopped: the stream grows past the
+cap until it catches up); every process that appends creates that group (`open_stream`). A
 consumer in any language follows the stream with `XREADGROUP` and consumer groups; each
 entry has the field `event` (the JSON below, `completion.schema.json`) and, when the
 request or batch named one, `notify_url` (read by the notifier, `dispatch.notifier`).
@@ -10,7 +13,7 @@ request or batch named one, `notify_url` (read by the notifier, `dispatch.notifi
 Event, version 1 (`v`): `type` is `request.finished` or `batch.finished`; `event_id` is
 stable for de-duplication: `request:<request id>:<attempt>` (attempt: the how-manieth end
 of this request's record: a replayed dead letter ends again as attempt 2) or
-`batch:<batch id>` (its first finish; `batch:<batch id>:<n>` for the n-th, after
+`batch:<batch id>` (its first finish; `batch:<batch id>~<n>` for the n-th, after
 `batch retry` re-opened it). A request event carries `request_id`,
 `batch_id`, `job_id`, `status`, `exit_code`, `error_kind`, `at` and `summary` (the
 outcome's summary: its stored form without the transcript). A batch event carries
@@ -30,6 +33,7 @@ from importlib.resources import files
 from typing import Any
 
 import orjson
+import redis
 
 from dispatch import keys
 
@@ -53,6 +57,20 @@ class EventStream:
     @property
     def on(self) -> bool:
         return bool(self.key)
+
+
+def open_stream(client: redis.Redis, stream: EventStream) -> None:
+    """Create the stream and the notifier's group, reading from its start, unless they
+    exist: from then on no entry is trimmed before that group has read and acknowledged it
+    (`_events.lua`), whether or not a notifier runs yet. Called by each process that
+    appends events (worker, tracker) and by the notifier."""
+    if not stream.on:
+        return
+    try:
+        client.xgroup_create(stream.key, keys.NOTIFIER_GROUP, id="0", mkstream=True)
+    except redis.ResponseError as err:
+        if "BUSYGROUP" not in str(err):
+            raise
 
 
 def request_event_args(

@@ -53,10 +53,12 @@ KINDS = {
     "eta/countdown lies further ahead than dispatchq's retries go",
     "invalid_request": "the arguments are not a valid dispatch request",
     "delivery_cap": "delivered too many times: it may be killing its workers",
+    "store": "Redis refused a command of the message or its request (a key of another type, "
+    "a script error): taken out of the queue so that it cannot stop a worker",
     "webhook": "a completion event the notifier could not deliver to its notify_url "
     "(`message`: the event; `details`: the URL, attempts, stream entry)",
 }
-REPLAYABLE = frozenset({"delivery_cap"})
+REPLAYABLE = frozenset({"delivery_cap", "store"})
 
 MAX_ENTRIES = 1_000
 """The list keeps the newest entries only, so a flood of bad messages cannot fill Redis."""

@@ -53,7 +53,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from dispatch import dlq, keys
-from dispatch.completion import EventStream, parse_entry
+from dispatch.completion import EventStream, open_stream, parse_entry
 from dispatch.errors import PayloadError
 from dispatch.payload_http import _Watchdog, mask_userinfo, parse_http_url, short
 
@@ -190,6 +190,9 @@ class Notifier:
     def ensure_group(self) -> None:
         """The group, reading from the stream's start (no event appended before the first
         notifier ran is skipped)."""
+        if self.group == keys.NOTIFIER_GROUP:
+            open_stream(self.client, EventStream(self.stream))
+            return
         try:
             self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as err:
@@ -206,29 +209,39 @@ class Notifier:
             thread.start()
         next_claim = 0.0
         while not stop.is_set():
-            now = time.time()
-            if now >= next_claim:
-                self._claim_stale()
-                self._touch_held()
-                next_claim = now + max(self.claim_idle / 3, 0.05)
-            self._release_due(now)
-            room = self.max_pending - self._holding()
-            if room <= 0:
-                stop.wait(0.05)
-                continue
-            answer: Any = self.client.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"}, count=min(room, 200),
-                block=int(self.block * 1000),
-            )  # fmt: skip
-            for _, entries in answer or []:
-                for entry_id, fields in entries:
-                    self._take(entry_id, fields)
+            try:
+                next_claim = self._read(stop, next_claim)
+            except redis.RedisError as err:  # Redis away or refusing: entries stay pending
+                log.error("notifier.read_failed", error=str(err)[:200])
+                stop.wait(BACKOFF_FIRST)
         for _ in workers:
             self._work.put(None)
         for thread in workers:
             thread.join(timeout=self.policy.timeout + 1)
 
     # -- reading -------------------------------------------------------------------------
+
+    def _read(self, stop: threading.Event, next_claim: float) -> float:
+        """One turn of the loop: claim and release what is due, read new entries; returns
+        when to claim next."""
+        now = time.time()
+        if now >= next_claim:
+            self._claim_stale()
+            self._touch_held()
+            next_claim = now + max(self.claim_idle / 3, 0.05)
+        self._release_due(now)
+        room = self.max_pending - self._holding()
+        if room <= 0:
+            stop.wait(0.05)
+            return next_claim
+        answer: Any = self.client.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=min(room, 200),
+            block=int(self.block * 1000),
+        )  # fmt: skip
+        for _, entries in answer or []:
+            for entry_id, fields in entries:
+                self._take(entry_id, fields)
+        return next_claim
 
     def _holding(self) -> int:
         with self._lock:

@@ -28,6 +28,7 @@ from config.celery import GuardedRedisBackend, make_app
 from config.logging import configure_logging, register_secrets, url_secrets
 from config.settings import Settings, load_settings, worker_redis
 from dispatch import keys
+from dispatch.completion import open_stream
 from dispatch.follow.leader import Lease
 from dispatch.follow.tracker import TOPICS, Checked, Follower, FollowPolicy, Tracker
 from dispatch.nomad import NomadClient
@@ -119,6 +120,7 @@ def build(settings: Settings, policy: FollowPolicy, nomad: NomadConfig | None = 
     )
     backend = cast(GuardedRedisBackend, make_app(settings).backend)
     store = RecordStore(client, settings.result_ttl, settings.event_stream)
+    open_stream(client, settings.event_stream)  # before the first event is appended
     follower = Follower(nomad_client, store, backend.success_result, policy=policy)
     retrier = BatchRetrier(client, queue=settings.queue, ttl=settings.result_ttl)
 

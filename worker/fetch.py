@@ -62,12 +62,18 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis import Redis, RedisError
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 
 from dispatch import keys
 from dispatch.records import SCRIPTS
 
 log = structlog.get_logger(__name__)
+
+UNCOUNTABLE = -2
+"""The fetch's deliveries when Redis refused to count them (`fetch_fair.lua`)."""
+FETCH_REFUSED_PAUSE = 0.5
+"""Seconds a worker waits after Redis refused a fetch before the next."""
 
 RENEW_EVERY = 5.0
 """Seconds between lease renewals and sweeps for the messages of consumers that are gone."""
@@ -175,7 +181,8 @@ class ReliableChannel(kombu_redis.Channel):
         self._poll_lanes = True  # the next fetch: the non-blocking script over every lane
         self._fetched: Fetched | None = None
         self.deliveries: int | None = None
-        """While a message is handed over: its deliveries, if the fetch counted them."""
+        """While a message is handed over: its deliveries, if the fetch counted them
+        (`UNCOUNTABLE`: Redis refused to count them)."""
         self._shared: Redis | None = None
         _open.add(self)
 
@@ -233,6 +240,15 @@ class ReliableChannel(kombu_redis.Channel):
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
+            except ReadOnlyError as err:  # a replica now (failover): reconnect, as for a loss
+                self.client.connection.disconnect()
+                raise RedisConnectionError(str(err)) from err
+            except ResponseError as err:
+                # Redis refused the fetch itself (out of memory, a key of another type): no
+                # message was taken. Kombu would end the worker on it; wait, and try again.
+                log.error("fetch.refused", queue=queue, error=str(err)[:200])
+                time.sleep(FETCH_REFUSED_PAUSE)
+                reply = None
             item, deliveries = reply, -1
             if command == "EVALSHA" and reply:
                 item, deliveries = reply[0], int(reply[1])
@@ -274,7 +290,7 @@ class ReliableChannel(kombu_redis.Channel):
         it goes back to its queue; if it was disposed of (dead-lettered), it leaves the
         list. Should delivery fail, it stays, to be given back."""
         self._fetched = fetched
-        self.deliveries = deliveries if deliveries >= 0 else None
+        self.deliveries = deliveries if deliveries >= 0 or deliveries == UNCOUNTABLE else None
         try:
             message = self._decode(unwrap(fetched[2]))
             if message is not None:

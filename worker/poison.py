@@ -51,7 +51,7 @@ from dispatch import dlq, keys, lanes
 from dispatch.records import RecordStore, RequestState
 from dispatch.service import fail_message
 from worker.deadletter import dead_letter
-from worker.fetch import Counted, ReliableChannel, ReliableTransport
+from worker.fetch import UNCOUNTABLE, Counted, ReliableChannel, ReliableTransport
 
 log = structlog.get_logger(__name__)
 _ack_log = logging.getLogger(__name__)  # kombu's ack_log_error wants a stdlib logger
@@ -262,6 +262,19 @@ class PoisonAwareConsumer(Consumer):
         run = super().create_task_handler(promise)
 
         def on_task_received(message: Any) -> Any:
+            try:
+                return received(message)
+            except (redis.ResponseError, redis.DataError) as err:
+                # Redis refused a command for this one message (a key of another type...):
+                # it goes to the dead letters, and the worker goes on (Celery would stop).
+                reason = f"Redis refused a command for this message: {str(err)[:300]}"
+                try:
+                    return self._refuse(message, "store", reason)
+                except redis.RedisError as again:  # unacknowledged: it comes back later
+                    log.error("message.refuse_failed", error=str(again)[:200], reason=reason)
+                    return None
+
+        def received(message: Any) -> Any:
             problem = headers_problem(message.headers)
             if problem is not None:
                 return self._refuse(message, "malformed", problem)
@@ -309,6 +322,11 @@ class PoisonAwareConsumer(Consumer):
             return None
         sink = _sink()
         deliveries = getattr(message.channel, "deliveries", None)  # counted as it was fetched
+        if deliveries == UNCOUNTABLE:
+            return (
+                f"its request record ({keys.request(task_id)!r}) is not a request record: "
+                "Redis refused to count its deliveries"
+            )
         if not isinstance(deliveries, int):
             deliveries = dlq.count_delivery(sink.redis, task_id, sink.settings.result_ttl)
         retries = message.headers.get("retries")
@@ -339,7 +357,10 @@ class PoisonAwareConsumer(Consumer):
         )
         if task == TASK_DISPATCH and task_id:
             kwargs = body[1] if body_problem(body) is None else {}
-            _fail(cast(GuardedRedisBackend, self.app.backend), task_id, kind, reason, kwargs)
+            try:
+                _fail(cast(GuardedRedisBackend, self.app.backend), task_id, kind, reason, kwargs)
+            except (redis.ResponseError, redis.DataError) as err:  # dead-lettered all the same
+                log.error("message.outcome_not_stored", task_id=task_id, error=str(err)[:200])
         message.ack_log_error(_ack_log, self.connection_errors)  # type: ignore[attr-defined]
 
 

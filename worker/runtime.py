@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+import structlog
 from celery.signals import worker_process_shutdown
 
 from config.celery import GuardedRedisBackend
 from config.logging import register_secrets, url_secrets
 from config.settings import Settings, load_settings, worker_redis
 from dispatch.backpressure import DispatchGate, GatePolicy, unfinished_children
+from dispatch.completion import open_stream
 from dispatch.eventfeed import EvaluationFeed
 from dispatch.nomad import NomadClient
 from dispatch.nomad_config import NomadConfig
@@ -32,6 +34,9 @@ CLIENT_RETRY = RetryPolicy(attempts=3, floor=0.1, cap=1.0)
 NOMAD_CONNECTIONS = 15
 """Connections to Nomad per worker process, the event stream's included: the pool blocks,
 so however many tasks run at once, a process never opens more."""
+
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -57,6 +62,10 @@ def build_runtime(settings: Settings | None = None, nomad: NomadConfig | None = 
     nomad = nomad or NomadConfig.from_env()
     register_secrets([nomad.token, nomad.http_auth, *settings.secrets, *url_secrets(nomad.address)])
     client = worker_redis(settings)
+    try:
+        open_stream(client, settings.event_stream)  # before the first event is appended
+    except redis.ConnectionError as err:  # the notifier and the tracker create it too
+        log.warning("events.group_not_created", error=str(err)[:200])
     resolver = PayloadResolver(
         PayloadPolicy.of(
             settings.payload_file_roots, settings.payload_http_hosts, settings.payload_http_timeout

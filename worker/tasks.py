@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 import structlog
 
 from config.celery import TASK_DISPATCH
@@ -86,6 +87,26 @@ def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
             dead_letter(rt.redis, reason=str(err), kind="conflict", task_id=task_id,
                         kwargs=kwargs)  # fmt: skip
             return {"refused": str(err)}
+        except redis.ReadOnlyError as err:  # a failover under way: retried like an outage
+            raise redis.ConnectionError(str(err)) from err
+        except (redis.ResponseError, redis.DataError) as err:
+            # Redis refused a command of this request (a key of another type, a script
+            # error): not worth a retry. Dead-lettered (replayable) with an exit-1 outcome
+            # where one can be stored; the worker goes on.
+            return refused_by_redis(err)
+
+    def refused_by_redis(err: Exception) -> dict[str, Any]:
+        reason = f"Redis refused a command of this request: {str(err)[:300]}"
+        log.error("request.store_error", error=reason)
+        self.request.ignore_result = True
+        dead_letter(rt.redis, reason=reason, kind="store", task_id=task_id, kwargs=kwargs)
+        service = rt.service
+        try:
+            fail_message(service.records, service.results, request.request_id, kind="store",
+                         reason=reason, kwargs=kwargs)  # fmt: skip
+        except (redis.ResponseError, redis.DataError) as again:
+            log.error("request.outcome_not_stored", error=str(again)[:200])
+        return {"refused": reason}
 
     def give_up(err: DispatchqError) -> dict[str, Any]:
         log.error("request.gave_up", retries=self.retries_spent, error=str(err))

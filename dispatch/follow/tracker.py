@@ -56,6 +56,8 @@ log = structlog.get_logger(__name__)
 TOPICS = ("Job", "Allocation")
 CHORES_EVERY = 0.2
 """Seconds between the leader's chores (`Tracker.chores`)."""
+PASS_FAILED_PAUSE = 1.0
+"""Seconds the tracker waits after a pass that Redis failed before the next."""
 
 
 @dataclass(frozen=True)
@@ -276,12 +278,16 @@ class Tracker:
             threading.Thread(target=self._stream, name="follow-events", daemon=True).start()
         try:
             while not self._stop.is_set():
-                if not self._lead():
-                    self._stop.wait(keys.TRACKER_LEASE_MS / 3000)
-                    continue
-                self._chores()
-                if not self.run_once():
-                    self._stop.wait(0.05)
+                try:
+                    if not self._lead():
+                        self._stop.wait(keys.TRACKER_LEASE_MS / 3000)
+                        continue
+                    self._chores()
+                    if not self.run_once():
+                        self._stop.wait(0.05)
+                except redis.RedisError as err:  # Redis away or refusing: the next pass
+                    log.error("tracker.pass_failed", error=str(err)[:200])
+                    self._stop.wait(PASS_FAILED_PAUSE)
         finally:
             self._pool.shutdown(wait=True)
             if self.leading:

@@ -6,12 +6,44 @@
 -- stream, maxlen: the stream and its approximate cap; rid: the request ID, JSON-escaped;
 -- tail: the rest of the request event's JSON object (after its first member);
 -- url: the request's notify_url or ''.
+-- The stream is kept to about `maxlen` entries, but never by dropping one that the
+-- notifier's group (`keys.NOTIFIER_GROUP`) has not read and acknowledged: a webhook is
+-- never trimmed away unseen while the notifier is stopped (the stream grows past maxlen
+-- instead, until it catches up). Every TRIM_EVERY entries, the entries beyond maxlen that
+-- the group is done with (older than its oldest pending entry, or up to the last it read
+-- when none is pending) are trimmed; with no such group, those beyond maxlen.
+local NOTIFIER_GROUP, TRIM_EVERY = 'dispatchq-notifier', 100
+
+local function trim_events(stream, maxlen)
+  local len = redis.call('XLEN', stream)
+  local over = len - tonumber(maxlen)
+  if over <= 0 or len % TRIM_EVERY ~= 0 then return end
+  local upto = '+'
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == NOTIFIER_GROUP then
+      upto = info['last-delivered-id']
+      if tonumber(info['pending']) > 0 then
+        upto = '(' .. redis.call('XPENDING', stream, NOTIFIER_GROUP)[2]
+      end
+    end
+  end
+  local done = redis.call('XRANGE', stream, '-', upto, 'COUNT', over)
+  if #done == 0 then return end
+  local last = done[#done][1]
+  local dash = string.find(last, '-', 1, true)
+  local seq = tonumber(string.sub(last, dash + 1)) + 1
+  redis.call('XTRIM', stream, 'MINID', string.sub(last, 1, dash) .. string.format('%d', seq))
+end
+
 local function xadd_event(stream, maxlen, body, url)
   if url and url ~= '' then
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', body, 'notify_url', url)
+    redis.call('XADD', stream, '*', 'event', body, 'notify_url', url)
   else
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'event', body)
+    redis.call('XADD', stream, '*', 'event', body)
   end
+  trim_events(stream, maxlen)
 end
 
 local function emit_done_events(record, batch, batch_id, stream, maxlen, rid, tail, url)

@@ -2,7 +2,9 @@
 -- else the next tenant in turn (weighted round robin) and its next batch in turn, moved
 -- into the consumer's in-flight list in this one step. nil when every lane is empty, else
 -- {item as stored in the in-flight list, deliveries so far or -1}. Deliveries are counted
--- in the request record when ARGV[1] names the task and the item is a message of it.
+-- in the request record when ARGV[1] names the task and the item is a message of it; if
+-- Redis refuses that (the key holds something else), -2: the item is still taken, and
+-- the worker dead-letters it, instead of an error that would leave it in flight.
 -- KEYS: queue, in-flight list. ARGV: task name (or ''), request record key prefix, seconds
 -- the record is kept, the six lane key prefixes (`keys.lane_keys`), then tenant, weight
 -- pairs (a tenant not named has weight 1).
@@ -48,6 +50,7 @@ if type(headers) ~= 'table' or headers['task'] ~= ARGV[1] or type(headers['id'])
   return {stored, -1}
 end
 local record = ARGV[2] .. headers['id']
-local deliveries = redis.call('HINCRBY', record, 'deliveries', 1)
+local deliveries = redis.pcall('HINCRBY', record, 'deliveries', 1)
+if type(deliveries) ~= 'number' then return {stored, -2} end
 redis.call('EXPIRE', record, ARGV[3])
 return {stored, deliveries}

@@ -19,7 +19,7 @@ from config.settings import Settings
 from devstack.redis_server import RedisServer
 from dispatch import keys
 from dispatch.batches import BatchStore
-from dispatch.completion import COMPLETION_SCHEMA, EventStream, parse_entry
+from dispatch.completion import COMPLETION_SCHEMA, EventStream, open_stream, parse_entry
 from dispatch.dlq import DeadLetter, replay
 from dispatch.dlq import entries as dlq_entries
 from dispatch.outcome import Outcome
@@ -207,3 +207,37 @@ def test_a_followed_childs_end_appends_its_event(redis_client: redis.Redis) -> N
     [(event, url)] = events(redis_client)
     VALIDATOR.validate(event)
     assert (event["event_id"], event["exit_code"], url) == ("request:r-f:1", 1, "")
+
+
+def test_no_event_is_trimmed_before_the_notifier_group_acknowledged_it(
+    redis_client: redis.Redis,
+) -> None:
+    """1,500 ends with a cap of 1,000 and the notifier stopped: all 1,500 stay; once the
+    group has read and acknowledged them, the stream is trimmed back to about the cap."""
+    stream = EventStream("dq:events", maxlen=1_000)
+    open_stream(redis_client, stream)
+    store = RecordStore(redis_client, 60, stream)
+    for n in range(1_500):
+        finish(store, f"r{n}", 0, notify_url="https://hooks.example/x")
+    assert redis_client.xlen(stream.key) == 1_500
+    read: Any = redis_client.xreadgroup(keys.NOTIFIER_GROUP, "c", {stream.key: ">"}, count=1_200)
+    ids = [entry_id for entry_id, _ in read[0][1]]
+    redis_client.xack(stream.key, keys.NOTIFIER_GROUP, *ids[:1_100])  # 100 read, pending
+    for n in range(1_500, 1_600):
+        finish(store, f"r{n}", 0)
+    # Trimmed: entries the group acknowledged and beyond the cap; kept: every pending one.
+    assert redis_client.xlen(stream.key) == 1_600 - 600
+    first = redis_client.xrange(stream.key, count=1)[0][0]  # type: ignore[index]
+    assert first == ids[600]
+    redis_client.xack(stream.key, keys.NOTIFIER_GROUP, *ids[1_100:])
+    for n in range(1_600, 1_700):
+        finish(store, f"r{n}", 0)
+    assert redis_client.xlen(stream.key) == 1_000  # the cap again: what is left was read
+
+
+def test_without_the_notifier_group_the_stream_keeps_its_cap(redis_client: redis.Redis) -> None:
+    stream = EventStream("dq:events2", maxlen=1_000)
+    store = RecordStore(redis_client, 60, stream)
+    for n in range(1_500):
+        finish(store, f"r{n}", 0)
+    assert redis_client.xlen(stream.key) == 1_000

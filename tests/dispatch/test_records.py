@@ -26,7 +26,7 @@ from dispatch.records import (
 LUA = files("dispatch") / "lua"
 # A script writes the record through the variable `record` (a convention the test needs):
 # redis.call('HSET', record, 'state', 'done', 'exit_code', ARGV[2])
-_WRITE = re.compile(r"redis\.call\(\s*'(HSET|HSETNX|HINCRBY|HDEL)',\s*record,\s*([^)]*)\)")
+_WRITE = re.compile(r"redis\.p?call\(\s*'(HSET|HSETNX|HINCRBY|HDEL)',\s*record,\s*([^)]*)\)")
 _STATE = re.compile(r"'HSET(?:NX)?',\s*record,\s*'state',\s*'(\w+)'")
 _DOC_FIELD = re.compile(r"^- ((?:`\w+`(?:, )?)+) \(([^)]*)\)", re.MULTILINE)
 
