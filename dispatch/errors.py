@@ -29,6 +29,18 @@ class ConfigError(DispatchqError):
     kind = "config"
 
 
+ERROR_TEXT_MAX = 2_048
+"""Characters of an error text (Nomad's, or a reason) that an outcome, its completion event
+and a webhook body keep: a longer one is cut, and says so (`cut`)."""
+
+
+def cut(text: str, limit: int = ERROR_TEXT_MAX) -> str:
+    """`text`, or its first `limit` characters and how many more there were."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters cut]"
+
+
 class NomadError(DispatchqError):
     """A request to Nomad failed.
 
@@ -40,6 +52,7 @@ class NomadError(DispatchqError):
     kind = "nomad"
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
+        message = cut(message)
         super().__init__(message)
         self.message = message
         self.status = status
@@ -106,6 +119,12 @@ class TransportError(NomadError):
 
 
 # -- errors of the request's path (raised outside the Nomad client) ---------------------
+
+
+class WaitTimedOut(DispatchqError):
+    """A request's `wait_timeout` ran out while Nomad failed (before the tracker had it)."""
+
+    kind = "wait_timeout"
 
 
 class InvalidRequest(DispatchqError, ValueError):

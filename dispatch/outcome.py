@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dispatch.errors import NomadError
+from dispatch.errors import NomadError, cut
 from dispatch.events import (
     AllocationPlaced,
     AllocationsReadFailed,
@@ -114,6 +114,7 @@ class Outcome:
     def failed(cls, job_id: str, *, kind: str, message: str, status: int | None = None) -> Outcome:
         """An exit-1 outcome for a dispatch that could not be made; it renders as
         `Failed to dispatch job: <message>`."""
+        message = cut(message)
         recorder = OutcomeRecorder(job_id)
         recorder.emit(DispatchFailed(kind, status, message, message))
         return recorder.outcome()

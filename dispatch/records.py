@@ -21,7 +21,8 @@ beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
   followed child (see the README, "Following children to their end").
 - `job_id` (begin.lua): the parameterized job, when a worker takes the request.
 - `batch_id` (begin.lua): the request's batch, when a worker takes it, for one in a batch.
-- `started_at` (begin.lua): Unix time a worker last took it; `RequestRecord.started_at`.
+- `started_at` (begin.lua): Unix time a worker first took it; `RequestRecord.started_at`
+  (`wait_timeout` counts from it).
 - `dispatched_job_id`, `eval_id` (dispatched.lua): the child and its evaluation, written
   the moment Nomad answers; a redelivered request that finds them resumes monitoring and
   never dispatches again (begin.lua reads them).
@@ -202,6 +203,8 @@ class Begun(NamedTuple):
     value: bytes | None
     refused: str = ""
     """Why the message is not the request its ID names ("" when it is)."""
+    taken_at: float | None = None
+    """When a worker first took the request (Unix time): `wait_timeout` counts from it."""
 
 
 REFUSALS = {
@@ -271,15 +274,16 @@ class RecordStore:
         not asked). Unless it was already dispatched or is cancelled, the record now says
         `dispatching` (and exists, for a message pushed without one by a foreign producer)."""
         batch = keys.batch(batch_id) if batch_id else ""
-        child, eval_id, cancelled, value, refused = self._begin(
+        child, eval_id, cancelled, value, refused, taken_at = self._begin(
             keys=[keys.request(request_id), *([read] if read else [])],
             args=[self.ttl, job_id, batch_id or "", time.time(), batch, digest,
                   "1" if keys.is_reserved_id(request_id) else ""],
         )  # fmt: skip
         why = REFUSALS[refused].format(batch=batch_id) if refused else ""
         return Begun(
-            (child or b"").decode(), (eval_id or b"").decode(), bool(cancelled), value, why
-        )
+            (child or b"").decode(), (eval_id or b"").decode(), bool(cancelled), value, why,
+            float(taken_at),
+        )  # fmt: skip
 
     def mark_dispatched(
         self, request_id: str, dispatched_job_id: str, eval_id: str, batch_id: str | None

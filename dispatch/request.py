@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import ErrorDetails
 
@@ -40,6 +40,15 @@ UNTIL_SCHEDULED: Literal["scheduled"] = "scheduled"
 UNTIL_FINISHED: Literal["finished"] = "finished"
 """`until` finished: the request is done when its child job is (`dispatch.follow`)."""
 
+META_KEYS_MAX = 64
+"""Meta keys of a request at most."""
+META_KEY_MAX = 128
+"""Characters of a meta key at most."""
+META_MAX = 16 * 1024
+"""Characters of a request's meta at most, keys and values together: the size of a
+payload, which is what Nomad means for data. Meta is copied into the child job, its
+outcome's error text when Nomad refuses it, its completion event and webhook body."""
+
 NOTIFY_URL_MAX = 2048
 """Characters of a notify_url at most."""
 _NOTIFY_URL = r"^https?://[^\x00-\x20]+$"
@@ -52,6 +61,12 @@ _NO_CONTROL = r"^[^\x00-\x1f]*$"
 _NOT_BLANK = r"^[^\x00-\x1f]*[^\x00-\x1f\s][^\x00-\x1f]*$"
 
 NoControl = Annotated[str, Field(pattern=_NO_CONTROL)]
+
+
+def _meta_size(meta: dict[str, str]) -> dict[str, str]:
+    if meta and sum(len(k) + len(v) for k, v in meta.items()) > META_MAX:
+        raise ValueError(f"meta holds more than {META_MAX} characters (keys and values)")
+    return meta
 
 TENANT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 """A tenant groups batches for fair queueing (`worker.fetch`): 1 to 64 letters, digits,
@@ -72,7 +87,11 @@ class DispatchRequest(BaseModel):
     request_id: Annotated[NoControl, Field(min_length=1, max_length=REQUEST_ID_MAX)]
     job_id: Annotated[str, Field(min_length=1, pattern=_NOT_BLANK)]
     payload_ref: Annotated[str, Field(min_length=1)] | None = None
-    meta: dict[Annotated[str, Field(min_length=1)], str] = Field(default_factory=dict)
+    meta: Annotated[
+        dict[Annotated[str, Field(min_length=1, max_length=META_KEY_MAX)], str],
+        Field(max_length=META_KEYS_MAX),
+        AfterValidator(_meta_size),
+    ] = Field(default_factory=dict)
     namespace: Annotated[str, Field(pattern=NAMESPACE_PATTERN)] | None = None
     detach: bool = False
     id_prefix_template: str = ""
@@ -188,10 +207,16 @@ _ALL = TypeAdapter(list[DispatchRequest])
 _MISSING = object()
 
 
+def _short(part: str | int) -> str:
+    """A place in a message, as an error text names it: a meta key may be long."""
+    text = str(part)
+    return text if len(text) <= 40 else f"{text[:40]}..."
+
+
 def _describe(err: PydanticValidationError) -> str:
     parts = []
     for problem in err.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in problem["loc"]) or "message"
+        where = ".".join(_short(p) for p in problem["loc"]) or "message"
         parts.append(f"{where}: {problem['msg']}")
     return "; ".join(parts)
 
@@ -219,8 +244,14 @@ def _in_producer_words(problem: ErrorDetails) -> str:
     loc, given = problem["loc"], problem.get("input")
     name = str(loc[0]) if loc else "request"
     kind = type(given).__name__
+    if name == "meta" and len(loc) == 1 and problem["type"] == "too_long":
+        return f"meta has more than {META_KEYS_MAX} keys"
+    if name == "meta" and len(loc) == 1 and problem["type"] == "value_error":
+        return f"meta holds more than {META_MAX} characters (keys and values together)"
     if name == "meta" and len(loc) == 1:
         return f"meta must be a mapping, not {kind}"
+    if name == "meta" and len(loc) == 3 and problem["type"] == "string_too_long":
+        return f"meta keys must be at most {META_KEY_MAX} characters, got {given[:40]!r}..."
     if name == "meta" and len(loc) == 3:  # (meta, key, "[key]")
         return f"meta keys must be non-empty strings, got {given!r}"
     if name == "meta":

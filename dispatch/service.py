@@ -13,6 +13,7 @@ child.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from dispatch.errors import (
     MonitoringInterrupted,
     NomadError,
     RequestRefused,
+    WaitTimedOut,
 )
 from dispatch.eventfeed import EvaluationFeed, FeedReader
 from dispatch.events import Dispatched, DispatchFailed, EvalReadFailed, Event
@@ -216,7 +218,6 @@ class DispatchService:
         a message whose `digest` (`request_digest` of its arguments) says it is not the
         request its ID names."""
         # Named on every line, not bound: binding builds a logger per request.
-        ids = {"request_id": request.request_id, "job_id": request.job_id}
         recorder = OutcomeRecorder(request.job_id, on_event=on_event)  # times the dispatch
         blob_key = self.resolver.blob_key(request.payload_ref)
         begun = self.records.begin(
@@ -224,6 +225,22 @@ class DispatchService:
         )
         if begun.refused:
             raise RequestRefused(begun.refused)
+        deadline = None
+        if request.wait_timeout is not None:
+            deadline = (begun.taken_at or time.time()) + request.wait_timeout
+        try:
+            return self._run(request, recorder, begun, deadline)
+        except DispatchqError as err:
+            if not getattr(err, "retryable", False) or deadline is None or time.time() < deadline:
+                raise
+            # Nomad failing past the request's wait_timeout: it ends now, not after retries.
+            return self._timed_out(request, err)
+
+    def _run(
+        self, request: DispatchRequest, recorder: OutcomeRecorder, begun: Begun,
+        deadline: float | None,
+    ) -> Outcome:  # fmt: skip
+        ids = {"request_id": request.request_id, "job_id": request.job_id}
         if begun.dispatched_job_id:
             log.info(
                 "request.resumed",
@@ -231,7 +248,8 @@ class DispatchService:
                 dispatched_job_id=begun.dispatched_job_id,
                 eval_id=begun.eval_id,
             )
-            return self._follow(request, recorder, begun.dispatched_job_id, begun.eval_id, 0)
+            child, eval_id = begun.dispatched_job_id, begun.eval_id
+            return self._follow(request, recorder, child, eval_id, 0, deadline=deadline)
         if begun.cancelled or self._waited_until_cancelled(request):
             error = BatchCancelled(f"batch {request.batch_id} was cancelled before this dispatch")
             _emit_error(recorder, error)
@@ -260,11 +278,24 @@ class DispatchService:
             eval_id=eval_id,
         )
         created = response.eval_create_index if eval_id == response.eval_id else 0
-        return self._follow(request, recorder, response.dispatched_job_id, eval_id, created)
+        child = response.dispatched_job_id
+        return self._follow(request, recorder, child, eval_id, created, deadline=deadline)
 
-    def give_up(self, request: DispatchRequest, error: DispatchqError, retries: int) -> Outcome:
+    def _timed_out(self, request: DispatchRequest, error: DispatchqError) -> Outcome:
+        """The exit-1 outcome of a request whose wait_timeout ran out while Nomad failed."""
+        timeout = request.wait_timeout or 0.0
+        text = f"the wait timeout ({timeout:g}s) ran out while Nomad failed: {error}"
+        return self.give_up(request, WaitTimedOut(text), 0, note="")
+
+    def give_up(
+        self,
+        request: DispatchRequest,
+        error: DispatchqError,
+        retries: int,
+        note: str | None = None,
+    ) -> Outcome:
         """The exit-1 outcome once the retry policy is spent on a retryable error."""
-        note = f"gave up after {retries} retries: "
+        note = f"gave up after {retries} retries: " if note is None else note
         recorder = OutcomeRecorder(request.job_id)
         record = self.records.load(request.request_id)
         if record is not None and record.dispatched:
@@ -315,6 +346,8 @@ class DispatchService:
         child_id: str,
         eval_id: str,
         created: int,
+        *,
+        deadline: float | None,
     ) -> Outcome:
         followed = bool(eval_id) and not request.detach
         recorder.emit(Dispatched(child_id, eval_id, followed))
@@ -330,16 +363,16 @@ class DispatchService:
         if self.gate is not None and resources_exhausted(outcome):
             self.gate.overloaded("resources exhausted")
         if request.follows_child and outcome.status in HANDED_OFF:
-            return self._hand_off(request, outcome, child_id)
+            return self._hand_off(request, outcome, child_id, deadline)
         return self._finish(request, outcome)
 
-    def _hand_off(self, request: DispatchRequest, outcome: Outcome, child_id: str) -> Outcome:
+    def _hand_off(
+        self, request: DispatchRequest, outcome: Outcome, child_id: str, deadline: float | None
+    ) -> Outcome:
         """`until` finished: the evaluation is done (placed, or blocked: the child waits for
         capacity), so the request goes to the tracker's follow set with the outcome so far,
-        and this worker's slot is free. The outcome returned is not stored."""
-        deadline = None
-        if request.wait_timeout is not None:
-            deadline = outcome.timings.started_at + request.wait_timeout
+        and this worker's slot is free; its `deadline` is `wait_timeout` after a worker
+        first took it. The outcome returned is not stored."""
         namespace = request.namespace or self.client.config.namespace or ""
         self.records.hand_off(
             request.request_id, namespace, outcome.to_stored(), deadline, request.notify_url

@@ -37,6 +37,7 @@ from dispatch.follow.decide import (
     RUNNING,
     SCHEDULED,
     UNREACHABLE,
+    WAIT_TIMEOUT,
     Verdict,
     child_end,
     decide,
@@ -128,11 +129,14 @@ class Follower:
         self.on_child: Callable[[str, str], None] | None = None
         """Told (child job ID, request ID) before the reads, so that an event arriving
         while they run wakes another check (the tracker's map)."""
-        self._down_since: float | None = None
+        self._down_since: dict[str, float] = {}
+        """Per followed child that Nomad is not answering for, since when (each child has
+        its own clock: one child's good read says nothing of another's)."""
 
     def check(self, request_id: str) -> Checked:
         record = self.store.load(request_id)
         if record is None or record.state is RequestState.DONE or not record.dispatched:
+            self._down_since.pop(request_id, None)
             self.store.client.zrem(keys.FOLLOW, request_id)
             return Checked(request_id)
         child, now = record.dispatched_job_id, self.clock()
@@ -149,7 +153,7 @@ class Follower:
                 job, allocs = None, []
         except NomadError as err:
             return self._unanswered(record, err, now)
-        self._down_since = None
+        self._down_since.pop(request_id, None)
         verdict = decide(job, allocs, now=now, deadline=record.deadline)
         checked = Checked(request_id, child, verdict)
         if verdict.ended:
@@ -164,14 +168,23 @@ class Follower:
         return checked
 
     def _unanswered(self, record: RequestRecord, err: NomadError, now: float) -> Checked:
-        down_since = self._down_since = self._down_since or now
-        checked = Checked(record.request_id, record.dispatched_job_id, error=str(err))
-        if now - down_since < self.policy.unreachable_after:
-            stage = RequestState(record.state) if record.state in _FOLLOWED else _SCHEDULED
-            self.store.restage(record.request_id, stage, now + self.policy.retry)
+        rid = record.request_id
+        down_since = self._down_since.setdefault(rid, now)
+        checked = Checked(rid, record.dispatched_job_id, error=str(err))
+        stage = RequestState(record.state) if record.state in _FOLLOWED else _SCHEDULED
+        if record.deadline is not None and now >= record.deadline:
+            why = f"the wait timeout ran out while Nomad did not answer ({err})"
+            checked.verdict = Verdict(True, stage.value, ERROR, 1, WAIT_TIMEOUT, why, {})
+        elif now - down_since >= self.policy.unreachable_after:
+            why = f"Nomad did not answer for {now - down_since:.0f}s: {err}"
+            checked.verdict = Verdict(True, SCHEDULED, ERROR, 1, UNREACHABLE, why, {})
+        else:
+            next_check = now + self.policy.retry
+            if record.deadline is not None:
+                next_check = min(next_check, record.deadline)
+            self.store.restage(rid, stage, next_check)
             return checked
-        why = f"Nomad did not answer for {now - down_since:.0f}s: {err}"
-        checked.verdict = Verdict(True, SCHEDULED, ERROR, 1, UNREACHABLE, why, {})
+        self._down_since.pop(rid, None)
         checked.finished = self._finish(record, checked.verdict, checked)
         return checked
 

@@ -11,18 +11,21 @@
 -- whose record the retry made: without it, the message is refused (3).
 -- KEYS: record, [blob]. ARGV: ttl, job ID, batch ID or '', now, batch key or '', digest,
 -- '1' for an attempt's ID or ''.
--- Returns {child, eval ID, cancelled, blob value, refused}.
+-- Returns {child, eval ID, cancelled, blob value, refused, first taken (Unix time)}:
+-- `started_at` is written by the first take only, so that `wait_timeout` counts from it.
 local record = KEYS[1]
-local ids = redis.call('HMGET', record, 'dispatched_job_id', 'eval_id', 'digest', 'state')
+local ids = redis.call('HMGET', record, 'dispatched_job_id', 'eval_id', 'digest', 'state',
+                      'started_at')
 local digest = ids[3]
-if digest and digest ~= ARGV[6] then return {false, false, 0, false, 1} end
-if not ids[4] and ARGV[3] ~= '' then return {false, false, 0, false, 2} end
-if not ids[4] and ARGV[7] == '1' then return {false, false, 0, false, 3} end
+if digest and digest ~= ARGV[6] then return {false, false, 0, false, 1, ARGV[4]} end
+if not ids[4] and ARGV[3] ~= '' then return {false, false, 0, false, 2, ARGV[4]} end
+if not ids[4] and ARGV[7] == '1' then return {false, false, 0, false, 3, ARGV[4]} end
 local cancelled = 0
 if ARGV[3] ~= '' and redis.call('HGET', ARGV[5], 'state') == 'cancelled' then cancelled = 1 end
 local child = ids[1]
 if (not child or child == '') and cancelled == 0 then
-  redis.call('HSET', record, 'state', 'dispatching', 'job_id', ARGV[2], 'started_at', ARGV[4])
+  redis.call('HSET', record, 'state', 'dispatching', 'job_id', ARGV[2])
+  if not ids[5] then redis.call('HSET', record, 'started_at', ARGV[4]) end
   if ARGV[3] ~= '' then
     redis.call('HSET', record, 'batch_id', ARGV[3])
     batch_move(ARGV[5], ids[4], 'dispatching')
@@ -32,4 +35,4 @@ if (not child or child == '') and cancelled == 0 then
 end
 local value = false
 if KEYS[2] then value = redis.call('GET', KEYS[2]) end
-return {child, ids[2], cancelled, value, 0}
+return {child, ids[2], cancelled, value, 0, ids[5] or ARGV[4]}

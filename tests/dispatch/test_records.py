@@ -5,6 +5,7 @@ on a real redis-server."""
 from __future__ import annotations
 
 import re
+import time
 import tomllib
 from fnmatch import fnmatch
 from importlib.resources import files
@@ -109,8 +110,10 @@ def test_a_request_record_through_its_states(redis_client: redis.Redis) -> None:
     store = RecordStore(redis_client, 60)
     redis_client.set("blob-key", b"payload")
     redis_client.hset(keys.request("r-1"), "state", "queued")  # enqueued in batch b-1
+    before = time.time()
     begun = store.begin("r-1", "video", "b-1", read="blob-key")
-    assert begun == ("", "", False, b"payload", "")
+    assert begun[:5] == ("", "", False, b"payload", "")
+    assert begun.taken_at is not None and begun.taken_at >= before
     store.mark_dispatched("r-1", "video/dispatch-1", "e-1", "b-1")
     store.mark_dispatched("r-1", "video/dispatch-1", "e-1", "b-1")  # counted once
     result = StoredResult(keys.celery_result("r-1"), '{"status": "SUCCESS"}', 60)
@@ -142,8 +145,10 @@ def test_a_redelivered_request_that_was_dispatched_is_not_taken_again(
     redis_client: redis.Redis,
 ) -> None:
     store = RecordStore(redis_client, 60)
-    store.begin("r-1", "video", None)
+    first = store.begin("r-1", "video", None)
     store.mark_dispatched("r-1", "video/dispatch-1", "e-1", None)
-    assert store.begin("r-1", "video", None) == ("video/dispatch-1", "e-1", False, None, "")
+    again = store.begin("r-1", "video", None)
+    assert again[:5] == ("video/dispatch-1", "e-1", False, None, "")
+    assert again.taken_at == first.taken_at  # wait_timeout counts from the first take
     record = store.load("r-1")
     assert record is not None and record.state is RequestState.MONITORING

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from dispatch.errors import InvalidMessage, InvalidRequest
+from dispatch.errors import ERROR_TEXT_MAX, InvalidMessage, InvalidRequest, NomadError
+from dispatch.outcome import Outcome
 from dispatch.request import PAYLOAD_LIMIT, REQUEST_ID_MAX, DispatchRequest
 
 
@@ -105,3 +107,35 @@ def test_one_payload_limit() -> None:
     assert PAYLOAD_LIMIT == 16 * 1024
     assert payload.PAYLOAD_LIMIT is PAYLOAD_LIMIT
     assert not hasattr(nomad, "MAX_PAYLOAD_BYTES")
+
+
+@pytest.mark.parametrize(
+    ("meta", "text"),
+    [
+        ({str(n): "v" for n in range(65)}, "meta has more than 64 keys"),
+        ({"k" * 129: "v"}, "meta keys must be at most 128 characters"),
+        ({"k": "v" * 16_384}, "meta holds more than 16384 characters"),
+    ],
+)
+def test_meta_is_bounded_for_producers_and_raw_messages(meta: dict[str, str], text: str) -> None:
+    with pytest.raises(InvalidRequest, match=text):
+        DispatchRequest.from_producer({"job_id": "j", "request_id": "r", "meta": meta})
+    with pytest.raises(InvalidMessage) as raised:
+        DispatchRequest.from_message((), {"job_id": "j", "request_id": "r", "meta": meta})
+    assert len(str(raised.value)) < 400  # the reason does not repeat a long key
+
+
+def test_meta_at_its_bounds_is_accepted() -> None:
+    meta = {f"{n:0128d}": "" for n in range(64)}
+    meta[f"{0:0128d}"] = "v" * (16_384 - 64 * 128)
+    request = DispatchRequest.from_producer({"job_id": "j", "request_id": "r", "meta": meta})
+    assert len(request.meta) == 64
+
+
+def test_a_long_error_text_is_cut_and_says_so() -> None:
+    text = "Dispatch did not provide allowed meta keys: [" + " k" * 20_000 + "]"
+    err = NomadError(text, status=400)
+    assert len(err.message) < ERROR_TEXT_MAX + 60
+    assert err.message.endswith(f"[{len(text) - ERROR_TEXT_MAX} more characters cut]")
+    stored = Outcome.failed("j", kind="validation", message=text).to_stored()
+    assert len(json.dumps(stored)) < 4 * ERROR_TEXT_MAX  # the text, in the summary and its row

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from dispatch.errors import MonitoringInterrupted, ServerError, TransportError, ValidationError
@@ -49,7 +51,7 @@ def test_a_request_is_dispatched_with_its_token_recorded_followed_and_stored() -
     record = records.load("r-test")
     assert record is not None
     assert (record.dispatched_job_id, record.eval_id, record.exit_code) == (CHILD, EVAL, 0)
-    assert record.started_at == 1.0
+    assert record.started_at is not None and record.started_at > 0
     assert records.results["r-test"].key == "celery-task-meta-r-test"
 
 
@@ -186,7 +188,8 @@ def test_until_finished_hands_off_to_the_tracker_instead_of_storing_an_outcome()
     assert states(records) == ["queued", "dispatching", "monitoring", "scheduled"]
     assert records.followed == {"r-test"} and "r-test" not in records.results
     record = records.load("r-test")
-    assert record is not None and record.deadline == outcome.timings.started_at + 60.0
+    assert record is not None and record.started_at is not None
+    assert record.deadline == record.started_at + 60.0  # from when a worker first took it
     assert records.partials["r-test"]["dispatched_job_id"] == CHILD
 
 
@@ -196,3 +199,23 @@ def test_until_finished_with_a_refused_dispatch_ends_at_once() -> None:
     outcome = service(nomad, records).run(request("video-encode", until="finished"))
     assert outcome.exit_code == 1 and not records.followed
     assert states(records)[-1] == "done"
+
+
+def test_a_retryable_error_past_the_wait_timeout_ends_the_request() -> None:
+    """Nomad failing for longer than wait_timeout since a worker first took the request:
+    it ends now (exit 1, wait_timeout) instead of being retried."""
+    records = FakeRecords()
+    records.enqueue("r-test")
+    records.records["r-test"]["started_at"] = repr(time.time() - 10)  # first taken 10 s ago
+    nomad = FakeNomad(dispatches=[ServerError("No cluster leader", status=500)])
+    req = request("video-encode", until="finished", wait_timeout=3.0)
+    outcome = service(nomad, records).run(req)
+    assert (outcome.exit_code, outcome.error_kind) == (1, "wait_timeout")
+    assert "ran out while Nomad failed" in (outcome.error_message or "")
+    assert "r-test" in records.results
+    # Within the timeout, the error is left to the retry policy.
+    records.enqueue("r-2")
+    nomad = FakeNomad(dispatches=[ServerError("No cluster leader", status=500)])
+    with pytest.raises(ServerError):
+        service(nomad, records).run(request("video-encode", until="finished", wait_timeout=60.0,
+                                            request_id="r-2"))  # fmt: skip

@@ -61,7 +61,9 @@ def store(redis_client: redis.Redis) -> RecordStore:
     return RecordStore(redis_client, 600)
 
 
-def _handed_off(store: RecordStore, rid: str = "r1", batch: str | None = "b1") -> None:
+def _handed_off(
+    store: RecordStore, rid: str = "r1", batch: str | None = "b1", deadline: float | None = None
+) -> None:
     store.client.hset(keys.request(rid), "state", "queued")  # as enqueue.lua makes it
     store.begin(rid, "enc", batch)
     store.mark_dispatched(rid, CHILD, "e1", batch)
@@ -69,7 +71,7 @@ def _handed_off(store: RecordStore, rid: str = "r1", batch: str | None = "b1") -
     for event in (Dispatched(CHILD, "e1", True), MonitorStarted("e1"),
                   EvalFinished("e1", "complete", False)):  # fmt: skip
         recorder.emit(event)
-    assert store.hand_off(rid, "", recorder.outcome().to_stored(), None)
+    assert store.hand_off(rid, "", recorder.outcome().to_stored(), deadline)
 
 
 def test_running_then_finished_and_the_first_finish_wins(store: RecordStore) -> None:
@@ -111,6 +113,38 @@ def test_nomad_failing_is_retried_then_unreachable_after_the_bound(store: Record
     assert follower.check("r1").finished
     outcome = json.loads(store.client.get(keys.celery_result("r1")))["result"]  # type: ignore[arg-type]
     assert (outcome["exit_code"], outcome["error_kind"]) == (1, "unreachable")
+
+
+def test_each_child_has_its_own_outage_clock(store: RecordStore) -> None:
+    """Another child's good read does not restart the clock of one Nomad fails for."""
+    nomad, now = FakeChildren(), [1000.0]
+    policy = FollowPolicy(unreachable_after=60.0, retry=5.0)
+    follower = Follower(nomad, store, _results, policy=policy, clock=lambda: now[0])
+    _handed_off(store, "r1")
+    _handed_off(store, "r2")
+    nomad.error = ServerError("No cluster leader", status=500)
+    assert not follower.check("r1").finished
+    now[0], nomad.error = 1030.0, None
+    assert not follower.check("r2").finished  # r2 read fine (still running)
+    now[0], nomad.error = 1061.0, ServerError("No cluster leader", status=500)
+    assert follower.check("r1").finished  # 61 s since r1's first failed read
+    outcome = json.loads(store.client.get(keys.celery_result("r1")))["result"]  # type: ignore[arg-type]
+    assert outcome["error_kind"] == "unreachable"
+
+
+def test_the_wait_timeout_holds_while_nomad_fails(store: RecordStore) -> None:
+    nomad, now = FakeChildren(), [1000.0]
+    policy = FollowPolicy(unreachable_after=60.0, retry=5.0)
+    follower = Follower(nomad, store, _results, policy=policy, clock=lambda: now[0])
+    _handed_off(store, deadline=1003.0)
+    nomad.error = ServerError("No cluster leader", status=500)
+    assert not follower.check("r1").finished
+    assert store.client.zscore(keys.FOLLOW, "r1") == 1003.0  # due at the deadline, not later
+    now[0] = 1003.0
+    assert follower.check("r1").finished
+    outcome = json.loads(store.client.get(keys.celery_result("r1")))["result"]  # type: ignore[arg-type]
+    assert (outcome["exit_code"], outcome["error_kind"]) == (1, "wait_timeout")
+    assert "did not answer" in outcome["error_message"]
 
 
 def test_collected_is_exit_1(store: RecordStore) -> None:

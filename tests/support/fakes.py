@@ -5,6 +5,7 @@ milliseconds; the Lua scripts themselves are tested against a real redis-server.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,11 +173,13 @@ class FakeRecords:
         cancelled = bool(batch_id) and batch_id in self.cancelled
         if not child and not cancelled:
             self._state(request_id, RequestState.DISPATCHING)
-            self.records[request_id].update(job_id=job_id, started_at="1.0")
+            self.records[request_id]["job_id"] = job_id
+            self.records[request_id].setdefault("started_at", repr(time.time()))
             if batch_id:
                 self.records[request_id]["batch_id"] = batch_id
         value = self.blobs.get(read.removeprefix("blob:")) if read else None
-        return Begun(child, eval_id, cancelled, value)
+        taken = self.records.get(request_id, {}).get("started_at")
+        return Begun(child, eval_id, cancelled, value, "", float(taken) if taken else None)
 
     def mark_dispatched(
         self, request_id: str, dispatched_job_id: str, eval_id: str, batch_id: str | None
