@@ -134,7 +134,10 @@ def configure_logging(
     out = stream if stream is not None else sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        # no colours through a stream that escapes control characters (`producer.terminal`)
+        structlog.dev.ConsoleRenderer(
+            colors=out.isatty() and not getattr(out, "escapes_controls", False)
+        )
         if console
         else structlog.processors.JSONRenderer(serializer=_json_line)
     )

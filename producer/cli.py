@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import redis
 from pydantic import ValidationError
@@ -31,6 +31,7 @@ from producer import (
     cli_sim,
     cli_tracker,
 )
+from producer.terminal import escaping
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -71,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 1
+    with escaping():
+        return _run(handler, args)
+
+
+def _run(handler: Any, args: argparse.Namespace) -> int:
     try:
         code: int = handler(args)
     except redis.RedisError as err:

@@ -26,6 +26,7 @@ from dispatch.errors import DispatchqError
 from producer.api import Producer
 from producer.batch_input import BatchItem, read_csv, read_jsonl
 from producer.enqueue import InvalidRequest
+from producer.terminal import raw, safe
 
 ACTIONS = ("submit", "status", "results", "retry", "cancel")
 FIRST_FAILURES = 5
@@ -167,16 +168,14 @@ def _summary(producer: Producer, status: BatchStatus, as_json: bool) -> None:
     if as_json:
         print(json.dumps({**status.to_json(), "first_failures": errors}))
     else:
-        console = Console()
+        console = Console(file=raw(sys.stdout))
         console.print(summary_table(status))
         if errors:
             console.print(f"First failures (`dispatchq batch results {status.batch_id} --failed`"
                           " lists every one):")  # fmt: skip
         for error in errors:
-            console.print(
-                f"  {error['request_id']}: exit {error.get('exit_code', 1)}: {error['error']}",
-                soft_wrap=True, markup=False, highlight=False,
-            )  # fmt: skip
+            line = f"  {error['request_id']}: exit {error.get('exit_code', 1)}: {error['error']}"
+            console.print(safe(line), soft_wrap=True, markup=False, highlight=False)
 
 
 def _follow(producer: Producer, batch_id: str, as_json: bool) -> int:
@@ -185,7 +184,7 @@ def _follow(producer: Producer, batch_id: str, as_json: bool) -> int:
     if status is None:
         print(f'No batch with ID "{batch_id}" found', file=sys.stderr)
         return 1
-    console = Console(stderr=True)
+    console = Console(file=raw(sys.stderr))
     columns = (
         TextColumn(f"[bold]{status.job_id}"),
         BarColumn(),

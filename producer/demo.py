@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -16,6 +17,7 @@ from rich.table import Table
 from config.settings import Settings
 from devstack.stack import DEMO_JOB, DEMO_QUEUE, LocalStack, local_stack
 from producer.api import Producer, RequestStatus
+from producer.terminal import raw, safe
 
 PROFILES = ("480p", "720p", "1080p", "4k")
 RUN_MS = {"480p": 200, "720p": 300, "1080p": 500, "4k": 900}
@@ -46,7 +48,7 @@ def run_demo(count: int = 1000, workers: int = 1, console: Console | None = None
 
     Ctrl-C and SIGTERM (see `sigterm_as_interrupt`), while starting or fanning out, stop
     every process and return 130."""
-    console = console or Console()
+    console = console or Console(file=raw(sys.stdout))
     stack_cm = local_stack(workers=workers)
     try:
         with console.status("Starting redis-server, nomadsim and a worker..."):
@@ -102,7 +104,8 @@ def _fan_out(stack: LocalStack, count: int, console: Console) -> int:
         console.print("First failures (`dispatchq status ID` shows one in full):")
     for status in failed[:3]:
         assert status.outcome is not None
-        console.print(f"  {status.request_id}: {status.outcome.error_message}", soft_wrap=True)
+        text = safe(f"  {status.request_id}: {status.outcome.error_message}")
+        console.print(text, soft_wrap=True, markup=False, highlight=False)
     return 1 if codes[1] or sum(codes.values()) < count else 0
 
 
