@@ -294,6 +294,12 @@ class PoisonAwareConsumer(Consumer):
                 return self._refuse(message, "malformed", problem, body)
             _fill_reprs(message.headers, body)
             if isinstance(message.headers, dict) and message.headers.get("task") == TASK_DISPATCH:
+                if getattr(message.channel, "deliveries", None) == UNCOUNTABLE:
+                    reason = (
+                        f"its request record ({keys.request(str(headers.get('id')))!r}) holds "
+                        "another type of value: Redis refused to count its deliveries"
+                    )
+                    return self._refuse(message, "store", reason, body)
                 over = self._over_delivery_cap(message)
                 if over is not None:
                     return self._refuse(message, "delivery_cap", over, body)
@@ -322,11 +328,6 @@ class PoisonAwareConsumer(Consumer):
             return None
         sink = _sink()
         deliveries = getattr(message.channel, "deliveries", None)  # counted as it was fetched
-        if deliveries == UNCOUNTABLE:
-            return (
-                f"its request record ({keys.request(task_id)!r}) is not a request record: "
-                "Redis refused to count its deliveries"
-            )
         if not isinstance(deliveries, int):
             deliveries = dlq.count_delivery(sink.redis, task_id, sink.settings.result_ttl)
         retries = message.headers.get("retries")

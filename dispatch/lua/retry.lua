@@ -13,9 +13,10 @@
 -- tenant, mode, the six lane key prefixes, then six per item: the item's first request
 -- ID, its attempt as read, that attempt's request ID, the next attempt's request ID, its
 -- digest, its message. Returns per item 1 (claimed), 0, or 2 when a record of the next
--- attempt's ID exists already: a retry never adopts a record it did not make (producers
--- may not use such IDs, and a worker refuses a message of one without its record, so
--- this should not happen; the item is left as it is, and reported).
+-- attempt's ID exists already (with a state or digest): a retry never adopts a record it
+-- did not make (producers may not use such IDs, and a worker refuses a message of one
+-- without its record, so this should not happen; the item is left as it is, and
+-- reported). What a refused message's fetch counted there (`deliveries`) is dropped.
 local batch, attempts, due = KEYS[1], KEYS[2], KEYS[3]
 local ttl, p_request, batch_id, tenant, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local k = lane_args(ARGV, 6)
@@ -25,7 +26,8 @@ for i = 12, #ARGV, 6 do
   local member = batch_id .. '\31' .. item
   local claimed = 0
   local f = redis.call('HMGET', p_request .. latest, 'state', 'exit_code', 'dispatched_job_id')
-  if redis.call('EXISTS', p_request .. next_id) == 1 then
+  local made = redis.call('HMGET', p_request .. next_id, 'state', 'digest')
+  if made[1] or made[2] then
     claimed = 2
   elseif (redis.call('HGET', attempts, item) or '1') == n and f[1] == 'done' and f[2]
       and f[2] ~= '0' then
@@ -42,6 +44,7 @@ for i = 12, #ARGV, 6 do
       local attempt = tonumber(n) + 1
       redis.call('HSET', attempts, item, attempt)
       local record = p_request .. next_id
+      redis.call('DEL', record)
       redis.call('HSET', record, 'state', 'queued')
       redis.call('HSET', record, 'digest', ARGV[i + 4], 'attempt', attempt, 'item', item)
       redis.call('EXPIRE', record, ttl)
