@@ -92,7 +92,8 @@ def test_a_retry_never_adopts_a_record_it_did_not_make(
     redis_client.hincrby(keys.batch("bt"), "exit:2", 1)
     # a record of its next attempt's ID that no retry made (as a message's first take would)
     foreign = {"state": "done", "exit_code": "0", "digest": "someone-else"}
-    redis_client.hset(keys.request(f"{item}~2"), mapping=foreign)
+    for field, value in foreign.items():
+        redis_client.hset(keys.request(f"{item}~2"), field, value)
     report = BatchRetrier(redis_client, queue=QUEUE, ttl=600).retry_batch("bt")
     assert (report.retried, report.taken) == (0, 1)
     assert redis_client.hgetall(keys.request(f"{item}~2")) == {
