@@ -22,8 +22,9 @@ import pytest
 import redis
 
 from dispatch import keys
-from dispatch.completion import COMPLETION_SCHEMA, parse_entry
+from dispatch.completion import COMPLETION_SCHEMA, EventStream, parse_entry
 from dispatch.dlq import entries as dlq_entries
+from dispatch.records import RecordStore
 from producer.api import Producer
 from tests.support.stack import Stack
 
@@ -258,3 +259,33 @@ def test_the_failed_items_of_a_batch_with_what_reruns_them(
     [line] = [json.loads(text) for text in listed.stdout.splitlines()]
     assert (line["line"], line["meta"]) == (2, {"p": "1"})
     assert line["payload_ref"].startswith("blob:sha256:")
+
+
+def test_a_stopped_notifier_misses_no_webhook_past_the_streams_cap(
+    running: Stack, redis_client: redis.Redis, receiver: Receiver, tmp_path: Path
+) -> None:
+    """1,500 requests end while the notifier is stopped and the stream's cap is 1,000: no
+    event is trimmed before the notifier's group has it, and all 1,500 are delivered."""
+    name = "dispatchq:events:capped-test"
+    redis_client.delete(name)
+    env = {"DISPATCHQ_EVENTS_STREAM": name}
+    first = notifier(running, receiver, tmp_path / "n1.log", **env)
+    try:
+        until(lambda: bool(redis_client.exists(name)), "the notifier's group")
+    finally:
+        stop(first)
+    store = RecordStore(redis_client, 600, EventStream(name, maxlen=1_000))
+    ids = [f"capped-{n}" for n in range(1_500)]
+    for rid in ids:
+        outcome = {"v": 1, "status": "complete", "exit_code": 0, "job_id": "encode",
+                   "timings": [1.0, 0.1, 0.1], "events": []}  # fmt: skip
+        store.mark_done(rid, 0, None, outcome=outcome, notify_url=receiver.url())
+    assert redis_client.xlen(name) == 1_500  # past the cap, nothing trimmed unread
+    second = notifier(running, receiver, tmp_path / "n2.log", **env)
+    try:
+        expected = {f"request:{rid}:1" for rid in ids}
+        until(lambda: receiver.delivered() >= expected, "every webhook delivered")
+    finally:
+        stop(second)
+    # none foreign (a post the receiver was slow to answer may be retried: at least once)
+    assert {event_id for _, event_id, _, _ in receiver.posts} == expected
