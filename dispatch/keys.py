@@ -16,7 +16,7 @@
 | `dispatchq:rate`                 | hash   | worker gate       | RATE_TTL, renewed/write    |
 | `dispatchq:children:<ns>:<job>`  | hash   | worker gate       | CHILDREN_TTL, renewed      |
 | `dispatchq:children-refresh:<ns>:<job>` | string | worker gate | CHILDREN_REFRESH_LOCK ms |
-| `dispatchq:events` (setting) | stream | worker (done.lua) | none; `MAXLEN ~ events_maxlen` |
+| `dispatchq:events` (setting) | stream | worker (done.lua) | none; trimmed to events_maxlen, never unread |
 | `dispatchq:lane:<batch id>`      | list   | producer, worker  | none (a broker list)       |
 | `dispatchq:lanes:<queue>`        | hash   | producer, worker  | none (emptied by fetch)    |
 | `dispatchq:tenants:<queue>`      | list   | producer, worker  | none (emptied by fetch)    |
@@ -80,8 +80,9 @@ CHILDREN_REFRESH_LOCK: Final = 5_000
 
 EVENTS: Final = f"{PREFIX}:events"
 """The completion event stream (`dispatch.completion`): one entry per request that ends and
-per batch that finishes. No TTL (consumers may be away for a while); bounded instead by
-`XADD ... MAXLEN ~ EVENTS_MAXLEN` on every append (the `events_maxlen` setting)."""
+per batch that finishes. No TTL (consumers may be away for a while); trimmed instead to
+about EVENTS_MAXLEN entries (the `events_maxlen` setting), but never past an entry the
+notifier's group has not acknowledged (`lua/_events.lua`)."""
 EVENTS_MAXLEN: Final = 100_000
 """Entries the event stream keeps, about (Redis trims whole nodes: `~`); some 50 MB."""
 CAPPED: Final = frozenset({EVENTS})
