@@ -16,7 +16,7 @@
 | `dispatchq:rate`                 | hash   | worker gate       | RATE_TTL, renewed/write    |
 | `dispatchq:children:<ns>:<job>`  | hash   | worker gate       | CHILDREN_TTL, renewed      |
 | `dispatchq:children-refresh:<ns>:<job>` | string | worker gate | CHILDREN_REFRESH_LOCK ms |
-| `dispatchq:events` (setting) | stream | worker (done.lua) | none; trimmed to events_maxlen, never unread |
+| `dispatchq:events` (setting) | stream | worker (done.lua) | none; events_maxlen (*)   |
 | `dispatchq:lane:<batch id>`      | list   | producer, worker  | none (a broker list)       |
 | `dispatchq:lanes:<queue>`        | hash   | producer, worker  | none (emptied by fetch)    |
 | `dispatchq:tenants:<queue>`      | list   | producer, worker  | none (emptied by fetch)    |
@@ -26,6 +26,8 @@
 | `dispatchq:partial:<request id>` | string | worker, tracker   | result_ttl, renewed/check  |
 | `dispatchq:tracker:lease`        | string | tracker           | TRACKER_LEASE_MS, renewed  |
 | `dispatchq:progress:<request id>`| channel| tracker           | (pub/sub: nothing stored)  |
+
+(*) trimmed to about events_maxlen entries, never past one the notifier has not read.
 
 **One key space per kind of object.** A key is a fixed prefix that names its kind
 (`dispatchq:request:`, `dispatchq:batch-items:`, ...) followed by the object's ID, and

@@ -32,7 +32,9 @@ MESSAGE_VERSION: Literal[1] = 1
 PAYLOAD_LIMIT = 16 * 1024
 """Nomad's DispatchPayloadSizeLimit: decoded bytes; exactly 16384 is accepted."""
 REQUEST_ID_MAX = 200
-"""Characters of a request ID at most."""
+"""Characters of a request ID (and of a batch ID) at most."""
+JOB_ID_MAX = 256
+"""Characters of a job ID at most (dispatchq's bound: it is in every outcome and event)."""
 PRIORITY_MAX = 100
 """Nomad's highest job priority; 0 means the parent's."""
 UNTIL_SCHEDULED: Literal["scheduled"] = "scheduled"
@@ -85,7 +87,7 @@ class DispatchRequest(BaseModel):
 
     v: Literal[1] = MESSAGE_VERSION
     request_id: Annotated[NoControl, Field(min_length=1, max_length=REQUEST_ID_MAX)]
-    job_id: Annotated[str, Field(min_length=1, pattern=_NOT_BLANK)]
+    job_id: Annotated[str, Field(min_length=1, max_length=JOB_ID_MAX, pattern=_NOT_BLANK)]
     payload_ref: Annotated[str, Field(min_length=1)] | None = None
     meta: Annotated[
         dict[Annotated[str, Field(min_length=1, max_length=META_KEY_MAX)], str],
@@ -96,7 +98,7 @@ class DispatchRequest(BaseModel):
     detach: bool = False
     id_prefix_template: str = ""
     priority: int = Field(0, ge=0, le=PRIORITY_MAX)
-    batch_id: NoControl | None = None
+    batch_id: Annotated[NoControl, Field(max_length=REQUEST_ID_MAX)] | None = None
     notify_url: Annotated[str, Field(max_length=NOTIFY_URL_MAX, pattern=_NOTIFY_URL)] | None = None
     """Where the notifier POSTs this request's completion event (`dispatch.notifier`)."""
     tenant: Annotated[str, Field(pattern=TENANT_PATTERN)] | None = None
@@ -223,7 +225,7 @@ def _describe(err: PydanticValidationError) -> str:
 
 # The producer's texts for what the model refuses (the CLI and Python callers show them).
 _PRODUCER_TEXTS = {
-    "job_id": "job ID must be a non-empty string",
+    "job_id": f"job ID must be a non-empty string of at most {JOB_ID_MAX} characters",
     "request_id": (
         f"request_id must be a string of 1 to {REQUEST_ID_MAX} characters, "
         "without control characters"

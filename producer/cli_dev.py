@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from devstack.stack import local_stack  # noqa: PLC0415  (the stack loads only here)
 
     print(
-        "dispatchq dev: starting redis-server, nomadsim, workers, a tracker and a notifier...", file=sys.stderr
+        "dispatchq dev: starting redis-server, nomadsim, workers, a tracker and a notifier...",
+        file=sys.stderr,
     )
     try:
         with local_stack(args.workers, args.concurrency, args.metrics_port) as stack:

@@ -24,6 +24,7 @@ from dispatch.dlq import DeadLetter, replay
 from dispatch.dlq import entries as dlq_entries
 from dispatch.outcome import Outcome
 from dispatch.records import RecordStore, StoredResult
+from dispatch.request import JOB_ID_MAX, NOTIFY_URL_MAX, REQUEST_ID_MAX
 from producer.api import Producer
 from producer.enqueue import AGAIN, Enqueuer, NewRequest
 from tests.support.schema_tables import completion_tables
@@ -241,3 +242,18 @@ def test_without_the_notifier_group_the_stream_keeps_its_cap(redis_client: redis
     for n in range(1_500):
         finish(store, f"r{n}", 0)
     assert redis_client.xlen(stream.key) == 1_000
+
+
+def test_an_event_and_its_webhook_body_are_bounded(redis_client: redis.Redis) -> None:
+    """Every field a producer or Nomad can make long is bounded: the longest IDs, job ID
+    and notify_url, and an error text past its cut, give an event under 8 KiB."""
+    rid, batch = "r" * REQUEST_ID_MAX, "b" * REQUEST_ID_MAX
+    outcome = Outcome.failed("j" * JOB_ID_MAX, kind="validation", message="x" * 1_000_000)
+    url = "https://hooks.example/" + "u" * (NOTIFY_URL_MAX - 22)
+    stream = EventStream("dq:bounded")
+    RecordStore(redis_client, 60, stream).mark_done(
+        rid, 1, batch, "boom", None, outcome=outcome.to_stored(), notify_url=url
+    )
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = redis_client.xrange(stream.key)  # type: ignore[assignment]
+    assert len(entries[0][1][b"event"]) < 8 * 1024
+    assert len(json.dumps(outcome.to_stored())) < 8 * 1024  # the outcome too
