@@ -8,14 +8,14 @@ COPY scripts/uv-requirements.txt ./scripts/
 RUN pip install --no-cache-dir --disable-pip-version-check --require-hashes --no-deps \
         -r scripts/uv-requirements.txt
 COPY pyproject.toml uv.lock README.md LICENSE ./
-COPY config ./config
-COPY dispatch ./dispatch
+# The import root dispatchq/ links its worker, producer and config homes to the
+# top-level folders of the same names (CONTRIBUTING.md): all four are copied.
+COPY dispatchq ./dispatchq
 COPY worker ./worker
 COPY producer ./producer
-COPY nomadsim ./nomadsim
-COPY devstack ./devstack
+COPY config ./config
 ENV UV_PROJECT_ENVIRONMENT=/opt/dispatchq PATH=/opt/dispatchq/bin:$PATH
-RUN uv sync --frozen --no-editable --no-cache --no-python-downloads --extra flower \
+RUN uv sync --frozen --no-editable --no-cache --no-python-downloads --extra worker --extra sim --extra flower \
     && useradd --system --no-create-home dispatchq
 
 # Celery refuses nothing as root, but warns: a worker has no need of it.

@@ -40,14 +40,14 @@ from typing import Any
 import requests
 
 from bench import procfs, stack
-from devstack.nomadsim_process import NomadSimProcess
-from devstack.notifier_process import NotifierProcess
-from devstack.redis_server import RedisServer
-from devstack.tracker_process import TrackerProcess
-from dispatch import keys
-from producer.api import Producer
-from producer.cli_batch import FIRST_FAILURES
-from producer.enqueue import NewRequest
+from dispatchq.cli.batch import FIRST_FAILURES
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.notifier_process import NotifierProcess
+from dispatchq.devstack.redis_server import RedisServer
+from dispatchq.devstack.tracker_process import TrackerProcess
+from dispatchq.producer.api import Producer
+from dispatchq.producer.enqueue import NewRequest
+from dispatchq.store import keys
 
 JOB = "bench-endings"
 SIM_ARGS = [*stack.SIM_ARGS, "--time-scale", "0.001"]

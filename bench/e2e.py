@@ -65,10 +65,10 @@ import requests
 
 from bench import naive_app, procfs, stack
 from bench.common import ratio, report
-from devstack.nomadsim_process import NomadSimProcess
-from devstack.redis_server import RedisServer
-from dispatch import keys
-from producer.api import Producer
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.redis_server import RedisServer
+from dispatchq.producer.api import Producer
+from dispatchq.store import keys
 
 TERMINAL = frozenset({"complete", "failed", "canceled"})
 

@@ -46,8 +46,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _child(scenario: str, args: argparse.Namespace) -> dict[str, Any]:
     from bench import e2e, stack
-    from devstack.redis_server import RedisServer
-    from producer.api import Producer
+    from dispatchq.devstack.redis_server import RedisServer
+    from dispatchq.producer.api import Producer
 
     log_dir = Path(tempfile.mkdtemp(prefix="bench-fair-"))
     if scenario == "e2e":

@@ -42,17 +42,17 @@ import redis
 import requests
 
 from bench.procfs import memory, tcp_connections, tree
-from devstack.nomadsim_process import NomadSimProcess
-from devstack.redis_server import RedisServer
-from devstack.tracker_process import TrackerProcess
-from dispatch import keys
-from dispatch.errors import NomadError
-from dispatch.events import AllocationPlaced, Dispatched, EvalFinished, MonitorStarted
-from dispatch.nomad import NomadClient
-from dispatch.nomad_config import NomadConfig
-from dispatch.outcome import OutcomeRecorder
-from dispatch.records import RecordStore
-from dispatch.request import DispatchRequest
+from dispatchq.core.outcome import OutcomeRecorder
+from dispatchq.core.request import DispatchRequest
+from dispatchq.core.transcript import AllocationPlaced, Dispatched, EvalFinished, MonitorStarted
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.redis_server import RedisServer
+from dispatchq.devstack.tracker_process import TrackerProcess
+from dispatchq.errors import NomadError
+from dispatchq.nomad.client import NomadClient
+from dispatchq.nomad.config import NomadConfig
+from dispatchq.store import keys
+from dispatchq.store.records import RecordStore
 
 JOB_ID = "bench-follow"
 JOB: dict[str, Any] = {

@@ -43,9 +43,9 @@ from pathlib import Path
 import requests
 
 from bench import procfs, stack
-from devstack.redis_server import RedisServer
-from dispatch.batches import BatchStatus
-from producer.api import Producer
+from dispatchq.devstack.redis_server import RedisServer
+from dispatchq.producer.api import Producer
+from dispatchq.store.batches import BatchStatus
 
 RSS_LIMIT = 300 * 1024 * 1024
 CONNECTION_LIMIT = 16

@@ -4,7 +4,7 @@
 
 Each server answers `GET /v1/status/leader` with a small JSON string: aiohttp's
 low-level `web.Server` (what nomadsim used until its own layer, `nomadsim/httpserver.py`,
-measured at about twice the rate: see nomadsim/README.md), aiohttp's `web.Application`
+measured at about twice the rate: see dispatchq/nomadsim/README.md), aiohttp's `web.Application`
 router (aiohttp is a dev dependency for this bench alone), and,
 when installed (`.venv/bin/pip install starlette uvicorn httptools uvloop`; none is a
 project dependency), the low-level server on uvloop and Starlette on uvicorn (which uses
@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 
-from devstack.ports import free_port, wait_for_port
-from nomadsim.jsonshape import dumps
+from dispatchq.devstack.ports import free_port, wait_for_port
+from dispatchq.nomadsim.jsonshape import dumps
 
 BODY = dumps("127.0.0.1:4647")
 

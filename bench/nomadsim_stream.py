@@ -45,7 +45,7 @@ from typing import Any
 import requests
 
 from bench import procfs, stack
-from devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
 
 EVENTS_PER_DISPATCH = 5
 TOPICS = {"topic": ["Evaluation", "Allocation"]}

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import requests
 
-from devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
 
 TARGET = 3000.0
 JOB_ID = "bench-dispatch"

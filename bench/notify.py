@@ -35,13 +35,13 @@ from typing import Any
 import redis
 
 from bench import procfs, stack
-from devstack.notifier_process import NotifierProcess
-from devstack.redis_server import RedisServer
-from dispatch import keys
-from dispatch.completion import EventStream
-from dispatch.records import RecordStore
-from producer.api import Producer
-from producer.enqueue import NewRequest
+from dispatchq.devstack.notifier_process import NotifierProcess
+from dispatchq.devstack.redis_server import RedisServer
+from dispatchq.producer.api import Producer
+from dispatchq.producer.enqueue import NewRequest
+from dispatchq.store import keys
+from dispatchq.store.completion import EventStream
+from dispatchq.store.records import RecordStore
 
 RECEIVER = """
 import http.server, sys, time

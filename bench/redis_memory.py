@@ -48,10 +48,10 @@ from celery import Celery
 
 from bench import stack
 from bench.common import ratio
-from devstack.redis_server import RedisServer
-from dispatch import keys
-from dispatch.batches import BatchStatus
-from producer.api import Producer
+from dispatchq.devstack.redis_server import RedisServer
+from dispatchq.producer.api import Producer
+from dispatchq.store import keys
+from dispatchq.store.batches import BatchStatus
 
 TARGET_BYTES = 1024
 
@@ -117,7 +117,7 @@ def time_calls(
 
 def cli_status(env: dict[str, str], batch_id: str) -> None:
     subprocess.run(
-        [sys.executable, "-m", "producer.cli", "batch", "status", batch_id, "-json"],
+        [sys.executable, "-m", "dispatchq.cli", "batch", "status", batch_id, "-json"],
         env=env, check=True, capture_output=True,
     )  # fmt: skip
 

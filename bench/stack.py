@@ -2,7 +2,7 @@
 processes, the naive Celery worker, and helpers to wait for stored outcomes.
 
 Workers are started through the product's public command (`dispatchq worker`, i.e.
-`python -m producer.cli worker`), passing `--pool` and `--concurrency` only when the bench
+`python -m dispatchq.cli.main worker`), passing `--pool` and `--concurrency` only when the bench
 was given them, so a bench measures whatever `dispatchq worker` does by default.
 """
 
@@ -24,12 +24,12 @@ import redis
 import requests
 
 from bench import naive_app
-from config.settings import Settings
-from devstack.nomadsim_process import NomadSimProcess
-from devstack.worker_process import WorkerProcess
-from dispatch import keys
-from dispatch.batches import BatchStatus
-from producer.api import Producer
+from dispatchq.config.settings import Settings
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.worker_process import WorkerProcess
+from dispatchq.producer.api import Producer
+from dispatchq.store import keys
+from dispatchq.store.batches import BatchStatus
 
 REPO = Path(__file__).resolve().parent.parent
 JOB_ID = "bench-encode"
@@ -126,7 +126,7 @@ class DispatchqWorker(WorkerProcess):
         if self.cli_concurrency:
             options += ["--concurrency", str(self.cli_concurrency)]
         return [
-            sys.executable, "-m", "producer.cli", "worker", *options,
+            sys.executable, "-m", "dispatchq.cli", "worker", *options,
             "--", "--hostname", f"{self.name}@%h", *QUIET, *self.extra_args,
         ]  # fmt: skip
 

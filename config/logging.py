@@ -16,9 +16,9 @@ from urllib.parse import unquote, urlsplit
 import orjson
 import structlog
 
-from dispatch.secrets import MASK as MASK
-from dispatch.secrets import register_secrets as register_secrets
-from dispatch.secrets import scrub as scrub
+from dispatchq.config.secrets import MASK as MASK
+from dispatchq.config.secrets import register_secrets as register_secrets
+from dispatchq.config.secrets import scrub as scrub
 
 _SECRET_KEYS = ("token", "password", "secret", "authorization", "auth")
 _SECRET_QUERY = ("pass", "secret", "token", "auth")
@@ -134,7 +134,7 @@ def configure_logging(
     out = stream if stream is not None else sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Any = (
-        # no colours through a stream that escapes control characters (`producer.terminal`)
+        # no colours through a stream that escapes control characters (`dispatchq.cli.terminal`)
         structlog.dev.ConsoleRenderer(
             colors=out.isatty() and not getattr(out, "escapes_controls", False)
         )

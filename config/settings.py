@@ -1,7 +1,7 @@
 """dispatchq's own settings: `DISPATCHQ_*` env vars, then an optional TOML file, then defaults.
 
 Nomad's connection settings are not here: they come from `NOMAD_*` exactly as the nomad CLI
-reads them (see `dispatch.nomad_config`). `DISPATCHQ_CONFIG` names the TOML file; its keys are the
+reads them (see `dispatchq.nomad.config`). `DISPATCHQ_CONFIG` names the TOML file; its keys are the
 field names below (`redis_url = "redis://..."`).
 """
 
@@ -23,10 +23,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from config.logging import MASK, mask_url, url_secrets
-from dispatch import keys
-from dispatch.completion import EventStream
-from dispatch.request import TENANT_PATTERN, TENANT_TEXT
+from dispatchq.config.logging import MASK, mask_url, url_secrets
+from dispatchq.core.request import TENANT_PATTERN, TENANT_TEXT
+from dispatchq.store import keys
+from dispatchq.store.completion import EventStream
 
 __all__ = ["Settings", "load_settings", "mask_url", "worker_redis"]
 
@@ -145,7 +145,7 @@ class Settings(BaseSettings):
 
     @property
     def event_stream(self) -> EventStream:
-        """Where completion events go (`dispatch.completion`)."""
+        """Where completion events go (`dispatchq.store.completion`)."""
         return EventStream(self.events_stream, self.events_maxlen)
 
     @field_validator("redis_url")
@@ -220,7 +220,7 @@ class Settings(BaseSettings):
 
     @property
     def secrets(self) -> list[str]:
-        """Every secret of these settings (for `config.logging.register_secrets`)."""
+        """Every secret of these settings (for `dispatchq.config.logging.register_secrets`)."""
         secret = self.notify_secret.get_secret_value()
         return url_secrets(self.redis_url.get_secret_value()) + ([secret] if secret else [])
 

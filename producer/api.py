@@ -1,6 +1,6 @@
 """The callers' Python API: enqueue dispatch requests, read and await their outcomes.
 
-    from producer import enqueue, result, wait
+    from dispatchq.producer import enqueue, result, wait
     rid = enqueue("video-encode", payload=b"...", meta={"profile": "hd"})
     print(wait([rid], timeout=60)[rid].outcome)
 
@@ -21,22 +21,28 @@ import redis
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult, ResultSet
 
-from config.celery import make_app
-from config.settings import Settings, load_settings
-from dispatch import keys
-from dispatch.batches import CANCELLED, BatchStatus, BatchStore
-from dispatch.nomad import NomadClient
-from dispatch.nomad_config import NomadConfig
-from dispatch.outcome import Outcome
-from dispatch.records import RecordStore, RequestRecord
-from dispatch.request import TENANT_PATTERN, TENANT_TEXT, check_notify_url, is_request_id
-from producer.batch import BatchSubmitter, as_items, new_batch_id, stop_children, stream_results
-from producer.batch import preflight as check_items
-from producer.batch_input import BatchItem
-from producer.enqueue import CONFLICT, Enqueuer, InvalidRequest, NewRequest
-from producer.events import follow_events
-from producer.results import outcome_from_meta
-from producer.retry import BatchRetrier, RetryReport
+from dispatchq.broker.app import make_app
+from dispatchq.config.settings import Settings, load_settings
+from dispatchq.core.outcome import Outcome
+from dispatchq.core.request import TENANT_PATTERN, TENANT_TEXT, check_notify_url, is_request_id
+from dispatchq.nomad.client import NomadClient
+from dispatchq.nomad.config import NomadConfig
+from dispatchq.producer.batch import (
+    BatchSubmitter,
+    as_items,
+    new_batch_id,
+    stop_children,
+    stream_results,
+)
+from dispatchq.producer.batch import preflight as check_items
+from dispatchq.producer.batch_input import BatchItem
+from dispatchq.producer.enqueue import CONFLICT, Enqueuer, InvalidRequest, NewRequest
+from dispatchq.producer.events import follow_events
+from dispatchq.producer.results import outcome_from_meta
+from dispatchq.store import keys
+from dispatchq.store.batches import CANCELLED, BatchStatus, BatchStore
+from dispatchq.store.records import RecordStore, RequestRecord
+from dispatchq.store.retries import BatchRetrier, RetryReport
 
 MAX_ATTEMPTS = 100
 """The most attempts `max_attempts` may ask for per item."""
@@ -194,7 +200,7 @@ class Producer:
         the job is read once from Nomad and a batch with any item it would refuse is rejected whole
         (BatchInputError, naming the lines) before anything is enqueued. Submitting the
         same items with the same batch ID again enqueues only what was not enqueued.
-        Batches take turns with other batches, grouped by `tenant` (`worker.fetch`)."""
+        Batches take turns with other batches, grouped by `tenant` (`dispatchq.broker.fetch`)."""
         if tenant is not None and not re.fullmatch(TENANT_PATTERN, tenant):
             raise InvalidRequest(TENANT_TEXT)
         check_max_attempts(max_attempts, until)
@@ -245,7 +251,7 @@ class Producer:
     def events(
         self, *, group: str, consumer: str, block: float = 5.0, start: str = "$"
     ) -> Iterator[dict[str, Any]]:
-        """Completion events (`dispatch.completion`), parsed, as a member `consumer` of the
+        """Completion events (`dispatchq.store.completion`), parsed, as a member `consumer` of the
         consumer group `group` on the event stream (created at `start`: "$" for new events
         only, "0" for all kept). Each event is acknowledged when the loop asks for the next
         one, so one whose handling raised is delivered again (its entry stays pending:

@@ -14,14 +14,14 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from dispatch import keys
-from dispatch.batches import BatchStore
-from dispatch.errors import DispatchqError
-from dispatch.nomad import NomadClient
-from dispatch.payload import PAYLOAD_LIMIT
-from producer.batch_input import BatchInputError, BatchItem, summarise
-from producer.enqueue import ALL, CONFLICT, Enqueuer, NewRequest, Prepared, prepare
-from producer.results import outcome_from_meta
+from dispatchq.errors import DispatchqError
+from dispatchq.nomad.client import NomadClient
+from dispatchq.payload.resolve import PAYLOAD_LIMIT
+from dispatchq.producer.batch_input import BatchInputError, BatchItem, summarise
+from dispatchq.producer.enqueue import ALL, CONFLICT, Enqueuer, NewRequest, Prepared, prepare
+from dispatchq.producer.results import outcome_from_meta
+from dispatchq.store import keys
+from dispatchq.store.batches import BatchStore
 
 
 def new_batch_id() -> str:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from producer.enqueue import InvalidRequest
+from dispatchq.producer.enqueue import InvalidRequest
 
 _FIELDS = ("payload", "payload_base64", "payload_ref", "request_id")
 

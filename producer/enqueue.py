@@ -1,9 +1,9 @@
 """Enqueue dispatch requests: local validation, payload blobs, one pipelined write.
 
-For every request, one server-side script (`dispatch/lua/enqueue.lua`, owned by
-`dispatch.records`) creates the request record (state `queued`) and pushes the Celery
+For every request, one server-side script (`dispatchq/store/lua/enqueue.lua`, owned by
+`dispatchq.store.records`) creates the request record (state `queued`) and pushes the Celery
 message (a request in no batch onto the queue, the interactive lane; a batch's onto its
-batch's lane, `worker.fetch`), unless a record with that request ID already exists:
+batch's lane, `dispatchq.broker.fetch`), unless a record with that request ID already exists:
 enqueueing the same request ID twice is a no-op, which makes producers safe to retry.
 """
 
@@ -15,12 +15,12 @@ from typing import Any
 
 import redis
 
-from dispatch import keys
-from dispatch.errors import InvalidRequest as InvalidRequest
-from dispatch.payload import PAYLOAD_LIMIT, blob_digest
-from dispatch.records import SCRIPTS
-from dispatch.request import DispatchRequest, request_digest
-from producer.messages import celery_message, compact_json, new_request_id
+from dispatchq.broker.messages import celery_message, compact_json, new_request_id
+from dispatchq.core.request import DispatchRequest, request_digest
+from dispatchq.errors import InvalidRequest as InvalidRequest
+from dispatchq.payload.resolve import PAYLOAD_LIMIT, blob_digest
+from dispatchq.store import keys
+from dispatchq.store.records import SCRIPTS
 
 _PREFIXES = (
     keys.request(""),
@@ -33,7 +33,7 @@ _PREFIXES = (
 NEW, AGAIN, SKIPPED, CONFLICT = 1, 2, 0, 3
 
 EACH, ALL, CHECK = "each", "all", "check"
-"""The enqueue script's modes (`dispatch/lua/enqueue.lua`): skip each request whose ID
+"""The enqueue script's modes (`dispatchq/store/lua/enqueue.lua`): skip each request whose ID
 names another request; write nothing of a chunk where one does (a batch); write nothing."""
 
 CHUNK = 500

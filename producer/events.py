@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from dispatch.completion import parse_entry
+from dispatchq.store.completion import parse_entry
 
 
 def follow_events(

@@ -14,18 +14,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from config.settings import load_settings
-from dispatch import keys
-from dispatch.events import Event
-from dispatch.follow.progress import changes, final_line
-from dispatch.liveness import live_workers
-from dispatch.outcome import DISPATCHED, Outcome, Timings
-from dispatch.records import with_record
-from dispatch.request import DispatchRequest
-from producer.api import Producer
-from producer.enqueue import NewRequest
-from producer.messages import new_request_id
-from producer.results import outcome_from_meta
+from dispatchq.broker.messages import new_request_id
+from dispatchq.config.settings import load_settings
+from dispatchq.core.outcome import DISPATCHED, Outcome, Timings
+from dispatchq.core.request import DispatchRequest
+from dispatchq.core.transcript import Event
+from dispatchq.producer.api import Producer
+from dispatchq.producer.enqueue import NewRequest
+from dispatchq.producer.results import outcome_from_meta
+from dispatchq.store import keys
+from dispatchq.store.liveness import live_workers
+from dispatchq.store.records import with_record
+from dispatchq.tracker.progress import changes, final_line
 
 
 class NoWorker(Exception):

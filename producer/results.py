@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dispatch.outcome import Outcome
+from dispatchq.core.outcome import Outcome
 
 
 def outcome_from_meta(meta: Mapping[str, Any], job_id: str = "") -> Outcome | None:

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from devstack.nomadsim_process import NomadSimProcess
-from devstack.redis_server import RedisServer
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.redis_server import RedisServer
 
 pytest_plugins = ["tests.support.stack"]
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from producer.cli import build_parser
+from dispatchq.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -193,9 +193,12 @@ def test_a_real_nomad_agent_is_one_uncomment_away() -> None:
 
 
 def test_the_image_has_every_package() -> None:
-    """The Dockerfile copies each package that pyproject.toml installs."""
+    """The Dockerfile copies the package that pyproject.toml installs, and the top-level
+    folders its links point to (worker/, producer/, config/)."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = {pattern.rstrip("*") for pattern in patterns}
+    assert patterns == ["dispatchq", "dispatchq.*"]
+    linked = {p.readlink().name for p in (ROOT / "dispatchq").iterdir() if p.is_symlink()}
+    assert linked == {"worker", "producer", "config"}
     copied = set(re.findall(r"^COPY (\w+) \./\1$", DOCKERFILE.read_text(), re.MULTILINE))
-    assert copied == packages
+    assert copied == {"dispatchq"} | linked

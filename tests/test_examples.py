@@ -25,10 +25,10 @@ import jsonschema
 import pytest
 import redis
 
-from devstack.redis_server import find_redis_server
-from dispatch.outcome import OUTCOME_SCHEMA
-from producer.api import RequestStatus
-from producer.cli import main
+from dispatchq.cli.main import main
+from dispatchq.core.outcome import OUTCOME_SCHEMA
+from dispatchq.devstack.redis_server import find_redis_server
+from dispatchq.producer.api import RequestStatus
 from tests.support.nomad_jobs import add_fault
 from tests.support.stack import QUEUE, Stack
 

@@ -19,8 +19,8 @@ import pytest
 import redis
 import requests
 
-from devstack.ports import free_port, stop_process, wait_for_port
-from devstack.worker_process import WorkerProcess
+from dispatchq.devstack.ports import free_port, stop_process, wait_for_port
+from dispatchq.devstack.worker_process import WorkerProcess
 from tests.support.stack import QUEUE, Stack
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ WAIT = 60
 def flower(clean: Stack) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, **clean.env, "FLOWER_UNAUTHENTICATED_API": "true"}
-    command = [sys.executable, "-m", "producer.cli", "flower", "--",
+    command = [sys.executable, "-m", "dispatchq.cli", "flower", "--",
                f"--port={port}", "--address=127.0.0.1"]  # fmt: skip
     with (clean.log_dir / "flower.log").open("ab") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -8,8 +8,8 @@ from pathlib import Path
 import redis
 from prometheus_client import CollectorRegistry
 
-from producer.cli_tracker import TrackerMetrics
-from worker.metrics import WorkerMetrics
+from dispatchq.cli.tracker import TrackerMetrics
+from dispatchq.worker.metrics import WorkerMetrics
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _ROW = re.compile(r"^\| `([a-z_*]+)` \|")

@@ -1,7 +1,8 @@
 """Contracts with Celery's and kombu's internals that dispatchq's overrides rely on.
 
-`worker.fetch` replaces kombu's private fetch (`_brpop_start`/`_brpop_read`) and QoS
-bookkeeping, `worker.poison` hooks Celery's consumer, `config.celery` builds Celery's result
+`dispatchq.broker.fetch` replaces kombu's private fetch (`_brpop_start`/`_brpop_read`) and QoS
+bookkeeping, `dispatchq.broker.poison` hooks Celery's consumer, `dispatchq.broker.app` builds
+Celery's result
 meta by hand and the dispatch task turns Celery's own store off per request. None of that is
 public API: a new kombu or Celery in the lock (`scripts/lock --upgrade`) may change it
 without notice. Each test here fails with a message naming the override to review, so an
@@ -26,10 +27,10 @@ from celery.worker.consumer import Consumer
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
-from config.celery import GuardedRedisBackend
-from dispatch import keys
-from worker.fetch import InflightQoS, ReliableChannel, ReliableTransport
-from worker.poison import PoisonAwareConsumer, PoisonTransport
+from dispatchq.broker.app import GuardedRedisBackend
+from dispatchq.broker.fetch import InflightQoS, ReliableChannel, ReliableTransport
+from dispatchq.broker.poison import PoisonAwareConsumer, PoisonTransport
+from dispatchq.store import keys
 
 OVERRIDES: list[tuple[type, type]] = [
     (ReliableChannel, kombu_redis.Channel),
@@ -95,7 +96,7 @@ def _touched(function: Callable[..., Any]) -> set[str]:
     return set(re.findall(r"self\.([A-Za-z_]\w*)", inspect.getsource(function)))
 
 
-# What kombu 5.x's own methods touch, as reviewed against worker.fetch: ours does the same
+# What kombu 5.x's own methods touch, as reviewed against dispatchq.broker.fetch: ours does the same
 # work by other means (BLMOVE into an in-flight list; no priority steps, no key prefix).
 # A new attribute here means kombu's fetch does something ours does not.
 KOMBU_TOUCHES = {
@@ -115,7 +116,7 @@ KOMBU_TOUCHES = {
 def test_kombu_fetch_does_nothing_the_override_does_not(name: str) -> None:
     now = _touched(getattr(kombu_redis.Channel, name))
     assert now == KOMBU_TOUCHES[name], (
-        f"review the override worker.fetch.ReliableChannel.{name}: kombu's "
+        f"review the override dispatchq.broker.fetch.ReliableChannel.{name}: kombu's "
         f"Channel.{name} now touches {sorted(now - KOMBU_TOUCHES[name])} and no longer "
         f"{sorted(KOMBU_TOUCHES[name] - now)}"
     )
@@ -127,19 +128,22 @@ def test_kombu_state_the_override_keeps_still_exists() -> None:
     for name in ("_in_poll", "_brpop_sent_at", "_flush_brpop_reauth", "_queue_cycle"):
         source = inspect.getsource(kombu_redis)
         assert f"self.{name}" in source or f"channel.{name}" in source, (
-            f"review worker.fetch.ReliableChannel: kombu's redis transport no longer uses {name}"
+            "review dispatchq.broker.fetch.ReliableChannel: kombu's redis transport no longer "
+            f"uses {name}"
         )
 
 
 def test_kombu_poller_fetches_through_the_overridden_methods() -> None:
     register = inspect.getsource(kombu_redis.MultiChannelPoller._register_BRPOP)  # type: ignore[attr-defined]
     assert "channel._brpop_start()" in register, (
-        "review worker.fetch.ReliableChannel._brpop_start: kombu's poller no longer starts a "
+        "review dispatchq.broker.fetch.ReliableChannel._brpop_start: kombu's poller no longer "
+        "starts a "
         "fetch with channel._brpop_start()"
     )
     init = inspect.getsource(kombu_redis.Channel.__init__)
     assert "'BRPOP': self._brpop_read" in init, (
-        "review worker.fetch.ReliableChannel._brpop_read: kombu's channel no longer reads a "
+        "review dispatchq.broker.fetch.ReliableChannel._brpop_read: kombu's channel no longer "
+        "reads a "
         "fetch's reply with its 'BRPOP' handler _brpop_read"
     )
 
@@ -147,7 +151,7 @@ def test_kombu_poller_fetches_through_the_overridden_methods() -> None:
 def test_kombu_rejects_an_unwanted_message_through_the_transport() -> None:
     deliver = inspect.getsource(virtual.Transport._deliver)
     assert "self._reject_inbound_message(" in deliver, (
-        "review worker.fetch.ReliableTransport._reject_inbound_message: kombu's "
+        "review dispatchq.broker.fetch.ReliableTransport._reject_inbound_message: kombu's "
         "Transport._deliver no longer calls it for a message no consumer wants"
     )
 
@@ -160,7 +164,7 @@ def _memory_app() -> Celery:
 
 def test_celery_skips_its_store_when_the_task_sets_ignore_result() -> None:
     """The dispatch task stores its outcome itself and sets `request.ignore_result` before
-    returning (worker.tasks.dispatch); Celery must then not store the return value."""
+    returning (dispatchq.worker.tasks.dispatch); Celery must then not store the return value."""
     app = _memory_app()
 
     @app.task(bind=True, name="contract.self_stored")
@@ -178,7 +182,8 @@ def test_celery_skips_its_store_when_the_task_sets_ignore_result() -> None:
         tracer(task_id, [], {}, {"id": task_id, "delivery_info": {}})
         state = app.AsyncResult(task_id).state
         assert state == expected, (
-            "review worker.tasks.dispatch (request.ignore_result): a task that set it was "
+            "review dispatchq.worker.tasks.dispatch (request.ignore_result): a task that set it "
+            "was "
             f"stored as {state}"
             if task is self_stored
             else f"Celery did not store: {state}"
@@ -197,11 +202,11 @@ def test_celery_result_meta_is_what_the_backend_builds_by_hand() -> None:
     stored = backend.success_result("r-1", {"exit_code": 0})
     ours = json.loads(stored.value)
     assert ours == {**celerys, "children": [], "date_done": ANY, "task_id": "r-1"}, (
-        "review config.celery.GuardedRedisBackend.success_result: Celery's result meta is "
+        "review dispatchq.broker.app.GuardedRedisBackend.success_result: Celery's result meta is "
         f"now {sorted(celerys)}"
     )
     assert stored.key == keys.celery_result("r-1"), (
-        "review dispatch.keys.celery_result: Celery's result key changed to "
+        "review dispatchq.store.keys.celery_result: Celery's result key changed to "
         f"{backend.get_key_for_task('r-1')!r}"
     )
 
@@ -211,5 +216,5 @@ def test_kombu_publishes_through_put() -> None:
     publish must still end in the channel's `_put(queue, message, ...)`."""
     publish = inspect.getsource(virtual.Channel.basic_publish)
     assert "self._put(" in publish, (
-        "review worker.fetch.ReliableChannel._put: kombu no longer publishes through _put"
+        "review dispatchq.broker.fetch.ReliableChannel._put: kombu no longer publishes through _put"
     )

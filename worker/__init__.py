@@ -1,5 +1,7 @@
-"""Celery app and thin tasks that call `dispatch`: `celery -A worker worker`."""
+"""The worker: Celery tasks that run requests (`tasks`), their retry policy (`policy`), the
+parts a worker process holds (`runtime`), its metrics and health. `celery -A
+dispatchq.worker worker` runs it (as `dispatchq worker` does)."""
 
-from worker.app import app
+from dispatchq.worker.app import app
 
 __all__ = ["app"]

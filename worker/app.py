@@ -1,6 +1,7 @@
-"""The Celery app: `celery -A worker worker` (or `dispatchq worker`) runs it.
+"""The Celery app: `celery -A dispatchq.worker worker` (or `dispatchq worker`) runs it.
 
-The tasks module (`worker.tasks`) and with it the process runtime (`worker.runtime`, which
+The tasks module (`dispatchq.worker.tasks`) and with it the process runtime
+(`dispatchq.worker.runtime`, which
 closes itself at process shutdown) load from here by name only: this module imports
 neither, so nothing it imports imports it back but them."""
 
@@ -13,13 +14,13 @@ import redis
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
-from config.celery import make_app
-from config.logging import configure_logging
-from config.settings import load_settings
-from dispatch.liveness import Heartbeat
-from worker.health import warn_about_redis
-from worker.metrics import WorkerMetrics
-from worker.redelivery import RedeliverySweeper
+from dispatchq.broker.app import make_app
+from dispatchq.broker.redelivery import RedeliverySweeper
+from dispatchq.config.logging import configure_logging
+from dispatchq.config.settings import load_settings
+from dispatchq.store.liveness import Heartbeat
+from dispatchq.worker.health import warn_about_redis
+from dispatchq.worker.metrics import WorkerMetrics
 
 settings = load_settings()
 configure_logging(settings.log_format, settings.log_level)
@@ -30,10 +31,10 @@ logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
 # job and evaluation IDs.
 logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
 app: Celery = make_app(settings)
-app.conf.include = ["worker.tasks"]
+app.conf.include = ["dispatchq.worker.tasks"]
 # Poison messages go to the dead-letter list instead of stopping or bypassing the worker.
-app.conf.broker_transport = "worker.poison:PoisonTransport"
-app.conf.worker_consumer = "worker.poison:PoisonAwareConsumer"
+app.conf.broker_transport = "dispatchq.broker.poison:PoisonTransport"
+app.conf.worker_consumer = "dispatchq.broker.poison:PoisonAwareConsumer"
 
 _background: list[Heartbeat | RedeliverySweeper | WorkerMetrics] = []
 # Prometheus metrics (DISPATCHQ_METRICS_PORT, 0 = off): counted from task signals from now

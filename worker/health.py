@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 import structlog
 
-from config.settings import Settings
+from dispatchq.config.settings import Settings
 
 log = structlog.get_logger(__name__)
 

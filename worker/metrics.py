@@ -8,14 +8,14 @@
 - `dispatchq_retries_total{kind}` (counter): task retries, by the kind of error retried.
 - `dispatchq_in_flight` (gauge): requests this process is working on now.
 - `dispatchq_queue_depth{queue}` (gauge): requests waiting in the queue, every lane
-  together (read at scrape, `dispatch.lanes.backlog`).
+  together (read at scrape, `dispatchq.store.lanes.backlog`).
 - `dispatchq_lane_depth{queue,lane,tenant,batch}` (gauge): requests waiting per lane:
   `lane="interactive"` (requests in no batch), and `lane="batch"` per batch with a
   backlog, with its tenant (`-` for none); a drained batch's series goes away.
 - `dispatchq_tenant_depth{queue,tenant}` (gauge): requests waiting per tenant's batches.
 - `dispatchq_dead_letters` (gauge): entries in the dead-letter list (LLEN at scrape).
 - `dispatchq_dispatch_rate` (gauge): the dispatches/s every worker may make now, the
-  backpressure rate (`dispatch.backpressure`): `dispatch_rate` unless Nomad pushed back.
+  backpressure rate (`dispatchq.core.backpressure`): `dispatch_rate` unless Nomad pushed back.
 
 plus the `process_*` metrics of prometheus_client (CPU, memory, open files).
 
@@ -48,10 +48,10 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from config.celery import TASK_DISPATCH
-from config.settings import Settings
-from dispatch import keys, lanes
-from dispatch.backpressure import shared_rate
+from dispatchq.broker.app import TASK_DISPATCH
+from dispatchq.config.settings import Settings
+from dispatchq.core.backpressure import shared_rate
+from dispatchq.store import keys, lanes
 
 log = structlog.get_logger(__name__)
 

@@ -11,7 +11,7 @@ giving up would store an error outcome for a request that merely waited out an o
 the write-ahead record makes every retry safe. While Redis is down even the retry cannot
 be published; the message is then rejected for redelivery (or, if even that fails, stays
 in the worker's in-flight list and comes back when the worker's channel closes or its
-lease lapses: `worker.fetch`).
+lease lapses: `dispatchq.broker.fetch`).
 
 A request held at the backpressure gate for too long (`Throttled`) is requeued at once, and
 that retry is free: the message's `THROTTLED_HEADER` counts them, and they are taken off
@@ -30,9 +30,9 @@ from celery import Task
 from celery.exceptions import Reject, Retry
 from kombu.exceptions import OperationalError
 
-from dispatch.errors import DispatchqError, Throttled
-from dispatch.retry import RetryPolicy
-from worker.runtime import runtime
+from dispatchq.core.retry import RetryPolicy
+from dispatchq.errors import DispatchqError, Throttled
+from dispatchq.worker.runtime import runtime
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)

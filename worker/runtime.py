@@ -14,19 +14,19 @@ import redis
 import structlog
 from celery.signals import worker_process_shutdown
 
-from config.celery import GuardedRedisBackend
-from config.logging import register_secrets, url_secrets
-from config.settings import Settings, load_settings, worker_redis
-from dispatch.backpressure import DispatchGate, GatePolicy, unfinished_children
-from dispatch.completion import open_stream
-from dispatch.eventfeed import EvaluationFeed
-from dispatch.nomad import NomadClient
-from dispatch.nomad_config import NomadConfig
-from dispatch.payload import PayloadPolicy, PayloadResolver
-from dispatch.records import RecordStore
-from dispatch.retry import RetryPolicy
-from dispatch.service import DispatchService
-from worker.app import app
+from dispatchq.broker.app import GuardedRedisBackend
+from dispatchq.config.logging import register_secrets, url_secrets
+from dispatchq.config.settings import Settings, load_settings, worker_redis
+from dispatchq.core.backpressure import DispatchGate, GatePolicy, unfinished_children
+from dispatchq.core.evalfeed import EvaluationFeed
+from dispatchq.core.retry import RetryPolicy
+from dispatchq.core.service import DispatchService
+from dispatchq.nomad.client import NomadClient
+from dispatchq.nomad.config import NomadConfig
+from dispatchq.payload.resolve import PayloadPolicy, PayloadResolver
+from dispatchq.store.completion import open_stream
+from dispatchq.store.records import RecordStore
+from dispatchq.worker.app import app
 
 # Fast in-place retries for blips; longer outages go to the task's retry policy, which
 # frees the worker slot while it waits.

@@ -1,9 +1,10 @@
 """The dispatch task: validate the message, run the request, store the outcome.
 
-Thin on purpose: the work is `dispatch.service`, the retries are `worker.policy`. The
+Thin on purpose: the work is `dispatchq.core.service`, the retries are `dispatchq.worker.policy`.
+The
 outcome is stored in the format and place of Celery's Redis result backend (under the
 request ID), by the service, in the same step as the request is marked done
-(`worker.runtime` hands it the backend's encoding): one round trip where Celery's own
+(`dispatchq.worker.runtime` hands it the backend's encoding): one round trip where Celery's own
 store would be a second. So the task then tells Celery not to store its return value
 (`ignore_result` on this request, read by Celery once the task returns); retries and
 failures Celery stores as ever, and so does it the outcome of a message that is not a
@@ -17,15 +18,15 @@ from typing import Any
 import redis
 import structlog
 
-from config.celery import TASK_DISPATCH
-from dispatch.errors import DispatchqError, RequestRefused
-from dispatch.outcome import Outcome
-from dispatch.request import DispatchRequest, InvalidMessage, request_digest
-from dispatch.service import HANDED_OFF, fail_message, failed_outcome
-from worker.app import app
-from worker.deadletter import dead_letter
-from worker.policy import PolicyTask
-from worker.runtime import runtime
+from dispatchq.broker.app import TASK_DISPATCH
+from dispatchq.broker.deadletter import dead_letter
+from dispatchq.core.outcome import Outcome
+from dispatchq.core.request import DispatchRequest, InvalidMessage, request_digest
+from dispatchq.core.service import HANDED_OFF, fail_message, failed_outcome
+from dispatchq.errors import DispatchqError, RequestRefused
+from dispatchq.worker.app import app
+from dispatchq.worker.policy import PolicyTask
+from dispatchq.worker.runtime import runtime
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +72,7 @@ def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
     def stored(outcome: Outcome) -> dict[str, Any]:
         self.request.ignore_result = True  # the service stored it (see the docstring)
-        # What Celery reprs on every success (slowly), and `worker.metrics` counts.
+        # What Celery reprs on every success (slowly), and `dispatchq.worker.metrics` counts.
         form = outcome.to_stored()
         summary = {key: form[key] for key in SUMMARY if key in form}
         if request.follows_child and outcome.status in HANDED_OFF:

@@ -6,7 +6,7 @@ import json
 import structlog
 from structlog.testing import capture_logs
 
-from config.logging import configure_logging, redact_secrets, register_secrets, scrub
+from dispatchq.config.logging import configure_logging, redact_secrets, register_secrets, scrub
 
 
 def test_registered_secrets_are_masked_everywhere() -> None:

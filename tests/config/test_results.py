@@ -1,4 +1,4 @@
-"""The workers' result backend (`config.celery.GuardedRedisBackend`) against a real Redis:
+"""The workers' result backend (`dispatchq.broker.app.GuardedRedisBackend`) against a real Redis:
 Celery's guard kept (a stored SUCCESS is never replaced), in one round trip."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from unittest.mock import ANY
 import redis
 from celery import states
 
-from config.celery import GuardedRedisBackend, make_app
-from config.settings import Settings
-from devstack.redis_server import RedisServer
-from dispatch import keys
-from dispatch.records import RecordStore
+from dispatchq.broker.app import GuardedRedisBackend, make_app
+from dispatchq.config.settings import Settings
+from dispatchq.devstack.redis_server import RedisServer
+from dispatchq.store import keys
+from dispatchq.store.records import RecordStore
 
 
 def _backend(redis_server: RedisServer) -> GuardedRedisBackend:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from config.celery import celery_config
-from config.settings import Settings, load_settings, mask_url
+from dispatchq.broker.app import celery_config
+from dispatchq.config.settings import Settings, load_settings, mask_url
 
 
 def test_env_vars_and_comma_lists(monkeypatch: pytest.MonkeyPatch) -> None:

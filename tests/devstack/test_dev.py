@@ -15,14 +15,14 @@ from typing import IO
 import pytest
 import redis
 
-from config.settings import Settings
-from devstack.stack import DEMO_JOB
-from dispatch.liveness import live_workers
-from producer.api import Producer
+from dispatchq.config.settings import Settings
+from dispatchq.devstack.stack import DEMO_JOB
+from dispatchq.producer.api import Producer
+from dispatchq.store.liveness import live_workers
 
 pytestmark = pytest.mark.integration
 
-CLI = [sys.executable, "-m", "producer.cli"]
+CLI = [sys.executable, "-m", "dispatchq.cli"]
 TIMEOUT = 60
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import redis
 
-from devstack.redis_server import RedisServer
+from dispatchq.devstack.redis_server import RedisServer
 
 
 def test_session_server_answers(redis_client: redis.Redis) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from devstack.nomadsim_process import NomadSimProcess
-from devstack.redis_server import RedisServer
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.redis_server import RedisServer
 from tests.support.faults import FIGURES, WORKER_ENV, FaultStack
 from tests.support.nomad_jobs import clear_faults, parameterized_job, register, set_scheduler
 

@@ -13,11 +13,11 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from config.settings import Settings
-from dispatch import dlq, keys
-from dispatch.request import DispatchRequest, InvalidMessage
-from producer.api import Producer
-from producer.enqueue import InvalidRequest
+from dispatchq.config.settings import Settings
+from dispatchq.core.request import DispatchRequest, InvalidMessage
+from dispatchq.producer.api import Producer
+from dispatchq.producer.enqueue import InvalidRequest
+from dispatchq.store import dlq, keys
 from tests.support.faults import FaultStack, drained, wait_until
 from tests.support.stack import QUEUE
 

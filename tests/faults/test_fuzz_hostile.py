@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dispatch import dlq, keys
+from dispatchq.store import dlq, keys
 from tests.faults.test_fuzz import json_values
 from tests.support.faults import FaultStack, drained, wait_until
 from tests.support.hostile import Trickle

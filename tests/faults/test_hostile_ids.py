@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dispatch import dlq, keys
+from dispatchq.store import dlq, keys
 from tests.support.faults import FaultStack, raw_message, wait_until
 from tests.support.stack import QUEUE
 

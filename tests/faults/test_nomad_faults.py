@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from producer.cli import main
+from dispatchq.cli.main import main
 from tests.support.faults import REDELIVERY, Accounting, FaultStack, token
 from tests.support.nomad_jobs import add_fault, clear_faults
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import redis
 
-from devstack.redis_server import RedisServer
-from devstack.worker_process import WorkerProcess
-from dispatch import dlq, keys
-from producer.cli import main
+from dispatchq.cli.main import main
+from dispatchq.devstack.redis_server import RedisServer
+from dispatchq.devstack.worker_process import WorkerProcess
+from dispatchq.store import dlq, keys
 from tests.support.faults import FaultStack, keys_without_ttl, raw_message, wait_until
 from tests.support.stack import QUEUE
 

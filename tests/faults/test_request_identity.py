@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch import dlq, keys
-from producer.api import Producer
-from producer.batch import request_id_for
-from producer.enqueue import InvalidRequest
+from dispatchq.producer.api import Producer
+from dispatchq.producer.batch import request_id_for
+from dispatchq.producer.enqueue import InvalidRequest
+from dispatchq.store import dlq, keys
 from tests.support.nomad_jobs import sim_dispatches
 from tests.support.stack import QUEUE, Stack
 

@@ -17,16 +17,16 @@ import redis
 import requests
 import structlog
 
-from config.settings import Settings
-from devstack.nomadsim_process import NomadSimProcess
-from devstack.redis_server import RedisServer
-from devstack.tls import TlsRedisServer, make_pki
-from devstack.worker_process import WorkerProcess
-from dispatch import dlq, keys
-from dispatch.errors import NomadError
-from dispatch.nomad import NomadClient, NomadConfig
-from dispatch.request import DispatchRequest
-from producer.api import Producer
+from dispatchq.config.settings import Settings
+from dispatchq.core.request import DispatchRequest
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.redis_server import RedisServer
+from dispatchq.devstack.tls import TlsRedisServer, make_pki
+from dispatchq.devstack.worker_process import WorkerProcess
+from dispatchq.errors import NomadError
+from dispatchq.nomad.client import NomadClient, NomadConfig
+from dispatchq.producer.api import Producer
+from dispatchq.store import dlq, keys
 from tests.support.faults import Accounting, FaultStack, raw_message, wait_until
 from tests.support.nomad_jobs import add_fault, parameterized_job, register
 from tests.support.stack import QUEUE
@@ -94,7 +94,7 @@ def test_secrets_never_reach_a_log_call_or_an_exception(
 ) -> None:
     """`structlog.testing.capture_logs` sees every event before redaction: a run with the
     token and password passes neither to a log call, nor into an error's text."""
-    from worker.runtime import build_runtime
+    from dispatchq.worker.runtime import build_runtime
 
     saved = structlog.get_config()
     sim, token = acl_sim
@@ -271,7 +271,7 @@ def test_redis_auth_and_tls(fault_stack: FaultStack, tmp_path: Path) -> None:
 
 
 def test_rediss_urls_verify_the_server_unless_told_otherwise() -> None:
-    from config.celery import celery_config, redis_ssl_options
+    from dispatchq.broker.app import celery_config, redis_ssl_options
 
     assert redis_ssl_options("redis://:pw@h:6379/0") is None
     assert redis_ssl_options("rediss://h:6380/0") == {"ssl_cert_reqs": ssl.CERT_REQUIRED}

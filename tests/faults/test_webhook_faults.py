@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from devstack.notifier_process import NotifierProcess
-from devstack.worker_process import WorkerProcess
-from producer.enqueue import NewRequest
-from tests.producer.test_notifier import SECRET, Receiver
+from dispatchq.devstack.notifier_process import NotifierProcess
+from dispatchq.devstack.worker_process import WorkerProcess
+from dispatchq.producer.enqueue import NewRequest
+from tests.notifier.test_notifier_e2e import SECRET, Receiver
 from tests.support.faults import FaultStack, set_latency, states, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

@@ -7,10 +7,10 @@ import time
 import pytest
 import redis
 
-from devstack.worker_process import WorkerProcess
-from dispatch import keys, lanes
-from producer.batch import request_id_for
-from producer.enqueue import NewRequest
+from dispatchq.devstack.worker_process import WorkerProcess
+from dispatchq.producer.batch import request_id_for
+from dispatchq.producer.enqueue import NewRequest
+from dispatchq.store import keys, lanes
 from tests.support.faults import (
     REDELIVERY,
     Accounting,

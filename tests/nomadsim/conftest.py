@@ -14,7 +14,7 @@ import requests
 import yaml
 from openapi_schema_validator import OAS30Validator
 
-from devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
 
 # A copy of Nomad's OpenAPI description (MPL-2.0, licence beside it), kept in the repository.
 SPEC_PATH = Path(__file__).resolve().parent / "fixtures" / "nomad-openapi.yaml"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
 from tests.nomadsim.conftest import Api, parameterized, unique
 
 POLICIES = {

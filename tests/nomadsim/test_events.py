@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
 from tests.nomadsim.conftest import Api, parameterized, unique
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
 from tests.nomadsim.conftest import Api, parameterized, unique
 
 FLAGS = ["--fault", "rate_limit:jobs::1", "--fault",

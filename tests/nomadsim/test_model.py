@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
-from nomadsim.events import Event
-from nomadsim.jsonshape import dumps
-from nomadsim.model import Alloc, evolve
+from dispatchq.nomadsim.events import Event
+from dispatchq.nomadsim.jsonshape import dumps
+from dispatchq.nomadsim.model import Alloc, evolve
 
 NOW = 1_700_000_000_123_456_789
 

@@ -10,7 +10,7 @@ import nomad
 import pytest
 import requests
 
-from devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
 from tests.nomadsim.conftest import parameterized, unique
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
 from tests.nomadsim.conftest import Api, unique
 from tests.nomadsim.test_events import Stream
 from tests.nomadsim.test_tasks import FAST, MS, child_path, final_alloc, mock_job, types

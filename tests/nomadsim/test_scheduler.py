@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pytest
 
-from devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
 from tests.nomadsim.conftest import Api, batch_job, parameterized, unique
 
 # Two nodes of 1000 MHz / 1000 MB each.

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
 from tests.nomadsim.conftest import Api, parameterized, unique
 
 FAST = ["--time-scale", "0.001", "--start-time", "5ms", "--run-time", "20ms"]

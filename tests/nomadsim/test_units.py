@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from nomadsim.__main__ import build_parser, config_from_args
-from nomadsim.acl import AclStore, PolicyError, Token, parse_rules
-from nomadsim.dispatch import DISPATCH_REQUEST
-from nomadsim.faults import FaultRule, Faults
-from nomadsim.filterexpr import FilterError, compile_filter
-from nomadsim.godecode import STRING_MAP, decode_body, decode_body_go, go_b64decode, struct
-from nomadsim.goscan import DecodeError
-from nomadsim.jsonshape import (
+from dispatchq.nomadsim.__main__ import build_parser, config_from_args
+from dispatchq.nomadsim.acl import AclStore, PolicyError, Token, parse_rules
+from dispatchq.nomadsim.dispatch import DISPATCH_REQUEST
+from dispatchq.nomadsim.faults import FaultRule, Faults
+from dispatchq.nomadsim.filterexpr import FilterError, compile_filter
+from dispatchq.nomadsim.godecode import (
+    STRING_MAP,
+    decode_body,
+    decode_body_go,
+    go_b64decode,
+    struct,
+)
+from dispatchq.nomadsim.goscan import DecodeError
+from dispatchq.nomadsim.jsonshape import (
     go_list,
     go_quote,
     multierror,

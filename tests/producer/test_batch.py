@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import Settings
-from devstack.worker_process import WorkerProcess
-from dispatch.batches import CANCELLED
-from producer.api import Producer
-from producer.batch import preflight, request_id_for
-from producer.batch_input import BatchInputError, BatchItem, read_csv, read_jsonl
+from dispatchq.config.settings import Settings
+from dispatchq.devstack.worker_process import WorkerProcess
+from dispatchq.producer.api import Producer
+from dispatchq.producer.batch import preflight, request_id_for
+from dispatchq.producer.batch_input import BatchInputError, BatchItem, read_csv, read_jsonl
+from dispatchq.store.batches import CANCELLED
 from tests.support.nomad_jobs import sim_dispatches
 from tests.support.stack import Stack
 
@@ -165,7 +165,7 @@ def test_cli_batch_wait_prints_summary_and_exit_code(running: Stack, tmp_path: P
         [
             sys.executable,
             "-m",
-            "producer.cli",
+            "dispatchq.cli.main",
             "batch",
             "encode",
             str(source),
@@ -182,7 +182,7 @@ def test_cli_batch_wait_prints_summary_and_exit_code(running: Stack, tmp_path: P
     assert proc.returncode == 0, proc.stderr
     assert "batch b-cli (encode, finished)" in proc.stdout
     status = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "batch", "status", "b-cli", "-json"],
+        [sys.executable, "-m", "dispatchq.cli", "batch", "status", "b-cli", "-json"],
         env=env,
         capture_output=True,
         text=True,

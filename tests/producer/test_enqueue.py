@@ -6,10 +6,10 @@ import json
 import pytest
 import redis
 
-from dispatch import keys
-from dispatch.payload import blob_digest
-from dispatch.request import request_digest
-from producer.enqueue import NEW, SKIPPED, Enqueuer, InvalidRequest, NewRequest
+from dispatchq.core.request import request_digest
+from dispatchq.payload.resolve import blob_digest
+from dispatchq.producer.enqueue import NEW, SKIPPED, Enqueuer, InvalidRequest, NewRequest
+from dispatchq.store import keys
 
 
 @pytest.fixture

@@ -10,15 +10,15 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from config.settings import Settings
-from devstack.redis_server import RedisServer
-from dispatch import keys
-from dispatch.errors import InvalidRequest
-from producer.api import Producer
-from producer.batch import request_id_for
-from producer.batch_input import BatchInputError, BatchItem
-from producer.enqueue import CHUNK
-from producer.retry import BatchRetrier
+from dispatchq.config.settings import Settings
+from dispatchq.devstack.redis_server import RedisServer
+from dispatchq.errors import InvalidRequest
+from dispatchq.producer.api import Producer
+from dispatchq.producer.batch import request_id_for
+from dispatchq.producer.batch_input import BatchInputError, BatchItem
+from dispatchq.producer.enqueue import CHUNK
+from dispatchq.store import keys
+from dispatchq.store.retries import BatchRetrier
 
 QUEUE = "hostile-batches"
 

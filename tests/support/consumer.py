@@ -1,4 +1,4 @@
-"""A kombu consumer on a real Redis through dispatchq's transport (`worker.fetch`)."""
+"""A kombu consumer on a real Redis through dispatchq's transport (`dispatchq.broker.fetch`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Fakes of the service's parts (`dispatch.service`'s Nomad, Payloads and Records): a
+"""Fakes of the service's parts (`dispatchq.core.service`'s Nomad, Payloads and Records): a
 scripted Nomad client, in-memory payloads and an in-memory record store that keeps to the
-record's state machine (`dispatch.records.TRANSITIONS`). The core's tests run on these in
+record's state machine (`dispatchq.store.records.TRANSITIONS`). The core's tests run on these in
 milliseconds; the Lua scripts themselves are tested against a real redis-server."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatch.errors import NomadError, PayloadError
-from dispatch.nomad import DispatchResponse
-from dispatch.nomad_config import NomadConfig
-from dispatch.records import TRANSITIONS, Begun, RequestRecord, RequestState, StoredResult
-from dispatch.request import DispatchRequest
+from dispatchq.core.request import DispatchRequest
+from dispatchq.errors import NomadError, PayloadError
+from dispatchq.nomad.client import DispatchResponse
+from dispatchq.nomad.config import NomadConfig
+from dispatchq.store.records import TRANSITIONS, Begun, RequestRecord, RequestState, StoredResult
 
 EVAL = "31199841-1111-2222-3333-444444444444"
 CHILD = "video-encode/dispatch-1485379325-cb38d00d"

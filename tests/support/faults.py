@@ -18,14 +18,14 @@ from typing import Any
 import redis
 import requests
 
-from devstack.worker_process import WorkerProcess
-from dispatch import keys, lanes
-from producer.api import Producer, RequestStatus
+from dispatchq.broker.fetch import RENEW_EVERY
+from dispatchq.devstack.worker_process import WorkerProcess
+from dispatchq.producer.api import Producer, RequestStatus
+from dispatchq.store import keys, lanes
 from tests.support.nomad_jobs import (
     sim_dispatches,
 )
 from tests.support.stack import QUEUE, Stack
-from worker.fetch import RENEW_EVERY
 
 WORKER_ENV = {
     # A small time limit and short retries: no scenario waits long for a stuck request.
@@ -38,7 +38,7 @@ WORKER_ENV = {
 }
 REDELIVERY = keys.LEASE_TTL + RENEW_EVERY
 """Seconds after which a dead worker's messages are given to another, at most (its lease
-lapses, then a live consumer's next sweep finds it gone: `worker.fetch`)."""
+lapses, then a live consumer's next sweep finds it gone: `dispatchq.broker.fetch`)."""
 
 
 @dataclass
@@ -173,7 +173,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 def drained(client: redis.Redis, queue: str = QUEUE) -> bool:
     """Nothing waiting (in the queue or a batch's lane) or in flight (unacknowledged:
-    `worker.fetch`): every message taken."""
+    `dispatchq.broker.fetch`): every message taken."""
     members = [m.decode() for m in client.smembers(keys.INFLIGHT)]  # type: ignore[union-attr]
     inflight = [keys.inflight(*m.split(":", 1)) for m in members]
     pipe = client.pipeline(transaction=False)

@@ -88,7 +88,8 @@ def mock_encode_job(job_id: str, **group: Any) -> dict[str, Any]:
     `exit_code`, `run_for` (scaled by nomadsim's --time-scale) and `start_error`; Nomad's
     batch restart and reschedule defaults (3 restarts, 1 reschedule). The nomadsim-only
     `nomadsim_fail_attempts` (and `nomadsim_fail_exit_code`) make the first allocations of
-    a reschedule chain fail (nomadsim/README.md): a failure, then a successful reschedule."""
+    a reschedule chain fail (dispatchq/nomadsim/README.md): a failure, then a successful
+    reschedule."""
     job = parameterized_job(
         job_id,
         meta_optional=["exit_code", "run_for", "start_error", *SIM_FAIL],

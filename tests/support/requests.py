@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dispatch.request import DispatchRequest
+from dispatchq.core.request import DispatchRequest
 
 
 def request(job_id: str, request_id: str = "r-test", **fields: Any) -> DispatchRequest:

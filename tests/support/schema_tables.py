@@ -1,4 +1,4 @@
-"""The README's tables of the outcome format, made from `dispatch/outcome.schema.json`."""
+"""The README's tables of the outcome format, made from `dispatchq/core/outcome.schema.json`."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def schema_tables(schema: dict[str, Any]) -> dict[str, str]:
 
 
 def completion_tables(schema: dict[str, Any]) -> dict[str, str]:
-    """Markdown tables of `dispatch/completion.schema.json`: one per event type."""
+    """Markdown tables of `dispatchq/store/completion.schema.json`: one per event type."""
     tables = {}
     for name in ("request_finished", "batch_finished"):
         event = schema["$defs"][name]

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import redis
 
-from config.settings import Settings
-from devstack.nomadsim_process import NomadSimProcess
-from devstack.redis_server import RedisServer
-from devstack.worker_process import WorkerProcess
-from dispatch.liveness import live_workers
-from producer.api import Producer
+from dispatchq.config.settings import Settings
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.redis_server import RedisServer
+from dispatchq.devstack.worker_process import WorkerProcess
+from dispatchq.producer.api import Producer
+from dispatchq.store.liveness import live_workers
 from tests.support.nomad_jobs import clear_faults, parameterized_job, register
 
 QUEUE = "dispatchq-test"

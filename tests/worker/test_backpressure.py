@@ -11,11 +11,11 @@ import pytest
 import redis
 import requests
 
-from devstack.nomadsim_process import NomadSimProcess
-from devstack.worker_process import WorkerProcess
-from dispatch import keys
-from dispatch.batches import BatchStatus
-from producer.api import Producer
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.worker_process import WorkerProcess
+from dispatchq.producer.api import Producer
+from dispatchq.store import keys
+from dispatchq.store.batches import BatchStatus
 from tests.support.nomad_jobs import add_fault, parameterized_job, register
 from tests.support.stack import Stack
 
@@ -81,7 +81,7 @@ class UnfinishedSampler:
 def test_the_cap_bounds_unfinished_children(clean: Stack, producer: Producer) -> None:
     """Eight 1.5 s children under a cap of 2: never more than 3 unfinished at once (the cap,
     plus at most one dispatch in flight while the summary is re-read: see
-    dispatch.backpressure), and every request still ends scheduled, none requeued to
+    dispatchq.core.backpressure), and every request still ends scheduled, none requeued to
     failure. Without the cap all eight run together."""
     items: list[dict[str, object]] = [{} for _ in range(8)]
     with (

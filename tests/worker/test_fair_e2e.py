@@ -11,9 +11,9 @@ import time
 import pytest
 import redis
 
-from dispatch import keys, lanes
-from producer.api import Producer
-from producer.batch import request_id_for
+from dispatchq.producer.api import Producer
+from dispatchq.producer.batch import request_id_for
+from dispatchq.store import keys, lanes
 from tests.support.stack import QUEUE, Stack
 
 pytestmark = pytest.mark.integration

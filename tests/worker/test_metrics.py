@@ -21,16 +21,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 
-from config.celery import TASK_DISPATCH, make_app
-from config.settings import Settings
-from devstack.ports import free_port
-from devstack.worker_process import WorkerProcess
-from dispatch import keys
-from dispatch.errors import NomadError
-from producer.enqueue import Enqueuer, NewRequest
+from dispatchq.broker.app import TASK_DISPATCH, make_app
+from dispatchq.config.settings import Settings
+from dispatchq.devstack.ports import free_port
+from dispatchq.devstack.worker_process import WorkerProcess
+from dispatchq.errors import NomadError
+from dispatchq.producer.enqueue import Enqueuer, NewRequest
+from dispatchq.store import keys
+from dispatchq.worker.metrics import WorkerMetrics
 from tests.support.nomad_jobs import add_fault
 from tests.support.stack import QUEUE, Stack
-from worker.metrics import WorkerMetrics
 
 WAIT = 60
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import redis
 
-from config.settings import Settings
-from devstack.worker_process import WorkerProcess
-from dispatch import dlq, keys
-from dispatch.outcome import COMPLETE, ERROR, PLACEMENT_FAILED
-from producer.api import Producer
-from producer.enqueue import NewRequest
+from dispatchq.config.settings import Settings
+from dispatchq.core.outcome import COMPLETE, ERROR, PLACEMENT_FAILED
+from dispatchq.devstack.worker_process import WorkerProcess
+from dispatchq.producer.api import Producer
+from dispatchq.producer.enqueue import NewRequest
+from dispatchq.store import dlq, keys
 from tests.support.nomad_jobs import add_fault, set_scheduler, sim_dispatches
 from tests.support.stack import QUEUE, Stack
 
@@ -170,7 +170,7 @@ def test_raw_protocol2_message_from_a_foreign_producer(
 def test_a_burst_counts_each_delivery_once(
     running: Stack, producer: Producer, redis_client: redis.Redis
 ) -> None:
-    """A busy queue is fetched by a script that also counts the delivery (`worker.fetch`),
+    """A busy queue is fetched by a script that also counts the delivery (`dispatchq.broker.fetch`),
     an idle one by BLMOVE and the consumer's count: either way, once per delivery."""
     items = [NewRequest("encode", meta={"profile": "hd"}) for _ in range(40)]
     ids = [rid for rid, _ in producer.enqueuer.enqueue(items)]
@@ -185,7 +185,7 @@ def test_an_outcome_is_written_once_with_its_record(
     running: Stack, producer: Producer, redis_client: redis.Redis
 ) -> None:
     """The worker stores the outcome in the script that marks the request done, and Celery
-    does not store it a second time (`worker.tasks`): one command names the result key."""
+    does not store it a second time (`dispatchq.worker.tasks`): one command names the result key."""
     done = threading.Event()
     seen: list[str] = []
     stop = f"stop-{uuid.uuid4().hex}"

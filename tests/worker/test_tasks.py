@@ -1,4 +1,5 @@
-"""The dispatch task and its retry policy (`worker.tasks`, `worker.policy`), run in this
+"""The dispatch task and its retry policy (`dispatchq.worker.tasks`, `dispatchq.worker.policy`),
+run in this
 process (Celery's `apply`) on a runtime of fakes: no worker, no Nomad."""
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ from typing import Any
 import pytest
 import redis
 
-from config.settings import Settings
-from dispatch import dlq
-from dispatch.errors import NotFound, ServerError, Throttled, ValidationError
-from dispatch.service import DispatchService
+from dispatchq.config.settings import Settings
+from dispatchq.core.service import DispatchService
+from dispatchq.errors import NotFound, ServerError, Throttled, ValidationError
+from dispatchq.store import dlq
+from dispatchq.worker import runtime as runtime_module
+from dispatchq.worker.policy import THROTTLED_HEADER, PolicyTask
+from dispatchq.worker.runtime import Runtime, reset_runtime
+from dispatchq.worker.tasks import SUMMARY, dispatch
 from tests.support.fakes import FakeNomad, FakePayloads, FakeRecords, dispatched, stored_result
 from tests.support.requests import message_body
-from worker import runtime as runtime_module
-from worker.policy import THROTTLED_HEADER, PolicyTask
-from worker.runtime import Runtime, reset_runtime
-from worker.tasks import SUMMARY, dispatch
 
 
 class Fixture:

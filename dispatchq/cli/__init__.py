@@ -1,0 +1,1 @@
+"""The `dispatchq` command: `main` builds it, one module per command."""

@@ -1,0 +1,293 @@
+"""Backpressure against Nomad, shared by every worker through Redis.
+
+Before each dispatch a worker passes `DispatchGate.admit`, which waits for two things:
+
+- **A cap on unfinished children per parameterized job** (`max_unfinished_children`, off
+  when 0): the parent's `JobSummary.Children` Pending + Running, as last read, plus the
+  dispatches admitted since that read. One worker at a time re-reads the summary once the
+  reading is older than `SUMMARY_MAX_AGE` (a lock in Redis), so a fleet reads it about once
+  a second per job, however many workers wait. A dispatch admitted while the summary is
+  being read can be counted neither in the read nor in the new count, so the cap can be
+  passed by the dispatches in flight at that moment, never more.
+- **A global rate** (`dispatch_rate`, dispatches/s, with a burst): a GCRA bucket in one
+  Redis hash, on Redis's clock, so workers on several machines share it exactly.
+
+The rate adapts (AIMD): a 429 from Nomad, or an evaluation that found the cluster's
+resources exhausted, halves it (at most once per `CUT_COOLDOWN`, down to 1/100 of the
+ceiling); it then climbs back linearly to the ceiling over `RECOVERY_SECONDS`. A placement
+failure from constraints alone is the job's problem, not the cluster's, and slows nothing.
+
+Within one worker process only one thread (or greenlet) at a time polls Redis for a given
+job's slot or for the rate, the others queue on a local lock: hundreds of waiting requests
+cost one poll per `POLL` seconds, not hundreds. Rate tokens are taken `PREFETCH` seconds'
+worth at a time and spent locally, so at full speed most dispatches make no round trip.
+
+A request that waits longer than `max_wait` raises `Throttled`, which the worker's retry
+policy turns into a requeue that does not count against the request's retries, so a long
+wait never runs into the task time limit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+import structlog
+
+from dispatchq.core.outcome import Outcome
+from dispatchq.errors import NomadError, NotFound
+from dispatchq.errors import Throttled as Throttled
+from dispatchq.store import keys
+
+log = structlog.get_logger(__name__)
+
+SUMMARY_MAX_AGE = 1.0
+"""Seconds a job's children count is trusted before one worker reads the summary again."""
+POLL = 0.25
+"""Seconds between polls of a full job's slot."""
+CUT_COOLDOWN = 1.0
+"""Overload signals closer together than this (a burst of 429s) halve the rate once."""
+RECOVERY_SECONDS = 30.0
+"""Seconds the rate takes to climb back from the floor to the ceiling."""
+FLOOR_SHARE = 0.01
+"""The rate never falls below this share of the ceiling."""
+PREFETCH = 0.05
+"""A process takes this many seconds' worth of tokens per round trip (at least one) and
+spends them locally within that time, so a dispatch rarely costs a round trip of its own."""
+RECHECK_AFTER = 0.05
+"""A request that waited longer than this at the gate re-reads its batch's cancel flag."""
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+# The rate after the last cut, recovered linearly since. ARGV[1] ceiling, ARGV[3] recovery s.
+_CURRENT_RATE = """
+local function current_rate(h_rate, h_cut)
+  if not h_rate then return tonumber(ARGV[1]) end
+  local climbed = (now - tonumber(h_cut)) * tonumber(ARGV[1]) / tonumber(ARGV[3])
+  return math.min(tonumber(ARGV[1]), tonumber(h_rate) + climbed)
+end
+"""
+# KEYS[1] rate hash. ARGV: ceiling, burst, recovery s, ttl, tokens wanted. {n, 0, rate}
+# when n >= 1 tokens (at most those wanted) are granted, else {0, seconds to wait, rate}.
+# Lua numbers would reach the reply truncated: strings.
+_TAKE_LUA = (
+    _NOW
+    + _CURRENT_RATE
+    + """
+local h = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'cut_at')
+local rate = current_rate(h[2], h[3])
+local interval = 1 / rate
+local tat = math.max(tonumber(h[1] or now), now)
+local wait = tat - now - (tonumber(ARGV[2]) - 1) * interval
+if wait > 0 then return {0, tostring(wait), tostring(rate)} end
+local granted = math.min(tonumber(ARGV[5]), math.floor(-wait / interval) + 1)
+redis.call('HSET', KEYS[1], 'tat', tostring(tat + granted * interval))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {granted, '0', tostring(rate)}
+"""
+)
+# KEYS[1] rate hash. ARGV: ceiling, floor, recovery s, cooldown s, ttl. Returns the rate.
+_CUT_LUA = (
+    _NOW
+    + _CURRENT_RATE
+    + """
+local h = redis.call('HMGET', KEYS[1], 'rate', 'cut_at')
+local rate = current_rate(h[1], h[2])
+if h[2] and now - tonumber(h[2]) < tonumber(ARGV[4]) then return tostring(rate) end
+rate = math.max(tonumber(ARGV[2]), rate / 2)
+redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'cut_at', tostring(now))
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return tostring(rate)
+"""
+)
+# KEYS[1] rate hash. ARGV: ceiling, (unused), recovery s. The rate in force now.
+_RATE_LUA = (
+    _NOW
+    + _CURRENT_RATE
+    + """
+local h = redis.call('HMGET', KEYS[1], 'rate', 'cut_at')
+return tostring(current_rate(h[1], h[2]))
+"""
+)
+# KEYS[1] children hash, KEYS[2] refresh lock. ARGV: cap, max age s, lock ms.
+# 0: admitted; 1: full; -1: the caller must read the summary (it holds the lock).
+_SLOT_LUA = (
+    _NOW
+    + """
+local h = redis.call('HMGET', KEYS[1], 'unfinished', 'at', 'since')
+if not h[2] or now - tonumber(h[2]) > tonumber(ARGV[2]) then
+  if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then return -1 end
+  if not h[2] then return 1 end
+end
+if tonumber(h[1]) + tonumber(h[3] or 0) < tonumber(ARGV[1]) then
+  redis.call('HINCRBY', KEYS[1], 'since', 1)
+  return 0
+end
+return 1
+"""
+)
+# KEYS[1] children hash, KEYS[2] refresh lock. ARGV: unfinished children, ttl.
+_REFRESH_LUA = (
+    _NOW
+    + """
+redis.call('HSET', KEYS[1], 'unfinished', ARGV[1], 'at', tostring(now), 'since', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+"""
+)
+
+
+def shared_rate(client: redis.Redis, ceiling: float) -> float:
+    """The dispatch rate in force for every worker now (the ceiling, unless slowed)."""
+    script = client.register_script(_RATE_LUA)
+    return float(script(keys=[keys.RATE], args=[ceiling, 0, RECOVERY_SECONDS]))
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    rate: float
+    """Ceiling of dispatches per second, all workers together."""
+    burst: int = 50
+    max_unfinished_children: int = 0
+    """Per parameterized job; 0: no cap."""
+    max_wait: float = 30.0
+    """Seconds a request waits at the gate before it is requeued instead."""
+
+    @property
+    def floor(self) -> float:
+        return self.rate * FLOOR_SHARE
+
+
+UnfinishedChildren = Callable[[str, str], int]
+"""(job ID, namespace) -> the job's pending + running children, from Nomad."""
+
+
+def unfinished_children(summary: dict[str, object]) -> int:
+    """Pending + Running of a JobSummary's `Children` (0 for a job that has none)."""
+    children = summary.get("Children")
+    if not isinstance(children, dict):
+        return 0
+    return sum(int(children.get(state) or 0) for state in ("Pending", "Running"))
+
+
+def resources_exhausted(outcome: Outcome) -> bool:
+    """Whether placement failed because the cluster ran out (resources, quota), not because
+    of constraints no node meets."""
+    return any(
+        failure.metric.get("NodesExhausted") or failure.metric.get("QuotaExhausted")
+        for failure in outcome.placement_failures.values()
+    )
+
+
+@dataclass
+class DispatchGate:
+    """Admits dispatches under the shared rate and the per-job cap (see the module doc)."""
+
+    client: redis.Redis
+    policy: GatePolicy
+    children: UnfinishedChildren
+    sleep: Callable[[float], None] = time.sleep
+    _rate_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _job_locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict, init=False)
+    _tokens: int = field(default=0, init=False)
+    _tokens_until: float = field(default=0.0, init=False)
+    _rate_seen: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self._rate_seen = self.policy.rate
+        self._take = self.client.register_script(_TAKE_LUA)
+        self._cut = self.client.register_script(_CUT_LUA)
+        self._slot = self.client.register_script(_SLOT_LUA)
+        self._refresh = self.client.register_script(_REFRESH_LUA)
+
+    def admit(self, job_id: str, namespace: str) -> bool:
+        """Wait for this dispatch's turn; whether it waited longer than RECHECK_AFTER.
+        Raises Throttled after `max_wait`, and the summary read's retryable errors."""
+        start = time.monotonic()
+        deadline = start + self.policy.max_wait
+        if self.policy.max_unfinished_children:
+            lock = self._job_locks.setdefault((namespace, job_id), threading.Lock())
+            with _Held(lock, deadline, f"a slot among the children of {job_id!r}"):
+                self._wait_for_slot(job_id, namespace, deadline)
+        with _Held(self._rate_lock, deadline, "the dispatch rate"):
+            self._wait_for_token(deadline)
+        return time.monotonic() - start > RECHECK_AFTER
+
+    def overloaded(self, reason: str) -> float:
+        """Nomad pushed back (a 429, exhausted resources): halve the rate. The new rate."""
+        p = self.policy
+        args = [p.rate, p.floor, RECOVERY_SECONDS, CUT_COOLDOWN, keys.RATE_TTL]
+        rate = float(self._cut(keys=[keys.RATE], args=args))
+        self._tokens = 0  # spend no more at the old rate
+        log.warning("backpressure.slowed", reason=reason, rate=round(rate, 2))
+        return rate
+
+    def _wait_for_token(self, deadline: float) -> None:
+        if self._tokens and time.monotonic() < self._tokens_until:
+            self._tokens -= 1
+            return
+        p = self.policy
+        while True:
+            wanted = max(1, int(self._rate_seen * PREFETCH))
+            args = [p.rate, p.burst, RECOVERY_SECONDS, keys.RATE_TTL, wanted]
+            granted, wait, rate = self._take(keys=[keys.RATE], args=args)
+            self._rate_seen = float(rate)
+            if int(granted):
+                self._tokens = int(granted) - 1
+                self._tokens_until = time.monotonic() + PREFETCH
+                return
+            self._pause(float(wait), deadline, "the dispatch rate")
+
+    def _wait_for_slot(self, job_id: str, namespace: str, deadline: float) -> None:
+        cap = self.policy.max_unfinished_children
+        counted = [keys.children(namespace, job_id), keys.children_refresh(namespace, job_id)]
+        args = [cap, SUMMARY_MAX_AGE, keys.CHILDREN_REFRESH_LOCK]
+        while True:
+            verdict = int(self._slot(keys=counted, args=args))
+            if verdict == 0:
+                return
+            if verdict == -1:
+                self._read_summary(job_id, namespace, counted)
+                continue
+            what = f"{job_id!r} at its cap of {cap} unfinished children"
+            self._pause(POLL, deadline, what)
+
+    def _read_summary(self, job_id: str, namespace: str, counted: list[str]) -> None:
+        try:
+            unfinished = self.children(job_id, namespace)
+        except NomadError as err:
+            self.client.delete(counted[1])
+            if err.retryable:
+                raise
+            # No such job (the dispatch itself will say so), or a token that may dispatch
+            # but not read the job: admitted uncapped rather than held forever.
+            if not isinstance(err, NotFound):
+                log.warning("backpressure.summary_unreadable", job_id=job_id, error=str(err))
+            unfinished = 0
+        self._refresh(keys=counted, args=[unfinished, keys.CHILDREN_TTL])
+
+    def _pause(self, seconds: float, deadline: float, what: str) -> None:
+        if time.monotonic() + seconds > deadline:
+            raise Throttled(f"not admitted within {self.policy.max_wait:g} s ({what}); requeued")
+        self.sleep(seconds)
+
+
+@dataclass
+class _Held:
+    """`with` a local lock, waiting for it no later than the deadline."""
+
+    lock: threading.Lock
+    deadline: float
+    what: str
+
+    def __enter__(self) -> None:
+        if not self.lock.acquire(timeout=max(0.0, self.deadline - time.monotonic())):
+            raise Throttled(f"not admitted in time (waiting for {self.what}); requeued")
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()

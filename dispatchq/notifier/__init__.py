@@ -1,0 +1,1 @@
+"""`dispatchq notifier`: completion events POSTed to their notify_url (`webhooks`)."""

@@ -1,0 +1,223 @@
+"""Batches: a record per batch with O(1) progress, kept current by the workers.
+
+`dispatchq:batch:<id>` holds `job_id`, `namespace`, `tenant` ('' for none), `total`,
+`state` (open | cancelled), `created_at`, `until` and `detach` (what its requests were
+enqueued with, for their retries), `max_attempts` (optional, `--max-attempts`),
+`notify_url` (optional), `finished_at` (set with the batch's completion event,
+`dispatchq.store.completion`; cleared when a retry re-opens it), `finishes` (how many times it
+finished), and counters the workers bump atomically and exactly once per request (see
+`records`): `dispatched`, `done`, `done_dispatched`, `exit:0`, `exit:1`, `exit:2`, the
+requests in each state between queued and done (`st:dispatching`, `st:monitoring`,
+`st:scheduled`, `st:running`: moved in the same step as the record's state, `lua/_batch.lua`)
+and `retries` (attempts claimed after the first, `lua/retry.lua`). Counts are of each
+item's latest attempt: a retried item leaves `done` and `exit:<code>` when its next attempt
+is claimed. Reading progress is one HGETALL, whatever the batch's size.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from dispatchq.store import keys
+
+OPEN = "open"
+CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    batch_id: str
+    job_id: str
+    namespace: str
+    total: int
+    state: str
+    created_at: float
+    dispatched: int = 0
+    done: int = 0
+    done_dispatched: int = 0
+    exit_codes: dict[int, int] = field(default_factory=dict)
+    states: dict[str, int] = field(default_factory=dict)
+    """Requests per state between queued and done (`st:<state>` counters)."""
+    retries: int = 0
+    max_attempts: int = 1
+    until: str = "scheduled"
+
+    @classmethod
+    def from_hash(cls, batch_id: str, raw: dict[bytes, bytes]) -> BatchStatus:
+        data = {k.decode(): v.decode() for k, v in raw.items()}
+        codes = {
+            int(name[len("exit:") :]): int(value)
+            for name, value in data.items()
+            if name.startswith("exit:") and int(value) > 0
+        }
+        return cls(
+            batch_id=batch_id,
+            job_id=data.get("job_id", ""),
+            namespace=data.get("namespace", ""),
+            total=int(data.get("total", 0)),
+            state=data.get("state", OPEN),
+            created_at=float(data.get("created_at", 0)),
+            dispatched=int(data.get("dispatched", 0)),
+            done=int(data.get("done", 0)),
+            done_dispatched=int(data.get("done_dispatched", 0)),
+            exit_codes=codes,
+            states={
+                name[len("st:") :]: max(0, int(value))
+                for name, value in data.items()
+                if name.startswith("st:")
+            },
+            retries=int(data.get("retries", 0)),
+            max_attempts=int(data.get("max_attempts") or 1),
+            until=data.get("until") or "scheduled",
+        )
+
+    @property
+    def monitoring(self) -> int:
+        """Dispatched and not done: its evaluation followed, or its child (`until` finished)."""
+        return max(0, self.dispatched - self.done_dispatched)
+
+    @property
+    def dispatching(self) -> int:
+        """Taken by a worker: being dispatched, or its evaluation followed."""
+        return self.states.get("dispatching", 0) + self.states.get("monitoring", 0)
+
+    @property
+    def waiting(self) -> int:
+        """`until` finished: handed to the tracker, no allocation running yet (waiting for
+        capacity, a blocked evaluation, or to start; a rescheduled child too)."""
+        return self.states.get("scheduled", 0)
+
+    @property
+    def running(self) -> int:
+        """`until` finished: the child's allocation runs."""
+        return self.states.get("running", 0)
+
+    @property
+    def queued(self) -> int:
+        """Waiting in the queue (for its first attempt or its next)."""
+        return max(0, self.total - self.done - self.dispatching - self.waiting - self.running)
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
+
+    @property
+    def progress(self) -> str:
+        """Where the batch is, in a word for people: cancelled, finished or in progress
+        (`state` stays open until a cancel; a retry makes a finished batch in progress)."""
+        if self.state == CANCELLED:
+            return CANCELLED
+        return "finished" if self.finished else "in progress"
+
+    def worst_exit_code(self) -> int:
+        """1 beats 2 beats 0; a batch that is not finished counts as 1."""
+        if not self.finished or self.exit_codes.get(1):
+            return 1
+        return 2 if self.exit_codes.get(2) else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "job_id": self.job_id,
+            "namespace": self.namespace or None,
+            "state": self.state,
+            "finished": self.finished,
+            "total": self.total,
+            "until": self.until,
+            "queued": self.queued,
+            "dispatching": self.dispatching,
+            "waiting": self.waiting,
+            "running": self.running,
+            "monitoring": self.monitoring,
+            "done": self.done,
+            "succeeded": self.exit_codes.get(0, 0),
+            "failed": self.exit_codes.get(2, 0),
+            "errors": self.exit_codes.get(1, 0),
+            "exit_codes": {str(k): v for k, v in sorted(self.exit_codes.items()) if v},
+            "retries": self.retries,
+            "max_attempts": self.max_attempts,
+        }
+
+
+class BatchStore:
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self.client = client
+        self.ttl = ttl
+
+    def create(
+        self,
+        pipe: Any,
+        batch_id: str,
+        job_id: str,
+        namespace: str | None,
+        total: int,
+        *,
+        notify_url: str | None = None,
+        tenant: str | None = None,
+        until: str = "scheduled",
+        detach: bool = False,
+        max_attempts: int | None = None,
+    ) -> None:
+        """Queue the batch record's creation on `pipe`; a resubmission keeps its counters
+        and raises `total` if the new submission is longer. `notify_url`: where the
+        notifier POSTs the batch's completion event (a resubmission may set another);
+        `max_attempts`: attempts per item when its own run fails (a resubmission may set
+        another)."""
+        key = keys.batch(batch_id)
+        pipe.hsetnx(key, "job_id", job_id)
+        pipe.hsetnx(key, "namespace", namespace or "")
+        pipe.hsetnx(key, "tenant", tenant or "")
+        pipe.hsetnx(key, "state", OPEN)
+        pipe.hsetnx(key, "created_at", time.time())
+        pipe.hsetnx(key, "total", 0)
+        pipe.hsetnx(key, "until", until)
+        pipe.hsetnx(key, "detach", int(detach))
+        pipe.eval(_RAISE_TOTAL, 1, key, total)
+        if notify_url:
+            pipe.hset(key, "notify_url", notify_url)
+        if max_attempts is not None:
+            pipe.hset(key, "max_attempts", max_attempts)
+        pipe.expire(key, self.ttl)
+
+    def status(self, batch_id: str) -> BatchStatus | None:
+        raw = self.client.hgetall(keys.batch(batch_id))
+        return BatchStatus.from_hash(batch_id, raw) if raw else None  # type: ignore[arg-type]
+
+    def cancel(self, batch_id: str) -> bool:
+        """Mark the batch cancelled; False when there is no such batch."""
+        key = keys.batch(batch_id)
+        if not self.client.exists(key):
+            return False
+        self.client.hset(key, "state", CANCELLED)
+        return True
+
+    def request_ids(self, batch_id: str, chunk: int = 1000) -> Iterator[str]:
+        """Every request ID of the batch, in item order, read in chunks."""
+        key = keys.batch_requests(batch_id)
+        start = 0
+        while True:
+            part = self.client.lrange(key, start, start + chunk - 1)
+            if not part:
+                return
+            for raw in part:
+                yield raw.decode() if isinstance(raw, bytes) else str(raw)
+            start += chunk
+
+    def errors(self, batch_id: str, limit: int = 0) -> list[dict[str, Any]]:
+        """The batch's first errors and failures (at most `records.MAX_BATCH_ERRORS`, or
+        `limit`): `request_id`, `exit_code` and `error` (a failed child's: its tasks' exit
+        codes and messages), oldest first."""
+        entries = self.client.lrange(keys.batch_errors(batch_id), 0, limit - 1)
+        return [json.loads(e) for e in entries]
+
+
+_RAISE_TOTAL = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+if tonumber(ARGV[1]) > current then redis.call('HSET', KEYS[1], 'total', ARGV[1]) end
+"""

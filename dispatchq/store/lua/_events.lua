@@ -1,0 +1,89 @@
+-- Completion events (`dispatchq.store.completion`): one entry on the event stream per request
+-- that ends and per batch that finishes, appended by the script that stores the ending,
+-- so an event is never lost nor doubled by a crash between two writes. Prepended to every
+-- script that calls `emit_done_events` (`dispatchq.store.records`).
+-- record: the request record; batch: the batch key or ''; batch_id: its ID or '';
+-- stream, maxlen: the stream and its approximate cap; rid: the request ID, JSON-escaped;
+-- tail: the rest of the request event's JSON object (after its first member);
+-- url: the request's notify_url or ''.
+-- The stream is kept to about `maxlen` entries, but never by dropping one that the
+-- notifier's group (`keys.NOTIFIER_GROUP`) has not read and acknowledged: a webhook is
+-- never trimmed away unseen while the notifier is stopped (the stream grows past maxlen
+-- instead, until it catches up). Every TRIM_EVERY entries, the entries beyond maxlen that
+-- the group is done with (older than its oldest pending entry, or up to the last it read
+-- when none is pending) are trimmed; with no such group, those beyond maxlen.
+local NOTIFIER_GROUP, TRIM_EVERY = 'dispatchq-notifier', 100
+
+local function trim_events(stream, maxlen)
+  local len = redis.call('XLEN', stream)
+  local over = len - tonumber(maxlen)
+  if over <= 0 or len % TRIM_EVERY ~= 0 then return end
+  local upto = '+'
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == NOTIFIER_GROUP then
+      upto = info['last-delivered-id']
+      if tonumber(info['pending']) > 0 then
+        upto = '(' .. redis.call('XPENDING', stream, NOTIFIER_GROUP)[2]
+      end
+    end
+  end
+  local done = redis.call('XRANGE', stream, '-', upto, 'COUNT', over)
+  if #done == 0 then return end
+  local last = done[#done][1]
+  local dash = string.find(last, '-', 1, true)
+  local seq = tonumber(string.sub(last, dash + 1)) + 1
+  redis.call('XTRIM', stream, 'MINID', string.sub(last, 1, dash) .. string.format('%d', seq))
+end
+
+local function xadd_event(stream, maxlen, body, url)
+  if url and url ~= '' then
+    redis.call('XADD', stream, '*', 'event', body, 'notify_url', url)
+  else
+    redis.call('XADD', stream, '*', 'event', body)
+  end
+  trim_events(stream, maxlen)
+end
+
+local function emit_done_events(record, batch, batch_id, stream, maxlen, rid, tail, url)
+  local attempt = redis.call('HINCRBY', record, 'ends', 1)
+  xadd_event(stream, maxlen, '{"v":1,"type":"request.finished","event_id":"request:' .. rid
+    .. ':' .. attempt .. '","attempt":' .. attempt .. ',' .. tail, url)
+  if batch == '' then return end
+  local total = tonumber(redis.call('HGET', batch, 'total') or '0')
+  local done = tonumber(redis.call('HGET', batch, 'done') or '0')
+  if total == 0 or done < total then return end
+  local now = redis.call('TIME')
+  if redis.call('HSETNX', batch, 'finished_at', now[1] .. '.' .. string.format('%06d', now[2])) == 0 then
+    return
+  end
+  -- A batch finishes again after `batch retry` (which clears finished_at): its next
+  -- finishes are events of their own, `batch:<id>~<n>` (batch IDs never end in '~<n>').
+  local round = redis.call('HINCRBY', batch, 'finishes', 1)
+  local event_id = 'batch:' .. batch_id
+  if round > 1 then event_id = event_id .. '~' .. round end
+  local fields = redis.call('HGETALL', batch)
+  local b, codes = {}, {}
+  for i = 1, #fields, 2 do
+    local name = fields[i]
+    if string.sub(name, 1, 5) == 'exit:' and tonumber(fields[i + 1]) ~= 0 then
+      codes[string.sub(name, 6)] = tonumber(fields[i + 1])
+    else
+      b[name] = fields[i + 1]
+    end
+  end
+  local status = 'succeeded'
+  if b['state'] == 'cancelled' then
+    status = 'cancelled'
+  elseif (codes['0'] or 0) < total then
+    status = 'failed'
+  end
+  local event = {
+    v = 1, type = 'batch.finished', event_id = event_id, batch_id = batch_id,
+    job_id = b['job_id'] or '', status = status, total = total, done = done,
+    succeeded = codes['0'] or 0, failed = done - (codes['0'] or 0),
+    exit_codes = codes, at = tonumber(now[1]) + tonumber(now[2]) / 1e6,
+  }
+  xadd_event(stream, maxlen, cjson.encode(event), b['notify_url'])
+end

@@ -1,0 +1,126 @@
+"""`dispatchq.broker.fetch` on a real redis-server (BLMOVE, leases and scripts are the point here),
+through kombu as a worker uses it, without a worker process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection
+
+from dispatchq.broker.app import TASK_DISPATCH
+from dispatchq.broker.fetch import Counted, ReliableChannel, ReliableTransport
+from dispatchq.broker.messages import celery_message
+from dispatchq.devstack.redis_server import RedisServer
+from dispatchq.store import keys
+from dispatchq.store.records import DELIVERIES
+from tests.support.consumer import consume as consume_from
+from tests.support.requests import message_body
+
+QUEUE = "fetch-test"
+
+
+class CountingChannel(ReliableChannel):
+    def counted(self) -> Counted | None:
+        return Counted(TASK_DISPATCH, keys.request(""), 60)
+
+
+class CountingTransport(ReliableTransport):
+    Channel = CountingChannel
+
+
+@pytest.fixture
+def connection(redis_server: RedisServer, redis_client: redis.Redis) -> Iterator[Connection]:
+    with Connection(redis_server.url, transport=ReliableTransport) as conn:
+        yield conn
+
+
+def push(client: redis.Redis, *request_ids: str) -> None:
+    for rid in request_ids:
+        client.lpush(QUEUE, celery_message(message_body(rid, "video"), QUEUE))
+
+
+def consume(conn: Connection, count: int) -> tuple[Any, list[Any]]:
+    """A consumer on QUEUE and the first `count` messages it was handed (unacknowledged)."""
+    return consume_from(conn, QUEUE, count)
+
+
+def request_id(message: Any) -> str:
+    return str(message.headers["id"])
+
+
+def test_a_fetched_message_waits_in_the_consumers_inflight_list_until_acknowledged(
+    connection: Connection, redis_client: redis.Redis
+) -> None:
+    push(redis_client, "r-1")
+    channel, [message] = consume(connection, 1)
+    inflight = keys.inflight(channel.consumer_id, QUEUE)
+    assert redis_client.llen(QUEUE) == 0
+    assert redis_client.llen(inflight) == 1
+    assert redis_client.exists(keys.lease(channel.consumer_id))  # its lease, renewed
+    message.ack()
+    assert redis_client.llen(inflight) == 0
+
+
+def test_a_closing_channel_gives_its_unacknowledged_messages_back(
+    connection: Connection, redis_client: redis.Redis
+) -> None:
+    push(redis_client, "r-1")
+    channel, [message] = consume(connection, 1)
+    assert request_id(message) == "r-1"
+    channel.close()
+    [item] = redis_client.lrange(QUEUE, 0, -1)
+    assert json.loads(item)["headers"]["id"] == "r-1"
+    assert not redis_client.exists(keys.lease(channel.consumer_id))
+
+
+def test_a_dead_consumers_messages_are_reclaimed_by_a_live_one(
+    connection: Connection, redis_client: redis.Redis
+) -> None:
+    # A consumer killed with a message in flight: its list and registration, no lease.
+    dead = keys.inflight("dead", QUEUE)
+    redis_client.lpush(dead, celery_message(message_body("r-lost", "video"), QUEUE))
+    redis_client.sadd(keys.INFLIGHT, f"dead:{QUEUE}")
+    channel, [message] = consume(connection, 1)  # its first fetch sweeps, then takes it
+    assert request_id(message) == "r-lost"
+    assert not redis_client.exists(dead)
+    assert redis_client.smembers(keys.INFLIGHT) == {f"{channel.consumer_id}:{QUEUE}".encode()}
+
+
+def test_a_live_consumers_messages_are_left_alone(
+    connection: Connection, redis_client: redis.Redis
+) -> None:
+    alive = keys.inflight("alive", QUEUE)
+    redis_client.lpush(alive, celery_message(message_body("r-busy", "video"), QUEUE))
+    redis_client.sadd(keys.INFLIGHT, f"alive:{QUEUE}")
+    redis_client.set(keys.lease("alive"), 1, ex=keys.LEASE_TTL)
+    push(redis_client, "r-1")
+    _, [message] = consume(connection, 1)
+    assert request_id(message) == "r-1"
+    assert redis_client.llen(alive) == 1
+
+
+def test_a_rejected_message_goes_back_to_its_queue(
+    connection: Connection, redis_client: redis.Redis
+) -> None:
+    push(redis_client, "r-1")
+    channel, [message] = consume(connection, 1)
+    message.reject(requeue=True)
+    assert redis_client.llen(keys.inflight(channel.consumer_id, QUEUE)) == 0
+    assert redis_client.llen(QUEUE) == 1
+
+
+def test_a_counting_fetch_counts_deliveries_in_the_request_record(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    push(redis_client, "r-1", "r-2", "r-3")  # a busy queue: fetches after the first count
+    with Connection(redis_server.url, transport=CountingTransport) as conn:
+        _, got = consume(conn, 3)
+        for message in got:
+            message.ack()
+    counts = {rid: redis_client.hget(keys.request(rid), DELIVERIES) for rid in ("r-2", "r-3")}
+    assert counts == {"r-2": b"1", "r-3": b"1"}
+    assert redis_client.ttl(keys.request("r-2")) > 0

@@ -1,0 +1,301 @@
+"""`until` finished over real processes: nomadsim running mock_driver children (with
+`--time-scale 0.001`, so the restart and reschedule delays take milliseconds), a worker,
+and `dispatchq tracker`. Each child's meta picks how it ends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.tracker_process import TrackerProcess
+from dispatchq.producer.api import Producer
+from dispatchq.producer.batch_input import BatchItem
+from dispatchq.store import keys
+from dispatchq.store.batches import BatchStatus
+from tests.support.nomad_jobs import (
+    FAST_SIM,
+    add_fault,
+    clear_faults,
+    mock_encode_job,
+    parameterized_job,
+    register,
+)
+from tests.support.stack import Stack
+
+SECOND = 1_000_000_000
+FAIL_FIRST = {"nomadsim_fail_attempts": "1", "nomadsim_fail_exit_code": "7"}
+"""nomadsim-only meta (dispatchq/nomadsim/README.md): the chain's first allocation fails with exit
+code 7 (after its 3 restarts), the replacement runs the child's config."""
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[NomadSimProcess]:
+    with NomadSimProcess(args=FAST_SIM) as process:
+        register(process.address, mock_encode_job("enc"))
+        register(process.address, mock_encode_job("enc-mrd", MaxRunDuration=50 * SECOND))
+        register(process.address, parameterized_job("huge", memory_mb=10_000_000))
+        yield process
+
+
+@pytest.fixture(scope="module")
+def running(stack: Stack) -> Iterator[Stack]:
+    with stack.worker("fw1"):
+        yield stack
+
+
+def _tracker(stack: Stack, name: str = "tracker") -> TrackerProcess:
+    return TrackerProcess(env=stack.env, log_path=stack.log_dir / f"{name}.log")
+
+
+def _wait_all(producer: Producer, ids: list[str], timeout: float = 90) -> dict[str, Any]:
+    statuses = producer.wait(ids, timeout=timeout)
+    missing = [rid for rid, st in statuses.items() if not st.done]
+    assert not missing, f"not done: {[(rid, statuses[rid].state) for rid in missing]}"
+    return {rid: st.outcome for rid, st in statuses.items()}
+
+
+def _task(outcome: Any) -> dict[str, Any]:
+    [alloc] = outcome.child["allocations"]
+    return dict(alloc["tasks"]["ffmpeg"])
+
+
+def test_mixed_endings_each_with_its_exit_code_and_fields(
+    running: Stack, redis_client: redis.Redis
+) -> None:
+    sim = running.sim.address
+    cases: dict[str, tuple[str, dict[str, str]]] = {
+        "ok": ("enc", {"exit_code": "0", "run_for": "30s"}),
+        "exit3": ("enc", {"exit_code": "3", "run_for": "10s"}),
+        "start-error": ("enc", {"start_error": "no such file: ffmpeg"}),
+        "rescheduled-ok": ("enc", {"run_for": "20s", **FAIL_FIRST}),
+        "max-run": ("enc-mrd", {"run_for": "1h"}),
+        "lost": ("enc", {"run_for": "1h"}),
+    }
+    with _tracker(running), running.producer() as producer:
+        ids = {
+            name: producer.enqueue(job, meta=meta, until="finished", request_id=f"mix-{name}")
+            for name, (job, meta) in cases.items()
+        }
+        child = _child_running(redis_client, sim, ids["lost"])
+        node = child["NodeID"]
+        requests.post(f"{sim}/_sim/nodes/{node}/down", timeout=5).raise_for_status()
+        try:
+            outcomes = _wait_all(producer, list(ids.values()))
+        finally:
+            requests.post(f"{sim}/_sim/nodes/{node}/up", timeout=5).raise_for_status()
+    by = {name: outcomes[rid] for name, rid in ids.items()}
+
+    ok = by["ok"]
+    assert (ok.status, ok.exit_code, ok.child["status"]) == ("finished", 0, "dead")
+    task = _task(ok)
+    assert (task["state"], task["failed"], task["exit_code"]) == ("dead", False, 0)
+    assert task["finished_at"] >= task["started_at"] > 0
+
+    failed = by["exit3"]
+    assert (failed.status, failed.exit_code) == ("failed", 2)
+    [alloc] = failed.child["allocations"]
+    assert (alloc["client_status"], alloc["reschedules"]) == ("failed", 1)
+    task = _task(failed)
+    assert (task["failed"], task["exit_code"], task["restarts"]) == (True, 3, 3)
+    assert "exited with code 3" in failed.error_message
+
+    again = by["rescheduled-ok"]  # the first allocation failed, its replacement completed
+    assert (again.status, again.exit_code, again.error_kind) == ("finished", 0, None)
+    [alloc] = again.child["allocations"]
+    assert (alloc["client_status"], alloc["reschedules"]) == ("complete", 1)
+    task = _task(again)
+    assert (task["failed"], task["exit_code"], task["restarts"]) == (False, 0, 0)
+
+    start = by["start-error"]
+    assert (start.status, start.exit_code) == ("failed", 2)
+    assert "no such file: ffmpeg" in _task(start)["message"]
+
+    mrd = by["max-run"]
+    assert (mrd.status, mrd.exit_code) == ("failed", 2)
+    [alloc] = mrd.child["allocations"]
+    assert alloc["client_description"] == "allocation exceeded max_run_duration"
+
+    lost = by["lost"]  # replaced on the other node, where it completed
+    assert (lost.status, lost.exit_code) == ("finished", 0)
+    [alloc] = lost.child["allocations"]
+    assert alloc["id"] != child["ID"] and alloc["client_status"] == "complete"
+
+    for rid in ids.values():
+        assert redis_client.hget(keys.request(rid), "state") == b"done"
+        assert redis_client.zscore(keys.FOLLOW, rid) is None
+
+
+def test_a_child_collected_before_its_end_was_seen_is_exit_1(
+    running: Stack, redis_client: redis.Redis
+) -> None:
+    """No tracker runs while the child ends and is purged: the tracker that starts later
+    reads 404 and ends the request `collected`."""
+    sim = running.sim.address
+    with running.producer() as producer:
+        rid = producer.enqueue("enc", meta={"run_for": "10s"}, until="finished",
+                               request_id="gone-1")  # fmt: skip
+        record = _record_in(redis_client, rid, {b"scheduled", b"running"})
+        child = record[b"dispatched_job_id"].decode()
+        requests.delete(f"{sim}/v1/job/{child}?purge=true", timeout=5).raise_for_status()
+        redis_client.delete(keys.TRACKER_LEASE)  # as if the last leader's lease lapsed
+        with _tracker(running, "tracker-late"):
+            [outcome] = _wait_all(producer, [rid]).values()
+    assert (outcome.status, outcome.exit_code, outcome.error_kind) == ("error", 1, "collected")
+
+
+def test_a_wait_timeout_while_blocked_is_exit_2(running: Stack) -> None:
+    with _tracker(running, "tracker-timeout"), running.producer() as producer:
+        rid = producer.enqueue("huge", until="finished", wait_timeout=1.0, request_id="to-1")
+        [outcome] = _wait_all(producer, [rid]).values()
+    assert (outcome.status, outcome.exit_code) == ("unplaced", 2)
+
+
+def test_sigkill_of_the_leading_tracker_during_a_fan_out_of_1000(
+    running: Stack, redis_client: redis.Redis
+) -> None:
+    """Two trackers, the leader SIGKILLed while children end: the standby takes over once
+    the lease lapses, and every child gets exactly one outcome, the right one."""
+    count = 1_000
+    items = [
+        BatchItem(meta={"exit_code": "3" if n % 10 == 0 else "0",
+                        "run_for": f"{100 + (n * 37) % 3000}s"})
+        for n in range(count)
+    ]  # fmt: skip
+    first = _tracker(running, "tracker-a").start()
+    standby: TrackerProcess | None = None
+    try:
+        _wait(lambda: redis_client.exists(keys.TRACKER_LEASE), "the first tracker to lead")
+        standby = _tracker(running, "tracker-b").start()
+        with running.producer() as producer:
+            batch = producer.dispatch_batch(
+                "enc", items, until="finished", preflight=False, batch_id="kill-1k"
+            )
+            _wait(lambda: (producer.batch_status(batch) or _NONE).done >= count // 5,
+                  "a fifth of the children to end")  # fmt: skip
+            first.kill()
+            _wait(lambda: (producer.batch_status(batch) or _NONE).done >= count,
+                  "every child to end", timeout=180)  # fmt: skip
+            status = producer.batch_status(batch)
+            assert status is not None
+            assert (status.done, status.exit_codes) == (count, {0: 900, 2: 100})
+            wrong = []
+            for line in producer.batch_results(batch):
+                entry = json.loads(line)
+                outcome = entry["outcome"]
+                want = 2 if int(entry["request_id"].rsplit("-", 1)[-1]) % 10 == 1 else 0
+                if outcome["exit_code"] != want or "child" not in outcome:
+                    wrong.append(entry["request_id"])
+            assert not wrong, wrong[:5]
+        assert redis_client.zcard(keys.FOLLOW) == 0
+    finally:
+        first.kill()
+        if standby is not None:
+            standby.stop()
+
+
+def test_children_that_end_while_the_event_stream_is_cut_are_seen_after_it_returns(
+    running: Stack, redis_client: redis.Redis
+) -> None:
+    """The stream is refused (every new connection cut before an answer) while children
+    end; the forced sweep is an hour away: only the reconcile after the reconnect can end
+    them. An open stream cut mid-run: tests/tracker/test_follow_faults.py."""
+    sim = running.sim.address
+    add_fault(sim, {"kind": "cut", "route": "event-stream"})
+    tracker = _tracker(running, "tracker-cut")
+    tracker.args = ["--sweep", "3600"]
+    try:
+        with tracker, running.producer() as producer:
+            ids = [
+                producer.enqueue("enc", meta={"run_for": "300s", "exit_code": str(n % 2)},
+                                 until="finished", request_id=f"cut-{n}")
+                for n in range(20)
+            ]  # fmt: skip
+            for rid in ids:  # the tracker saw each one, not ended
+                _record_in(redis_client, rid, {b"scheduled", b"running"})
+            time.sleep(1.0)  # they end meanwhile, unseen (the stream is down)
+            clear_faults(sim)
+            outcomes = _wait_all(producer, ids, timeout=60)
+        assert [outcomes[rid].exit_code for rid in ids] == [0, 2] * 10
+    finally:
+        clear_faults(sim)
+
+
+_NONE = BatchStatus("", "", "", 0, "", 0.0)
+
+
+def _wait(check: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _record_in(client: redis.Redis, rid: str, states: set[bytes]) -> dict[bytes, bytes]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        record: dict[bytes, bytes] = client.hgetall(keys.request(rid))  # type: ignore[assignment]
+        if record.get(b"state") in states:
+            return record
+        time.sleep(0.02)
+    raise AssertionError(f"{rid} never reached {states}")
+
+
+def _child_running(client: redis.Redis, sim: str, rid: str) -> dict[str, Any]:
+    child = _record_in(client, rid, {b"scheduled", b"running"})[b"dispatched_job_id"].decode()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        allocs = requests.get(f"{sim}/v1/job/{child}/allocations", timeout=5).json()
+        for alloc in allocs:
+            if alloc["ClientStatus"] == "running":
+                return dict(alloc)
+        time.sleep(0.02)
+    raise AssertionError(f"{child} never ran")
+
+
+def _cli(stack: Stack, *args: str) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatchq.cli", "job", "dispatch", *args],
+        capture_output=True, env=stack.env, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("path", [[], ["-direct"]], ids=["queued", "direct"])
+def test_job_dispatch_wait_prints_the_childs_changes_and_its_end(
+    running: Stack, path: list[str]
+) -> None:
+    with _tracker(running, f"tracker-cli-{len(path)}"):
+        ok = _cli(running, *path, "-wait", "-meta", "run_for=200s", "enc")
+        failed = _cli(running, *path, "-wait", "-meta", "exit_code=3", "enc")
+        again = _cli(running, *path, "-wait", "-meta", "run_for=200s",
+                     *[a for k, v in FAIL_FIRST.items() for a in ("-meta", f"{k}={v}")],
+                     "enc")  # fmt: skip
+        timed = _cli(running, *path, "-wait", "-wait-timeout", "1s", "huge")
+    text = ok.stdout.decode()
+    assert ok.returncode == 0, (text, ok.stderr)
+    assert text.startswith("Dispatched Job ID = enc/dispatch-")
+    assert '==> Evaluation "' in text  # the seed's lines first
+    assert 'Task "ffmpeg" exited with code 0' in text
+    assert text.rstrip().splitlines()[-1].endswith("completed: every allocation's tasks "
+                                                   "succeeded (exit code 0)")  # fmt: skip
+    text = failed.stdout.decode()
+    assert failed.returncode == 2, (text, failed.stderr)
+    assert 'Task "ffmpeg" restarting after exit code 3' in text
+    assert "placed: rescheduled (attempt 1)" in text
+    assert "task ffmpeg exited with code 3" in text.splitlines()[-1]
+    text = again.stdout.decode()  # a failure, then a successful reschedule: exit 0
+    assert again.returncode == 0, (text, again.stderr)
+    assert "placed: rescheduled (attempt 1)" in text
+    assert 'Task "ffmpeg" exited with code 0' in text
+    assert "completed: every allocation's tasks succeeded" in text.splitlines()[-1]
+    assert timed.returncode == 2, (timed.stdout, timed.stderr)
+    assert "still waiting for placement" in timed.stdout.decode().splitlines()[-1]
