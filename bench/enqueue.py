@@ -18,11 +18,11 @@ import redis
 from celery import Celery
 
 from bench.common import interleaved_rates, ratio, report
-from dispatchq.broker.messages import celery_message, new_request_id
 from dispatchq.config.settings import Settings
 from dispatchq.core.request import DispatchRequest
 from dispatchq.devstack.redis_server import RedisServer
 from dispatchq.producer.api import Producer
+from dispatchq.store.messages import celery_message, new_request_id
 
 QUEUE = "bench"
 

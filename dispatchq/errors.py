@@ -1,8 +1,9 @@
 """The project's error hierarchy, and the classification of Nomad's answers.
 
 Nomad answers most dispatch validation failures with HTTP 500 and a plain-text body, so a
-500 is only retryable when its text is not one of the validation messages of
-NOMAD_API.md section 3. Every error keeps the server's message verbatim; `str(error)` is
+500 is only retryable when its text is not one of those validation messages (the job is
+not parameterized or is stopped, the payload or meta breaks the job's rules: listed in
+`_VALIDATION_TEXTS`). Every error keeps the server's message verbatim; `str(error)` is
 the text the Go API client would produce, which the CLI prints after its own prefix.
 """
 
@@ -188,7 +189,8 @@ class RequestRefused(Exception):
     the outcome of the request whose ID it borrowed."""
 
 
-# The 500 bodies of NOMAD_API.md section 3 (rows 4-12). Matched anywhere in the body, as
+# The plain-text bodies Nomad's dispatch endpoint answers with a 500 when the request breaks
+# the parameterized job's rules (its Job.Dispatch RPC). Matched anywhere in the body, as
 # RPC forwarding may prefix the text (for example "rpc error: ").
 _VALIDATION_TEXTS = re.compile(
     "|".join(

@@ -34,7 +34,8 @@ def request_id_for(batch_id: str, ordinal: int) -> str:
 
 
 def preflight(job: dict[str, Any], items: list[BatchItem]) -> None:
-    """Raise BatchInputError listing every item the job would refuse (NOMAD_API.md §3)."""
+    """Raise BatchInputError listing every item the job would refuse (its payload and meta
+    rules, as Nomad's dispatch endpoint checks them)."""
     job_id = job.get("ID", "?")
     rules = job.get("ParameterizedJob")
     if not rules or job.get("Dispatched"):

@@ -15,11 +15,11 @@ from typing import Any
 
 import redis
 
-from dispatchq.broker.messages import celery_message, compact_json, new_request_id
 from dispatchq.core.request import DispatchRequest, request_digest
 from dispatchq.errors import InvalidRequest as InvalidRequest
 from dispatchq.payload.resolve import PAYLOAD_LIMIT, blob_digest
 from dispatchq.store import keys
+from dispatchq.store.messages import celery_message, compact_json, new_request_id
 from dispatchq.store.records import SCRIPTS
 
 _PREFIXES = (

@@ -24,10 +24,8 @@ from kombu.serialization import register
 from kombu.utils.encoding import bytes_to_str
 
 from dispatchq.config.settings import Settings
+from dispatchq.store.messages import TASK_DISPATCH as TASK_DISPATCH
 from dispatchq.store.records import SCRIPTS, StoredResult
-
-TASK_DISPATCH = "dispatchq.dispatch"
-"""The task name in every queue message; part of the stable message format."""
 
 _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 _SSL_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")

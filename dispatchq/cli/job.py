@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from dispatchq.broker.messages import new_request_id
+from dispatchq.cli.queued import NoWorker, dispatch_queued
 from dispatchq.config.logging import configure_logging
 from dispatchq.core.monitor import dispatch_and_follow
 from dispatchq.core.outcome import Outcome
@@ -33,7 +33,7 @@ from dispatchq.errors import ConfigError
 from dispatchq.nomad.client import NomadClient
 from dispatchq.nomad.config import NomadConfig
 from dispatchq.producer.enqueue import InvalidRequest
-from dispatchq.producer.queued import NoWorker, dispatch_queued
+from dispatchq.store.messages import new_request_id
 from dispatchq.tracker.direct import follow_child
 from dispatchq.tracker.progress import final_line, parse_duration
 

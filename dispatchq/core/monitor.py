@@ -1,4 +1,4 @@
-"""Follow an evaluation the way `nomad job dispatch` does (NOMAD_API.md section 8).
+"""Follow an evaluation the way `nomad job dispatch` does (its evaluation monitor).
 
 `watch()` yields events: after each read of the evaluation and its allocations, the
 differences from the previous read, as the CLI prints them; then the finish with its

@@ -1,6 +1,6 @@
 """Connection settings with the nomad CLI's environment variables and precedence.
 
-Flags override environment variables, which override defaults (NOMAD_API.md section 12).
+Flags override environment variables, which override defaults, as in the nomad CLI.
 As in the Go API client, an environment variable set to the empty string counts as unset.
 """
 

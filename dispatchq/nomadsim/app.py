@@ -1,6 +1,6 @@
 """The HTTP server: one handler (on httpserver.py's protocol) that routes on the path.
 
-Routing is by prefix and then by suffix on the percent-decoded path (§1), because a
+Routing is by prefix and then by suffix on the percent-decoded path, because a
 dispatched job's ID contains `/`: `/v1/job/video%2Fdispatch-1-ab/allocations` and the
 raw-slash form reach the same handler; no router is used, for that reason and because it
 would add per-request overhead.

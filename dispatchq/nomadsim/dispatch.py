@@ -1,4 +1,4 @@
-"""Dispatch (§2.4-§6): validation in Nomad's order, the child job, idempotency."""
+"""Dispatch: validation in Nomad's order, the child job, idempotency."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 from dispatchq.nomadsim import godecode as g
 from dispatchq.nomadsim.httpcore import ApiError, Ctx
 from dispatchq.nomadsim.jobs import is_parameterized, is_periodic
-from dispatchq.nomadsim.jsonshape import go_list, go_quote, now_ns, rfc3339
-from dispatchq.nomadsim.model import JsonObj
+from dispatchq.nomadsim.jsonshape import go_list, go_quote, now_ns
+from dispatchq.nomadsim.model import DispatchRecord, JsonObj
 
 DISPATCH_REQUEST = g.struct(
     "structs.JobDispatchRequest",
@@ -26,39 +26,6 @@ DISPATCH_REQUEST = g.struct(
     IdempotencyToken=g.STRING,
 )
 PAYLOAD_LIMIT = 16 * 1024
-
-
-@dataclass(slots=True)
-class DispatchRecord:
-    """One accepted dispatch, kept for the process lifetime (hence compact)."""
-
-    parent: str
-    child_id: str
-    eval_id: str
-    namespace: str
-    idempotency_token: str
-    meta: dict[str, str] | None
-    payload_len: int
-    priority: int
-    index: int
-    repeat: bool
-    time_ns: int
-
-    def to_json(self) -> JsonObj:
-        return {
-            "parent": self.parent,
-            "child_id": self.child_id,
-            "eval_id": self.eval_id,
-            "namespace": self.namespace,
-            "idempotency_token": self.idempotency_token,
-            "meta": self.meta or {},
-            "payload_len": self.payload_len,
-            "priority": self.priority,
-            "index": self.index,
-            "repeat": self.repeat,
-            "time": rfc3339(self.time_ns),
-            "time_ns": self.time_ns,
-        }
 
 
 @dataclass
@@ -93,7 +60,7 @@ def args_from_body(ctx: Ctx, path_id: str, body: dict[str, Any]) -> DispatchArgs
 
 
 def _validate(parent: JsonObj, args: DispatchArgs) -> None:
-    """§3 rows 6-12, in order."""
+    """The payload and meta checks, in the order Nomad makes them."""
     job_id = args.job_id
     if not is_parameterized(parent):
         raise ApiError(500, f"Specified job {go_quote(job_id)} is not a parameterized job")
@@ -122,7 +89,7 @@ def _validate(parent: JsonObj, args: DispatchArgs) -> None:
 
 
 def child_id(parent_id: str, template: str) -> str:
-    """§4: `<parent>/dispatch-[<template>-]<unix>-<8 hex>`."""
+    """The child's ID: `<parent>/dispatch-[<template>-]<unix>-<8 hex>`."""
     middle = f"{template}-" if template else ""
     return f"{parent_id}/dispatch-{middle}{int(time.time())}-{random.getrandbits(32):08x}"
 

@@ -1,4 +1,4 @@
-"""Request context, Nomad-style responses and errors, and blocking queries (§1, §9)."""
+"""Request context, Nomad-style responses and errors, and blocking queries."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class Ctx:
         return token
 
     def authz(self, secret: str | None = None) -> Authz:
-        """The token's permissions; 403 when it does not authenticate (§3 row 1, §11)."""
+        """The token's permissions; 403 when it does not authenticate."""
         authz = self.sim.acl.resolve(self.token if secret is None else secret)
         if authz is None:
             raise permission_denied()
@@ -77,7 +77,7 @@ class Ctx:
         return authz
 
     def check_registration_allowed(self, authz: Authz) -> None:
-        """§3 row 3: the scheduler configuration rejects registrations and dispatches
+        """The scheduler configuration rejects registrations and dispatches
         from non-management tokens (only reachable with ACLs on, as in Nomad)."""
         if self.sim.reject_job_registration and self.sim.acl.enabled and not authz.management:
             raise ApiError(
@@ -149,7 +149,7 @@ class Ctx:
     async def blocking(
         self, key: Hashable, query: Callable[[], tuple[Any, int]]
     ) -> tuple[Any, int]:
-        """Run query until its index passes `?index=` or the wait elapses (§9).
+        """Run query until its index passes `?index=` or the wait elapses.
 
         Each round waits on the watch key of what the query reads, so an idle blocking
         query costs one suspended coroutine and no polling.

@@ -1,4 +1,4 @@
-"""Job registration (§2.1): the api.Job wire type, canonicalisation, validation; stubs."""
+"""Job registration: the api.Job wire type, canonicalisation, validation; stubs."""
 
 from __future__ import annotations
 

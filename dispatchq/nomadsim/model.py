@@ -300,3 +300,36 @@ class Summary:
     queued: dict[str, int] = field(default_factory=dict)
     #: Children counts, created when the job gets its first child.
     children: dict[str, int] | None = None
+
+
+@dataclass(slots=True)
+class DispatchRecord:
+    """One accepted dispatch, kept for the process lifetime (hence compact)."""
+
+    parent: str
+    child_id: str
+    eval_id: str
+    namespace: str
+    idempotency_token: str
+    meta: dict[str, str] | None
+    payload_len: int
+    priority: int
+    index: int
+    repeat: bool
+    time_ns: int
+
+    def to_json(self) -> JsonObj:
+        return {
+            "parent": self.parent,
+            "child_id": self.child_id,
+            "eval_id": self.eval_id,
+            "namespace": self.namespace,
+            "idempotency_token": self.idempotency_token,
+            "meta": self.meta or {},
+            "payload_len": self.payload_len,
+            "priority": self.priority,
+            "index": self.index,
+            "repeat": self.repeat,
+            "time": rfc3339(self.time_ns),
+            "time_ns": self.time_ns,
+        }

@@ -1,22 +1,17 @@
-"""Nodes going down and up, and the evaluations a failed allocation triggers.
+"""Nodes going down and up.
 
 - `node_down` (POST /_sim/nodes/<id>/down): the node stops taking allocations, its
   client stops reporting, and every job with a live alloc on it gets a `node-update`
   evaluation (NodeID set); the reconciler (reconcile.py) marks those allocs `lost` and
   places replacements with `PreviousAllocation`, as Nomad's node heartbeat expiry does.
-- `alloc_failed`: nomad/node_endpoint.go UpdateAlloc: a failed alloc whose reschedule
-  policy still allows an attempt, and that has no FollowupEvalID yet, gets an
-  `alloc-failure` evaluation in the same write as the client's update.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dispatchq.nomadsim.jsonshape import now_ns
-from dispatchq.nomadsim.model import Alloc, Node
-from dispatchq.nomadsim.policies import reschedule_eligible, scaled_policy
-from dispatchq.nomadsim.state import JobKey, Write
+from dispatchq.nomadsim.model import Node
+from dispatchq.nomadsim.state import JobKey
 
 if TYPE_CHECKING:
     from dispatchq.nomadsim.scheduler import Scheduler
@@ -60,22 +55,3 @@ def node_up(scheduler: Scheduler, node: Node) -> None:
     node.status = "ready"
     scheduler.down.discard(node.id)
     scheduler.capacity_freed()
-
-
-def alloc_failed(scheduler: Scheduler, w: Write, alloc: Alloc) -> None:
-    if alloc.desired_status != "run" or alloc.followup_eval_id:
-        return
-    job = scheduler.store.jobs.get((alloc.namespace, alloc.job_id))
-    if job is None or job["Stop"]:
-        return
-    group = next((g for g in job["TaskGroups"] if g["Name"] == alloc.task_group), None)
-    policy = group.get("ReschedulePolicy") if group else None
-    if not policy:
-        return
-    events = (alloc.reschedule_tracker or {}).get("Events") or []
-    if not reschedule_eligible(events, scaled_policy(policy, scheduler.config.time_scale),
-                               now_ns()):
-        return
-    ev = scheduler.new_eval(job, "alloc-failure", w.index)
-    w.put_eval(ev)
-    scheduler.loop.call_soon(scheduler.enqueue, ev.id)

@@ -1,4 +1,4 @@
-"""ACL endpoints: bootstrap, policies and tokens (§11)."""
+"""ACL endpoints: bootstrap, policies and tokens."""
 
 from __future__ import annotations
 

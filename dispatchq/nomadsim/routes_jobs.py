@@ -1,4 +1,4 @@
-"""Handlers for `/v1/jobs` and `/v1/job/<id>[/<sub-resource>]` (§1, §2)."""
+"""Handlers for `/v1/jobs` and `/v1/job/<id>[/<sub-resource>]`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Evaluations, allocations, namespaces, status and agent endpoints (§2.6)."""
+"""Evaluations, allocations, namespaces, status and agent endpoints."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ Timers come from one heap (`Clients.timers`), not one asyncio handle per task.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dispatchq.nomadsim import taskevents as te
 from dispatchq.nomadsim.jsonshape import now_ns, rfc3339
@@ -28,7 +28,22 @@ from dispatchq.nomadsim.model import Alloc, JsonObj
 from dispatchq.nomadsim.policies import RestartTracker
 
 if TYPE_CHECKING:
-    from dispatchq.nomadsim.clients import Clients
+    import asyncio
+
+    from dispatchq.nomadsim.config import SimConfig
+    from dispatchq.nomadsim.timers import Timers
+
+
+class Host(Protocol):
+    """What a runner needs of the simulated clients that run it (`clients.Clients`)."""
+
+    config: SimConfig
+    loop: asyncio.AbstractEventLoop
+    timers: Timers
+
+    def mark(self, run: AllocRun) -> None: ...
+
+    def write_now(self, run: AllocRun) -> None: ...
 
 PENDING, RUNNING, DEAD = "pending", "running", "dead"
 
@@ -116,7 +131,7 @@ class AllocRun:
 
     __slots__ = ("alloc_id", "clients", "finished", "forced", "gen", "state_changed", "tasks")
 
-    def __init__(self, clients: Clients, alloc: Alloc, group: JsonObj, node_dc: str) -> None:
+    def __init__(self, clients: Host, alloc: Alloc, group: JsonObj, node_dc: str) -> None:
         self.clients = clients
         self.alloc_id = alloc.id
         now = clients.loop.time()

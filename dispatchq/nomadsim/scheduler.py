@@ -4,7 +4,7 @@
   it is set, otherwise in batches). Each eval is planned on its own; a batch's
   placements (`PlanResult` events) and eval outcomes (`EvaluationUpdated` events) are
   written as one entry.
-- A task group that does not fit gets FailedTGAllocs and a blocked eval (§7). When an
+- A task group that does not fit gets FailedTGAllocs and a blocked eval. When an
   alloc frees capacity, blocked evals that could now place go back to `pending` (oldest
   first, only as many as the freed capacity could take) and are re-evaluated; one that
   still cannot place is blocked again (Nomad's ReblockEval). A newer blocked eval for
@@ -25,8 +25,8 @@ from dispatchq.nomadsim.clients import Clients
 from dispatchq.nomadsim.config import SimConfig
 from dispatchq.nomadsim.jsonshape import go_quote, new_uuid, now_ns
 from dispatchq.nomadsim.model import Alloc, Eval, JsonObj, Node, evolve
-from dispatchq.nomadsim.nodes import alloc_failed
 from dispatchq.nomadsim.placement import Placer, make_nodes
+from dispatchq.nomadsim.policies import reschedule_eligible, scaled_policy
 from dispatchq.nomadsim.reconcile import FOLLOWUP, RESCHEDULED, reconcile_group
 from dispatchq.nomadsim.state import JobKey, Store, Write
 
@@ -389,3 +389,25 @@ class Scheduler:
                 w.put_eval(evolve(ev, status="pending", modify_time=now_ns()))
         for ev in ready:
             self.enqueue(ev.id)
+
+
+def alloc_failed(scheduler: Scheduler, w: Write, alloc: Alloc) -> None:
+    """As nomad/node_endpoint.go UpdateAlloc: a failed alloc whose reschedule policy still
+    allows an attempt, and that has no FollowupEvalID yet, gets an `alloc-failure`
+    evaluation in the same write as the client's update."""
+    if alloc.desired_status != "run" or alloc.followup_eval_id:
+        return
+    job = scheduler.store.jobs.get((alloc.namespace, alloc.job_id))
+    if job is None or job["Stop"]:
+        return
+    group = next((g for g in job["TaskGroups"] if g["Name"] == alloc.task_group), None)
+    policy = group.get("ReschedulePolicy") if group else None
+    if not policy:
+        return
+    events = (alloc.reschedule_tracker or {}).get("Events") or []
+    if not reschedule_eligible(events, scaled_policy(policy, scheduler.config.time_scale),
+                               now_ns()):
+        return
+    ev = scheduler.new_eval(job, "alloc-failure", w.index)
+    w.put_eval(ev)
+    scheduler.loop.call_soon(scheduler.enqueue, ev.id)

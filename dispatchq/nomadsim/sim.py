@@ -8,9 +8,9 @@ from typing import Any
 
 from dispatchq.nomadsim.acl import AclStore
 from dispatchq.nomadsim.config import SimConfig
-from dispatchq.nomadsim.dispatch import DispatchRecord
 from dispatchq.nomadsim.faults import FaultRule, Faults
 from dispatchq.nomadsim.jsonshape import now_ns
+from dispatchq.nomadsim.model import DispatchRecord
 from dispatchq.nomadsim.scheduler import Scheduler
 from dispatchq.nomadsim.state import Store
 

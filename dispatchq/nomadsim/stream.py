@@ -1,4 +1,4 @@
-"""`GET /v1/event/stream` (§10): ndjson batches, `{}` heartbeats, replay by index."""
+"""`GET /v1/event/stream`: ndjson batches, `{}` heartbeats, replay by index."""
 
 from __future__ import annotations
 

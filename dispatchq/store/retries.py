@@ -24,9 +24,9 @@ from typing import Any, cast
 import redis
 import structlog
 
-from dispatchq.broker.messages import celery_message
 from dispatchq.core.request import DispatchRequest, is_request_id, request_digest
 from dispatchq.store import keys
+from dispatchq.store.messages import celery_message
 from dispatchq.store.records import SCRIPTS
 
 log = structlog.get_logger(__name__)

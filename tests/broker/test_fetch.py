@@ -13,9 +13,9 @@ from kombu import Connection
 
 from dispatchq.broker.app import TASK_DISPATCH
 from dispatchq.broker.fetch import Counted, ReliableChannel, ReliableTransport
-from dispatchq.broker.messages import celery_message
 from dispatchq.devstack.redis_server import RedisServer
 from dispatchq.store import keys
+from dispatchq.store.messages import celery_message
 from dispatchq.store.records import DELIVERIES
 from tests.support.consumer import consume as consume_from
 from tests.support.requests import message_body

@@ -15,10 +15,10 @@ from kombu import Connection, Exchange
 
 from dispatchq.broker.app import TASK_DISPATCH
 from dispatchq.broker.fetch import ReliableChannel, ReliableTransport
-from dispatchq.broker.messages import celery_message
 from dispatchq.devstack.redis_server import RedisServer
 from dispatchq.producer.enqueue import Enqueuer, NewRequest
 from dispatchq.store import keys, lanes
+from dispatchq.store.messages import celery_message
 from tests.support.consumer import consume as consume_from
 from tests.support.requests import message_body
 

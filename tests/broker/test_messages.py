@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kombu import Connection
 
-from dispatchq.broker.messages import celery_message, compact_json
+from dispatchq.store.messages import celery_message, compact_json
 from tests.support.requests import message_body
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from dispatchq.broker.messages import celery_message
+from dispatchq.store.messages import celery_message
 from tests.support.faults import (
     REDELIVERY,
     Accounting,

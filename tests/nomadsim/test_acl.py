@@ -1,4 +1,4 @@
-"""ACLs (§3 rows 1-2, §10, §11) against a server started with --acl."""
+"""ACLs against a server started with --acl."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def test_capability_matrix(cluster: Cluster, job_id: str, policies: tuple[str, .
     listed = api.get("/v1/jobs")
     assert (listed.status_code == 200) is may_list
     if may_dispatch and not may_read:
-        # the CLI's monitor would fail here (§11)
+        # the CLI's monitor would fail here (no read-job capability)
         assert denied(api.get(f"/v1/evaluation/{dispatched.json()['EvalID']}"))
     if may_dispatch and may_read:
         assert api.get(f"/v1/evaluation/{dispatched.json()['EvalID']}").status_code == 200

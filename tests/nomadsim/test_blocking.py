@@ -1,4 +1,4 @@
-"""Blocking queries (§9): index, wait, timeouts, invalid values, wake-ups."""
+"""Blocking queries: index, wait, timeouts, invalid values, wake-ups."""
 
 from __future__ import annotations
 

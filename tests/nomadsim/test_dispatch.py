@@ -1,4 +1,4 @@
-"""Dispatch over HTTP: NOMAD_API.md §2.4-§6 (validation rows, IDs, child, idempotency)."""
+"""Dispatch over HTTP: validation answers, child IDs, the child job, idempotency tokens."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_child_without_payload_shows_null_and_request_priority_wins(api: Api,
     assert child["Priority"] == 5
 
 
-# -- §3 rows in order -------------------------------------------------------------------------
+# -- validation answers in order ----------------------------------------------------------
 
 
 def test_row4_empty_job_id(api: Api) -> None:
@@ -166,7 +166,7 @@ def test_row12_priority_range(api: Api, param_job: str, priority: int) -> None:
            "dispatch job priority must be between [1, 100]")
 
 
-# -- §6 idempotency ---------------------------------------------------------------------------
+# -- idempotency --------------------------------------------------------------------------
 
 
 def test_idempotent_repeat_returns_existing_child(api: Api, param_job: str) -> None:

@@ -1,4 +1,4 @@
-"""The event stream (§10): heartbeats, topics and keys, replay by index, errors."""
+"""The event stream: heartbeats, topics and keys, replay by index, errors."""
 
 from __future__ import annotations
 

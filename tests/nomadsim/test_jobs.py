@@ -1,4 +1,4 @@
-"""Registration, reads, lists, filters, stop/purge, namespaces, summaries (§2.1-§2.3, §5)."""
+"""Registration, reads, lists, filters, stop/purge, namespaces, summaries."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Placement, failures with AllocMetric, blocked evals, NextEval, GC (§5, §7)."""
+"""Placement, failures with AllocMetric, blocked evals, NextEval, GC."""
 
 from __future__ import annotations
 

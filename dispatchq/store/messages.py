@@ -18,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from dispatchq.broker.app import TASK_DISPATCH
+TASK_DISPATCH = "dispatchq.dispatch"
+"""The task name in every queue message; part of the stable message format."""
 
 _ORIGIN_JSON = json.dumps(f"{os.getpid()}@{socket.gethostname()}")
 # kombu only needs delivery tags to be unique (they key its unacknowledged set): a random

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dispatchq.broker.messages import new_request_id
 from dispatchq.config.settings import load_settings
 from dispatchq.core.outcome import DISPATCHED, Outcome, Timings
 from dispatchq.core.request import DispatchRequest
@@ -24,6 +23,7 @@ from dispatchq.producer.enqueue import NewRequest
 from dispatchq.producer.results import outcome_from_meta
 from dispatchq.store import keys
 from dispatchq.store.liveness import live_workers
+from dispatchq.store.messages import new_request_id
 from dispatchq.store.records import with_record
 from dispatchq.tracker.progress import changes, final_line
 
