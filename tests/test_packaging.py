@@ -81,3 +81,8 @@ def test_the_wheel_installs_one_import_root_beside_a_services_config_and_worker(
     for module in ("gevent", "uvloop", "prometheus_client"):  # and has none installed
         probe = subprocess.run([python, "-c", f"import {module}"], capture_output=True, check=False)
         assert probe.returncode != 0, module
+    dispatchq = env / "bin" / "dispatchq"
+    assert "job" in _run(dispatchq, "--help", cwd=service)  # the client's CLI works
+    daemon = subprocess.run([dispatchq, "tracker"], capture_output=True, text=True, check=False)
+    assert daemon.returncode == 1
+    assert "needs the [worker] extra: pip install 'dispatchq[worker]'" in daemon.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import redis
 from prometheus_client import CollectorRegistry
 
-from dispatchq.cli.tracker import TrackerMetrics
+from dispatchq.tracker.metrics import TrackerMetrics
 from dispatchq.worker.metrics import WorkerMetrics
 
 README = Path(__file__).resolve().parents[1] / "README.md"

