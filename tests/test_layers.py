@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "worker": {"config", "core", "store", "broker", "nomad", "payload"},
     "tracker": {"config", "core", "store", "broker", "nomad"},
     "notifier": {"config", "core", "store", "payload"},
-    "devstack": {"config", "store", "producer", "cli"},
+    "devstack": {"config", "store"},
     "nomadsim": set(),
     # the command line: over everything
     "cli": {"config", "core", "store", "broker", "nomad", "payload", "producer", "worker",
