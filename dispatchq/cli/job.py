@@ -22,6 +22,7 @@ from typing import Any, NoReturn, TextIO
 
 from dispatchq.cli.queued import NoWorker, dispatch_queued
 from dispatchq.config.logging import configure_logging
+from dispatchq.core.durations import parse_duration
 from dispatchq.core.monitor import dispatch_and_follow
 from dispatchq.core.outcome import Outcome
 from dispatchq.core.render import render
@@ -35,7 +36,7 @@ from dispatchq.nomad.config import NomadConfig
 from dispatchq.producer.enqueue import InvalidRequest
 from dispatchq.store.messages import new_request_id
 from dispatchq.tracker.direct import follow_child
-from dispatchq.tracker.progress import final_line, parse_duration
+from dispatchq.tracker.progress import final_line
 
 USAGE = """\
 Usage: dispatchq job dispatch [options] <parameterized job> [input source]

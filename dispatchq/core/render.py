@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dispatchq.core.durations import go_duration
 from dispatchq.core.transcript import (
     AllocationPlaced,
     AllocationsReadFailed,
@@ -66,41 +67,6 @@ def go_quote(text: str) -> str:
         else:
             out.append(f"\\U{code:08x}")
     return '"' + "".join(out) + '"'
-
-
-def _fraction(value: int, precision: int) -> tuple[str, int]:
-    """Go's fmtFrac: the last `precision` digits as a fraction without trailing zeros."""
-    digits = ""
-    for _ in range(precision):
-        digit = value % 10
-        if digits or digit:
-            digits = str(digit) + digits
-        value //= 10
-    return ("." + digits if digits else ""), value
-
-
-def go_duration(nanoseconds: int) -> str:
-    """Go's `time.Duration.String()`: 0s, 750ms, 1.5s, 30s, 1m0s, 1h2m3.5s."""
-    sign = "-" if nanoseconds < 0 else ""
-    value = abs(nanoseconds)
-    if value == 0:
-        return "0s"
-    if value < 1_000:
-        return f"{sign}{value}ns"
-    if value < 1_000_000:
-        fraction, whole = _fraction(value, 3)
-        return f"{sign}{whole}{fraction}µs"
-    if value < 1_000_000_000:
-        fraction, whole = _fraction(value, 6)
-        return f"{sign}{whole}{fraction}ms"
-    fraction, seconds = _fraction(value, 9)
-    text = f"{seconds % 60}{fraction}s"
-    minutes = seconds // 60
-    if minutes:
-        text = f"{minutes % 60}m{text}"
-        if minutes // 60:
-            text = f"{minutes // 60}h{text}"
-    return sign + text
 
 
 def format_kv(pairs: list[tuple[str, str]]) -> list[str]:

@@ -166,3 +166,36 @@ def dumps(value: Any, pretty: bool = False) -> bytes:
         except TypeError:
             pass
     return (_PRETTY if pretty else _COMPACT).encode(value).encode()
+
+
+_SECOND = 1_000_000_000
+_MINUTE = 60 * _SECOND
+_HOUR = 60 * _MINUTE
+
+
+def go_duration(ns: int) -> str:
+    """time.Duration(ns).String(): `24h0m0s`, `1.5s`, `15.2ms`, `0s`."""
+    if ns == 0:
+        return "0s"
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+    if ns < _SECOND:
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if ns >= size:
+                return sign + _duration_fraction(ns, size) + unit
+    hours, rest = divmod(ns, _HOUR)
+    minutes, rest = divmod(rest, _MINUTE)
+    seconds = _duration_fraction(rest, _SECOND)
+    if hours:
+        return f"{sign}{hours}h{minutes}m{seconds}s"
+    if minutes:
+        return f"{sign}{minutes}m{seconds}s"
+    return f"{sign}{seconds}s"
+
+
+def _duration_fraction(value: int, unit: int) -> str:
+    whole, frac = divmod(value, unit)
+    if not frac:
+        return str(whole)
+    digits = len(str(unit)) - 1
+    return f"{whole}.{frac:0{digits}d}".rstrip("0")

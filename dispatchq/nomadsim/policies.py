@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from dispatchq.nomadsim.jsonshape import go_duration
 from dispatchq.nomadsim.model import JsonObj
 
 SECOND = 1_000_000_000
@@ -199,34 +200,3 @@ def tracker_events(events: list[JsonObj], policy: JsonObj, now_ns: int) -> list[
         interval = policy["Interval"]
         return [e for e in events if interval > 0 and now_ns - e["RescheduleTime"] <= interval]
     return events[-5:]
-
-
-# -- Go's time.Duration.String -------------------------------------------------------------
-
-
-def go_duration(ns: int) -> str:
-    """time.Duration(ns).String(): `24h0m0s`, `1.5s`, `15.2ms`, `0s`."""
-    if ns == 0:
-        return "0s"
-    sign = "-" if ns < 0 else ""
-    ns = abs(ns)
-    if ns < SECOND:
-        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
-            if ns >= size:
-                return sign + _fraction(ns, size) + unit
-    hours, rest = divmod(ns, HOUR)
-    minutes, rest = divmod(rest, MINUTE)
-    seconds = _fraction(rest, SECOND)
-    if hours:
-        return f"{sign}{hours}h{minutes}m{seconds}s"
-    if minutes:
-        return f"{sign}{minutes}m{seconds}s"
-    return f"{sign}{seconds}s"
-
-
-def _fraction(value: int, unit: int) -> str:
-    whole, frac = divmod(value, unit)
-    if not frac:
-        return str(whole)
-    digits = len(str(unit)) - 1
-    return f"{whole}.{frac:0{digits}d}".rstrip("0")

@@ -8,9 +8,9 @@ duplicates (`ExitCode`, `Signal`, `FailsTask`, ...), filled the way the setters
 
 from __future__ import annotations
 
-from dispatchq.nomadsim.jsonshape import go_quote, rfc3339
+from dispatchq.nomadsim.jsonshape import go_duration, go_quote, rfc3339
 from dispatchq.nomadsim.model import JsonObj
-from dispatchq.nomadsim.policies import REASON_WITHIN_POLICY, go_duration
+from dispatchq.nomadsim.policies import REASON_WITHIN_POLICY
 
 RECEIVED = "Received"
 SETUP = "Task Setup"

@@ -7,29 +7,9 @@ lost or failed, a task started, restarting, or exited (with its code)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from dispatchq.core.outcome import Outcome
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """A Go-style duration (`90s`, `1h30m`, `500ms`) or plain seconds, in seconds; raises
-    ValueError for anything else or a duration not above 0."""
-    text = text.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        parts = _DURATION.findall(text)
-        if not parts or "".join(n + u for n, u in parts) != text:
-            raise ValueError(f"invalid duration {text!r}: use e.g. 90s, 5m or 1h30m") from None
-        seconds = sum(float(n) * _UNIT[u] for n, u in parts)
-    if seconds <= 0:
-        raise ValueError(f"invalid duration {text!r}: must be above 0")
-    return seconds
 
 
 def _short(alloc_id: str, verbose: bool) -> str:

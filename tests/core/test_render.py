@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dispatchq.core.render import Line, go_duration, go_quote, metric_lines, render
+from dispatchq.core.durations import go_duration
+from dispatchq.core.render import Line, go_quote, metric_lines, render
 from dispatchq.core.transcript import (
     AllocationsReadFailed,
     Dispatched,
