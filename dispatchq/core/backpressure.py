@@ -41,6 +41,7 @@ from dispatchq.core.outcome import Outcome
 from dispatchq.errors import NomadError, NotFound
 from dispatchq.errors import Throttled as Throttled
 from dispatchq.store import keys
+from dispatchq.store.records import SCRIPTS
 
 log = structlog.get_logger(__name__)
 
@@ -60,92 +61,10 @@ spends them locally within that time, so a dispatch rarely costs a round trip of
 RECHECK_AFTER = 0.05
 """A request that waited longer than this at the gate re-reads its batch's cancel flag."""
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-"""
-# The rate after the last cut, recovered linearly since. ARGV[1] ceiling, ARGV[3] recovery s.
-_CURRENT_RATE = """
-local function current_rate(h_rate, h_cut)
-  if not h_rate then return tonumber(ARGV[1]) end
-  local climbed = (now - tonumber(h_cut)) * tonumber(ARGV[1]) / tonumber(ARGV[3])
-  return math.min(tonumber(ARGV[1]), tonumber(h_rate) + climbed)
-end
-"""
-# KEYS[1] rate hash. ARGV: ceiling, burst, recovery s, ttl, tokens wanted. {n, 0, rate}
-# when n >= 1 tokens (at most those wanted) are granted, else {0, seconds to wait, rate}.
-# Lua numbers would reach the reply truncated: strings.
-_TAKE_LUA = (
-    _NOW
-    + _CURRENT_RATE
-    + """
-local h = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'cut_at')
-local rate = current_rate(h[2], h[3])
-local interval = 1 / rate
-local tat = math.max(tonumber(h[1] or now), now)
-local wait = tat - now - (tonumber(ARGV[2]) - 1) * interval
-if wait > 0 then return {0, tostring(wait), tostring(rate)} end
-local granted = math.min(tonumber(ARGV[5]), math.floor(-wait / interval) + 1)
-redis.call('HSET', KEYS[1], 'tat', tostring(tat + granted * interval))
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return {granted, '0', tostring(rate)}
-"""
-)
-# KEYS[1] rate hash. ARGV: ceiling, floor, recovery s, cooldown s, ttl. Returns the rate.
-_CUT_LUA = (
-    _NOW
-    + _CURRENT_RATE
-    + """
-local h = redis.call('HMGET', KEYS[1], 'rate', 'cut_at')
-local rate = current_rate(h[1], h[2])
-if h[2] and now - tonumber(h[2]) < tonumber(ARGV[4]) then return tostring(rate) end
-rate = math.max(tonumber(ARGV[2]), rate / 2)
-redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'cut_at', tostring(now))
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return tostring(rate)
-"""
-)
-# KEYS[1] rate hash. ARGV: ceiling, (unused), recovery s. The rate in force now.
-_RATE_LUA = (
-    _NOW
-    + _CURRENT_RATE
-    + """
-local h = redis.call('HMGET', KEYS[1], 'rate', 'cut_at')
-return tostring(current_rate(h[1], h[2]))
-"""
-)
-# KEYS[1] children hash, KEYS[2] refresh lock. ARGV: cap, max age s, lock ms.
-# 0: admitted; 1: full; -1: the caller must read the summary (it holds the lock).
-_SLOT_LUA = (
-    _NOW
-    + """
-local h = redis.call('HMGET', KEYS[1], 'unfinished', 'at', 'since')
-if not h[2] or now - tonumber(h[2]) > tonumber(ARGV[2]) then
-  if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then return -1 end
-  if not h[2] then return 1 end
-end
-if tonumber(h[1]) + tonumber(h[3] or 0) < tonumber(ARGV[1]) then
-  redis.call('HINCRBY', KEYS[1], 'since', 1)
-  return 0
-end
-return 1
-"""
-)
-# KEYS[1] children hash, KEYS[2] refresh lock. ARGV: unfinished children, ttl.
-_REFRESH_LUA = (
-    _NOW
-    + """
-redis.call('HSET', KEYS[1], 'unfinished', ARGV[1], 'at', tostring(now), 'since', 0)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('DEL', KEYS[2])
-"""
-)
-
-
 def shared_rate(client: redis.Redis, ceiling: float) -> float:
     """The dispatch rate in force for every worker now (the ceiling, unless slowed)."""
-    script = client.register_script(_RATE_LUA)
-    return float(script(keys=[keys.RATE], args=[ceiling, 0, RECOVERY_SECONDS]))
+    script = client.register_script(SCRIPTS["rate_read"])
+    return float(script(keys=[keys.RATE], args=[ceiling, RECOVERY_SECONDS]))
 
 
 @dataclass(frozen=True)
@@ -200,10 +119,10 @@ class DispatchGate:
 
     def __post_init__(self) -> None:
         self._rate_seen = self.policy.rate
-        self._take = self.client.register_script(_TAKE_LUA)
-        self._cut = self.client.register_script(_CUT_LUA)
-        self._slot = self.client.register_script(_SLOT_LUA)
-        self._refresh = self.client.register_script(_REFRESH_LUA)
+        self._take = self.client.register_script(SCRIPTS["rate_take"])
+        self._cut = self.client.register_script(SCRIPTS["rate_cut"])
+        self._slot = self.client.register_script(SCRIPTS["children_slot"])
+        self._refresh = self.client.register_script(SCRIPTS["children_refresh"])
 
     def admit(self, job_id: str, namespace: str) -> bool:
         """Wait for this dispatch's turn; whether it waited longer than RECHECK_AFTER.

@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from dispatchq.store import keys
+from dispatchq.store.records import SCRIPTS
 
 OPEN = "open"
 CANCELLED = "cancelled"
@@ -178,7 +179,7 @@ class BatchStore:
         pipe.hsetnx(key, "total", 0)
         pipe.hsetnx(key, "until", until)
         pipe.hsetnx(key, "detach", int(detach))
-        pipe.eval(_RAISE_TOTAL, 1, key, total)
+        pipe.eval(SCRIPTS["batch_total"], 1, key, total)
         if notify_url:
             pipe.hset(key, "notify_url", notify_url)
         if max_attempts is not None:
@@ -215,9 +216,3 @@ class BatchStore:
         codes and messages), oldest first."""
         entries = self.client.lrange(keys.batch_errors(batch_id), 0, limit - 1)
         return [json.loads(e) for e in entries]
-
-
-_RAISE_TOTAL = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
-if tonumber(ARGV[1]) > current then redis.call('HSET', KEYS[1], 'total', ARGV[1]) end
-"""

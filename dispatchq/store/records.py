@@ -131,6 +131,8 @@ def _load_scripts() -> dict[str, str]:
         "emit_done_events(": texts.pop("_events"),
         "lane_args(": texts.pop("_lanes"),
         "batch_move(": texts.pop("_batch"),
+        "clock(": texts.pop("_clock"),
+        "current_rate(": texts.pop("_rate"),
     }
     return {
         name: "".join(lib for call, lib in libraries.items() if call in text) + text
@@ -139,11 +141,9 @@ def _load_scripts() -> dict[str, str]:
 
 
 SCRIPTS = _load_scripts()
-"""The text of each script of `lua/`, read once: `begin`, `dispatched`, `done`, `enqueue`,
-`fetch_fair`, `handoff`, `lane_push`, `lease`, `reclaim`, `replay`, `requeue`, `retry`,
-`stage`, `store_result` (the lane scripts belong to `dispatchq.broker.fetch`; they live here with
-the others
-so that every script is loaded one way)."""
+"""The text of every script of `lua/`, read once, by file name: the record's (`begin`,
+`done`...), the fetch and lanes of `dispatchq.broker.fetch`, the batches', the
+backpressure gate's (`rate_*`, `children_*`). Every script dispatchq runs is one of these."""
 
 
 @dataclass(frozen=True)

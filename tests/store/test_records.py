@@ -4,6 +4,7 @@ on a real redis-server."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import tomllib
@@ -100,7 +101,18 @@ def test_the_scripts_ship_as_package_data() -> None:
     patterns = config["tool"]["setuptools"]["package-data"]["dispatchq.store"]
     for name in scripts():
         assert any(fnmatch(f"lua/{name}.lua", pattern) for pattern in patterns), name
-    assert set(SCRIPTS) == set(scripts()) - {"_store", "_events", "_lanes", "_batch"}
+    assert set(SCRIPTS) == {name for name in scripts() if not name.startswith("_")}
+
+
+def test_every_script_is_a_lua_file_with_its_keys_and_argv_written_at_the_top() -> None:
+    for name, text in scripts().items():
+        header = "\n".join(line for line in text.splitlines() if line.startswith("--"))
+        if not name.startswith("_"):  # a library's functions say what they take
+            assert "KEYS" in header and "ARGV" in header, name
+    root = Path(__file__).resolve().parents[2] / "dispatchq"
+    for folder, _, names in os.walk(root, followlinks=True):
+        for file in (Path(folder, n) for n in names if n.endswith(".py")):
+            assert "redis.call(" not in file.read_text(encoding="utf-8"), f"Lua in {file}"
 
 
 # -- the scripts on Redis ---------------------------------------------------------------
