@@ -36,7 +36,7 @@ from dispatchq.producer.batch import (
 )
 from dispatchq.producer.batch import preflight as check_items
 from dispatchq.producer.batch_input import BatchItem
-from dispatchq.producer.enqueue import CONFLICT, Enqueuer, InvalidRequest, NewRequest
+from dispatchq.producer.enqueue import CONFLICT, Enqueuer, InvalidRequest, NewRequest, conflict
 from dispatchq.producer.events import follow_events
 from dispatchq.producer.results import outcome_from_meta
 from dispatchq.store import keys
@@ -167,10 +167,7 @@ class Producer:
         )
         [(rid, flag)] = self.enqueuer.enqueue([request])
         if flag == CONFLICT:
-            raise InvalidRequest(
-                f'request ID "{rid}" already names another request (another job, payload or '
-                "meta): choose another ID"
-            )
+            raise conflict(rid)
         return rid
 
     @cached_property

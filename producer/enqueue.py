@@ -41,6 +41,14 @@ CHUNK = 500
 hold Redis for more than a few milliseconds."""
 
 
+def conflict(request_id: str) -> InvalidRequest:
+    """The error of an enqueue whose request ID names another request already."""
+    return InvalidRequest(
+        f'request ID "{request_id}" already names another request (another job, payload or '
+        "meta): choose another ID"
+    )
+
+
 def packed(command: list[bytes]) -> bytes:
     """One command in Redis's protocol (an array of bulk strings), as redis-py's
     `pack_commands` writes it at a fifth of the cost per command: a chunk of 500 requests

@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "notifier": {"config", "core", "store", "payload"},
     "devstack": {"config", "store"},
     "nomadsim": set(),
+    "testing": {"config", "core", "store", "producer"},
     # the command line: over everything
     "cli": {"config", "core", "store", "broker", "nomad", "payload", "producer", "worker",
             "tracker", "notifier", "devstack", "nomadsim"},
