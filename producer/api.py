@@ -81,7 +81,7 @@ class RequestStatus:
         data: dict[str, Any] = {"request_id": self.request_id, "state": self.state}
         if self.record is not None:
             data.update({k: v for k, v in self.record.to_json().items() if k != "state"})
-        if self.outcome is not None:  # as stored: the README's outcome format
+        if self.outcome is not None:  # as stored: the outcome format of docs/formats.md
             data["outcome"] = self.outcome.to_stored()
         return data
 

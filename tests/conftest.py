@@ -21,7 +21,7 @@ _PROCESSES = frozenset({"nomadsim", "sim", "fault_sim"})
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `slow` every test that starts processes beyond the session's redis-server: the
     integration and fault suites, devstack's tests and any test using a nomadsim fixture.
-    `pytest -m "not slow"` is the unit layer (README, Development)."""
+    `pytest -m "not slow"` is the unit layer (CONTRIBUTING.md)."""
     slow = pytest.mark.slow
     for item in items:
         if (

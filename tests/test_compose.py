@@ -1,4 +1,4 @@
-"""docker-compose.yml and the Dockerfile: valid, and set up the way the README says.
+"""docker-compose.yml and the Dockerfile: valid, and set up the way docs/operations.md says.
 
 Where a Compose client is installed (`docker compose`, else the older `docker-compose`),
 the assertions run on what `config` makes of the file: validated against the Compose

@@ -1,9 +1,9 @@
-"""The README's producer examples (examples/), run as written against a real worker.
+"""The producer examples (examples/), run as written against a real worker.
 
 `send_task.py` runs in a Python where dispatchq's own packages cannot be imported (only
 Celery and redis-py are), as in a service that has only `celery[redis]` installed;
 `lpush.sh` builds its message by hand and pushes it with redis-cli. Each outcome is what
-the README's outcome format says (validated against its schema).
+the outcome format of docs/formats.md says (validated against its schema).
 """
 
 from __future__ import annotations

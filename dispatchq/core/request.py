@@ -1,7 +1,7 @@
 """The dispatch request: one model from the producer to Nomad, and the limits it obeys.
 
 `DispatchRequest` is what a producer validates and serialises (`from_producer`,
-`to_message`), what a queue message carries (the task's keyword arguments: the README's
+`to_message`), what a queue message carries (the task's keyword arguments: docs/formats.md,
 "Message format, version 1"), what the worker parses (`from_message`) and what the Nomad
 client sends (`NomadClient.dispatch`). A new field is declared here once; the code that
 uses it and its tests are all else it needs.
@@ -81,7 +81,7 @@ because it is part of a Redis key name, before a second name (`keys.children`)."
 
 
 class DispatchRequest(BaseModel):
-    """Version 1 of the request (the task's keyword arguments; see the README)."""
+    """Version 1 of the request (the task's keyword arguments; docs/formats.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -151,7 +151,7 @@ class DispatchRequest(BaseModel):
 
     def to_message(self) -> dict[str, Any]:
         """The task's keyword arguments: `v`, the IDs, and the other fields unless they
-        are empty or their default (the compact form of the README's message format), in
+        are empty or their default (the compact form of the message format, docs/formats.md), in
         the model's order."""
         # `v` and the IDs are never empty (validated); every default is falsy but `until`'s,
         # left out too, so that a request as of version 1 is the message it always was.

@@ -175,7 +175,7 @@ def local_stack(
                 task_events=True,  # for Flower (`dispatchq flower`)
             )
             procs.append(_start(stack, worker))
-        # Webhooks (notify_url): the notifier, apart from the workers (README, Webhooks).
+        # Webhooks (notify_url): the notifier, apart from the workers (docs/formats.md, Webhooks).
         # DISPATCHQ_NOTIFY_HOSTS and _SECRET pass through from the caller's environment.
         notifier_env = {**env, **{k: v for k, v in os.environ.items()
                                   if k.startswith("DISPATCHQ_NOTIFY_")}}  # fmt: skip

@@ -1,6 +1,6 @@
 """The queue message: Celery protocol 2, JSON body, as kombu's Redis transport stores it.
 
-This is dispatchq's stable wire format (documented in the README): the body's keyword
+This is dispatchq's stable wire format (docs/formats.md): the body's keyword
 arguments are `DispatchRequest.to_message()`, the envelope is built here by hand so a
 batch of thousands is one pipelined write instead of thousands of `delay()` calls. Any
 Celery-speaking client in any language can produce the same message.

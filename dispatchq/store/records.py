@@ -18,7 +18,7 @@ beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
   `wait_timeout` runs out. Its outcome so far (stored form, JSON) is not a field but the
   key `keys.partial` beside the record (handoff.lua; deleted by done.lua): a hash whose
   values all stay under 64 bytes keeps Redis's compact encoding, half the memory of a
-  followed child (see the README, "Following children to their end").
+  followed child (docs/following.md).
 - `job_id` (begin.lua): the parameterized job, when a worker takes the request.
 - `batch_id` (begin.lua): the request's batch, when a worker takes it, for one in a batch.
 - `started_at` (begin.lua): Unix time a worker first took it; `RequestRecord.started_at`

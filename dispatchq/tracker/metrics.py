@@ -1,4 +1,4 @@
-"""The tracker's Prometheus metrics (README, Metrics): children followed, running and
+"""The tracker's Prometheus metrics (docs/operations.md, Metrics): children followed, running and
 finished by outcome, whether this tracker leads, and its process's CPU and memory."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dispatchq.tracker.follower import Checked, Tracker
 
 class TrackerMetrics:
     """Children followed (ZCARD when scraped), running (as last checked) and finished, the
-    lease, and the process's CPU and memory (README, Metrics)."""
+    lease, and the process's CPU and memory (docs/operations.md, Metrics)."""
 
     def __init__(self, client: redis.Redis, tracker: Tracker | None = None) -> None:
         self.registry = CollectorRegistry()

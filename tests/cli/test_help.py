@@ -1,9 +1,9 @@
-"""The README's references match the code, so that they cannot drift apart.
+"""The documentation's references match the code, so that they cannot drift apart.
 
 - Every command's `--help` mentions each flag its parser defines.
-- The README's CLI table (`| command | flags | what it does |`) has a row per command whose
+- The CLI table of docs/cli.md (`| command | flags | what it does |`) has a row per command whose
   flags cell names each of that command's flags, and no flag the command does not have.
-- The README's configuration table names every setting, and no other.
+- The configuration table of docs/configuration.md names every setting, and no other.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from dispatchq.cli.main import build_parser, main
 from dispatchq.config.settings import CONFIG_FILE_ENV, Settings
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 CLI_TABLE_HEADER = "| command | flags | what it does |"
 CONFIG_TABLE_HEADER = "| variable | default | meaning |"
 FLAG = re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*")
@@ -56,10 +56,10 @@ def flags(parser: argparse.ArgumentParser) -> list[set[str]]:
     ]
 
 
-def table_rows(header: str) -> list[list[str]]:
-    """The cells of each row of the README table that starts with `header`."""
-    lines = README.read_text().splitlines()
-    assert header in lines, f"README has no table {header!r}"
+def table_rows(header: str, page: str) -> list[list[str]]:
+    """The cells of each row of the table of docs/`page` that starts with `header`."""
+    lines = (DOCS / page).read_text().splitlines()
+    assert header in lines, f"docs/{page} has no table {header!r}"
     rows = []
     for line in lines[lines.index(header) + 2 :]:
         if not line.startswith("|"):
@@ -72,12 +72,12 @@ def table_rows(header: str) -> list[list[str]]:
 def readme_commands() -> dict[tuple[str, ...], str]:
     """The CLI table: each command's words and its flags cell."""
     documented: dict[tuple[str, ...], str] = {}
-    for command, flag_cell, _what in table_rows(CLI_TABLE_HEADER):
+    for command, flag_cell, _what in table_rows(CLI_TABLE_HEADER, "cli.md"):
         words = tuple(re.sub(r"`", "", command).split())
         assert words[0] == "dispatchq", command
         path = max((p for p in COMMANDS if words[1 : 1 + len(p)] == p), key=len, default=None)
-        assert path is not None, f"README documents an unknown command: {command}"
-        assert path not in documented, f"two README rows for {' '.join(path)}"
+        assert path is not None, f"docs/cli.md documents an unknown command: {command}"
+        assert path not in documented, f"two docs/cli.md rows for {' '.join(path)}"
         documented[path] = flag_cell
     return documented
 
@@ -103,21 +103,21 @@ def test_help_mentions_every_flag(
 @pytest.mark.parametrize("path", sorted(COMMANDS), ids=" ".join)
 def test_readme_documents_the_flags(path: tuple[str, ...]) -> None:
     documented = readme_commands()
-    assert path in documented, f"the README's CLI table has no row for {' '.join(path)}"
+    assert path in documented, f"docs/cli.md has no row for {' '.join(path)}"
     mentioned = set(FLAG.findall(documented[path]))
     spellings = flags(COMMANDS[path])
     for flag in spellings:
-        assert flag & mentioned, f"README: `dispatchq {' '.join(path)}` lacks {sorted(flag)}"
+        assert flag & mentioned, f"docs/cli.md: `dispatchq {' '.join(path)}` lacks {sorted(flag)}"
     defined = set().union(*spellings) if spellings else set()
     unknown = mentioned - defined
-    assert not unknown, f"README: `dispatchq {' '.join(path)}` has no flag {sorted(unknown)}"
+    assert not unknown, f"docs/cli.md: `dispatchq {' '.join(path)}` has no flag {sorted(unknown)}"
 
 
 def test_readme_documents_every_setting() -> None:
     names = set()
-    for cell, _default, _meaning in table_rows(CONFIG_TABLE_HEADER):
+    for cell, _default, _meaning in table_rows(CONFIG_TABLE_HEADER, "configuration.md"):
         names.update(re.findall(r"`((?:DISPATCHQ|NOMAD)_[A-Z_]+)`", cell))
     settings = {f"DISPATCHQ_{field.upper()}" for field in Settings.model_fields}
     expected = settings | {CONFIG_FILE_ENV} | NOMAD_VARIABLES
-    assert names - expected == set(), "the README documents settings that do not exist"
-    assert expected - names == set(), "settings missing from the README"
+    assert names - expected == set(), "docs/configuration.md documents settings that do not exist"
+    assert expected - names == set(), "settings missing from docs/configuration.md"

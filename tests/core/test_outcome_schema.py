@@ -1,7 +1,8 @@
-"""The stored outcome format: `dispatchq/core/outcome.schema.json` against the code and the README.
+"""The stored outcome format: `dispatchq/core/outcome.schema.json` against the code and
+docs/formats.md.
 
 The schema is the contract for readers in any language, so each test here ties it to what
-the code writes (`Outcome.to_stored`, the event rows, every error kind) and to the README's
+the code writes (`Outcome.to_stored`, the event rows, every error kind) and to the documentation's
 tables, which must be what `schema_tables` prints.
 """
 
@@ -34,7 +35,7 @@ from dispatchq.core.transcript import (
 from dispatchq.errors import DispatchqError
 from tests.support.schema_tables import schema_tables
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+FORMATS = Path(__file__).resolve().parents[2] / "docs" / "formats.md"
 VALIDATOR = jsonschema.Draft202012Validator(OUTCOME_SCHEMA)
 _JSON_TYPES = {"str": "string", "bool": "boolean", "int": "integer", "int | None": "integer"}
 
@@ -147,7 +148,7 @@ def test_the_schema_refuses_what_a_reader_could_not_rely_on() -> None:
 
 
 def test_the_readme_tables_are_the_schemas() -> None:
-    text = README.read_text()
+    text = FORMATS.read_text()
     for name, table in schema_tables(OUTCOME_SCHEMA).items():
         match = re.search(
             rf"<!-- {name}: generated from dispatchq/core/outcome.schema.json -->\n(.*?)"
@@ -155,7 +156,7 @@ def test_the_readme_tables_are_the_schemas() -> None:
             text,
             re.S,
         )
-        assert match is not None, f"README: no {name} table markers"
+        assert match is not None, f"docs/formats.md: no {name} table markers"
         assert match.group(1).strip() == table.strip(), (
-            f"README's {name} table differs from the schema; it should read:\n{table}"
+            f"docs/formats.md's {name} table differs from the schema; it should read:\n{table}"
         )

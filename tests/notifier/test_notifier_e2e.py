@@ -78,7 +78,7 @@ class Receiver:
 
 
 def signed(header: str, body: bytes) -> bool:
-    """The receiver's own check, from the README (no dispatchq code)."""
+    """The receiver's own check, from docs/formats.md (no dispatchq code)."""
     parts = dict(part.split("=", 1) for part in header.split(","))
     mac = hmac.new(SECRET.encode(), parts["t"].encode() + b"." + body, hashlib.sha256)
     return hmac.compare_digest(mac.hexdigest(), parts["v1"])

@@ -30,7 +30,7 @@ from dispatchq.store.records import RecordStore, StoredResult
 from tests.support.schema_tables import completion_tables
 
 VALIDATOR = jsonschema.Draft202012Validator(COMPLETION_SCHEMA)
-README = Path(__file__).resolve().parents[2] / "README.md"
+FORMATS = Path(__file__).resolve().parents[2] / "docs" / "formats.md"
 
 
 def events(client: redis.Redis, stream: str = keys.EVENTS) -> list[tuple[dict[str, Any], str]]:
@@ -159,7 +159,7 @@ def test_any_client_follows_the_stream_with_a_consumer_group(
 
 
 def test_the_readme_documents_the_event_format() -> None:
-    text = README.read_text(encoding="utf-8")
+    text = FORMATS.read_text(encoding="utf-8")
     for table in completion_tables(COMPLETION_SCHEMA).values():
         assert table in text
 

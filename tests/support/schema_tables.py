@@ -1,4 +1,5 @@
-"""The README's tables of the outcome format, made from `dispatchq/core/outcome.schema.json`."""
+"""The tables of the outcome format in docs/formats.md, made from the schema
+(`dispatchq/core/outcome.schema.json`)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def completion_tables(schema: dict[str, Any]) -> dict[str, str]:
     return tables
 
 
-if __name__ == "__main__":  # print the README's completion tables
+if __name__ == "__main__":  # print the completion tables of docs/formats.md
     import json
     from pathlib import Path
 

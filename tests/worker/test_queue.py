@@ -131,7 +131,7 @@ def test_bad_payload_references(running: Stack, producer: Producer) -> None:
 def test_raw_protocol2_message_from_a_foreign_producer(
     running: Stack, producer: Producer, redis_client: redis.Redis
 ) -> None:
-    """What a service in another language pushes: the README's message format, by hand."""
+    """What a service in another language pushes: the message format of docs/formats.md, by hand."""
     rid = str(uuid.uuid4())
     kwargs = {"v": 1, "request_id": rid, "job_id": "encode", "meta": {"profile": "4k"}}
     body = json.dumps(

@@ -1,4 +1,5 @@
-"""The README's metrics tables name exactly what the worker and the tracker export."""
+"""The documentation's metrics tables (docs/operations.md) name exactly what the worker and
+the tracker export."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from prometheus_client import CollectorRegistry
 from dispatchq.tracker.metrics import TrackerMetrics
 from dispatchq.worker.metrics import WorkerMetrics
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+OPERATIONS = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 _ROW = re.compile(r"^\| `([a-z_*]+)` \|")
 
 
 def readme_tables() -> list[set[str]]:
-    """The metric names of each table in the README's "Metrics" section, in order."""
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("\n### Metrics\n") :]
-    section = section[: section.index("\n## ", 1)]
+    """The metric names of each table of the "Metrics" section, in order."""
+    text = OPERATIONS.read_text(encoding="utf-8")
+    section = text[text.index("\n## Metrics\n") :]
+    section = section[: (section + "\n## ").index("\n## ", 1)]
     tables: list[set[str]] = []
     inside = False
     for line in section.splitlines():
