@@ -35,7 +35,7 @@ from dispatchq.errors import (
     WaitTimedOut,
 )
 from dispatchq.nomad.config import NomadConfig
-from dispatchq.store.records import Begun, RequestRecord, RequestState, StoredResult
+from dispatchq.store.records import Begun, Ending, RequestRecord, RequestState, StoredResult
 
 log = structlog.get_logger(__name__)
 
@@ -66,43 +66,30 @@ class Payloads(Protocol):
     def close(self) -> None: ...
 
 
-class Records(Protocol):
-    def begin(
-        self,
-        request_id: str,
-        job_id: str,
-        batch_id: str | None,
-        read: str | None = None,
-        digest: str = "",
-    ) -> Begun: ...
+class RecordOf(Protocol):
+    """One request's record (`dispatchq.store.records.RecordHandle`; a fake in the tests)."""
 
-    def mark_dispatched(
-        self, request_id: str, dispatched_job_id: str, eval_id: str, batch_id: str | None
-    ) -> None: ...
+    def begin(self, job_id: str, *, read: str | None = None, digest: str = "") -> Begun: ...
 
-    def mark_done(
-        self,
-        request_id: str,
-        exit_code: int,
-        batch_id: str | None,
-        error: str = "",
-        result: StoredResult | None = None,
-        *,
-        digest: str = "",
-        outcome: dict[str, Any] | None = None,
-        notify_url: str | None = None,
-    ) -> bool: ...
-
-    def load(self, request_id: str) -> RequestRecord | None: ...
+    def dispatched(self, dispatched_job_id: str, eval_id: str) -> None: ...
 
     def hand_off(
         self,
-        request_id: str,
         namespace: str,
         partial: dict[str, Any],
         deadline: float | None,
         notify_url: str | None = None,
     ) -> bool: ...
+
+    def done(self, ending: Ending) -> bool: ...
+
+    def load(self) -> RequestRecord | None: ...
+
+
+class Records(Protocol):
+    """The request records (`dispatchq.store.records.RecordStore`)."""
+
+    def of(self, request_id: str, batch_id: str | None = None) -> RecordOf: ...
 
     def batch_cancelled(self, batch_id: str) -> bool: ...
 
@@ -168,7 +155,7 @@ def fail_message(
     enqueued in it. Returns whether the outcome was stored."""
     if not is_request_id(request_id):
         return False  # not a request ID of ours (nor a key name to write): the dead letter says why
-    record = records.load(request_id)
+    record = records.of(request_id).load()
     if record is not None and record.state == RequestState.DONE:
         return False
     given = {
@@ -182,16 +169,9 @@ def fail_message(
     stored = results(request_id, summary) if results is not None else None
     digest = UNREADABLE if kwargs is None else request_digest(kwargs)
     url = (kwargs or {}).get("notify_url")
-    return records.mark_done(
-        request_id,
-        outcome.exit_code,
-        batch_id or None,
-        reason,
-        stored,
-        digest=digest,
-        outcome=summary,
-        notify_url=url if isinstance(url, str) else None,
-    )
+    ending = Ending(outcome.exit_code, reason, stored, summary,
+                    url if isinstance(url, str) else None, digest)  # fmt: skip
+    return records.of(request_id, batch_id or None).done(ending)
 
 
 @dataclass
@@ -220,9 +200,8 @@ class DispatchService:
         # Named on every line, not bound: binding builds a logger per request.
         recorder = OutcomeRecorder(request.job_id, on_event=on_event)  # times the dispatch
         blob_key = self.resolver.blob_key(request.payload_ref)
-        begun = self.records.begin(
-            request.request_id, request.job_id, request.batch_id, read=blob_key, digest=digest
-        )
+        record = self.records.of(request.request_id, request.batch_id)
+        begun = record.begin(request.job_id, read=blob_key, digest=digest)
         if begun.refused:
             raise RequestRefused(begun.refused)
         deadline = None
@@ -268,8 +247,8 @@ class DispatchService:
             _emit_error(recorder, err)
             return self._finish(request, recorder.outcome())
         eval_id = response.eval_id or self._existing_eval(request, response.dispatched_job_id)
-        self.records.mark_dispatched(
-            request.request_id, response.dispatched_job_id, eval_id, request.batch_id
+        self.records.of(request.request_id, request.batch_id).dispatched(
+            response.dispatched_job_id, eval_id
         )
         log.info(
             "request.dispatched",
@@ -297,7 +276,7 @@ class DispatchService:
         """The exit-1 outcome once the retry policy is spent on a retryable error."""
         note = f"gave up after {retries} retries: " if note is None else note
         recorder = OutcomeRecorder(request.job_id)
-        record = self.records.load(request.request_id)
+        record = self.records.of(request.request_id).load()
         if record is not None and record.dispatched:
             recorder.emit(Dispatched(record.dispatched_job_id, record.eval_id, True))
             cause = error.cause if isinstance(error, MonitoringInterrupted) else error
@@ -374,8 +353,8 @@ class DispatchService:
         and this worker's slot is free; its `deadline` is `wait_timeout` after a worker
         first took it. The outcome returned is not stored."""
         namespace = request.namespace or self.client.config.namespace or ""
-        self.records.hand_off(
-            request.request_id, namespace, outcome.to_stored(), deadline, request.notify_url
+        self.records.of(request.request_id, request.batch_id).hand_off(
+            namespace, outcome.to_stored(), deadline, request.notify_url
         )
         log.info(
             "request.handed_off",
@@ -390,15 +369,8 @@ class DispatchService:
         error = outcome.error_message or "" if outcome.exit_code == 1 else ""
         summary = outcome.to_stored()
         stored = self.results(request.request_id, summary) if self.results else None
-        self.records.mark_done(
-            request.request_id,
-            outcome.exit_code,
-            request.batch_id,
-            error,
-            stored,
-            outcome=summary,
-            notify_url=request.notify_url,
-        )
+        ending = Ending(outcome.exit_code, error, stored, summary, request.notify_url)
+        self.records.of(request.request_id, request.batch_id).done(ending)
         log.info(
             "request.done",
             request_id=request.request_id,

@@ -258,6 +258,10 @@ class RecordStore:
         self._handoff = client.register_script(SCRIPTS["handoff"])
         self._stage = client.register_script(SCRIPTS["stage"])
 
+    def of(self, request_id: str, batch_id: str | None = None) -> RecordHandle:
+        """One request's record (of a batch, or none), to write without repeating its IDs."""
+        return RecordHandle(self, request_id, batch_id)
+
     def load(self, request_id: str) -> RequestRecord | None:
         raw = self.client.hgetall(keys.request(request_id))
         return RequestRecord.from_hash(request_id, raw) if raw else None  # type: ignore[arg-type]
@@ -400,3 +404,57 @@ class RecordStore:
     def batch_cancelled(self, batch_id: str) -> bool:
         """Whether the batch has been cancelled (for a request that waited its turn)."""
         return bool(self.client.hget(keys.batch(batch_id), "state") == b"cancelled")
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a request ended, as its record keeps it (`RecordHandle.done`)."""
+
+    exit_code: int
+    error: str = ""
+    """What its batch lists among its first errors: an exit-1 message, a child's failures."""
+    result: StoredResult | None = None
+    """The outcome, encoded for the result backend: stored in the same step."""
+    outcome: dict[str, Any] | None = None
+    """The outcome's stored form, for its completion event."""
+    notify_url: str | None = None
+    digest: str = ""
+    """A refused message's digest: nothing is written if the record is another request's."""
+
+
+@dataclass(frozen=True)
+class RecordHandle:
+    """One request's record: what a worker writes of it as the request goes (`begin`,
+    `dispatched`, `hand_off`, `done`), each one script. `RecordStore.of` makes one."""
+
+    store: RecordStore
+    request_id: str
+    batch_id: str | None = None
+
+    def begin(self, job_id: str, *, read: str | None = None, digest: str = "") -> Begun:
+        return self.store.begin(self.request_id, job_id, self.batch_id, read, digest)
+
+    def dispatched(self, dispatched_job_id: str, eval_id: str) -> None:
+        self.store.mark_dispatched(self.request_id, dispatched_job_id, eval_id, self.batch_id)
+
+    def hand_off(
+        self,
+        namespace: str,
+        partial: dict[str, Any],
+        deadline: float | None,
+        notify_url: str | None = None,
+    ) -> bool:
+        return self.store.hand_off(self.request_id, namespace, partial, deadline, notify_url)
+
+    def done(self, ending: Ending) -> bool:
+        """Done, counted once in its batch, the outcome stored, in one step; the first
+        finish wins (a late one changes nothing). False only when the record is another
+        request's (`Ending.digest`): then nothing is written."""
+        e = ending
+        return self.store.mark_done(
+            self.request_id, e.exit_code, self.batch_id, e.error, e.result, digest=e.digest,
+            outcome=e.outcome, notify_url=e.notify_url,
+        )  # fmt: skip
+
+    def load(self) -> RequestRecord | None:
+        return self.store.load(self.request_id)

@@ -48,7 +48,7 @@ def test_a_request_is_dispatched_with_its_token_recorded_followed_and_stored() -
     assert sent.request is req
     assert (sent.payload, sent.idempotency_token) == (b"{}", "dispatchq-r-test")
     assert states(records) == ["queued", "dispatching", "monitoring", "done"]
-    record = records.load("r-test")
+    record = records.of("r-test").load()
     assert record is not None
     assert (record.dispatched_job_id, record.eval_id, record.exit_code) == (CHILD, EVAL, 0)
     assert record.started_at is not None and record.started_at > 0
@@ -72,7 +72,7 @@ def test_a_permanent_nomad_error_ends_the_request_with_exit_code_1() -> None:
     outcome = service(nomad, records).run(request("video-encode"))
     assert (outcome.exit_code, outcome.error_kind, outcome.error_message) == (1, "validation", text)
     assert states(records) == ["dispatching", "done"]
-    record = records.load("r-test")
+    record = records.of("r-test").load()
     assert record is not None and record.exit_code == 1 and not record.dispatched
 
 
@@ -82,7 +82,7 @@ def test_a_retryable_nomad_error_is_raised_for_the_retry_policy() -> None:
         service(FakeNomad(dispatches=[ServerError("No cluster leader", status=500)]), records).run(
             request("video-encode")
         )
-    record = records.load("r-test")
+    record = records.of("r-test").load()
     assert record is not None and record.state is RequestState.DISPATCHING
 
 
@@ -91,7 +91,7 @@ def test_nomad_going_away_while_following_interrupts_monitoring_not_the_outcome(
     nomad, records = FakeNomad(evals={EVAL: [lost]}), FakeRecords()
     with pytest.raises(MonitoringInterrupted):
         service(nomad, records).run(request("video-encode"))
-    record = records.load("r-test")
+    record = records.of("r-test").load()
     assert record is not None and record.state is RequestState.MONITORING and record.dispatched
 
 
@@ -187,7 +187,7 @@ def test_until_finished_hands_off_to_the_tracker_instead_of_storing_an_outcome()
     assert outcome.status == "complete"  # the evaluation's, kept as the outcome so far
     assert states(records) == ["queued", "dispatching", "monitoring", "scheduled"]
     assert records.followed == {"r-test"} and "r-test" not in records.results
-    record = records.load("r-test")
+    record = records.of("r-test").load()
     assert record is not None and record.started_at is not None
     assert record.deadline == record.started_at + 60.0  # from when a worker first took it
     assert records.partials["r-test"]["dispatched_job_id"] == CHILD

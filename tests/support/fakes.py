@@ -13,7 +13,14 @@ from dispatchq.core.request import DispatchRequest
 from dispatchq.errors import NomadError, PayloadError
 from dispatchq.nomad.client import DispatchResponse
 from dispatchq.nomad.config import NomadConfig
-from dispatchq.store.records import TRANSITIONS, Begun, RequestRecord, RequestState, StoredResult
+from dispatchq.store.records import (
+    TRANSITIONS,
+    Begun,
+    Ending,
+    RequestRecord,
+    RequestState,
+    StoredResult,
+)
 
 EVAL = "31199841-1111-2222-3333-444444444444"
 CHILD = "video-encode/dispatch-1485379325-cb38d00d"
@@ -158,94 +165,96 @@ class FakeRecords:
         """What enqueue.lua does to a new request."""
         self._state(request_id, RequestState.QUEUED)
 
-    def begin(
-        self,
-        request_id: str,
-        job_id: str,
-        batch_id: str | None,
-        read: str | None = None,
-        digest: str = "",
-    ) -> Begun:
-        record = self.records.get(request_id, {})
+    def of(self, request_id: str, batch_id: str | None = None) -> FakeRecord:
+        return FakeRecord(self, request_id, batch_id)
+
+    def batch_cancelled(self, batch_id: str) -> bool:
+        return batch_id in self.cancelled
+
+
+@dataclass
+class FakeRecord:
+    """One request's record in `FakeRecords`, written as the scripts write it (held with
+    `dispatchq.store.records.RecordHandle` to one contract: tests/store/test_record_contract.py)."""
+
+    store: FakeRecords
+    request_id: str
+    batch_id: str | None = None
+
+    @property
+    def _fields(self) -> dict[str, str]:
+        return self.store.records.setdefault(self.request_id, {})
+
+    def begin(self, job_id: str, *, read: str | None = None, digest: str = "") -> Begun:
+        record = self.store.records.get(self.request_id, {})
         if record.get("digest") not in (None, digest):
             return Begun("", "", False, None, "refused: another request has this ID")
         child, eval_id = record.get("dispatched_job_id", ""), record.get("eval_id", "")
-        cancelled = bool(batch_id) and batch_id in self.cancelled
+        cancelled = bool(self.batch_id) and self.batch_id in self.store.cancelled
         if not child and not cancelled:
-            self._state(request_id, RequestState.DISPATCHING)
-            self.records[request_id]["job_id"] = job_id
-            self.records[request_id].setdefault("started_at", repr(time.time()))
-            if batch_id:
-                self.records[request_id]["batch_id"] = batch_id
-        value = self.blobs.get(read.removeprefix("blob:")) if read else None
-        taken = self.records.get(request_id, {}).get("started_at")
+            self.store._state(self.request_id, RequestState.DISPATCHING)
+            self._fields["job_id"] = job_id
+            self._fields.setdefault("started_at", repr(time.time()))
+            if digest:
+                self._fields.setdefault("digest", digest)
+            if self.batch_id:
+                self._fields["batch_id"] = self.batch_id
+        value = self.store.blobs.get(read.removeprefix("blob:")) if read else None
+        taken = self.store.records.get(self.request_id, {}).get("started_at")
         return Begun(child, eval_id, cancelled, value, "", float(taken) if taken else None)
 
-    def mark_dispatched(
-        self, request_id: str, dispatched_job_id: str, eval_id: str, batch_id: str | None
-    ) -> None:
-        first = not self.records.get(request_id, {}).get("dispatched_job_id")
-        self._state(request_id, RequestState.MONITORING)
-        self.records[request_id].update(dispatched_job_id=dispatched_job_id, eval_id=eval_id)
-        if first and batch_id:
-            counters = self.batches.setdefault(batch_id, {})
+    def dispatched(self, dispatched_job_id: str, eval_id: str) -> None:
+        first = not self.store.records.get(self.request_id, {}).get("dispatched_job_id")
+        self.store._state(self.request_id, RequestState.MONITORING)
+        self._fields.update(dispatched_job_id=dispatched_job_id, eval_id=eval_id)
+        if first and self.batch_id:
+            counters = self.store.batches.setdefault(self.batch_id, {})
             counters["dispatched"] = counters.get("dispatched", 0) + 1
 
-    def mark_done(
-        self,
-        request_id: str,
-        exit_code: int,
-        batch_id: str | None,
-        error: str = "",
-        result: StoredResult | None = None,
-        *,
-        digest: str = "",
-        outcome: dict[str, Any] | None = None,
-        notify_url: str | None = None,
-    ) -> bool:
-        if self.records.get(request_id, {}).get("state") == RequestState.DONE.value:
-            return True  # the first finish wins
-        self._state(request_id, RequestState.DONE)
-        self.records[request_id]["exit_code"] = str(exit_code)
-        if batch_id:
-            counters = self.batches.setdefault(batch_id, {})
-            for name in ("done", f"exit:{exit_code}"):
+    def done(self, ending: Ending) -> bool:
+        record = self.store.records.get(self.request_id, {})
+        if ending.digest and record.get("digest") not in (None, ending.digest):
+            return False  # another request's record: nothing written
+        if record.get("state") == RequestState.DONE.value:
+            return True  # the first finish wins: a late duplicate changes nothing
+        self.store._state(self.request_id, RequestState.DONE)
+        self._fields["exit_code"] = str(ending.exit_code)
+        if self.batch_id:
+            counters = self.store.batches.setdefault(self.batch_id, {})
+            for name in ("done", f"exit:{ending.exit_code}"):
                 counters[name] = counters.get(name, 0) + 1
-        if result is not None:
-            self.results[request_id] = result
+        if ending.result is not None:
+            self.store.results[self.request_id] = ending.result
         return True
 
     def hand_off(
         self,
-        request_id: str,
         namespace: str,
         partial: dict[str, Any],
         deadline: float | None,
         notify_url: str | None = None,
     ) -> bool:
         """What handoff.lua does: scheduled (unless running), the follow fields, followed."""
-        record = self.records.get(request_id, {})
-        if record.get("state") == RequestState.DONE.value:
+        state = self.store.records.get(self.request_id, {}).get("state")
+        if state == RequestState.DONE.value:
             return False
-        if record.get("state") != RequestState.RUNNING.value:
-            self._state(request_id, RequestState.SCHEDULED)
-        self.records[request_id]["namespace"] = namespace
-        self.partials[request_id] = partial
+        if state != RequestState.RUNNING.value:
+            self.store._state(self.request_id, RequestState.SCHEDULED)
+        self._fields["namespace"] = namespace
+        self.store.partials[self.request_id] = partial
         if deadline is not None:
-            self.records[request_id]["deadline"] = repr(deadline)
+            self._fields["deadline"] = repr(deadline)
         if notify_url:
-            self.records[request_id]["notify_url"] = notify_url
-        self.followed.add(request_id)
+            self._fields["notify_url"] = notify_url
+        self.store.followed.add(self.request_id)
         return True
 
-    def load(self, request_id: str) -> RequestRecord | None:
-        raw = self.records.get(request_id)
+    def load(self) -> RequestRecord | None:
+        raw = self.store.records.get(self.request_id)
         if not raw:
             return None
-        return RequestRecord.from_hash(request_id, {k.encode(): v.encode() for k, v in raw.items()})
-
-    def batch_cancelled(self, batch_id: str) -> bool:
-        return batch_id in self.cancelled
+        fields = {k.encode(): v.encode() for k, v in raw.items()}
+        return RequestRecord.from_hash(self.request_id, fields)
 
 
 def stored_result(request_id: str, outcome: dict[str, Any]) -> StoredResult:
