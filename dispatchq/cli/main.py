@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from dispatchq.cli import (
     batch,
+    config,
     demo,
     dev,
     dlq,
@@ -25,9 +26,11 @@ from dispatchq.cli import (
     job,
     notifier,
     queue,
-    requests,
     sim,
+    status,
     tracker,
+    wait,
+    worker,
 )
 from dispatchq.cli.terminal import escaping
 from dispatchq.config.logging import register_env_secrets, scrub
@@ -65,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dispatch HashiCorp Nomad parameterized jobs through a durable queue.",
     )
     commands = parser.add_subparsers(dest="command", metavar="<command>")
-    for module in (job, batch, requests, queue, dlq, demo, dev, sim, health, flower,
-                   notifier, tracker):  # fmt: skip
+    for module in (job, batch, worker, status, wait, config, queue, dlq, demo, dev, sim,
+                   health, flower, notifier, tracker):  # fmt: skip
         module.register(commands)
     return parser
 
