@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dispatchq.cli.main import build_parser
+from dispatchq.cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -166,9 +166,10 @@ def test_workers(config: dict[str, Any]) -> None:
 def test_the_worker_healthcheck_is_a_dispatchq_command(config: dict[str, Any]) -> None:
     test = words(config["services"]["worker"]["healthcheck"]["test"])
     assert test[:2] == ["CMD", "dispatchq"]
-    args = build_parser().parse_args(test[2:])
-    assert args.command == "health"
-    assert args.local
+    name, *rest = test[2:]
+    command = cli.commands[name]
+    assert name == "health"
+    assert command.make_context("health", list(rest)).params["local"]
 
 
 def test_flower_reads_the_workers_broker(config: dict[str, Any]) -> None:

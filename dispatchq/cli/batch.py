@@ -14,13 +14,16 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dispatchq.cli.options import json_flag
 from dispatchq.cli.terminal import raw, safe
 from dispatchq.errors import DispatchqError
 from dispatchq.producer.api import Producer
@@ -28,89 +31,97 @@ from dispatchq.producer.batch_input import BatchItem, read_csv, read_jsonl
 from dispatchq.producer.enqueue import InvalidRequest
 from dispatchq.store.batches import BatchStatus
 
-ACTIONS = ("submit", "status", "results", "retry", "cancel")
 FIRST_FAILURES = 5
 """Failures the summary lists, of the first 50 the batch keeps (`batch results --failed`
 lists every item that did not succeed)."""
 POLL = 0.2  # progress refresh; status reads are O(1), one HGETALL
 
 
-def register(commands: Any) -> None:
-    batch: argparse.ArgumentParser = commands.add_parser(
-        "batch",
-        help="fan out a JSONL/CSV file of requests; status, results, cancel",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    batch.add_argument(
-        "words",
-        nargs="+",
-        metavar="ARG",
-        help="[submit] <job> FILE | status ID | results ID | retry ID | cancel ID",
-    )
-    batch.add_argument(
-        "--csv", action="store_true", help="FILE is CSV (default: JSON Lines, or by .csv suffix)"
-    )
-    batch.add_argument("--batch-id", help="batch ID (re-use one to resume a batch)")
-    batch.add_argument("--namespace", help="Nomad namespace of the job")
-    batch.add_argument(
-        "--tenant",
-        help="who the batch is for: batches take turns, grouped by tenant (a tenant with ten "
-        "batches gets the share of one with one; weights: DISPATCHQ_TENANT_WEIGHTS)",
-    )
-    batch.add_argument(
-        "--no-preflight", action="store_true", help="skip the check against the job's rules"
-    )
-    batch.add_argument(
-        "--until",
-        choices=("scheduled", "finished"),
-        default="scheduled",
-        help="a request is done when its evaluation is (scheduled, the default) or when "
-        "its child job is (finished: followed by `dispatchq tracker`)",
-    )
-    batch.add_argument(
-        "--max-attempts", type=int, metavar="N",
-        help="with --until finished: dispatch an item again when its own run fails (exit 2), "
-        "up to N attempts in all (never for exit 1)",
-    )  # fmt: skip
-    batch.add_argument("--wait", action="store_true", help="show a live progress bar until done")
-    batch.add_argument(
-        "--stop-dispatched", action="store_true", help="cancel: also stop dispatched children"
-    )
-    batch.add_argument(
-        "--notify-url", help="POST the batch's completion event here when it finishes"
-    )
-    batch.add_argument(
-        "--failed", action="store_true",
-        help="results: only the items whose exit code is not 0, with line, payload_ref, meta",
-    )  # fmt: skip
-    batch.add_argument("-json", "--json", action="store_true", help="JSON output")
-    batch.set_defaults(handler=run)
+class _BatchGroup(click.Group):
+    """`dispatchq batch <job> FILE` is `dispatchq batch submit <job> FILE`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["submit", *args]
+        return super().parse_args(ctx, args)
 
 
-def run(args: argparse.Namespace) -> int:
-    words = list(args.words)
-    action = words.pop(0) if words[0] in ACTIONS else "submit"
-    expected = 2 if action == "submit" else 1
-    if len(words) != expected:
-        usage = "<job> FILE" if action == "submit" else "ID"
-        print(f"dispatchq batch {action} takes {usage}", file=sys.stderr)
-        return 1
+@click.group("batch", cls=_BatchGroup,
+             short_help="fan out a JSONL/CSV file of requests; status, results, retry, cancel")
+def command() -> None:
+    """Fan out a file of requests, follow its progress, read its results: `dispatchq batch
+    [submit] <job> FILE`, then `status`, `results`, `retry` or `cancel` with the batch ID."""
+
+
+_wait = click.option("--wait", is_flag=True, help="Show a live progress bar until done.")
+
+
+@command.command("submit", short_help="fan out a JSON Lines or CSV file of requests")
+@click.argument("job")
+@click.argument("file")
+@click.option("--csv", is_flag=True, help="FILE is CSV (default: JSON Lines, or by .csv suffix).")
+@click.option("--batch-id", help="Batch ID (re-use one to resume a batch).")
+@click.option("--namespace", help="Nomad namespace of the job.")
+@click.option("--tenant", help="Who the batch is for: batches take turns, grouped by tenant "
+              "(weights: DISPATCHQ_TENANT_WEIGHTS).")
+@click.option("--no-preflight", is_flag=True, help="Skip the check against the job's rules.")
+@click.option("--until", type=click.Choice(("scheduled", "finished")), default="scheduled",
+              show_default=True, help="A request is done when its evaluation is (scheduled) or "
+              "when its child job is (finished: followed by `dispatchq tracker`).")
+@click.option("--max-attempts", type=int, metavar="N", help="With --until finished: dispatch an "
+              "item again when its own run fails (exit 2), up to N attempts in all.")
+@_wait
+@click.option("--notify-url", help="POST the batch's completion event here when it finishes.")
+@json_flag
+def submit_command(job: str, file: str, **options: Any) -> int:
+    """Enqueue every item of FILE (JSON Lines, or CSV with --csv; `-` for stdin) as a
+    dispatch of JOB; items the job would refuse are named, line by line, and nothing is
+    enqueued."""
+    return _run(lambda producer: _submit(producer, argparse.Namespace(**options), job, file))
+
+
+@command.command("status", short_help="the batch's counts by stage and ending")
+@click.argument("batch_id")
+@_wait
+@json_flag
+def status_command(batch_id: str, **options: Any) -> int:
+    """Counts by stage and ending, and the first failures; exit code the worst ending's once
+    the batch finished."""
+    return _run(lambda producer: _status(producer, argparse.Namespace(**options), batch_id))
+
+
+@command.command("results", short_help="every item's outcome as a JSON line")
+@click.argument("batch_id")
+@click.option("--failed", is_flag=True, help="Only the items whose exit code is not 0, with "
+              "line, payload_ref and meta.")
+def results_command(batch_id: str, failed: bool) -> int:
+    """Every item's latest attempt as a JSON line, in item order."""
+    return _run(lambda producer: _results(producer, batch_id, failed=failed))
+
+
+@command.command("retry", short_help="dispatch again the items that did not succeed")
+@click.argument("batch_id")
+@_wait
+@json_flag
+def retry_command(batch_id: str, **options: Any) -> int:
+    """Dispatch again every item whose latest attempt ended without success, as its next
+    attempt (`<request ID>~<n>`); running it twice dispatches nothing twice."""
+    return _run(lambda producer: _retry(producer, argparse.Namespace(**options), batch_id))
+
+
+@command.command("cancel", short_help="cancel the batch's requests not yet dispatched")
+@click.argument("batch_id")
+@click.option("--stop-dispatched", is_flag=True, help="Also stop the dispatched children.")
+def cancel_command(batch_id: str, **options: Any) -> int:
+    """Requests of the batch not yet dispatched will not be."""
+    return _run(lambda producer: _cancel(producer, argparse.Namespace(**options), batch_id))
+
+
+def _run(action: Callable[[Producer], int]) -> int:
     with Producer() as producer:
         try:
-            if action == "submit":
-                return _submit(producer, args, words[0], words[1])
-            if action == "status":
-                return _status(producer, args, words[0])
-            if action == "results":
-                return _results(producer, words[0], failed=args.failed)
-            if action == "retry":
-                return _retry(producer, args, words[0])
-            return _cancel(producer, args, words[0])
-        except InvalidRequest as err:
-            print(f"Error: {err}", file=sys.stderr)
-            return 1
-        except DispatchqError as err:
+            return action(producer)
+        except DispatchqError as err:  # InvalidRequest included
             print(f"Error: {err}", file=sys.stderr)
             return 1
 

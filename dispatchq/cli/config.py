@@ -7,20 +7,19 @@ import dataclasses
 import json
 from typing import Any
 
-from dispatchq.cli.status import json_flag
+import click
+
+from dispatchq.cli.options import json_flag
 from dispatchq.config.logging import MASK
 from dispatchq.config.settings import load_settings, mask_url
 from dispatchq.nomad.config import NomadConfig
 
 
-def register(commands: Any) -> None:
-    config = commands.add_parser(
-        "config",
-        help="print the effective settings (secrets masked)",
-        description="Print the settings from DISPATCHQ_*, the config file and NOMAD_*.",
-    )
-    json_flag(config)
-    config.set_defaults(handler=run_config)
+@click.command("config", short_help="print the effective settings (secrets masked)")
+@json_flag
+def command(**options: Any) -> int:
+    """Print the settings from DISPATCHQ_*, the config file and NOMAD_*."""
+    return run_config(argparse.Namespace(**options))
 
 
 def _masked_nomad(nomad: NomadConfig) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -164,17 +165,16 @@ def summary_table(
     return table
 
 
-def register(commands: Any) -> None:
-    demo: argparse.ArgumentParser = commands.add_parser(
-        "demo",
-        help="run a real fan-out on an embedded redis-server, nomadsim and worker",
-        description="Start a private redis-server, nomadsim with a `video-encode` "
-        "parameterized job and a worker on loopback ports, dispatch encode requests with a "
-        "live progress bar, print the outcomes, and stop everything (Ctrl-C included).",
-    )
-    demo.add_argument("--count", type=int, default=1000, help="requests to fan out")
-    demo.add_argument("--workers", type=int, default=1, help="worker processes")
-    demo.set_defaults(handler=run)
+@click.command(
+    "demo", short_help="run a real fan-out on an embedded redis-server, nomadsim and worker"
+)
+@click.option("--count", type=int, default=1000, show_default=True, help="Requests to fan out.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes.")
+def command(**options: Any) -> int:
+    """Start a private redis-server, nomadsim with a `video-encode` parameterized job and a
+    worker on loopback ports, dispatch encode requests with a live progress bar, print the
+    outcomes, and stop everything (Ctrl-C included)."""
+    return run(argparse.Namespace(**options))
 
 
 def run(args: argparse.Namespace) -> int:

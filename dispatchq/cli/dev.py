@@ -9,6 +9,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+import click
+
 if TYPE_CHECKING:
     from dispatchq.devstack.stack import LocalStack
 
@@ -16,28 +18,20 @@ WATCH_INTERVAL = 0.5
 """Seconds between checks that every process of the stack is still running."""
 
 
-def register(commands: Any) -> None:
-    dev: argparse.ArgumentParser = commands.add_parser(
-        "dev",
-        help="run a local stack (redis-server, nomadsim, workers) until Ctrl-C",
-        description="Start a private redis-server, nomadsim with the `video-encode` "
-        "parameterized job and worker processes on loopback ports, print `export` lines "
-        "that point other shells at them, and keep running until Ctrl-C or SIGTERM, which "
-        "stop every process. Exits 0 when stopped that way, 1 if a process of the stack "
-        "ends by itself.",
-    )
-    dev.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    dev.add_argument(
-        "--concurrency", "-c", type=int, default=500, help="requests in flight per worker"
-    )
-    dev.add_argument(
-        "--metrics-port",
-        type=int,
-        default=0,
-        metavar="PORT",
-        help="serve worker i's Prometheus metrics on 127.0.0.1:PORT+i (default 0: off)",
-    )
-    dev.set_defaults(handler=run)
+@click.command(
+    "dev", short_help="run a local stack (redis-server, nomadsim, workers) until Ctrl-C"
+)
+@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option("--concurrency", "-c", type=int, default=500, show_default=True,
+              help="Requests in flight per worker.")
+@click.option("--metrics-port", type=int, default=0, metavar="PORT",
+              help="Serve worker i's Prometheus metrics on 127.0.0.1:PORT+i (0: off).")
+def command(**options: Any) -> int:
+    """Start a private redis-server, nomadsim with the `video-encode` parameterized job and
+    worker processes on loopback ports, print `export` lines that point other shells at
+    them, and keep running until Ctrl-C or SIGTERM, which stop every process. Exits 0 when
+    stopped that way, 1 if a process of the stack ends by itself."""
+    return run(argparse.Namespace(**options))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,40 +8,43 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+import click
 import redis
 
+from dispatchq.cli.options import json_flag
 from dispatchq.config.settings import load_settings
 from dispatchq.core.render import format_kv
 from dispatchq.store import dlq
 
 
-def register(commands: Any) -> None:
-    parser = commands.add_parser(
-        "dlq",
-        help="list, replay or purge dead-lettered messages",
-        description="Messages a worker could not run (undecodable, malformed, unknown task, "
-        "invalid request, past the delivery cap) are kept with the reason.",
-    )
-    sub = parser.add_subparsers(dest="dlq_command", metavar="<list|replay|purge>", required=True)
+@click.group("dlq", short_help="list, replay or purge dead-lettered messages")
+def command() -> None:
+    """Messages a worker could not run (undecodable, malformed, unknown task, invalid
+    request, past the delivery cap, refused by Redis) are kept with the reason."""
 
-    listing = sub.add_parser("list", help="show the dead letters, oldest first")
-    listing.add_argument("-json", "--json", action="store_true", help="JSON output for scripts")
-    listing.set_defaults(handler=run_list)
 
-    replay = sub.add_parser(
-        "replay",
-        help="put dead-lettered messages back on their queue",
-        description="Re-enqueue the original message of each named request (or of every "
-        "replayable entry with -all) and remove it from the list. Only entries of kind "
-        f"{' or '.join(sorted(dlq.REPLAYABLE))} are replayed: the others would fail again. "
-        "Exit code 1 if any named request could not be replayed.",
-    )
-    replay.add_argument("task_ids", nargs="*", metavar="request_id")
-    replay.add_argument("-all", "--all", action="store_true", help="every replayable entry")
-    replay.set_defaults(handler=run_replay)
+@command.command("list", short_help="show the dead letters, oldest first")
+@json_flag
+def list_command(**options: Any) -> int:
+    """Show the dead letters, oldest first."""
+    return run_list(argparse.Namespace(**options))
 
-    purge = sub.add_parser("purge", help="delete every dead letter")
-    purge.set_defaults(handler=run_purge)
+
+@command.command("replay", short_help="put dead-lettered messages back on their queue")
+@click.argument("task_ids", nargs=-1, metavar="[REQUEST_ID]...")
+@click.option("-all", "--all", "all", is_flag=True, help="Every replayable entry.")
+def replay_command(**options: Any) -> int:
+    """Re-enqueue the original message of each named request (or of every replayable entry
+    with -all) and remove it from the list. Only entries of kind delivery_cap or store are
+    replayed: the others would fail again. Exit code 1 if any named request could not be
+    replayed."""
+    return run_replay(argparse.Namespace(**options))
+
+
+@command.command("purge", short_help="delete every dead letter")
+def purge_command() -> int:
+    """Delete every dead letter."""
+    return run_purge(argparse.Namespace())
 
 
 def _client() -> redis.Redis:

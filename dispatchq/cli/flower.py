@@ -8,18 +8,23 @@ import os
 import sys
 from typing import Any
 
+import click
 
-def register(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "flower",
-        help="run Flower (Celery's monitor) on dispatchq's queue, workers and outcomes",
-        description="Run Flower in the foreground with dispatchq's broker, queue and result "
-        "backend (DISPATCHQ_REDIS_URL, DISPATCHQ_QUEUE). Arguments after `--` go to Flower "
-        "(e.g. -- --port=5555 --address=127.0.0.1). Workers show their tasks when they send "
-        "task events: `dispatchq worker -- -E` (dispatchq dev and the demo do).",
-    )
-    parser.add_argument("flower_args", nargs=argparse.REMAINDER, help="arguments for Flower")
-    parser.set_defaults(handler=run)
+from dispatchq.cli.options import PASSTHROUGH
+
+
+@click.command(
+    "flower",
+    context_settings=PASSTHROUGH,
+    short_help="run Flower (Celery's monitor) on dispatchq's queue, workers and outcomes",
+)
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def command(**options: Any) -> int:
+    """Run Flower in the foreground with dispatchq's broker, queue and result backend
+    (DISPATCHQ_REDIS_URL, DISPATCHQ_QUEUE). Arguments after `--` go to Flower (e.g. --
+    --port=5555 --address=127.0.0.1). Workers show their tasks when they send task events:
+    `dispatchq worker -- -E` (dispatchq dev and the demo do)."""
+    return run(argparse.Namespace(**options))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import socket
 import sys
 from typing import Any
 
+import click
 import redis
 
 from dispatchq.config.settings import load_settings
@@ -14,25 +15,16 @@ from dispatchq.store import keys
 from dispatchq.store.liveness import live_workers
 
 
-def register(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "health",
-        help="exit 0 if a worker consumes the queue (a healthcheck)",
-        description="Print the workers heard from on DISPATCHQ_QUEUE (each beats into Redis "
-        f"every {keys.WORKER_BEAT:g} s and counts for {keys.WORKER_TTL} s) and exit 0 if "
-        "there is one, 1 if there is none or Redis cannot be read. With --local only the "
-        "workers of this host count (Celery names a worker <name>@<hostname>): the "
-        "healthcheck of a worker's container.",
-    )
-    parser.add_argument(
-        "--local", action="store_true", help="only workers on this host (by hostname)"
-    )
-    parser.add_argument(
-        "--tracker",
-        action="store_true",
-        help="instead: exit 0 if a `dispatchq tracker` holds the lease (follows children)",
-    )
-    parser.set_defaults(handler=run)
+@click.command("health", short_help="exit 0 if a worker consumes the queue (a healthcheck)")
+@click.option("--local", is_flag=True, help="Only workers on this host (by hostname).")
+@click.option("--tracker", is_flag=True,
+              help="Instead: exit 0 if a `dispatchq tracker` holds the lease (follows children).")
+def command(**options: Any) -> int:
+    """Print the workers heard from on DISPATCHQ_QUEUE and exit 0 if there is one, 1 if
+    there is none or Redis cannot be read (each worker beats into Redis every second and
+    counts for 15 s). With --local only the workers of this host count (Celery names a
+    worker <name>@<hostname>): the healthcheck of a worker's container."""
+    return run(argparse.Namespace(**options))
 
 
 def _tracker(client: redis.Redis) -> int:

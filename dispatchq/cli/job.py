@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+import click
+
+from dispatchq.cli.options import PASSTHROUGH
 from dispatchq.cli.queued import NoWorker, dispatch_queued
 from dispatchq.config.logging import configure_logging
 from dispatchq.core.durations import parse_duration
@@ -187,19 +190,10 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
     parser.add_argument(f"-{name}", f"--{name}", **kwargs)
 
 
-def register(commands: Any) -> None:
-    job: argparse.ArgumentParser = commands.add_parser(
-        "job", help="interact with jobs (dispatch)", description="Interact with jobs."
-    )
-    subcommands = job.add_subparsers(
-        dest="job_command", metavar="<subcommand>", parser_class=NomadStyleParser
-    )
-    parser = subcommands.add_parser(
-        "dispatch",
-        help="dispatch an instance of a parameterized job",
-        help_text=USAGE,
-        add_help=False,
-        allow_abbrev=False,
+def nomad_parser() -> NomadStyleParser:
+    """`nomad job dispatch`'s flags, spelt the nomad way (-name) and with two dashes."""
+    parser = NomadStyleParser(
+        prog="dispatchq job dispatch", help_text=USAGE, add_help=False, allow_abbrev=False
     )
     parser.add_argument("-h", "-help", "--help", action="help", help=argparse.SUPPRESS)
     for name in ("address", "region", "namespace", "token", "ca-cert", "ca-path"):
@@ -225,7 +219,25 @@ def register(commands: Any) -> None:
     _flag(parser, "id-prefix-template", default="")
     _flag(parser, "priority", type=int, default=0)
     parser.add_argument("arguments", nargs=argparse.REMAINDER)
-    parser.set_defaults(handler=run)
+    return parser
+
+
+@click.group("job", short_help="interact with jobs (dispatch)")
+def command() -> None:
+    """Interact with jobs."""
+
+
+@command.command(
+    "dispatch",
+    context_settings={**PASSTHROUGH, "help_option_names": []},
+    add_help_option=False,
+    short_help="dispatch an instance of a parameterized job",
+)
+@click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
+def dispatch_command(arguments: tuple[str, ...]) -> int:
+    """Dispatch an instance of a parameterized job: `nomad job dispatch`'s flags, lines and
+    exit codes (`dispatchq job dispatch -h`)."""
+    return run(nomad_parser().parse_args(list(arguments)))
 
 
 class Printer:

@@ -1,17 +1,14 @@
-"""The `dispatchq` command line: a root parser with one module per command family.
-
-Each command module exposes `register(subparsers)`, which adds its sub-commands and sets
-`handler` (a callable taking the parsed namespace and returning the exit code).
-"""
+"""The `dispatchq` command line, on click: one module per command, each exposing `command`
+(a click command or group whose callbacks return the exit code)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import click
 import redis
 from pydantic import ValidationError
 
@@ -44,15 +41,6 @@ EXTRAS = {
 """The extra that brings a module a command imports only when it runs (pyproject.toml)."""
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """A usage error is one line on stderr and exit code 1 (argparse's own: usage, then
-    the error, exit 2), as every other refusal of the command line."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} -h)\n")
-        raise SystemExit(1)
-
-
 def settings_error(err: ValidationError) -> str:
     """A settings error in one line, without the values given (a URL may hold a password)."""
     problems = [
@@ -62,33 +50,46 @@ def settings_error(err: ValidationError) -> str:
     return "; ".join(problems) or str(err).splitlines()[0]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="dispatchq",
-        description="Dispatch HashiCorp Nomad parameterized jobs through a durable queue.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="<command>")
-    for module in (job, batch, worker, status, wait, config, queue, dlq, demo, dev, sim,
-                   health, flower, notifier, tracker):  # fmt: skip
-        module.register(commands)
-    return parser
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group("dispatchq", context_settings=CONTEXT)
+def cli() -> None:
+    """Dispatch HashiCorp Nomad parameterized jobs through a durable queue."""
+
+
+for _module in (job, batch, worker, status, wait, config, queue, dlq, demo, dev, sim, health,
+                flower, notifier, tracker):  # fmt: skip
+    cli.add_command(_module.command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `dispatchq` command: its exit code. A usage error is one line on stderr and exit
+    code 1, as every other refusal; shell completion comes from click
+    (`_DISPATCHQ_COMPLETE=bash_source dispatchq`)."""
     register_env_secrets(os.environ)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help(sys.stderr)
-        return 1
+    args = None if argv is None else list(argv)
     with escaping():
-        return _run(handler, args)
+        return _run(lambda: cli.main(args=args, prog_name="dispatchq", standalone_mode=False))
 
 
-def _run(handler: Any, args: argparse.Namespace) -> int:
+def _usage_error(err: click.UsageError) -> int:
+    where = err.ctx.command_path if err.ctx is not None else "dispatchq"
+    if isinstance(err, click.exceptions.NoArgsIsHelpError) and err.ctx is not None:
+        sys.stderr.write(err.ctx.get_help() + "\n")
+        return 1
+    sys.stderr.write(f"{where}: error: {err.format_message()} (see {where} -h)\n")
+    return 1
+
+
+def _run(command: Callable[[], Any]) -> int:
+    """The command's exit code; whatever fails, one line on stderr and exit code 1."""
     try:
-        code: int = handler(args)
+        code = command()
+    except click.UsageError as err:
+        return _usage_error(err)
+    except click.Abort:
+        return 130
     except redis.RedisError as err:
         print(f"Error talking to Redis (DISPATCHQ_REDIS_URL): {scrub(str(err))}", file=sys.stderr)
         return 1
@@ -111,7 +112,7 @@ def _run(handler: Any, args: argparse.Namespace) -> int:
         text = " ".join(scrub(str(err)).split()) or type(err).__name__
         print(f"Error: {mask_userinfo(text)}", file=sys.stderr)
         return 1
-    return code
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -8,23 +8,22 @@ import json
 import sys
 from typing import Any
 
+import click
 import redis
 
+from dispatchq.cli.options import json_flag
 from dispatchq.config.settings import load_settings
 from dispatchq.store import lanes
 
 
-def register(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "queue",
-        help="show the backlog per lane, tenant and batch",
-        description="Print the messages waiting in DISPATCHQ_QUEUE's lanes: the interactive "
-        "lane (requests in no batch, taken first) and each batch's lane, by tenant (batches "
-        "take turns, tenants take turns). Messages fetched by a worker and not yet finished "
-        "are not waiting. Exit code 1 if Redis cannot be read.",
-    )
-    parser.add_argument("-json", "--json", action="store_true", help="JSON output")
-    parser.set_defaults(handler=run)
+@click.command("queue", short_help="show the backlog per lane, tenant and batch")
+@json_flag
+def command(**options: Any) -> int:
+    """Print the messages waiting in DISPATCHQ_QUEUE's lanes: the interactive lane (requests
+    in no batch, taken first) and each batch's lane, by tenant (batches take turns, tenants
+    take turns). Messages fetched by a worker and not yet finished are not waiting. Exit
+    code 1 if Redis cannot be read."""
+    return run(argparse.Namespace(**options))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import click
 
-def register(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "sim",
-        help="run nomadsim, a Nomad-compatible development server",
-        description="Run nomadsim in the foreground; the arguments are nomadsim's own "
-        "(see `dispatchq sim -- --help`).",
-    )
-    parser.add_argument("sim_args", nargs=argparse.REMAINDER, help="arguments for nomadsim")
-    parser.set_defaults(handler=run)
+from dispatchq.cli.options import PASSTHROUGH
+
+
+@click.command(
+    "sim",
+    context_settings=PASSTHROUGH,
+    short_help="run nomadsim, a Nomad-compatible development server",
+)
+@click.argument("sim_args", nargs=-1, type=click.UNPROCESSED)
+def command(**options: Any) -> int:
+    """Run nomadsim in the foreground; the arguments are nomadsim's own (see `dispatchq sim
+    -- --help`)."""
+    return run(argparse.Namespace(**options))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,6 +7,9 @@ import json
 import sys
 from typing import Any
 
+import click
+
+from dispatchq.cli.options import json_flag
 from dispatchq.core.render import format_kv
 from dispatchq.producer.api import UNKNOWN, Producer, RequestStatus
 
@@ -18,23 +21,15 @@ NOT_TAKEN = (
 )
 
 
-def register(commands: Any) -> None:
-    status = commands.add_parser(
-        "status",
-        help="show the state or outcome of one request",
-        description="Print where a request is (queued, dispatching, monitoring, done) and, "
-        "once done, its outcome. An ID with no record yet is `queued or unknown`: a message "
-        "pushed by another producer that no worker has taken yet looks the same as no "
-        "request at all. Exit code: the outcome's when done, 0 while pending, 1 for an ID "
-        "that is queued or unknown.",
-    )
-    status.add_argument("request_id")
-    json_flag(status)
-    status.set_defaults(handler=run_status)
-
-
-def json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-json", "--json", action="store_true", help="JSON output for scripts")
+@click.command("status", short_help="show the state or outcome of one request")
+@click.argument("request_id")
+@json_flag
+def command(**options: Any) -> int:
+    """Print where a request is (queued, dispatching, monitoring, done) and, once done, its
+    outcome. An ID with no record yet is `queued or unknown`: a message pushed by another
+    producer that no worker has taken yet looks the same as no request at all. Exit code:
+    the outcome's when done, 0 while pending, 1 for an ID that is queued or unknown."""
+    return run_status(argparse.Namespace(**options))
 
 
 def status_lines(status: RequestStatus) -> list[str]:

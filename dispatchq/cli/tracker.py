@@ -9,27 +9,27 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import click
+
+from dispatchq.cli.options import DURATION
 from dispatchq.config.settings import load_settings
 from dispatchq.tracker.follower import FollowPolicy
 
 
-def register(commands: Any) -> None:
-    parser = commands.add_parser(
-        "tracker",
-        help="follow dispatched children to their end (requests with until=finished)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--sweep", type=float, default=FollowPolicy.sweep,
-        help="seconds between forced checks of a child no event woke (default %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--unreachable-after", type=float, default=FollowPolicy.unreachable_after,
-        help="seconds of Nomad failing a child's reads before it ends as unreachable "
-        "(default %(default)s)",
-    )  # fmt: skip
-    parser.set_defaults(handler=run)
+@click.command(
+    "tracker",
+    short_help="follow dispatched children to their end (requests with until=finished)",
+)
+@click.option("--sweep", type=DURATION, default=FollowPolicy.sweep, show_default=True,
+              help="Time between forced checks of a child no event woke (90s, 5m).")
+@click.option("--unreachable-after", type=DURATION, default=FollowPolicy.unreachable_after,
+              show_default=True,
+              help="How long Nomad may fail a child's reads before it ends as unreachable.")
+def command(**options: Any) -> int:
+    """Follow every child of an `until` finished request to its end: metrics on
+    DISPATCHQ_METRICS_PORT, stops on SIGTERM. Run one or more: one leads, the others stand
+    by."""
+    return run(argparse.Namespace(**options))
 
 
 def run(args: argparse.Namespace) -> int:

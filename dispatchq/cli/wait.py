@@ -7,24 +7,24 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from dispatchq.cli.status import NOT_TAKEN, json_flag, print_status
+import click
+
+from dispatchq.cli.options import DURATION, json_flag
+from dispatchq.cli.status import NOT_TAKEN, print_status
 from dispatchq.producer.api import UNKNOWN, Producer
 
 
-def register(commands: Any) -> None:
-    wait = commands.add_parser(
-        "wait",
-        help="wait for requests to finish; exit with the worst outcome's code",
-        description="Block until every request is done (woken by the result backend), then "
-        "print each outcome. An ID not known yet is waited for like a queued one (a foreign "
-        "producer's message may still be in the queue): without -timeout, until it ends. "
-        "Exit code: 1 if any ended 1 or did not finish in time, else 2 if any ended 2, "
-        "else 0.",
-    )
-    wait.add_argument("request_ids", nargs="+", metavar="request_id")
-    wait.add_argument("-timeout", "--timeout", type=float, default=None, help="seconds")
-    json_flag(wait)
-    wait.set_defaults(handler=run_wait)
+@click.command("wait", short_help="wait for requests to finish; exit with the worst outcome's code")
+@click.argument("request_ids", nargs=-1, required=True, metavar="REQUEST_ID...")
+@click.option("-timeout", "--timeout", type=DURATION, default=None,
+              help="Stop waiting after this long (seconds, or 90s, 5m).")
+@json_flag
+def command(**options: Any) -> int:
+    """Block until every request is done (woken by the result backend), then print each
+    outcome. An ID not known yet is waited for like a queued one (a foreign producer's
+    message may still be in the queue): without -timeout, until it ends. Exit code: 1 if any
+    ended 1 or did not finish in time, else 2 if any ended 2, else 0."""
+    return run_wait(argparse.Namespace(**options))
 
 
 def worst_exit_code(codes: Iterable[int]) -> int:

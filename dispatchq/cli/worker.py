@@ -7,29 +7,29 @@ import os
 import sys
 from typing import Any
 
+import click
+
+from dispatchq.cli.options import PASSTHROUGH
+
 POOLS = ("threads", "prefork", "gevent", "solo")
 
 
-def register(commands: Any) -> None:
-    worker = commands.add_parser(
-        "worker",
-        help="run a dispatch worker (Celery) in the foreground",
-        description="Run a Celery worker consuming dispatch requests. Extra arguments after "
-        "`--` go to `celery worker` unchanged.",
-    )
-    worker.add_argument(
-        "--pool",
-        choices=POOLS,
-        default="gevent",
-        help="execution pool (default gevent: a request waiting on Nomad costs a greenlet, "
-        "not a thread or a process)",
-    )
-    worker.add_argument(
-        "--concurrency", "-c", type=int, default=1000, help="requests in flight per process"
-    )
-    worker.add_argument("--loglevel", default="INFO", help="Celery's own log level")
-    worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="more `celery worker` args")
-    worker.set_defaults(handler=run_worker)
+@click.command(
+    "worker",
+    context_settings=PASSTHROUGH,
+    short_help="run a dispatch worker (Celery) in the foreground",
+)
+@click.option("--pool", type=click.Choice(POOLS), default="gevent", show_default=True,
+              help="Execution pool (gevent: a request waiting on Nomad costs a greenlet, not a "
+              "thread or a process).")
+@click.option("--concurrency", "-c", type=int, default=1000, show_default=True,
+              help="Requests in flight per process.")
+@click.option("--loglevel", default="INFO", show_default=True, help="Celery's own log level.")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def command(**options: Any) -> int:
+    """Run a Celery worker consuming dispatch requests. Arguments after `--` go to `celery
+    worker` unchanged."""
+    return run_worker(argparse.Namespace(**options))
 
 
 def run_worker(args: argparse.Namespace) -> int:

@@ -49,10 +49,10 @@ def _run(argv: list[str]) -> int:
         (["job", "dispatch", "-detach", "-meta", "=v", "plain"], "meta keys must be non-empty"),
         (["job", "dispatch", "-detach", ""], "job ID must be a non-empty string"),
         (["job", "dispatch", "-detach", "plain", "BIG"], "Payload exceeds maximum size"),
-        (["wait", "-timeout", "abc", "x"], "invalid float value: 'abc'"),
-        (["status"], "the following arguments are required: request_id"),
-        (["dlq", "bogus"], "invalid choice: 'bogus'"),
-        (["no-such-command"], "invalid choice: 'no-such-command'"),
+        (["wait", "-timeout", "abc", "x"], "invalid duration 'abc'"),
+        (["status"], "Missing argument 'REQUEST_ID'"),
+        (["dlq", "bogus"], "No such command 'bogus'"),
+        (["no-such-command"], "No such command 'no-such-command'"),
     ],
 )
 def test_refusals_are_one_line_and_exit_1(
