@@ -106,17 +106,34 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
     raised = False
 
-    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+    def interrupt(signum: int, frame: FrameType | None) -> None:
         nonlocal raised
-        if not raised:
-            raised = True
-            raise KeyboardInterrupt
+        if raised:
+            return
+        if _in_finalizer(frame):
+            # Raised inside a `__del__` the garbage collector runs, a KeyboardInterrupt is
+            # printed and ignored ("Exception ignored in"), and the process would go on as
+            # if no SIGTERM had come: deliver it again, outside the finalizer.
+            threading.Timer(0.01, signal.raise_signal, (signum,)).start()
+            return
+        raised = True
+        raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _in_finalizer(frame: FrameType | None) -> bool:
+    """Whether a signal handler interrupted a finalizer (`__del__`), where whatever it raises
+    is ignored."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 class _ChildProcess(Protocol):
