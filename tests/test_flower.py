@@ -28,12 +28,14 @@ pytestmark = pytest.mark.integration
 WAIT = 60
 
 
-@pytest.fixture
-def flower(clean: Stack) -> Iterator[str]:
+@pytest.fixture(params=["dispatchq flower", "celery -A dispatchq.worker flower"])
+def flower(clean: Stack, request: pytest.FixtureRequest) -> Iterator[str]:
+    """Flower started by `dispatchq flower`, or the Celery way on the worker's app."""
     port = free_port()
     env = {**os.environ, **clean.env, "FLOWER_UNAUTHENTICATED_API": "true"}
-    command = [sys.executable, "-m", "dispatchq.cli", "flower", "--",
-               f"--port={port}", "--address=127.0.0.1"]  # fmt: skip
+    start = (["dispatchq.cli", "flower", "--"] if request.param == "dispatchq flower"
+             else ["celery", "-A", "dispatchq.worker", "flower"])  # fmt: skip
+    command = [sys.executable, "-m", *start, f"--port={port}", "--address=127.0.0.1"]
     with (clean.log_dir / "flower.log").open("ab") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

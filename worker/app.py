@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import celeryd_init, worker_ready, worker_shutdown
 
 from dispatchq.broker.app import make_app
 from dispatchq.broker.redelivery import RedeliverySweeper
@@ -32,9 +32,21 @@ logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
 logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
 app: Celery = make_app(settings)
 app.conf.include = ["dispatchq.worker.tasks"]
-# Poison messages go to the dead-letter list instead of stopping or bypassing the worker.
-app.conf.broker_transport = "dispatchq.broker.poison:PoisonTransport"
-app.conf.worker_consumer = "dispatchq.broker.poison:PoisonAwareConsumer"
+# The default app of this process, not only its current one (thread-local): Flower started
+# the Celery way (`celery -A dispatchq.worker flower`) reads results through
+# `AsyncResult(task_id)` with no app named, from threads of its own.
+app.set_default()
+
+
+@celeryd_init.connect
+def _reliable_fetch(conf: Any = None, **_: Any) -> None:
+    """In a worker only (`celery worker` sends this first): the reliable fetch, with poison
+    messages going to the dead-letter list instead of stopping or bypassing the worker.
+    Other commands on this app (Flower) keep kombu's own Redis transport, whose broker URL
+    they can read."""
+    conf.broker_transport = "dispatchq.broker.poison:PoisonTransport"
+    conf.worker_consumer = "dispatchq.broker.poison:PoisonAwareConsumer"
+
 
 _background: list[Heartbeat | RedeliverySweeper | WorkerMetrics] = []
 # Prometheus metrics (DISPATCHQ_METRICS_PORT, 0 = off): counted from task signals from now
