@@ -1,17 +1,13 @@
-"""What the commands share on click: the `-json` flag, Go-style durations, passing the
-arguments after `--` on, and the call of a command's handler with its options."""
+"""What the commands share on click: the `-json` flag, Go-style durations, and passing
+the arguments after `--` on."""
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
 from typing import Any
 
 import click
 
 from dispatchq.core.durations import parse_duration
-
-Handler = Callable[[argparse.Namespace], int]
 
 json_flag = click.option("-json", "--json", "json", is_flag=True, help="JSON output for scripts.")
 """`-json` (as nomad spells it) or `--json`: machine-readable output."""
@@ -37,13 +33,3 @@ class Duration(click.ParamType[float]):
 
 
 DURATION = Duration()
-
-
-def calls(handler: Handler) -> Callable[..., int]:
-    """A click callback that hands its options to `handler` as attributes of a namespace."""
-
-    def callback(**options: Any) -> int:
-        return handler(argparse.Namespace(**options))
-
-    callback.__doc__ = handler.__doc__
-    return callback
