@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import redis
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -23,6 +23,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from dispatchq.config.connection import SCHEMES as REDIS_SCHEMES
+from dispatchq.config.connection import RedisTarget
 from dispatchq.config.logging import MASK, mask_url, url_secrets
 from dispatchq.core.request import TENANT_PATTERN, TENANT_TEXT
 from dispatchq.store import keys
@@ -31,7 +33,6 @@ from dispatchq.store.completion import EventStream
 __all__ = ["Settings", "load_settings", "mask_url", "worker_redis"]
 
 CONFIG_FILE_ENV = "DISPATCHQ_CONFIG"
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class Settings(BaseSettings):
@@ -41,7 +42,30 @@ class Settings(BaseSettings):
 
     redis_url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"),
-        description="Broker and result backend: redis://, rediss:// or unix:// (password inside).",
+        description="Broker and result backend: redis://, rediss:// or unix:// (user and "
+        "password inside), or Sentinels: sentinel://host:26379;sentinel://host2:26379 "
+        "(the primary's user and password in the first).",
+    )
+    redis_master_name: str = Field(
+        "", description="With sentinel:// URLs: the Sentinels' name of the primary."
+    )
+    redis_sentinel_username: str = Field(
+        "", description="With sentinel:// URLs: Sentinel's own ACL user, if it has one."
+    )
+    redis_sentinel_password: SecretStr = Field(
+        SecretStr(""), description="With sentinel:// URLs: Sentinel's own password, if any."
+    )
+    redis_min_replicas: int = Field(
+        0,
+        ge=0,
+        description="Replicas that must confirm an enqueued request (WAIT) before enqueue "
+        "returns; 0: the primary's answer is enough.",
+    )
+    redis_replica_timeout: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds enqueue waits for redis_min_replicas to confirm before it "
+        "fails (the caller may retry with the same request ID).",
     )
     queue: str = Field("dispatchq", description="Celery queue the dispatch requests go to.")
     result_ttl: int = Field(
@@ -151,21 +175,42 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: SecretStr) -> SecretStr:
-        """A URL redis-py can use, checked here so that a bad one is a settings error (the
-        message never repeats the URL: it may hold a password)."""
-        try:
-            parts = urlsplit(value.get_secret_value())
-            port = parts.port
-        except ValueError:
-            raise ValueError(
-                "not a valid Redis URL: the port must be a number 1-65535 "
-                "(redis://[:password@]host:port/db)"
-            ) from None
-        if parts.scheme not in REDIS_SCHEMES:
-            raise ValueError(f"the scheme must be one of {', '.join(REDIS_SCHEMES)}")
-        if port == 0:
-            raise ValueError("not a valid Redis URL: the port must be a number 1-65535")
+        """URLs redis-py can use, checked here so that a bad one is a settings error (the
+        message never repeats a URL: it may hold a password)."""
+        urls = [u.strip() for u in value.get_secret_value().split(";") if u.strip()]
+        schemes = set()
+        for url in urls or [""]:
+            try:
+                parts = urlsplit(url)
+                port = parts.port
+            except ValueError:
+                raise ValueError(
+                    "not a valid Redis URL: the port must be a number 1-65535 "
+                    "(redis://[user:password@]host:port/db)"
+                ) from None
+            if parts.scheme not in REDIS_SCHEMES:
+                raise ValueError(f"the scheme must be one of {', '.join(REDIS_SCHEMES)}")
+            if port == 0:
+                raise ValueError("not a valid Redis URL: the port must be a number 1-65535")
+            schemes.add(parts.scheme)
+        if len(urls) > 1 and schemes != {"sentinel"}:
+            raise ValueError("only sentinel:// URLs come as a ';'-separated list")
         return value
+
+    @model_validator(mode="after")
+    def _check_sentinel(self) -> Settings:
+        self.redis  # noqa: B018  (a Sentinel list without the primary's name is refused)
+        return self
+
+    @property
+    def redis(self) -> RedisTarget:
+        """Where Redis is (`dispatchq.config.connection`): every client is built from it."""
+        return RedisTarget(
+            self.redis_url.get_secret_value(),
+            master_name=self.redis_master_name,
+            sentinel_username=self.redis_sentinel_username,
+            sentinel_password=self.redis_sentinel_password.get_secret_value(),
+        )
 
     @field_validator("tenant_weights", mode="before")
     @classmethod
@@ -216,29 +261,29 @@ class Settings(BaseSettings):
 
     @property
     def redis_password(self) -> str | None:
-        return urlsplit(self.redis_url.get_secret_value()).password
+        return urlsplit(self.redis.first_url).password
 
     @property
     def secrets(self) -> list[str]:
         """Every secret of these settings (for `dispatchq.config.logging.register_secrets`)."""
-        secret = self.notify_secret.get_secret_value()
-        return url_secrets(self.redis_url.get_secret_value()) + ([secret] if secret else [])
+        found = [s for url in self.redis.urls for s in url_secrets(url)]
+        found += [self.notify_secret.get_secret_value(),
+                  self.redis_sentinel_password.get_secret_value()]  # fmt: skip
+        return [secret for secret in found if secret]
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain data, with every secret masked."""
         data = self.model_dump(mode="json")
-        data["redis_url"] = mask_url(self.redis_url.get_secret_value())
-        data["notify_secret"] = MASK if self.notify_secret.get_secret_value() else ""
+        data["redis_url"] = ";".join(mask_url(url) for url in self.redis.urls)
+        for name in ("notify_secret", "redis_sentinel_password"):
+            data[name] = MASK if getattr(self, name).get_secret_value() else ""
         return data
 
 
 def worker_redis(settings: Settings, max_connections: int = 256) -> redis.Redis:
-    """A Redis client for a worker process: its pool blocks (up to 30 s) when every
+    """A Redis client for a worker process: its pool waits (up to 30 s) when every
     connection is in use, instead of failing, since hundreds of greenlets share it."""
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url.get_secret_value(), max_connections=max_connections, timeout=30
-    )
-    return redis.Redis(connection_pool=pool)
+    return settings.redis.client(max_connections=max_connections, wait_for_connection=30)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -182,6 +182,14 @@ class DeliveryCapExceeded(DispatchqError):
     kind = "delivery_cap"
 
 
+class NotReplicated(DispatchqError):
+    """Requests are on the Redis primary, but fewer replicas than `redis_min_replicas`
+    confirmed them in time: a failover now could lose them. Enqueueing them again with the
+    same request IDs is safe (nothing is doubled) and waits for the replicas again."""
+
+    kind = "not_replicated"
+
+
 class RequestRefused(Exception):
     """A message that is not the request its ID names (another message already made that
     request, or it claims a batch it was not enqueued in): dead-lettered, and the request's

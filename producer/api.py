@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import redis
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult, ResultSet
 
@@ -91,7 +90,7 @@ class Producer:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
-        self.redis = redis.Redis.from_url(self.settings.redis_url.get_secret_value())
+        self.redis = self.settings.redis.client()
         self.records = RecordStore(self.redis, self.settings.result_ttl, self.settings.event_stream)
         self.batches = BatchStore(self.redis, self.settings.result_ttl)
         self.enqueuer = Enqueuer(
@@ -99,6 +98,8 @@ class Producer:
             queue=self.settings.queue,
             result_ttl=self.settings.result_ttl,
             blob_ttl=self.settings.blob_ttl,
+            min_replicas=self.settings.redis_min_replicas,
+            replica_timeout=self.settings.redis_replica_timeout,
         )
 
     @cached_property

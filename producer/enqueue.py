@@ -17,6 +17,7 @@ import redis
 
 from dispatchq.core.request import DispatchRequest, request_digest
 from dispatchq.errors import InvalidRequest as InvalidRequest
+from dispatchq.errors import NotReplicated
 from dispatchq.payload.resolve import PAYLOAD_LIMIT, blob_digest
 from dispatchq.store import keys
 from dispatchq.store.messages import celery_message, compact_json, new_request_id
@@ -122,13 +123,25 @@ def prepare(requests: Iterable[NewRequest]) -> list[Prepared]:
 
 
 class Enqueuer:
-    """Writes requests to Redis: blobs first, then records and messages, in chunks."""
+    """Writes requests to Redis: blobs first, then records and messages, in chunks; with
+    `min_replicas`, returns only once that many replicas have them too (`receipt`)."""
 
-    def __init__(self, client: redis.Redis, *, queue: str, result_ttl: int, blob_ttl: int):
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        queue: str,
+        result_ttl: int,
+        blob_ttl: int,
+        min_replicas: int = 0,
+        replica_timeout: float = 2.0,
+    ):
         self.client = client
         self.queue = queue
         self.result_ttl = result_ttl
         self.blob_ttl = blob_ttl
+        self.min_replicas = min_replicas
+        self.replica_timeout = replica_timeout
 
     def enqueue(self, requests: Iterable[NewRequest]) -> list[tuple[str, int]]:
         """(request ID, NEW | AGAIN | SKIPPED | CONFLICT) per request, in order. Validates
@@ -176,12 +189,34 @@ class Enqueuer:
                     out += self._answers(conn, *sent.popleft())
             while sent:
                 out += self._answers(conn, *sent.popleft())
+            if self.min_replicas and mode != CHECK:
+                self._receipt(conn, len(out))
         except BaseException:
             conn.disconnect()  # answers may be left unread: the connection is not reusable
             raise
         finally:
             pool.release(conn)
         return out
+
+    def _receipt(self, conn: Any, count: int) -> None:
+        """Wait until `min_replicas` replicas have everything this primary took so far (the
+        requests just written among it), or raise NotReplicated. One round trip:
+        `keys.RECEIPT` says why the PUBLISH."""
+        timeout_ms = b"%d" % max(1, round(self.replica_timeout * 1000))
+        conn.send_packed_command(
+            [packed([b"PUBLISH", keys.RECEIPT.encode(), b""]),
+             packed([b"WAIT", b"%d" % self.min_replicas, timeout_ms])]
+        )  # fmt: skip
+        conn.read_response()
+        confirmed = int(conn.read_response())
+        if confirmed < self.min_replicas:
+            raise NotReplicated(
+                f"{count} request(s) are on the Redis primary, but {confirmed} of the "
+                f"{self.min_replicas} replicas required (DISPATCHQ_REDIS_MIN_REPLICAS) "
+                f"confirmed them within {self.replica_timeout:g} s: a failover now could "
+                "lose them. Enqueue them again with the same request IDs (nothing is "
+                "doubled) once the replicas are back"
+            )
 
     def _commands(
         self, chunk: list[Prepared], sha: str, mode: str

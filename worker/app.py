@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from celery import Celery
 from celery.signals import celeryd_init, worker_ready, worker_shutdown
 
@@ -44,7 +43,8 @@ def _reliable_fetch(conf: Any = None, **_: Any) -> None:
     messages going to the dead-letter list instead of stopping or bypassing the worker.
     Other commands on this app (Flower) keep kombu's own Redis transport, whose broker URL
     they can read."""
-    conf.broker_transport = "dispatchq.broker.poison:PoisonTransport"
+    transport = "PoisonSentinelTransport" if settings.redis.is_sentinel else "PoisonTransport"
+    conf.broker_transport = f"dispatchq.broker.poison:{transport}"
     conf.worker_consumer = "dispatchq.broker.poison:PoisonAwareConsumer"
 
 
@@ -61,7 +61,7 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         pool = getattr(sender, "pool", None)
         _background.append(_metrics.serve(settings.metrics_addr, settings.metrics_port, pool))
     _background.append(RedeliverySweeper().start())
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = settings.redis.client()
     beat = Heartbeat(client, settings.queue, getattr(sender, "hostname", "worker"))
     beat.start()
     _background.append(beat)

@@ -13,7 +13,7 @@ log = structlog.get_logger(__name__)
 def warn_about_redis(settings: Settings) -> list[str]:
     """Log (and return) a warning for each setting that can lose queued requests."""
     warnings: list[str] = []
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = settings.redis.client()
     try:
         policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
         if policy != "noeviction":

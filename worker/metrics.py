@@ -167,8 +167,7 @@ class WorkerMetrics:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerMetrics:
-        client = redis.Redis.from_url(
-            settings.redis_url.get_secret_value(),
+        client = settings.redis.client(
             socket_timeout=SCRAPE_TIMEOUT,
             socket_connect_timeout=SCRAPE_TIMEOUT,
             retry=Retry(NoBackoff(), 0),  # a scrape answers now, not after retries

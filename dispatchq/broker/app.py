@@ -11,45 +11,19 @@ per stored outcome.
 from __future__ import annotations
 
 import json
-import ssl
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from celery import Celery, states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from kombu.serialization import register
 from kombu.utils.encoding import bytes_to_str
 
 from dispatchq.config.settings import Settings
 from dispatchq.store.messages import TASK_DISPATCH as TASK_DISPATCH
 from dispatchq.store.records import SCRIPTS, StoredResult
-
-_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
-_SSL_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
-
-
-def redis_ssl_options(url: str) -> dict[str, Any] | None:
-    """TLS options for Celery's broker and result backend, from a `rediss://` URL.
-
-    They come from the URL's query, with the names and values redis-py itself reads there
-    (`ssl_cert_reqs=required|optional|none`, `ssl_ca_certs`, `ssl_certfile`,
-    `ssl_keyfile`), so the producers' and workers' own Redis clients, the broker and the
-    result backend all verify the server the same way. Verification is required unless
-    the URL says otherwise: kombu alone would fall back to no verification at all."""
-    parts = urlsplit(url)
-    if parts.scheme != "rediss":
-        return None
-    query = dict(parse_qsl(parts.query))
-    reqs = query.get("ssl_cert_reqs", "required")
-    if reqs not in _CERT_REQS:
-        raise ValueError(f"ssl_cert_reqs must be one of {sorted(_CERT_REQS)}, not {reqs!r}")
-    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS[reqs]}
-    options.update({name: query[name] for name in _SSL_FILES if query.get(name)})
-    return options
-
 
 RESULT_SERIALIZER = "dispatchq-json"
 
@@ -144,21 +118,20 @@ class GuardedRedisBackend(RedisBackend):
         return self.client.register_script(SCRIPTS["store_result"])
 
 
+class GuardedSentinelBackend(GuardedRedisBackend, SentinelBackend):
+    """The same, for a primary behind Redis Sentinel (a `sentinel://` URL)."""
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
-    url = settings.redis_url.get_secret_value()
-    transport = {
-        # kombu's Redis pool allows 10 connections by default; a gevent worker acknowledges
-        # hundreds of messages at once, so it would fail with "Too many connections".
-        "max_connections": REDIS_CONNECTIONS,
-    }
-    tls = redis_ssl_options(url)
+    # kombu's Redis pool allows 10 connections by default; a gevent worker acknowledges
+    # hundreds of messages at once, so it would fail with "Too many connections".
+    target = settings.redis
+    options = target.celery_options(max_connections=REDIS_CONNECTIONS)
+    backend = GuardedSentinelBackend if target.is_sentinel else GuardedRedisBackend
+    backend_url = options.pop("backend_url")
     return {
-        "broker_url": url,
-        "broker_use_ssl": tls,
-        "redis_backend_use_ssl": tls,
-        "result_backend": f"{__name__}:{GuardedRedisBackend.__name__}+{url}",
-        "broker_transport_options": transport,
-        "result_backend_transport_options": transport,
+        **options,
+        "result_backend": f"{__name__}:{backend.__name__}+{backend_url}",
         "redis_max_connections": REDIS_CONNECTIONS,
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",

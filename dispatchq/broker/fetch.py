@@ -192,10 +192,18 @@ class ReliableChannel(kombu_redis.Channel):
         """kombu builds a new redis-py client for every acknowledgement, in-flight removal
         and publish (a tenth of a worker's CPU at high rates); one client over the
         channel's pool serves them all, since a pooled client is safe to share between
-        threads and greenlets. A new pool (after a fork or a close) gets a new client."""
+        threads and greenlets. A new pool (after a fork or a close) gets a new client.
+
+        A closed channel (kombu closes it when its connection is lost, and a publisher may
+        still hold it) raises a connection error, which kombu's `ensure` answers by
+        reconnecting and trying again on a new channel: kombu's own would fail on the
+        closed connection with an AttributeError, and the publish of a task's retry with
+        it."""
         if client is not None:
             yield client
             return
+        if self.connection is None:
+            raise RedisConnectionError("this channel is closed (its connection was lost)")
         pool = self.pool
         if self._shared is None or self._shared.connection_pool is not pool:
             self._shared = self._create_client()

@@ -43,6 +43,7 @@ import structlog
 from celery.utils.saferepr import saferepr
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.transport import redis as kombu_redis
 from vine import promise
 
 from dispatchq.broker.app import TASK_DISPATCH, GuardedRedisBackend
@@ -209,6 +210,11 @@ class PoisonChannel(ReliableChannel):
         return None
 
 
+class PoisonSentinelChannel(PoisonChannel, kombu_redis.SentinelChannel):
+    """The same channel, its pool Sentinel's: it connects to whichever server the
+    Sentinels name the primary, and again after a failover."""
+
+
 class PoisonTransport(ReliableTransport):
     """The reliable Redis transport, with bad queue items dead-lettered instead of raised."""
 
@@ -240,6 +246,13 @@ class PoisonTransport(ReliableTransport):
 
             backend = cast(GuardedRedisBackend, app.backend)
             _fail(backend, task_id, "malformed", problem, _kwargs_of(message))
+
+
+class PoisonSentinelTransport(PoisonTransport):
+    """The same transport, for `sentinel://` URLs (`dispatchq.config.connection`)."""
+
+    Channel = PoisonSentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port
 
 
 REPR_MAXSIZE = 1024

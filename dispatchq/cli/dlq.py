@@ -48,7 +48,7 @@ def purge_command() -> int:
 
 
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(load_settings().redis_url.get_secret_value())
+    return load_settings().redis.client()
 
 
 def _when(at: float) -> str:

@@ -41,7 +41,7 @@ def _tracker(client: redis.Redis) -> int:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
-    with redis.Redis.from_url(settings.redis_url.get_secret_value()) as client:
+    with settings.redis.client() as client:
         if args.tracker:
             return _tracker(client)
         workers = live_workers(client, settings.queue)

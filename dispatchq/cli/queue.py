@@ -29,7 +29,7 @@ def command(**options: Any) -> int:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     try:
-        client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
+        client = settings.redis.client(socket_timeout=5)
         backlog = lanes.backlog(client, settings.queue)
     except redis.RedisError as err:
         print(f"Error reading the queue: {err}", file=sys.stderr)

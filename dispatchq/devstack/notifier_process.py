@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis
 
+from dispatchq.config.connection import RedisTarget
 from dispatchq.devstack.process_group import ProcessGroup
 from dispatchq.store import keys
 
@@ -46,7 +47,7 @@ class NotifierProcess(ProcessGroup):
 
     def _wait_ready(self, env: Mapping[str, str], timeout: float) -> None:
         """Ready once its consumer group exists on the event stream."""
-        client = redis.Redis.from_url(env["DISPATCHQ_REDIS_URL"])
+        client = RedisTarget.from_env(env).client()
         stream = env.get("DISPATCHQ_EVENTS_STREAM", keys.EVENTS)
         deadline = time.monotonic() + timeout
         try:

@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
-
+from dispatchq.config.connection import RedisTarget
 from dispatchq.devstack.process_group import ProcessGroup
 from dispatchq.store.liveness import live_workers
 
@@ -63,12 +62,12 @@ class WorkerProcess(ProcessGroup):
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
-        self._wait_ready(env["DISPATCHQ_REDIS_URL"], timeout)
+        self._wait_ready(env, timeout)
         return self
 
-    def _wait_ready(self, redis_url: str, timeout: float) -> None:
+    def _wait_ready(self, env: Mapping[str, str], timeout: float) -> None:
         """Ready once the worker's heartbeat is in Redis (it beats once it consumes)."""
-        client = redis.Redis.from_url(redis_url)
+        client = RedisTarget.from_env(env).client()
         queue = self.env.get("DISPATCHQ_QUEUE", "dispatchq")
         deadline = time.monotonic() + timeout
         try:

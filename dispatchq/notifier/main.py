@@ -9,8 +9,6 @@ import socket
 import sys
 import threading
 
-import redis
-
 from dispatchq.config.logging import configure_logging, register_secrets
 from dispatchq.config.settings import Settings
 from dispatchq.notifier.webhooks import Notifier, NotifyPolicy
@@ -33,7 +31,7 @@ def serve(settings: Settings, *, threads: int, max_pending: int, claim_idle: flo
         timeout=settings.notify_timeout,
     )
     notifier = Notifier(
-        redis.Redis.from_url(settings.redis_url.get_secret_value()),
+        settings.redis.client(),
         settings.event_stream,
         policy,
         consumer=f"{socket.gethostname()}-{os.getpid()}",

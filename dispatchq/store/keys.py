@@ -26,6 +26,7 @@
 | `dispatchq:partial:<request id>` | string | worker, tracker   | result_ttl, renewed/check  |
 | `dispatchq:tracker:lease`        | string | tracker           | TRACKER_LEASE_MS, renewed  |
 | `dispatchq:progress:<request id>`| channel| tracker           | (pub/sub: nothing stored)  |
+| `dispatchq:receipt`              | channel| producer (receipt) | (pub/sub: nothing stored) |
 
 (*) trimmed to about events_maxlen entries, never past one the notifier has not read.
 
@@ -79,6 +80,13 @@ CHILDREN_TTL: Final = 60
 """A job's unfinished-children count outlives its last use by this much."""
 CHILDREN_REFRESH_LOCK: Final = 5_000
 """Milliseconds one worker has to read a job's summary before another may try."""
+
+RECEIPT: Final = f"{PREFIX}:receipt"
+"""A channel nobody listens on: a producer that must wait for replicas (the
+`redis_min_replicas` setting) publishes an empty message here, on the connection it wrote
+its requests with, before `WAIT`. A publish is replicated, so it moves that connection's
+replication offset to now: WAIT then also covers an enqueue that wrote nothing (a retry of
+a request ID the primary already had, whose first write may not have reached a replica)."""
 
 EVENTS: Final = f"{PREFIX}:events"
 """The completion event stream (`dispatchq.store.completion`): one entry per request that ends and
@@ -285,5 +293,7 @@ PREFIXES: Final = {
 }
 """The prefix of every kind of key that ends in a name (the one-key-space rule above): none
 is the start of another, nor of a fixed key (`FIXED`)."""
-FIXED: Final = frozenset({DLQ, WORKERS, RATE, EVENTS, INFLIGHT, FOLLOW, TRACKER_LEASE, RETRY_DUE})
+FIXED: Final = frozenset(
+    {DLQ, WORKERS, RATE, EVENTS, INFLIGHT, FOLLOW, TRACKER_LEASE, RETRY_DUE, RECEIPT}
+)
 """The keys whose name holds no ID."""

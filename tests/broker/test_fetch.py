@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -124,3 +124,19 @@ def test_a_counting_fetch_counts_deliveries_in_the_request_record(
     counts = {rid: redis_client.hget(keys.request(rid), DELIVERIES) for rid in ("r-2", "r-3")}
     assert counts == {"r-2": b"1", "r-3": b"1"}
     assert redis_client.ttl(keys.request("r-2")) > 0
+
+
+def test_a_publish_on_a_channel_closed_by_a_lost_connection_reconnects(
+    connection: Connection, redis_client: redis.Redis
+) -> None:
+    """kombu closes a channel whose connection was lost while a publisher (a task's retry)
+    may still hold it: the publish reconnects and goes through instead of failing with
+    `'NoneType' object has no attribute 'client'` (which ended requests in a Redis restart)."""
+    producer = connection.Producer()
+    channel: Any = producer.channel
+    channel.close()  # what kombu does to it as the connection is lost
+    assert channel.connection is None
+    producer.publish({"n": 1}, routing_key=QUEUE, retry=True, retry_policy={"max_retries": 3})
+    [item] = redis_client.lrange(QUEUE, 0, -1)
+    assert cast(Any, producer.channel).connection is not None  # revived on a new channel
+    assert json.loads(item)["properties"]["delivery_info"]["routing_key"] == QUEUE

@@ -271,7 +271,8 @@ def test_redis_auth_and_tls(fault_stack: FaultStack, tmp_path: Path) -> None:
 
 
 def test_rediss_urls_verify_the_server_unless_told_otherwise() -> None:
-    from dispatchq.broker.app import celery_config, redis_ssl_options
+    from dispatchq.broker.app import celery_config
+    from dispatchq.config.connection import redis_ssl_options
 
     assert redis_ssl_options("redis://:pw@h:6379/0") is None
     assert redis_ssl_options("rediss://h:6380/0") == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
