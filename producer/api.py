@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import redis
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult, ResultSet
 
@@ -300,16 +302,62 @@ class Producer:
         such request at all) is waited for like a queued one: it cannot be told apart from
         a request still in the queue, so only `timeout` ends that wait. A text that cannot
         be a request ID (empty, over 200 characters, control characters) is not waited for.
+        Redis going away (a restart, a failover) is waited out too, within `timeout`.
         """
-        statuses = {rid: self.result(rid) for rid in dict.fromkeys(request_ids)}
-        if on_done is not None:
-            for status in statuses.values():
-                if status.done:
-                    on_done(status)
+        ids = list(dict.fromkeys(request_ids))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        reported: set[str] = set()
+        pause = 0.1
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return self._wait(ids, left, on_done, reported)
+            except (redis.ConnectionError, redis.TimeoutError):
+                # Redis restarting or failing over: waited out, up to `timeout`.
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    def _wait(
+        self,
+        ids: list[str],
+        timeout: float | None,
+        on_done: Callable[[RequestStatus], None] | None,
+        reported: set[str],
+    ) -> dict[str, RequestStatus]:
+        """`wait`, once: raises a connection error when Redis goes away. `reported`: the
+        requests `on_done` was called for (by an earlier try)."""
+
+        def done(status: RequestStatus) -> None:
+            if on_done is not None and status.request_id not in reported:
+                reported.add(status.request_id)
+                on_done(status)
+
+        statuses = {rid: self.result(rid) for rid in ids}
+        for status in statuses.values():
+            if status.done:
+                done(status)
         # (A text that cannot be a request ID, "" say, names nothing that could come.)
         pending = [rid for rid, st in statuses.items() if not st.done and is_request_id(rid)]
         if not pending:
             return statuses
+        backend = self._celery.backend
+        results = ResultSet([AsyncResult(rid, app=self._celery) for rid in pending])
+        try:
+            for rid, meta in backend.iter_native(results, timeout=timeout, no_ack=True):
+                outcome = outcome_from_meta(meta) if isinstance(meta, dict) else None
+                if outcome is not None:
+                    statuses[rid] = RequestStatus(rid, DONE, statuses[rid].record, outcome)
+                    done(statuses[rid])
+        except (CeleryTimeout, TimeoutError):
+            for rid in pending:
+                if not statuses[rid].done:
+                    statuses[rid] = self.result(rid)
+        finally:
+            for res in results.results or []:
+                backend.remove_pending_result(res)
+        return statuses
         backend = self._celery.backend
         results = ResultSet([AsyncResult(rid, app=self._celery) for rid in pending])
         try:

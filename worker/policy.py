@@ -8,10 +8,8 @@ names the last error, instead of a task failure.
 
 Redis not answering (a restart, a failover) is retried the same way but without a budget:
 giving up would store an error outcome for a request that merely waited out an outage, and
-the write-ahead record makes every retry safe. While Redis is down even the retry cannot
-be published; the message is then rejected for redelivery (or, if even that fails, stays
-in the worker's in-flight list and comes back when the worker's channel closes or its
-lease lapses: `dispatchq.broker.fetch`).
+the write-ahead record makes every retry safe. While Redis is down even a retry cannot
+be published; the message is then handed back for redelivery (`_retry`).
 
 A request held at the backpressure gate for too long (`Throttled`) is requeued at once, and
 that retry is free: the message's `THROTTLED_HEADER` counts them, and they are taken off
@@ -22,13 +20,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis
 import structlog
 from celery import Task
 from celery.exceptions import Reject, Retry
-from kombu.exceptions import OperationalError
 
 from dispatchq.core.retry import RetryPolicy
 from dispatchq.errors import DispatchqError, Throttled
@@ -72,13 +69,7 @@ class PolicyTask(Task):  # type: ignore[type-arg]
             raise self._retry(err, jitter, self.throttled + 1) from err
         except (redis.ConnectionError, redis.TimeoutError) as err:
             countdown = task_policy().delay(self.retries_spent + 1)
-            try:
-                retry = self._retry(err, countdown, self.throttled, throw=False)
-            except (redis.RedisError, OperationalError) as publish_err:
-                # Redis is still away: hand the message back (or leave it unacknowledged)
-                # rather than store a failure.
-                raise Reject(err, requeue=True) from publish_err
-            raise retry from err
+            raise self._retry(err, countdown, self.throttled) from err
         except DispatchqError as err:
             if not getattr(err, "retryable", False):
                 raise
@@ -88,11 +79,20 @@ class PolicyTask(Task):  # type: ignore[type-arg]
                 return give_up(err)
             raise self._retry(err, policy.delay(done + 1), self.throttled) from err
 
-    def _retry(self, err: Exception, countdown: float, throttled: int, **options: Any) -> Retry:
-        return self.retry(
-            exc=err,
-            countdown=countdown,
-            max_retries=None,
-            headers={THROTTLED_HEADER: str(throttled)},
-            **options,
-        )
+    def _retry(self, err: Exception, countdown: float, throttled: int) -> Retry:
+        """Celery's retry, published now. A retry that cannot be published (Redis away)
+        becomes Celery's `Reject(requeue=False)`, which would store a failure and drop the
+        message: the message is handed back instead (`Reject(requeue=True)`), or, should
+        even that fail, stays in the worker's in-flight list until its channel closes or
+        its lease lapses (`dispatchq.broker.fetch`)."""
+        try:
+            return self.retry(
+                exc=err,
+                countdown=countdown,
+                max_retries=None,
+                headers={THROTTLED_HEADER: str(throttled)},
+                throw=False,
+            )
+        except Reject as unpublished:
+            log.warning("request.retry_not_published", error=str(unpublished)[:200])
+            raise Reject(err, requeue=True) from unpublished

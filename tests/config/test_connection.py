@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -15,6 +16,7 @@ from dispatchq.config.connection import RedisTarget
 from dispatchq.config.settings import Settings
 from dispatchq.errors import NotReplicated
 from dispatchq.producer.api import Producer
+from dispatchq.worker.health import warn_about_redis
 from tests.support.sentinel import MASTER, SentinelGroup
 
 SENTINELS = "sentinel://:pw@10.0.0.1:26379/2?ssl=true&ssl_ca_certs=/ca.pem;sentinel://10.0.0.2"
@@ -75,7 +77,7 @@ def group() -> Iterator[SentinelGroup]:
         yield g
 
 
-def _settings(group: SentinelGroup, **overrides: object) -> Settings:
+def _settings(group: SentinelGroup, **overrides: Any) -> Settings:
     return Settings(redis_url=group.url, redis_master_name=MASTER, queue="conn-test",
                     **overrides)  # fmt: skip
 
@@ -98,7 +100,7 @@ def test_every_client_kind_reaches_the_primary_through_the_sentinels(
 
 def test_an_enqueue_waits_for_the_replicas_it_is_told_to(group: SentinelGroup) -> None:
     """With redis_min_replicas, enqueue returns once a replica has the request; with the
-    replica away it fails with NotReplicated, and the same request ID enqueued again once
+    replica away it fails with NotReplicated (and a worker starting would warn), and the same request ID enqueued again once
     the replica is back succeeds, once."""
     settings = _settings(group, redis_min_replicas=1, redis_replica_timeout=0.5)
     replica = next(s for s in group.servers if s.port != group.primary_port())
@@ -111,6 +113,9 @@ def test_an_enqueue_waits_for_the_replicas_it_is_told_to(group: SentinelGroup) -
             with pytest.raises(NotReplicated, match="0 of the 1 replicas"):
                 producer.enqueue("encode", meta={"profile": "hd"}, request_id="r-away")
             assert time.monotonic() - started >= 0.4  # it waited for the replica
+            warnings = warn_about_redis(settings)
+            assert "no replica connected" in warnings[0]
+            assert "fewer than DISPATCHQ_REDIS_MIN_REPLICAS=1" in warnings[1]
         finally:
             replica.start()
         group.wait_synced()

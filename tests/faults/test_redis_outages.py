@@ -9,6 +9,8 @@ import time
 import pytest
 import redis
 
+from dispatchq.producer.api import Producer
+from dispatchq.producer.batch import request_id_for
 from dispatchq.store.messages import celery_message
 from tests.support.faults import (
     REDELIVERY,
@@ -130,3 +132,61 @@ def test_dropped_broker_connections_and_duplicate_messages_are_harmless(
     )
     accounting.assert_each_succeeded_once(ids)
     assert min(duplicates_delivered) >= 2  # every duplicate was taken by a worker too
+
+
+RESTARTS = 20
+
+
+def _finished(producer: Producer, batch: str) -> bool:
+    """Whether the batch has finished, asked until Redis answers (it may be loading)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            status = producer.batch_status(batch)
+            return status is not None and status.finished
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_twenty_redis_restarts_during_a_batch_end_no_request(fault_stack: FaultStack) -> None:
+    """redis-server restarted (SIGTERM, AOF replayed) twenty times in a row while two
+    workers run a batch: a connection error anywhere on a request's path (taking it,
+    writing ahead, retrying, storing, acknowledging) means "try again", so every request
+    ends exit 0, with one child. (The time limit is an hour by default; the suite's 6 s
+    would be spent waiting for Redis by a request taken as the restarts begin.)"""
+    stack = fault_stack.with_env(DISPATCHQ_TASK_TIME_LIMIT="120")
+    set_latency(stack.sim.address, 20)
+    workers = [w.start() for w in stack.workers(2)]
+    items = [{"meta": {"profile": "hd"}} for _ in range(1_500)]
+    try:
+        with stack.producer() as producer:
+            batch = producer.dispatch_batch("encode", items, preflight=False)
+            ids = [request_id_for(batch, n) for n in range(1, len(items) + 1)]
+            during = 0
+            for n in range(RESTARTS):
+                time.sleep(0.3)
+                during += not _finished(producer, batch)
+                stack.redis.stop()
+                # Every fourth outage outlasts redis-py's own retries (a few seconds), so
+                # commands fail, and the task's retry and requeue paths are taken too.
+                time.sleep(3.0 if n % 4 == 3 else 0)
+                stack.redis.start()
+            accounting = Accounting.of(stack, producer, ids, timeout=120 + REDELIVERY)
+            alive = [w.process is not None and w.process.poll() is None for w in workers]
+    finally:
+        for worker in workers:
+            worker.stop()
+    stack.report(
+        "redis restarted 20x during a batch",
+        requests=len(ids),
+        faults=f"{RESTARTS} redis-server restarts (SIGTERM + AOF), {during} mid-batch, "
+        f"{RESTARTS // 4} of them down 3 s",
+        lost=len(accounting.lost),
+        doubled=len(accounting.doubled),
+        notes=f"exit codes {dict(accounting.exit_codes)}",
+    )
+    assert during == RESTARTS  # every restart hit the batch while it ran
+    assert alive == [True, True]
+    accounting.assert_each_succeeded_once(ids)

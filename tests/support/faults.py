@@ -148,7 +148,8 @@ class Accounting:
         assert self.doubled == [], f"{len(self.doubled)} with more than one child"
         assert self.mismatched == []
         failed = [self.statuses[r].outcome for r in ids if not _ok(self, r)]
-        assert failed == [], f"{len(failed)} did not succeed, e.g. {failed[0]}"
+        errors = Counter(f"{o.error_kind}: {o.error_message}"[:300] for o in failed if o)
+        assert failed == [], f"{len(failed)} did not succeed: {dict(errors)}"
         assert self.children_of(ids) == Counter({1: len(ids)})
 
 

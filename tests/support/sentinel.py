@@ -8,6 +8,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -41,6 +42,11 @@ class Sentinel:
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+
+def _primary_port(sentinel: Sentinel) -> int:
+    address: Any = sentinel.client().sentinel_get_master_addr_by_name(MASTER)
+    return int(address[1])
 
 
 @dataclass
@@ -98,8 +104,7 @@ class SentinelGroup:
             if sentinel.process is None:
                 continue
             try:
-                _, port = sentinel.client().sentinel_get_master_addr_by_name(MASTER)
-                return int(port)
+                return _primary_port(sentinel)
             except redis.RedisError:
                 continue
         raise RuntimeError("no Sentinel answers")
@@ -145,7 +150,7 @@ class SentinelGroup:
             ports = set()
             for sentinel in self.sentinels:
                 try:
-                    ports.add(int(sentinel.client().sentinel_get_master_addr_by_name(MASTER)[1]))
+                    ports.add(_primary_port(sentinel))
                 except redis.RedisError:
                     ports.add(-1)
             if len(ports) == 1 and old_port not in ports and -1 not in ports:

@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 import redis
+from celery.canvas import Signature
+from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
 
 from dispatchq.config.settings import Settings
 from dispatchq.core.service import DispatchService
@@ -165,3 +168,25 @@ def test_throttled_requeues_are_taken_off_the_retries_spent(policy: Fixture) -> 
         assert (policy_task.throttled, policy_task.retries_spent) == (4, 1)
     finally:
         policy_task.pop_request()
+
+
+def test_a_retry_that_cannot_be_published_hands_the_message_back(
+    policy: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis away: Celery turns the failed publish of a retry into Reject(requeue=False),
+    which would store a failure and drop the message; the policy requeues it instead."""
+
+    def unpublished(*_: object, **__: object) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(Signature, "apply_async", unpublished)
+    raised.append(redis.ConnectionError("gone"))
+    policy_task.push_request(id="r-unpublished", called_directly=False, retries=0)
+    try:
+        with pytest.raises(Reject) as err:
+            policy_task.run()
+    finally:
+        policy_task.pop_request()
+    rejected: Any = err.value  # Celery's stubs omit its attributes
+    assert rejected.requeue is True
+    assert isinstance(rejected.reason, redis.ConnectionError)
