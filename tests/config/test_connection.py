@@ -100,8 +100,8 @@ def test_every_client_kind_reaches_the_primary_through_the_sentinels(
 
 def test_an_enqueue_waits_for_the_replicas_it_is_told_to(group: SentinelGroup) -> None:
     """With redis_min_replicas, enqueue returns once a replica has the request; with the
-    replica away it fails with NotReplicated (and a worker starting would warn), and the same request ID enqueued again once
-    the replica is back succeeds, once."""
+    replica away it fails with NotReplicated (and a worker starting would warn), and the
+    same request ID enqueued again once the replica is back succeeds, once."""
     settings = _settings(group, redis_min_replicas=1, redis_replica_timeout=0.5)
     replica = next(s for s in group.servers if s.port != group.primary_port())
     with Producer(settings) as producer:
