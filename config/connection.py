@@ -182,16 +182,23 @@ class RedisTarget:
         """Celery's broker and result backend settings for this target (the backend's
         class is the caller's: `backend_url` is what follows its `module:Class+`)."""
         transport: dict[str, Any] = {"max_connections": max_connections}
-        url = self.url
+        url = backend_url = self.url
         if self.is_sentinel:
             # kombu and Celery read the primary's name and Sentinel's own credentials from
             # the transport options, the primary's from the URL; TLS from *_use_ssl, so
-            # the query (TLS options) is left out of the URLs they parse.
-            url = ";".join(urlsplit(u)._replace(query="").geturl() for u in self.urls)
-            transport.update(master_name=self.master_name, sentinel_kwargs=self._sentinel_kwargs())
+            # the query (TLS options) is left out of the URLs they parse. The broker's URL
+            # is the first Sentinel's alone, and the worker's channel takes them all from
+            # `sentinels` (`dispatchq.broker.poison.PoisonSentinelChannel` says why).
+            urls = [urlsplit(u)._replace(query="").geturl() for u in self.urls]
+            url, backend_url = urls[0], ";".join(urls)
+            transport.update(
+                master_name=self.master_name,
+                sentinel_kwargs=self._sentinel_kwargs(),
+                sentinels=self.sentinels(),
+            )
         return {
             "broker_url": url,
-            "backend_url": url,
+            "backend_url": backend_url,
             "broker_use_ssl": self.tls,
             "redis_backend_use_ssl": self.tls,
             "broker_transport_options": transport,

@@ -29,7 +29,11 @@ from kombu.transport import virtual
 
 from dispatchq.broker.app import GuardedRedisBackend
 from dispatchq.broker.fetch import InflightQoS, ReliableChannel, ReliableTransport
-from dispatchq.broker.poison import PoisonAwareConsumer, PoisonTransport
+from dispatchq.broker.poison import (
+    PoisonAwareConsumer,
+    PoisonSentinelChannel,
+    PoisonTransport,
+)
 from dispatchq.store import keys
 
 OVERRIDES: list[tuple[type, type]] = [
@@ -37,6 +41,7 @@ OVERRIDES: list[tuple[type, type]] = [
     (InflightQoS, virtual.QoS),
     (ReliableTransport, kombu_redis.Transport),
     (PoisonTransport, kombu_redis.Transport),
+    (PoisonSentinelChannel, kombu_redis.SentinelChannel),
     (PoisonAwareConsumer, Consumer),
     (GuardedRedisBackend, RedisBackend),
 ]

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
+import redis.sentinel
 import structlog
 from celery.utils.saferepr import saferepr
 from celery.worker.consumer import Consumer
@@ -212,7 +213,39 @@ class PoisonChannel(ReliableChannel):
 
 class PoisonSentinelChannel(PoisonChannel, kombu_redis.SentinelChannel):
     """The same channel, its pool Sentinel's: it connects to whichever server the
-    Sentinels name the primary, and again after a failover."""
+    Sentinels name the primary, and again after a failover.
+
+    The Sentinels' addresses come from the `sentinels` transport option, where kombu's
+    channel reads them from the connection's alternate URLs (`sentinel://a;sentinel://b`).
+    Given those, kombu would also, on a lost connection, switch to the next URL, and with
+    it to its own Sentinel transport: a worker that reconnected after a failover would
+    fetch with BRPOP, from no batch lane, and keep nothing in flight. So the broker URL is
+    the first Sentinel alone (`dispatchq.config.connection`), and redis-py's Sentinel
+    client asks each in turn."""
+
+    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options, "sentinels")
+    sentinels: list[tuple[str, int]] = []  # noqa: RUF012  (kombu's option, set per channel)
+    master_name: str
+    min_other_sentinels: int = 0
+    sentinel_kwargs: dict[str, Any] | None = None
+    _connparams: Any
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        params = self._connparams(asynchronous)
+        params.pop("host", None)
+        params.pop("port", None)
+        manager = redis.sentinel.Sentinel(
+            [(str(host), int(port)) for host, port in self.sentinels],
+            min_other_sentinels=self.min_other_sentinels,
+            sentinel_kwargs=self.sentinel_kwargs,
+            **params,
+        )
+        if asynchronous:  # kept, so that kombu closes its connections to the Sentinels
+            self._async_sentinel_manager = manager
+        else:
+            self._sentinel_manager = manager
+        credentials = {k: params[k] for k in ("username", "password") if k in params}
+        return manager.master_for(self.master_name, redis.Redis, **credentials).connection_pool
 
 
 class PoisonTransport(ReliableTransport):

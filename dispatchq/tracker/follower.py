@@ -362,6 +362,13 @@ class Tracker:
                 self._busy.discard(request_id)
             try:
                 checked = future.result()
+            except (redis.ConnectionError, redis.TimeoutError) as err:
+                # Redis away (a restart, a failover): checked again on the next pass, not
+                # at its next scheduled check (minutes away for a child that just ended).
+                log.warning("tracker.check_failed", request_id=request_id, error=str(err)[:200])
+                with self._lock:
+                    self._dirty.add(request_id)
+                return
             except Exception:
                 log.exception("tracker.check_failed", request_id=request_id)
                 return

@@ -28,8 +28,10 @@ def test_a_sentinel_list_names_every_sentinel_and_the_primarys_credentials() -> 
     assert target.sentinels() == [("10.0.0.1", 26379), ("10.0.0.2", 26379)]
     assert target.tls == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem"}
     options = target.celery_options(max_connections=8)
-    assert options["broker_url"] == "sentinel://:pw@10.0.0.1:26379/2;sentinel://10.0.0.2"
+    assert options["broker_url"] == "sentinel://:pw@10.0.0.1:26379/2"  # see PoisonSentinelChannel
+    assert options["backend_url"] == "sentinel://:pw@10.0.0.1:26379/2;sentinel://10.0.0.2"
     assert options["broker_transport_options"]["master_name"] == "main"
+    assert options["broker_transport_options"]["sentinels"] == target.sentinels()
     sentinel_kwargs = options["result_backend_transport_options"]["sentinel_kwargs"]
     assert (sentinel_kwargs["password"], sentinel_kwargs["ssl"]) == ("sp", True)
     assert options["broker_use_ssl"] == target.tls

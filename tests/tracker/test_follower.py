@@ -4,6 +4,7 @@ scripts are the real ones (first finish wins, the follow set, the stages)."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -186,3 +187,31 @@ def test_an_event_for_a_child_being_checked_wakes_another_check(store: RecordSto
         tracker._busy.clear()
     assert tracker.run_once() == 1
     tracker._pool.shutdown(wait=True)
+
+
+def test_a_check_that_redis_interrupted_is_made_again_on_the_next_pass(
+    store: RecordStore,
+) -> None:
+    """A child whose check failed because Redis went away (a restart, a failover) is not
+    left until its next scheduled check, minutes away: the next pass checks it again."""
+    nomad = FakeChildren()
+    follower = Follower(nomad, store, _results)
+    tracker = Tracker(store.client, follower, Lease(store.client, "t"))
+    _handed_off(store)
+    store.client.zadd(keys.FOLLOW, {"r1": 1e12})  # not due for a long while
+    failures = [redis.ConnectionError("Connection closed by server.")]
+    real_check = follower.check
+
+    def check(rid: str) -> Checked:
+        if failures:
+            raise failures.pop()
+        return real_check(rid)
+
+    follower.check = check  # type: ignore[method-assign,assignment]
+    tracker._dirty.add("r1")  # an event named its child
+    assert tracker.run_once() == 1
+    tracker._pool.shutdown(wait=True)
+    tracker._pool = ThreadPoolExecutor(1)
+    assert tracker.run_once() == 1  # checked again at once
+    tracker._pool.shutdown(wait=True)
+    assert failures == []
