@@ -297,3 +297,17 @@ FIXED: Final = frozenset(
     {DLQ, WORKERS, RATE, EVENTS, INFLIGHT, FOLLOW, TRACKER_LEASE, RETRY_DUE, RECEIPT}
 )
 """The keys whose name holds no ID."""
+
+
+def acl_rules(queue: str) -> list[str]:
+    """The Redis ACL rules (`ACL SETUSER <user> on ><password> ...`) of a user that may touch
+    dispatchq's keys and nothing else, for a deployment whose queue is `queue`: its own
+    keys, Celery's results, kombu's queue list and bindings and each worker's
+    remote-control queue (`<hostname>.celery.pidbox`); every pub/sub channel (kombu
+    subscribes to patterns, which an ACL matches literally); every command but the dangerous
+    ones (CONFIG, INFO, KEYS...: a worker's start-up checks of the set-up are skipped)."""
+    return [
+        "resetkeys", f"~{PREFIX}:*", f"~{CELERY_RESULT_PREFIX}*", f"~{queue}", "~_kombu.*",
+        "~*.celery.pidbox",
+        "allchannels", "+@all", "-@dangerous",
+    ]  # fmt: skip

@@ -283,3 +283,35 @@ def test_rediss_urls_verify_the_server_unless_told_otherwise() -> None:
     config = celery_config(Settings(redis_url="rediss://h:6380/0?ssl_ca_certs=/ca.pem"))
     expected = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem"}
     assert config["broker_use_ssl"] == config["redis_backend_use_ssl"] == expected
+
+
+def test_redis_tls_with_an_acl_user_confined_to_dispatchqs_keys(
+    fault_stack: FaultStack, tmp_path: Path
+) -> None:
+    """TLS, and an ACL user that may touch only the keys `keys.acl_rules` names: the worker
+    and the producer work as that user; any other key is refused to it."""
+    pki = make_pki(tmp_path / "pki")
+    with TlsRedisServer(password=REDIS_PASSWORD, pki=pki) as server:
+        with redis.Redis.from_url(server.url) as admin:
+            admin.acl_setuser("dq", enabled=True, passwords=["+dq-secret-41"], reset=True)
+            admin.execute_command("ACL", "SETUSER", "dq", *keys.acl_rules(QUEUE))
+        url = server.url.replace(f":{REDIS_PASSWORD}@", "dq:dq-secret-41@")
+        stack = fault_stack.with_env(DISPATCHQ_REDIS_URL=url)
+        with stack.worker("acl"), Producer(Settings(redis_url=url, queue=QUEUE)) as p:
+            ids = [p.enqueue("encode", meta={"profile": "hd"}) for _ in range(5)]
+            batch = p.dispatch_batch("encode", [{"meta": {"profile": "sd"}}] * 5, preflight=False)
+            ids += [f"{batch}-{n:06d}" for n in range(1, 6)]
+            accounting = Accounting.of(stack, p, ids, timeout=60)
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                p.redis.set("someone-elses-key", "x")
+    accounting.assert_each_succeeded_once(ids)
+    output = stack.worker_output()
+    assert "NoPermission" not in output and "NOPERM" not in output, output[-3000:]
+    assert _leaks(output, "dq-secret-41") == []
+    stack.report(
+        "redis TLS + ACL user (dispatchq keys)",
+        requests=len(ids),
+        faults="other keys refused",
+        lost=len(accounting.lost),
+        doubled=len(accounting.doubled),
+    )
