@@ -28,6 +28,9 @@ _ENV = {
     "http_auth": "NOMAD_HTTP_AUTH",
 }
 
+ENV_NAMES = frozenset({*_ENV.values(), "NOMAD_SKIP_VERIFY"})
+"""Every environment variable a Nomad connection is configured by."""
+
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 
