@@ -20,16 +20,13 @@ import pytest
 from dispatchq.cli.job import nomad_parser
 from dispatchq.cli.main import cli, main
 from dispatchq.config.settings import CONFIG_FILE_ENV, Settings
+from dispatchq.nomad.config import ENV_NAMES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 CLI_TABLE_HEADER = "| command | flags | what it does |"
 CONFIG_TABLE_HEADER = "| variable | default | meaning |"
 FLAG = re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*")
-NOMAD_VARIABLES = {
-    "NOMAD_ADDR", "NOMAD_TOKEN", "NOMAD_REGION", "NOMAD_NAMESPACE", "NOMAD_CACERT",
-    "NOMAD_CAPATH", "NOMAD_CLIENT_CERT", "NOMAD_CLIENT_KEY", "NOMAD_TLS_SERVER_NAME",
-    "NOMAD_SKIP_VERIFY", "NOMAD_HTTP_AUTH",
-}  # fmt: skip
+NOMAD_VARIABLES = ENV_NAMES
 
 
 def commands(
