@@ -185,9 +185,10 @@ class DeliveryCapExceeded(DispatchqError):
 class NotReplicated(DispatchqError):
     """Requests are on the Redis primary, but fewer replicas than `redis_min_replicas`
     confirmed them in time: a failover now could lose them. Enqueueing them again with the
-    same request IDs is safe (nothing is doubled) and waits for the replicas again."""
+    same request IDs is safe (nothing is doubled) and waits for the replicas again.
+    Raised to the producer only: never the error of an outcome."""
 
-    kind = "not_replicated"
+    kind = "store"  # Redis did not keep the write as asked
 
 
 class RequestRefused(Exception):

@@ -84,6 +84,7 @@ def _settings(group: SentinelGroup, **overrides: Any) -> Settings:
                     **overrides)  # fmt: skip
 
 
+@pytest.mark.integration
 def test_every_client_kind_reaches_the_primary_through_the_sentinels(
     group: SentinelGroup,
 ) -> None:
@@ -100,6 +101,7 @@ def test_every_client_kind_reaches_the_primary_through_the_sentinels(
     assert redis.Redis(port=primary).get("conn-test-result") == b"x"
 
 
+@pytest.mark.integration
 def test_an_enqueue_waits_for_the_replicas_it_is_told_to(group: SentinelGroup) -> None:
     """With redis_min_replicas, enqueue returns once a replica has the request; with the
     replica away it fails with NotReplicated (and a worker starting would warn), and the
