@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 import structlog
+from celery.exceptions import TimeLimitExceeded
 
 from dispatchq.broker.app import TASK_DISPATCH
 from dispatchq.broker.deadletter import dead_letter
@@ -48,8 +49,35 @@ HANDED = "handed_off"
 evaluation is done: the tracker follows its child and stores the outcome."""
 
 
-@app.task(name=TASK_DISPATCH, bind=True, base=PolicyTask, resultrepr_maxsize=RESULT_REPR_CHARS)
-def dispatch(self: PolicyTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+class DispatchTask(PolicyTask):
+    """The dispatch task's class. A run that Celery itself ends in a failure (its hard time
+    limit, an error no code path expected) ends the request too, with an exit-1 outcome
+    through its record, so that its batch counts it and its completion event goes out:
+    Celery alone would store a FAILURE result and leave the record as it was, so the batch
+    would never finish. Nothing is written for a request that is done already, or for a
+    message that is not the request its ID names."""
+
+    abstract = True
+
+    def on_failure(
+        self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        if isinstance(exc, TimeLimitExceeded):
+            reason = (f"ran longer than the task time limit ({exc.args[0] if exc.args else '?'} "
+                      "s, DISPATCHQ_TASK_TIME_LIMIT)")  # fmt: skip
+        else:
+            reason = f"the worker's task failed: {type(exc).__name__}: {exc}"
+        service = runtime().service
+        given = kwargs if isinstance(kwargs, dict) else None
+        try:
+            fail_message(service.records, service.results, task_id, kind="internal",
+                         reason=reason, kwargs=given)  # fmt: skip
+        except redis.RedisError as err:  # Celery's FAILURE result stands; logged
+            log.error("request.failure_not_recorded", error=str(err)[:200])
+
+
+@app.task(name=TASK_DISPATCH, bind=True, base=DispatchTask, resultrepr_maxsize=RESULT_REPR_CHARS)
+def dispatch(self: DispatchTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Dispatch one request and follow it; returns the outcome's `SUMMARY` (the outcome in
     its stored form for a message that is not a valid request)."""
     structlog.contextvars.clear_contextvars()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 from celery.canvas import Signature
-from celery.exceptions import Reject
+from celery.exceptions import Reject, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
 from dispatchq.config.settings import Settings
@@ -190,3 +190,21 @@ def test_a_retry_that_cannot_be_published_hands_the_message_back(
     rejected: Any = err.value  # Celery's stubs omit its attributes
     assert rejected.requeue is True
     assert isinstance(rejected.reason, redis.ConnectionError)
+
+
+def test_a_run_celery_ends_in_a_failure_ends_its_request(rt: Fixture) -> None:
+    """The hard time limit (Celery stores a FAILURE result and calls on_failure): the
+    request ends too, exit 1, so that its batch counts it; a request done already is
+    left alone."""
+    kwargs = message_body("r-tl", "video-encode", meta={"profile": "hd"})
+    dispatch.on_failure(TimeLimitExceeded(6), "r-tl", (), kwargs, None)
+    record = rt.records.records["r-tl"]
+    assert (record["state"], record["exit_code"]) == ("done", "1")
+    stored = str(rt.records.results["r-tl"].value)  # `stored_result`: the outcome's repr
+    assert "'error_kind': 'internal'" in stored
+    assert "task time limit (6 s" in stored
+
+    assert run("r-ok", meta={"profile": "hd"}).result["exit_code"] == 0
+    dispatch.on_failure(RuntimeError("late"), "r-ok", (), message_body("r-ok", "video-encode",
+                        meta={"profile": "hd"}), None)  # fmt: skip
+    assert rt.records.records["r-ok"]["exit_code"] == "0"
