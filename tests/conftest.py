@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -54,3 +57,40 @@ def nomadsim() -> Iterator[NomadSimProcess]:
     """One nomadsim (ACLs off, default cluster) for the session, on a free loopback port."""
     with NomadSimProcess() as sim:
         yield sim
+
+
+# The fault suite's figures (tests/support/faults.py), printed at the end of the run; here,
+# not in tests/faults/conftest.py, since pytest-xdist's controller loads only this one.
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker: its figures go to the controller, which prints them all."""
+    # imported here: tests.support.* load as pytest plugins first (assertion rewriting)
+    from tests.support.faults import FIGURES
+
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["fault_figures"] = json.dumps([dataclasses.asdict(f) for f in FIGURES])
+
+
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """In the pytest-xdist controller: a worker's figures, gathered."""
+    from tests.support.faults import FIGURES, Figure
+
+    figures = json.loads(getattr(node, "workeroutput", {}).get("fault_figures", "[]"))
+    FIGURES.extend(Figure(**figure) for figure in figures)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.support.faults import FIGURES
+
+    if not FIGURES:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("fault suite figures")
+    write(f"{'scenario':<34} {'requests':>8} {'lost':>5} {'doubled':>7} {'seconds':>7}  faults")
+    for fig in FIGURES:
+        write(
+            f"{fig.scenario:<34} {fig.requests:>8} {fig.lost:>5} {fig.doubled:>7} "
+            f"{fig.seconds:>7.1f}  {fig.faults}"
+        )
+        if fig.notes:
+            write(f"{'':<34} {fig.notes}")
