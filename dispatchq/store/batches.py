@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -48,6 +48,7 @@ class BatchStatus:
     retries: int = 0
     max_attempts: int = 1
     until: str = "scheduled"
+    tenant: str = ""
 
     @classmethod
     def from_hash(cls, batch_id: str, raw: dict[bytes, bytes]) -> BatchStatus:
@@ -64,6 +65,7 @@ class BatchStatus:
             total=int(data.get("total", 0)),
             state=data.get("state", OPEN),
             created_at=float(data.get("created_at", 0)),
+            tenant=data.get("tenant", ""),
             dispatched=int(data.get("dispatched", 0)),
             done=int(data.get("done", 0)),
             done_dispatched=int(data.get("done_dispatched", 0)),
@@ -171,11 +173,14 @@ class BatchStore:
         `max_attempts`: attempts per item when its own run fails (a resubmission may set
         another)."""
         key = keys.batch(batch_id)
+        now = time.time()
+        pipe.zadd(keys.BATCHES, {batch_id: now}, nx=True)
+        pipe.zremrangebyscore(keys.BATCHES, "-inf", now - self.ttl)
         pipe.hsetnx(key, "job_id", job_id)
         pipe.hsetnx(key, "namespace", namespace or "")
         pipe.hsetnx(key, "tenant", tenant or "")
         pipe.hsetnx(key, "state", OPEN)
-        pipe.hsetnx(key, "created_at", time.time())
+        pipe.hsetnx(key, "created_at", now)
         pipe.hsetnx(key, "total", 0)
         pipe.hsetnx(key, "until", until)
         pipe.hsetnx(key, "detach", int(detach))
@@ -185,6 +190,17 @@ class BatchStore:
         if max_attempts is not None:
             pipe.hset(key, "max_attempts", max_attempts)
         pipe.expire(key, self.ttl)
+
+    def recent(self, count: int = 50) -> list[BatchStatus]:
+        """The `count` batches created last, newest first: one ZREVRANGE and one HGETALL
+        per batch, however many items they hold."""
+        found = cast(list[bytes], self.client.zrevrange(keys.BATCHES, 0, count - 1))
+        ids = [i.decode() for i in found]
+        pipe = self.client.pipeline(transaction=False)
+        for batch_id in ids:
+            pipe.hgetall(keys.batch(batch_id))
+        return [BatchStatus.from_hash(b, raw) for b, raw in zip(ids, pipe.execute(), strict=True)
+                if raw]  # fmt: skip
 
     def status(self, batch_id: str) -> BatchStatus | None:
         raw = self.client.hgetall(keys.batch(batch_id))

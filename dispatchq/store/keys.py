@@ -8,6 +8,7 @@
 | `celery-task-meta-<request id>`  | string | Celery's backend  | result_ttl (result_expires) |
 | `dispatchq:workers`              | zset   | worker heartbeat  | WORKER_TTL, renewed/beat   |
 | `dispatchq:batch:<id>`           | hash   | producer, worker  | result_ttl                 |
+| `dispatchq:batches`              | zset   | producer          | none; trimmed to result_ttl |
 | `dispatchq:batch-requests:<id>`  | list   | producer          | result_ttl                 |
 | `dispatchq:batch-errors:<id>`    | list   | worker            | result_ttl                 |
 | `dispatchq:batch-items:<id>`     | hash   | producer          | result_ttl                 |
@@ -80,6 +81,11 @@ CHILDREN_TTL: Final = 60
 """A job's unfinished-children count outlives its last use by this much."""
 CHILDREN_REFRESH_LOCK: Final = 5_000
 """Milliseconds one worker has to read a job's summary before another may try."""
+
+BATCHES: Final = f"{PREFIX}:batches"
+"""Every batch, by creation time (score): what the dashboard lists, newest first, without
+a scan. A batch submit also trims the members older than result_ttl, whose batch records
+have expired."""
 
 RECEIPT: Final = f"{PREFIX}:receipt"
 """A channel nobody listens on: a producer that must wait for replicas (the
@@ -294,7 +300,8 @@ PREFIXES: Final = {
 """The prefix of every kind of key that ends in a name (the one-key-space rule above): none
 is the start of another, nor of a fixed key (`FIXED`)."""
 FIXED: Final = frozenset(
-    {DLQ, WORKERS, RATE, EVENTS, INFLIGHT, FOLLOW, TRACKER_LEASE, RETRY_DUE, RECEIPT}
+    {DLQ, WORKERS, RATE, EVENTS, INFLIGHT, FOLLOW, TRACKER_LEASE, RETRY_DUE, RECEIPT,
+     BATCHES}
 )
 """The keys whose name holds no ID."""
 

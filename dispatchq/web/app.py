@@ -1,0 +1,223 @@
+"""The dashboard: `dispatchq web` (Starlette, Jinja2 templates, htmx for the live parts).
+
+Pages are rendered on the server; a live part (a batch's counts, the fleet) is a fragment
+that htmx fetches again every second. Every read is bounded whatever the size of a batch:
+a batch page is one HGETALL of its counters and one LRANGE of its first failures
+(`dispatchq.store.batches`), never a scan of its items.
+
+Read-only unless `DISPATCHQ_WEB_TOKEN` is set. An action (retry a batch's failures, cancel a
+batch) is a POST whose form carries that token, compared in constant time: a page of
+another site cannot forge one without knowing it (no cookie or other ambient credential
+is ever accepted), and the token is never rendered back.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import quote
+
+import redis
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from dispatchq.config.settings import Settings
+from dispatchq.core.outcome import Outcome
+from dispatchq.core.render import render
+from dispatchq.store import dlq, keys
+from dispatchq.store.batches import CANCELLED, BatchStatus, BatchStore
+from dispatchq.store.liveness import live_workers
+from dispatchq.store.records import RecordStore
+from dispatchq.store.retries import BatchRetrier
+
+HERE = Path(__file__).parent
+FAILURES_SHOWN = 50
+BATCHES_SHOWN = 50
+
+
+class Dashboard:
+    """The pages, over one Redis client and the settings."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, token: str = "") -> None:
+        self.settings = settings
+        self.client = client
+        self.token = token
+        self.batches = BatchStore(client, settings.result_ttl)
+        self.records = RecordStore(client, settings.result_ttl, settings.event_stream)
+        self.nomad_ui = ""
+        self.templates = Environment(
+            loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape()
+        )
+        self.templates.globals["quote"] = lambda text: quote(str(text), safe="")
+
+    def page(self, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        context.setdefault("actions", bool(self.token))
+        html = self.templates.get_template(name).render(**context)
+        return HTMLResponse(html, status_code=status)
+
+    # -- pages -------------------------------------------------------------------------
+
+    async def batches_page(self, request: Request) -> Response:
+        recent = self.batches.recent(BATCHES_SHOWN)
+        return self.page("batches.html", batches=[_batch_view(b) for b in recent])
+
+    async def batch_page(self, request: Request) -> Response:
+        batch_id = request.path_params["batch_id"]
+        status = self.batches.status(batch_id)
+        if status is None:
+            return self.page("missing.html", 404, what=f"batch {batch_id}")
+        failures = self.batches.errors(batch_id, FAILURES_SHOWN)
+        return self.page("batch.html", batch=_batch_view(status), failures=failures,
+                         notice=request.query_params.get("notice", ""))  # fmt: skip
+
+    async def batch_counts(self, request: Request) -> Response:
+        status = self.batches.status(request.path_params["batch_id"])
+        if status is None:
+            return HTMLResponse("", status_code=404)
+        return self.page("_batch_counts.html", batch=_batch_view(status))
+
+    async def request_page(self, request: Request) -> Response:
+        request_id = request.path_params["request_id"]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.celery_result(request_id))
+        pipe.hgetall(keys.request(request_id))
+        raw_meta, raw_record = pipe.execute()
+        record = self.records.of(request_id).load() if raw_record else None
+        outcome = _outcome(raw_meta)
+        if record is None and outcome is None:
+            return self.page("missing.html", 404, what=f"request {request_id}")
+        lines = [line.text for event in (outcome.events if outcome else []) for line in
+                 render(event, verbose=True)]  # fmt: skip
+        child = (outcome.dispatched_job_id if outcome else "") or (record.dispatched_job_id
+                                                                   if record else "")  # fmt: skip
+        return self.page("request.html", request_id=request_id, record=record,
+                         outcome=outcome.to_json() if outcome else None, lines=lines,
+                         child=child, child_url=self._child_url(child))  # fmt: skip
+
+    def _child_url(self, child: str) -> str:
+        if not child or not self.nomad_ui:
+            return ""
+        return f"{self.nomad_ui}/ui/jobs/{quote(child, safe='')}"
+
+    async def fleet_page(self, request: Request) -> Response:
+        return self.page("fleet.html", **self._fleet())
+
+    async def fleet_part(self, request: Request) -> Response:
+        return self.page("_fleet.html", **self._fleet())
+
+    def _fleet(self) -> dict[str, Any]:
+        workers = live_workers(self.client, self.settings.queue)
+        leader = cast(bytes | None, self.client.get(keys.TRACKER_LEASE))
+        notifiers: list[dict[str, Any]] = []
+        stream = self.settings.events_stream
+        if stream:
+            try:
+                groups: Any = self.client.xinfo_groups(stream)
+                notifiers = [{"name": g["name"].decode(), "pending": g["pending"],
+                              "lag": g.get("lag")} for g in groups]  # fmt: skip
+            except redis.ResponseError:
+                notifiers = []
+        return {"workers": workers, "leader": leader.decode() if leader else "",
+                "notifiers": notifiers, "queue": self.settings.queue}  # fmt: skip
+
+    async def queue_page(self, request: Request) -> Response:
+        queue = self.settings.queue
+        pipe = self.client.pipeline(transaction=False)
+        pipe.llen(queue)
+        pipe.hgetall(keys.lanes(queue))
+        waiting, lanes = pipe.execute()
+        lane_ids = sorted(k.decode() for k in lanes)
+        pipe = self.client.pipeline(transaction=False)
+        for batch_id in lane_ids:
+            pipe.llen(keys.lane(batch_id))
+        lengths = pipe.execute() if lane_ids else []
+        return self.page("queue.html", queue=queue, waiting=waiting,
+                         lanes=list(zip(lane_ids, lengths, strict=True)))  # fmt: skip
+
+    async def dlq_page(self, request: Request) -> Response:
+        entries = dlq.entries(self.client)
+        return self.page("dlq.html", entries=[e.to_json() for e in reversed(entries)])
+
+    async def search(self, request: Request) -> Response:
+        """A batch ID, else a request ID: the page of what it names."""
+        text = request.query_params.get("q", "").strip()
+        if text and self.client.exists(keys.batch(text)):
+            return RedirectResponse(f"/batches/{quote(text, safe='')}", status_code=303)
+        if text and (self.client.exists(keys.request(text))
+                     or self.client.exists(keys.celery_result(text))):  # fmt: skip
+            return RedirectResponse(f"/requests/{quote(text, safe='')}", status_code=303)
+        return self.page("missing.html", 404, what=f"a batch or request {text!r}")
+
+    # -- actions -----------------------------------------------------------------------
+
+    async def batch_action(self, request: Request) -> Response:
+        batch_id = request.path_params["batch_id"]
+        action = request.path_params["action"]
+        if action not in ("retry", "cancel"):
+            return self.page("missing.html", 404, what=f"no action {action!r}")
+        form = await request.form()
+        given = str(form.get("token", ""))
+        if not self.token or not hmac.compare_digest(given.encode(), self.token.encode()):
+            refusal = "actions are off (no DISPATCHQ_WEB_TOKEN)" if not self.token else (
+                "wrong or missing token")  # fmt: skip
+            return self.page("missing.html", 403, what=f"nothing done: {refusal}")
+        status = self.batches.status(batch_id)
+        if status is None:
+            return self.page("missing.html", 404, what=f"batch {batch_id}")
+        if action == "retry":
+            if status.state == CANCELLED:
+                notice = "the batch was cancelled: nothing to retry"
+            else:
+                retrier = BatchRetrier(self.client, queue=self.settings.queue,
+                                       ttl=self.settings.result_ttl)  # fmt: skip
+                report = retrier.retry_batch(batch_id)
+                notice = f"retrying {report.retried} item(s)"
+        else:
+            self.batches.cancel(batch_id)
+            notice = "cancelled: nothing more of it is dispatched"
+        target = f"/batches/{quote(batch_id, safe='')}?notice={quote(notice)}"
+        return RedirectResponse(target, status_code=303)
+
+
+def _outcome(raw_meta: bytes | None) -> Outcome | None:
+    if not raw_meta:
+        return None
+    meta = json.loads(raw_meta)
+    if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
+        return Outcome.from_json(meta["result"])
+    return None
+
+
+def _batch_view(status: BatchStatus) -> dict[str, Any]:
+    data = status.to_json()
+    data["tenant"] = status.tenant
+    data["created_at"] = status.created_at
+    data["percent"] = round(100 * status.done / status.total) if status.total else 0
+    return data
+
+
+def create_app(settings: Settings, token: str = "", nomad_address: str = "") -> Starlette:
+    """The dashboard's ASGI app (`dispatchq web` serves it)."""
+    board = Dashboard(settings, settings.redis.client(), token)
+    if nomad_address.startswith(("http://", "https://")):
+        board.nomad_ui = nomad_address.rstrip("/")
+    routes = [
+        Route("/", board.batches_page),
+        Route("/batches/{batch_id:path}/counts", board.batch_counts),
+        Route("/batches/{batch_id:path}/{action:str}", board.batch_action, methods=["POST"]),
+        Route("/batches/{batch_id:path}", board.batch_page),
+        Route("/requests/{request_id:path}", board.request_page),
+        Route("/fleet", board.fleet_page),
+        Route("/fleet/live", board.fleet_part),
+        Route("/queue", board.queue_page),
+        Route("/dead-letters", board.dlq_page),
+        Route("/search", board.search),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    return Starlette(routes=routes)
