@@ -76,11 +76,14 @@ class Dashboard:
         return self.page("batch.html", batch=_batch_view(status), failures=failures,
                          notice=request.query_params.get("notice", ""))  # fmt: skip
 
-    async def batch_counts(self, request: Request) -> Response:
-        status = self.batches.status(request.path_params["batch_id"])
+    async def batch_live(self, request: Request) -> Response:
+        """The live part of a batch's page: its counts and first failures."""
+        batch_id = request.path_params["batch_id"]
+        status = self.batches.status(batch_id)
         if status is None:
             return HTMLResponse("", status_code=404)
-        return self.page("_batch_counts.html", batch=_batch_view(status))
+        failures = self.batches.errors(batch_id, FAILURES_SHOWN)
+        return self.page("_batch_live.html", batch=_batch_view(status), failures=failures)
 
     async def request_page(self, request: Request) -> Response:
         request_id = request.path_params["request_id"]
@@ -209,7 +212,7 @@ def create_app(settings: Settings, token: str = "", nomad_address: str = "") -> 
         board.nomad_ui = nomad_address.rstrip("/")
     routes = [
         Route("/", board.batches_page),
-        Route("/batches/{batch_id:path}/counts", board.batch_counts),
+        Route("/batches/{batch_id:path}/live", board.batch_live),
         Route("/batches/{batch_id:path}/{action:str}", board.batch_action, methods=["POST"]),
         Route("/batches/{batch_id:path}", board.batch_page),
         Route("/requests/{request_id:path}", board.request_page),

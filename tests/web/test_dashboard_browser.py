@@ -1,0 +1,167 @@
+"""`dispatchq web` in a real browser (Debian's headless Chromium through chromedriver),
+against a real stack: redis-server, nomadsim running mock_driver children, a worker and a
+tracker. A batch is watched to its end on its page, a failure opened, and "Retry failed"
+clicked without the token (nothing changes) and with it (exactly the failed items again).
+Screenshots of the pages are saved under the test's temporary directory (and, with
+DISPATCHQ_SCREENSHOTS=DIR, there too)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+from dispatchq.devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.ports import free_port, stop_process, wait_for_port
+from dispatchq.devstack.tracker_process import TrackerProcess
+from tests.support.faults import Dispatches
+from tests.support.nomad_jobs import FAST_SIM, mock_encode_job, register
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "web-token-5e1d"
+ITEMS = 300
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[NomadSimProcess]:
+    with NomadSimProcess(args=FAST_SIM) as process:
+        register(process.address, mock_encode_job("enc"))
+        yield process
+
+
+@pytest.fixture(scope="module")
+def dashboard(stack: Stack) -> Iterator[str]:
+    """A worker, a tracker and `dispatchq web` (actions on) over the stack."""
+    port = free_port()
+    env = {**os.environ, **stack.env, "DISPATCHQ_WEB_TOKEN": TOKEN}
+    log = (stack.log_dir / "web.log").open("ab")
+    web = subprocess.Popen([sys.executable, "-m", "dispatchq.cli", "web", "--port", str(port)],
+                           env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        with stack.worker("web-w1"), TrackerProcess(env=stack.env,
+                                                    log_path=stack.log_dir / "web-t.log"):
+            wait_for_port(port, 20)
+            yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(web)
+        log.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--window-size=1280,900"):  # fmt: skip
+        options.add_argument(flag)
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    driver = webdriver.Chrome(options=options, service=service)
+    yield driver
+    driver.quit()
+
+
+def _until(check: Callable[[], Any], what: str, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _counts(driver: webdriver.Chrome) -> dict[str, int]:
+    """The counts the page shows, read in one step (htmx replaces them every second)."""
+    shown: dict[str, str] = driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('[data-count]')]"
+        ".map(e => [e.dataset.count, e.textContent]))"
+    )
+    return {name: int(text) for name, text in shown.items()}
+
+
+def _shot(driver: webdriver.Chrome, where: Path, name: str) -> None:
+    driver.save_screenshot(str(where / f"{name}.png"))
+    extra = os.environ.get("DISPATCHQ_SCREENSHOTS")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(extra) / f"{name}.png"))
+
+
+def test_a_batch_watched_to_its_end_a_failure_opened_and_retried(
+    stack: Stack, dashboard: str, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    items = [{"meta": {"exit_code": "3" if n % 10 == 0 else "0",
+                       "run_for": f"{200 + (n * 37) % 800}s"}} for n in range(ITEMS)]  # fmt: skip
+    with stack.producer() as producer:
+        batch = producer.dispatch_batch("enc", items, until="finished", preflight=False)
+        browser.get(f"{dashboard}/batches/{batch}")
+        seen = [_counts(browser)["done"]]
+
+        def finished() -> bool:
+            """Whether the page says finished; the counts it shows until then, kept."""
+            if browser.find_elements(By.CSS_SELECTOR, "[data-state=finished]"):
+                return True
+            seen.append(_counts(browser).get("done", -1))
+            return False
+
+        # the counts move on the page by themselves (htmx), up to the end
+        _until(finished, "the page to say finished")
+        shown = _counts(browser)
+        status = producer.batch_status(batch)
+        assert status is not None
+        truth = status.to_json()
+        assert {k: shown[k] for k in ("done", "total", "succeeded", "failed", "errors")} == {
+            k: truth[k] for k in ("done", "total", "succeeded", "failed", "errors")}  # fmt: skip
+        assert (shown["succeeded"], shown["failed"]) == (ITEMS * 9 // 10, ITEMS // 10)
+        assert len(set(seen)) > 1, seen  # it moved while watched, not only at the end
+        _shot(browser, tmp_path, "batch")
+
+        # a failure opened: its task's exit code
+        browser.find_element(By.CSS_SELECTOR, "table.failures a").click()
+        error = _until(lambda: browser.find_elements(By.ID, "error"), "the request page")[0].text
+        assert "exit" in error and "3" in error, error
+        assert browser.find_element(By.ID, "exit-code").text == "2"
+        _shot(browser, tmp_path, "request")
+
+        # "Retry failed" without the token: refused, nothing dispatched
+        before = Dispatches.read(stack.sim.address)
+        browser.get(f"{dashboard}/batches/{batch}")
+        browser.find_element(By.ID, "retry-failed").click()
+        problem = _until(lambda: browser.find_elements(By.ID, "problem"), "the refusal")
+        assert "wrong or missing token" in problem[0].text
+        after = Dispatches.read(stack.sim.address)
+        assert sum(after.children.values()) == sum(before.children.values())
+        assert producer.batch_status(batch).retries == 0  # type: ignore[union-attr]
+
+        # with it: exactly the failed items again
+        browser.get(f"{dashboard}/batches/{batch}")
+        form = browser.find_element(By.CSS_SELECTOR, "form[action$='/retry']")
+        form.find_element(By.NAME, "token").send_keys(TOKEN)
+        form.find_element(By.ID, "retry-failed").click()
+        notice = _until(lambda: browser.find_elements(By.ID, "notice"), "the page after retry")
+        assert notice[0].text == f"retrying {ITEMS // 10} item(s)"
+        _until(lambda: len(Dispatches.read(stack.sim.address).children)
+               == len(before.children) + ITEMS // 10, "the retries to be dispatched")  # fmt: skip
+        again = Dispatches.read(stack.sim.address).children
+        new = set(again) - set(before.children)
+        assert all(token.endswith("~2") for token in new), sorted(new)[:3]
+
+        browser.get(dashboard)
+        assert batch in browser.find_element(By.CSS_SELECTOR, "table.batches").text
+        _shot(browser, tmp_path, "batches")
+        for page in ("queue", "dead-letters", "fleet"):
+            browser.get(f"{dashboard}/{page}")
+            _shot(browser, tmp_path, page)
+        assert "web-w1@" in browser.find_element(By.ID, "fleet").text
