@@ -15,7 +15,7 @@ COPY worker ./worker
 COPY producer ./producer
 COPY config ./config
 ENV UV_PROJECT_ENVIRONMENT=/opt/dispatchq PATH=/opt/dispatchq/bin:$PATH
-RUN uv sync --frozen --no-editable --no-cache --no-python-downloads --extra worker --extra sim --extra flower \
+RUN uv sync --frozen --no-editable --no-cache --no-python-downloads --extra worker --extra sim --extra flower --extra web \
     && useradd --system --no-create-home dispatchq
 
 # Celery refuses nothing as root, but warns: a worker has no need of it.

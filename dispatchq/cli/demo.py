@@ -82,6 +82,8 @@ def _fan_out(stack: LocalStack, count: int, console: Console) -> int:
         f"{len(stack.workers)} worker(s), a tracker. Dispatching {count} x {DEMO_JOB}, "
         "each followed to its end."
     )
+    if stack.web is not None:
+        console.print(f"Dashboard: {stack.web.url} (watch the fan-out there)")
     settings = Settings(redis_url=env["DISPATCHQ_REDIS_URL"], queue=DEMO_QUEUE)
     codes: Counter[int] = Counter()
     with Producer(settings) as producer:

@@ -69,6 +69,8 @@ def _announce(stack: LocalStack, metrics_port: int) -> None:
     if metrics_port:
         urls = [f"http://127.0.0.1:{metrics_port + i}/metrics" for i in range(len(stack.workers))]
         notes.append(f"Metrics: {' '.join(urls)}")
+    if stack.web is not None:
+        notes.append(f"Dashboard: {stack.web.url}")
     notes.append("Ctrl-C or SIGTERM stops everything.")
     print("\n".join(notes), file=sys.stderr, flush=True)
 

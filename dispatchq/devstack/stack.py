@@ -6,6 +6,7 @@ Used by `dispatchq demo` (run a fan-out, then stop) and `dispatchq dev` (keep ru
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import tempfile
@@ -22,6 +23,7 @@ from dispatchq.devstack.nomadsim_process import NomadSimProcess
 from dispatchq.devstack.notifier_process import NotifierProcess
 from dispatchq.devstack.redis_server import RedisServer
 from dispatchq.devstack.tracker_process import TrackerProcess
+from dispatchq.devstack.web_process import WebProcess
 from dispatchq.devstack.worker_process import WorkerProcess
 
 DEMO_JOB = "video-encode"
@@ -79,6 +81,8 @@ class LocalStack:
     log_dir: Path
     tracker: TrackerProcess | None = None
     """Follows the children of `until` finished requests to their end."""
+    web: WebProcess | None = None
+    """The dashboard, where the `web` extra is installed."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -202,8 +206,11 @@ def local_stack(
             tracker_env["DISPATCHQ_METRICS_PORT"] = str(metrics_port + workers)
             tracker_env["DISPATCHQ_METRICS_ADDR"] = LOOPBACK
         tracker = _start(stack, TrackerProcess(env=tracker_env, log_path=logs / "tracker.log"))
+        web = None
+        if importlib.util.find_spec("starlette") is not None:  # the `web` extra
+            web = _start(stack, WebProcess(env=env, log_path=logs / "web.log"))
         stack.callback(_stop_together, procs)  # the first thing done on the way out
-        yield LocalStack(redis_server, sim, procs, logs, tracker)
+        yield LocalStack(redis_server, sim, procs, logs, tracker, web)
 
 
 def _stop_together(workers: list[WorkerProcess]) -> None:
