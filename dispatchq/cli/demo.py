@@ -20,6 +20,7 @@ from rich.table import Table
 from dispatchq.cli.terminal import raw, safe
 from dispatchq.config.settings import Settings
 from dispatchq.producer.api import Producer, RequestStatus
+from dispatchq.producer.batch import request_id_for
 
 if TYPE_CHECKING:
     from dispatchq.devstack.stack import LocalStack
@@ -82,14 +83,17 @@ def _fan_out(stack: LocalStack, count: int, console: Console) -> int:
         f"{len(stack.workers)} worker(s), a tracker. Dispatching {count} x {DEMO_JOB}, "
         "each followed to its end."
     )
-    if stack.web is not None:
-        console.print(f"Dashboard: {stack.web.url} (watch the fan-out there)")
     settings = Settings(redis_url=env["DISPATCHQ_REDIS_URL"], queue=DEMO_QUEUE)
     codes: Counter[int] = Counter()
     with Producer(settings) as producer:
         started = time.monotonic()
-        ids = [producer.enqueue(DEMO_JOB, **item) for item in encode_requests(count)]
+        # One batch, each item followed to its end: the dashboard shows it as one thing.
+        items = [{"payload": i["payload"], "meta": i["meta"]} for i in encode_requests(count)]
+        batch = producer.dispatch_batch(DEMO_JOB, items, until="finished", preflight=False)
+        ids = [request_id_for(batch, n) for n in range(1, count + 1)]
         enqueued = time.monotonic() - started
+        if stack.web is not None:
+            console.print(f"Dashboard: {stack.web.url}batches/{batch} (the fan-out, live)")
         columns = (
             TextColumn("[bold]encode"),
             BarColumn(),
