@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "tracker": {"config", "core", "store", "broker", "nomad"},
     "notifier": {"config", "core", "store", "payload"},
     "devstack": {"config", "store"},
-    "web": {"config", "core", "store"},
+    "web": {"config", "core", "store", "nomad"},
     "nomadsim": set(),
     "testing": {"config", "core", "store", "producer"},
     # the command line: over everything

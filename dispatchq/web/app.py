@@ -6,13 +6,14 @@ a batch page is one HGETALL of its counters and one LRANGE of its first failures
 (`dispatchq.store.batches`), never a scan of its items.
 
 Read-only unless `DISPATCHQ_WEB_TOKEN` is set. An action (retry a batch's failures, cancel a
-batch) is a POST whose form carries that token, compared in constant time: a page of
-another site cannot forge one without knowing it (no cookie or other ambient credential
-is ever accepted), and the token is never rendered back.
+batch, replay or purge dead letters) is a POST whose form carries that token, compared in
+constant time: a page of another site cannot forge one without knowing it (no cookie or
+other ambient credential is ever accepted), and the token is never rendered back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from pathlib import Path
@@ -22,6 +23,7 @@ from urllib.parse import quote
 import redis
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -30,6 +32,9 @@ from starlette.staticfiles import StaticFiles
 from dispatchq.config.settings import Settings
 from dispatchq.core.outcome import Outcome
 from dispatchq.core.render import render
+from dispatchq.errors import DispatchqError
+from dispatchq.nomad.client import NomadClient
+from dispatchq.nomad.config import NomadConfig
 from dispatchq.store import dlq, keys
 from dispatchq.store.batches import CANCELLED, BatchStatus, BatchStore
 from dispatchq.store.liveness import live_workers
@@ -51,6 +56,7 @@ class Dashboard:
         self.batches = BatchStore(client, settings.result_ttl)
         self.records = RecordStore(client, settings.result_ttl, settings.event_stream)
         self.nomad_ui = ""
+        self.nomad: NomadClient | None = None
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape()
         )
@@ -144,18 +150,63 @@ class Dashboard:
                          lanes=list(zip(lane_ids, lengths, strict=True)))  # fmt: skip
 
     async def dlq_page(self, request: Request) -> Response:
-        entries = dlq.entries(self.client)
-        return self.page("dlq.html", entries=[e.to_json() for e in reversed(entries)])
+        entries = [{**e.to_json(), "replayable": e.replayable, "digest": _digest(e.raw)}
+                   for e in reversed(dlq.entries(self.client))]  # fmt: skip
+        return self.page("dlq.html", entries=entries, notice=request.query_params.get("notice"))
+
+    async def dlq_action(self, request: Request) -> Response:
+        """Replay one dead letter (`entry`: its digest) or purge them all."""
+        form = await request.form()
+        refusal = self._refusal(str(form.get("token", "")))
+        if refusal is not None:
+            return refusal
+        if request.path_params["action"] == "purge":
+            notice = f"purged {dlq.purge(self.client)} dead letter(s)"
+        elif request.path_params["action"] == "replay":
+            wanted = str(form.get("entry", ""))
+            found = [e for e in dlq.entries(self.client) if _digest(e.raw) == wanted]
+            if not found or not found[0].replayable:
+                notice = "no such dead letter, or it cannot be replayed"
+            else:
+                dlq.replay(self.client, found[0], self.settings.result_ttl)
+                notice = f"replayed {found[0].task_id or 'the message'} onto {found[0].queue}"
+        else:
+            return self.page("missing.html", 404, what="no such action")
+        return RedirectResponse(f"/dead-letters?notice={quote(notice)}", status_code=303)
+
+    def _refusal(self, given: str) -> Response | None:
+        """None when `given` is the action token; else the refusal to answer with."""
+        if self.token and hmac.compare_digest(given.encode(), self.token.encode()):
+            return None
+        refusal = "actions are off (no DISPATCHQ_WEB_TOKEN)" if not self.token else (
+            "wrong or missing token")  # fmt: skip
+        return self.page("missing.html", 403, what=f"nothing done: {refusal}")
 
     async def search(self, request: Request) -> Response:
-        """A batch ID, else a request ID: the page of what it names."""
+        """A batch ID, else a request ID, else a child job's ID (Nomad keeps the dispatch's
+        idempotency token, `dispatchq-<request ID>`, in the child): the page it names."""
         text = request.query_params.get("q", "").strip()
+        if text and self.nomad is not None and "/dispatch-" in text:
+            request_id = await run_in_threadpool(self._request_of_child, text)
+            if request_id:
+                return RedirectResponse(f"/requests/{quote(request_id, safe='')}",
+                                        status_code=303)  # fmt: skip
         if text and self.client.exists(keys.batch(text)):
             return RedirectResponse(f"/batches/{quote(text, safe='')}", status_code=303)
         if text and (self.client.exists(keys.request(text))
                      or self.client.exists(keys.celery_result(text))):  # fmt: skip
             return RedirectResponse(f"/requests/{quote(text, safe='')}", status_code=303)
         return self.page("missing.html", 404, what=f"a batch or request {text!r}")
+
+    def _request_of_child(self, child: str) -> str:
+        assert self.nomad is not None
+        try:
+            job, _ = self.nomad.read_job(child)
+        except DispatchqError:
+            return ""
+        token = job.get("DispatchIdempotencyToken")
+        prefix = "dispatchq-"
+        return token[len(prefix):] if isinstance(token, str) and token.startswith(prefix) else ""
 
     # -- actions -----------------------------------------------------------------------
 
@@ -165,11 +216,9 @@ class Dashboard:
         if action not in ("retry", "cancel"):
             return self.page("missing.html", 404, what=f"no action {action!r}")
         form = await request.form()
-        given = str(form.get("token", ""))
-        if not self.token or not hmac.compare_digest(given.encode(), self.token.encode()):
-            refusal = "actions are off (no DISPATCHQ_WEB_TOKEN)" if not self.token else (
-                "wrong or missing token")  # fmt: skip
-            return self.page("missing.html", 403, what=f"nothing done: {refusal}")
+        refusal = self._refusal(str(form.get("token", "")))
+        if refusal is not None:
+            return refusal
         status = self.batches.status(batch_id)
         if status is None:
             return self.page("missing.html", 404, what=f"batch {batch_id}")
@@ -186,6 +235,11 @@ class Dashboard:
             notice = "cancelled: nothing more of it is dispatched"
         target = f"/batches/{quote(batch_id, safe='')}?notice={quote(notice)}"
         return RedirectResponse(target, status_code=303)
+
+
+def _digest(raw: str) -> str:
+    """A dead letter's name in a form: the start of its SHA-256."""
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
 def _outcome(raw_meta: bytes | None) -> Outcome | None:
@@ -208,6 +262,7 @@ def _batch_view(status: BatchStatus) -> dict[str, Any]:
 def create_app(settings: Settings, token: str = "", nomad_address: str = "") -> Starlette:
     """The dashboard's ASGI app (`dispatchq web` serves it)."""
     board = Dashboard(settings, settings.redis.client(), token)
+    board.nomad = NomadClient(NomadConfig.from_env(), timeout=5.0, pool_size=2)
     if nomad_address.startswith(("http://", "https://")):
         board.nomad_ui = nomad_address.rstrip("/")
     routes = [
@@ -220,6 +275,7 @@ def create_app(settings: Settings, token: str = "", nomad_address: str = "") -> 
         Route("/fleet/live", board.fleet_part),
         Route("/queue", board.queue_page),
         Route("/dead-letters", board.dlq_page),
+        Route("/dead-letters/{action:str}", board.dlq_action, methods=["POST"]),
         Route("/search", board.search),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -24,9 +25,12 @@ from selenium.webdriver.common.by import By
 from dispatchq.devstack.nomadsim_process import NomadSimProcess
 from dispatchq.devstack.ports import free_port, stop_process, wait_for_port
 from dispatchq.devstack.tracker_process import TrackerProcess
+from dispatchq.store import dlq
+from dispatchq.store.messages import celery_message
 from tests.support.faults import Dispatches
 from tests.support.nomad_jobs import FAST_SIM, mock_encode_job, register
-from tests.support.stack import Stack
+from tests.support.requests import message_body
+from tests.support.stack import QUEUE, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +138,11 @@ def test_a_batch_watched_to_its_end_a_failure_opened_and_retried(
         assert "exit" in error and "3" in error, error
         assert browser.find_element(By.ID, "exit-code").text == "2"
         _shot(browser, tmp_path, "request")
+        page, child = browser.current_url, browser.find_element(By.ID, "child").text
+        search = browser.find_element(By.NAME, "q")  # by the child's job ID, from Nomad
+        search.send_keys(child)
+        search.submit()
+        _until(lambda: browser.current_url == page, "the search to open the request")
 
         # "Retry failed" without the token: refused, nothing dispatched
         before = Dispatches.read(stack.sim.address)
@@ -165,3 +174,33 @@ def test_a_batch_watched_to_its_end_a_failure_opened_and_retried(
             browser.get(f"{dashboard}/{page}")
             _shot(browser, tmp_path, page)
         assert "web-w1@" in browser.find_element(By.ID, "fleet").text
+
+
+def test_dead_letters_replayed_and_purged_with_the_token_only(
+    stack: Stack, dashboard: str, browser: webdriver.Chrome, redis_client: redis.Redis
+) -> None:
+    body = message_body("r-replayed", "enc", meta={"exit_code": "0", "run_for": "100s"})
+    for kind, rid in (("store", "r-replayed"), ("malformed", "r-bad")):
+        dlq.append(redis_client, dlq.DeadLetter(reason="for the test", kind=kind, task_id=rid,
+                                                queue=QUEUE, message=celery_message(body, QUEUE)))
+    browser.get(f"{dashboard}/dead-letters")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "table.dead-letters tbody tr")) == 2
+    [replay] = browser.find_elements(By.CSS_SELECTOR, "form[action$='/replay']")  # "store" only
+    replay.find_element(By.CLASS_NAME, "replay").click()  # no token
+    _until(lambda: browser.find_elements(By.ID, "problem"), "the refusal")
+    assert len(dlq.entries(redis_client)) == 2
+    browser.get(f"{dashboard}/dead-letters")
+    replay = browser.find_element(By.CSS_SELECTOR, "form[action$='/replay']")
+    replay.find_element(By.NAME, "token").send_keys(TOKEN)
+    replay.find_element(By.CLASS_NAME, "replay").click()
+    notice = _until(lambda: browser.find_elements(By.ID, "notice"), "the replay")
+    assert notice[0].text.startswith("replayed r-replayed")
+    with stack.producer() as producer:
+        assert producer.wait(["r-replayed"], timeout=60)["r-replayed"].done
+    purge = browser.find_element(By.CSS_SELECTOR, "form[action$='/purge']")
+    purge.find_element(By.NAME, "token").send_keys(TOKEN)
+    purge.find_element(By.ID, "purge").click()
+    notice = _until(lambda: browser.find_elements(By.ID, "notice"), "the purge")
+    assert notice[0].text == "purged 1 dead letter(s)"
+    assert dlq.entries(redis_client) == []
+
