@@ -8,6 +8,7 @@ import argparse
 import json
 import random
 import sys
+import threading
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -49,11 +50,14 @@ def encode_requests(count: int, seed: int = 7) -> list[dict[str, Any]]:
     return items
 
 
-def run_demo(count: int = 1000, workers: int = 1, console: Console | None = None) -> int:
+def run_demo(
+    count: int = 1000, workers: int = 1, console: Console | None = None, *, keep: bool = False
+) -> int:
     """Start the local stack, fan out `count` requests, print the outcomes, stop the stack.
 
     Ctrl-C and SIGTERM (see `sigterm_as_interrupt`), while starting or fanning out, stop
-    every process and return 130."""
+    every process and return 130. With `keep`, the stack stays up after the fan-out until
+    one of them, which then stops it and returns the fan-out's exit code."""
     console = console or Console(file=raw(sys.stdout))
     from dispatchq.devstack.stack import local_stack  # noqa: PLC0415  (processes: only here)
 
@@ -64,14 +68,21 @@ def run_demo(count: int = 1000, workers: int = 1, console: Console | None = None
     except KeyboardInterrupt:  # local_stack has stopped what it had started
         console.print("[yellow]Interrupted while starting: stopped.[/]")
         return 130
+    code: int | None = None
     try:
-        return _fan_out(stack, count, console)
+        code = _fan_out(stack, count, console)
+        if keep:
+            where = f" and the dashboard at {stack.web.url}" if stack.web is not None else ""
+            console.print(f"Kept: the stack{where} stays up until Ctrl-C or SIGTERM.")
+            threading.Event().wait()  # until KeyboardInterrupt (SIGTERM raises it too)
     except KeyboardInterrupt:
-        console.print("[yellow]Interrupted: stopping the stack.[/]")
-        return 130
+        if code is None:  # during the fan-out (else: what --keep waits for)
+            console.print("[yellow]Interrupted: stopping the stack.[/]")
+            return 130
     finally:
         with console.status("Stopping..."):
             stack_cm.__exit__(None, None, None)
+    return code
 
 
 def _fan_out(stack: LocalStack, count: int, console: Console) -> int:
@@ -176,12 +187,16 @@ def summary_table(
 )
 @click.option("--count", type=int, default=1000, show_default=True, help="Requests to fan out.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option(
+    "--keep", is_flag=True, help="Keep the stack and dashboard up after the fan-out, until Ctrl-C."
+)
 def command(**options: Any) -> int:
-    """Start a private redis-server, nomadsim with a `video-encode` parameterized job and a
-    worker on loopback ports, dispatch encode requests with a live progress bar, print the
-    outcomes, and stop everything (Ctrl-C included)."""
+    """Start a private redis-server, nomadsim with a `video-encode` parameterized job, a
+    worker, a tracker and the dashboard on loopback ports, dispatch encode requests with a
+    live progress bar, print the outcomes, and stop everything (Ctrl-C included; with
+    --keep, only on Ctrl-C or SIGTERM)."""
     return run(argparse.Namespace(**options))
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_demo(args.count, args.workers)
+    return run_demo(args.count, args.workers, keep=args.keep)
