@@ -4,6 +4,7 @@ SIGTERM (as `timeout` or a service manager sends it) without leaving any behind.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from typing import IO
 
 import pytest
 import redis
+import requests
 
 from dispatchq.config.settings import Settings
 from dispatchq.devstack.stack import DEMO_JOB
@@ -158,3 +160,16 @@ def test_demo_stops_everything_on_sigterm(spawn: list[subprocess.Popen[bytes]]) 
     assert terminate(demo, processes) == 130
     assert demo.stdout is not None
     assert "Interrupted: stopping the stack." in demo.stdout.read().decode()
+
+
+def test_demo_keep_leaves_the_dashboard_up_until_sigterm(
+    spawn: list[subprocess.Popen[bytes]],
+) -> None:
+    demo = start(spawn, "demo", "--count", "20", "--keep")
+    shown = " ".join(read_until(demo.stdout, "Ctrl-C or SIGTERM"))
+    [batch_page] = re.findall(r"Dashboard: (http://127\.0\.0\.1:\d+/batches/\S+)", shown)
+    page = requests.get(batch_page, timeout=10)
+    assert page.status_code == 200 and "data-state=\"finished\"" in page.text  # ended, kept
+    assert terminate(demo, descendants(demo.pid)) == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(batch_page, timeout=5)
