@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
@@ -70,8 +71,12 @@ class Dashboard:
     # -- pages -------------------------------------------------------------------------
 
     async def batches_page(self, request: Request) -> Response:
+        """The newest batches; `?tenant=` keeps one tenant's."""
+        tenant = request.query_params.get("tenant")
         recent = self.batches.recent(BATCHES_SHOWN)
-        return self.page("batches.html", batches=[_batch_view(b) for b in recent])
+        shown = [_batch_view(b) for b in recent if tenant is None or b.tenant == tenant]
+        tenants = sorted({b.tenant for b in recent if b.tenant})
+        return self.page("batches.html", batches=shown, tenants=tenants, tenant=tenant)
 
     async def batch_page(self, request: Request) -> Response:
         batch_id = request.path_params["batch_id"]
@@ -105,9 +110,11 @@ class Dashboard:
                  render(event, verbose=True)]  # fmt: skip
         child = (outcome.dispatched_job_id if outcome else "") or (record.dispatched_job_id
                                                                    if record else "")  # fmt: skip
+        started = _clock(outcome.timings.started_at) if outcome else ""
         return self.page("request.html", request_id=request_id, record=record,
                          outcome=outcome.to_json() if outcome else None, lines=lines,
-                         child=child, child_url=self._child_url(child))  # fmt: skip
+                         child=child, child_url=self._child_url(child),
+                         started=started)  # fmt: skip
 
     def _child_url(self, child: str) -> str:
         if not child or not self.nomad_ui:
@@ -235,6 +242,10 @@ class Dashboard:
             notice = "cancelled: nothing more of it is dispatched"
         target = f"/batches/{quote(batch_id, safe='')}?notice={quote(notice)}"
         return RedirectResponse(target, status_code=303)
+
+
+def _clock(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _digest(raw: str) -> str:
