@@ -137,6 +137,9 @@ def test_a_batch_watched_to_its_end_a_failure_opened_and_retried(
         error = _until(lambda: browser.find_elements(By.ID, "error"), "the request page")[0].text
         assert "exit" in error and "3" in error, error
         assert browser.find_element(By.ID, "exit-code").text == "2"
+        allocations = browser.find_elements(By.CSS_SELECTOR, "#allocations tbody tr")
+        task_exit_codes = [row.find_elements(By.TAG_NAME, "td")[6].text for row in allocations]
+        assert "3" in task_exit_codes, task_exit_codes  # the task's own exit code
         _shot(browser, tmp_path, "request")
         page, child = browser.current_url, browser.find_element(By.ID, "child").text
         search = browser.find_element(By.NAME, "q")  # by the child's job ID, from Nomad
