@@ -3,6 +3,7 @@ SIGTERM (as `timeout` or a service manager sends it) without leaving any behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -67,12 +68,17 @@ def still_running(processes: dict[int, str]) -> list[int]:
 @pytest.fixture
 def spawn() -> Iterator[list[subprocess.Popen[bytes]]]:
     """Started CLI processes (each in a session of its own, like a command in a shell of
-    its own); SIGKILLed with their process group if a test leaves one running."""
+    its own); SIGKILLed with their process group and every process below them (the
+    stack's servers run in sessions of their own) if a test leaves one running."""
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for process in started:
         if process.poll() is None:
+            below = descendants(process.pid)
             os.killpg(process.pid, signal.SIGKILL)
+            for pid in below:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         with process:  # closes the pipes and waits
             pass
 
