@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,23 +28,16 @@ import requests
 
 from bench import stack
 from bench.common import ratio
-from dispatchq.devstack.ports import free_port, stop_process, wait_for_port
 from dispatchq.devstack.redis_server import RedisServer
+from dispatchq.devstack.web_process import WebProcess
 from dispatchq.producer.api import Producer
 from dispatchq.producer.enqueue import NewRequest
 from dispatchq.store import keys
 
 
-def _web(redis_url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {"DISPATCHQ_REDIS_URL": redis_url, "DISPATCHQ_QUEUE": stack.QUEUE, "PATH": "/usr/bin"}
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dispatchq.cli", "web", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    wait_for_port(port, 20)
-    return process, f"http://127.0.0.1:{port}"
+def _web(redis_url: str, log: Path) -> WebProcess:
+    env = {"DISPATCHQ_REDIS_URL": redis_url, "DISPATCHQ_QUEUE": stack.QUEUE}
+    return WebProcess(env=env, log_path=log).start()
 
 
 def _commands(client: redis.Redis) -> int:
@@ -68,7 +59,8 @@ def size_run(log_dir: Path) -> None:
             for n in range(min(total, 100)):
                 entry = {"request_id": f"r{n}", "exit_code": 2, "error": "task ffmpeg exit code 3"}
                 client.rpush(keys.batch_errors(batch_id), json.dumps(entry))
-            web, base = _web(server.url, log_dir / "web-size.log")
+            web = _web(server.url, log_dir / "web-size.log")
+            base = web.url.rstrip("/")
             try:
                 session = requests.Session()
                 url = f"{base}/batches/{batch_id}/live"
@@ -82,7 +74,7 @@ def size_run(log_dir: Path) -> None:
                 per = (_commands(client) - before - 1) / 200  # the INFO call itself: 1
                 rows.append((total, per, statistics.median(times) * 1000))
             finally:
-                stop_process(web)
+                web.stop()
         producer.close()
     print("\nA batch page's live refresh, by batch size (200 refreshes)")
     for total, per, ms in rows:
@@ -94,7 +86,8 @@ def tabs_run(count: int, tabs: int, log_dir: Path) -> float:
     with stack.nomadsim([]) as sim, RedisServer() as server:
         env = stack.worker_env(server.url, sim.address)
         procs = stack.start_workers(1, env, pool=None, concurrency=None, log_dir=log_dir)
-        web, base = _web(server.url, log_dir / "web.log") if tabs else (None, "")
+        web = _web(server.url, log_dir / "web.log") if tabs else None
+        base = web.url.rstrip("/") if web is not None else ""
         stop = threading.Event()
         try:
             with Producer(stack.settings(server.url)) as producer:
@@ -127,7 +120,7 @@ def tabs_run(count: int, tabs: int, log_dir: Path) -> float:
         finally:
             stop.set()
             if web is not None:
-                stop_process(web)
+                web.stop()
             stack.stop_all(procs)
     return seconds
 

@@ -39,10 +39,10 @@ from dispatchq.producer.batch import preflight as check_items
 from dispatchq.producer.batch_input import BatchItem
 from dispatchq.producer.enqueue import CONFLICT, Enqueuer, InvalidRequest, NewRequest, conflict
 from dispatchq.producer.events import follow_events
-from dispatchq.producer.results import outcome_from_meta
 from dispatchq.store import keys
 from dispatchq.store.batches import CANCELLED, BatchStatus, BatchStore
 from dispatchq.store.records import RecordStore, RequestRecord
+from dispatchq.store.results import outcome_from_meta
 from dispatchq.store.retries import BatchRetrier, RetryReport
 
 MAX_ATTEMPTS = 100

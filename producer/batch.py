@@ -19,9 +19,9 @@ from dispatchq.nomad.client import NomadClient
 from dispatchq.payload.resolve import PAYLOAD_LIMIT
 from dispatchq.producer.batch_input import BatchInputError, BatchItem, summarise
 from dispatchq.producer.enqueue import ALL, CONFLICT, Enqueuer, NewRequest, Prepared, prepare
-from dispatchq.producer.results import outcome_from_meta
 from dispatchq.store import keys
 from dispatchq.store.batches import BatchStore
+from dispatchq.store.results import outcome_from_meta
 
 
 def new_batch_id() -> str:

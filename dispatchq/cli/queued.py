@@ -20,11 +20,11 @@ from dispatchq.core.request import DispatchRequest
 from dispatchq.core.transcript import Event
 from dispatchq.producer.api import Producer
 from dispatchq.producer.enqueue import NewRequest
-from dispatchq.producer.results import outcome_from_meta
 from dispatchq.store import keys
 from dispatchq.store.liveness import live_workers
 from dispatchq.store.messages import new_request_id
 from dispatchq.store.records import with_record
+from dispatchq.store.results import outcome_from_meta
 from dispatchq.tracker.progress import changes, final_line
 
 

@@ -6,6 +6,9 @@ import socket
 import subprocess
 import time
 
+LOOPBACK = "127.0.0.1"
+"""Where every process of a local stack listens."""
+
 
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""

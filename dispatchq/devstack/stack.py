@@ -21,6 +21,7 @@ import requests
 
 from dispatchq.devstack.nomadsim_process import NomadSimProcess
 from dispatchq.devstack.notifier_process import NotifierProcess
+from dispatchq.devstack.ports import LOOPBACK
 from dispatchq.devstack.redis_server import RedisServer
 from dispatchq.devstack.tracker_process import TrackerProcess
 from dispatchq.devstack.web_process import WebProcess
@@ -28,7 +29,6 @@ from dispatchq.devstack.worker_process import WorkerProcess
 
 DEMO_JOB = "video-encode"
 DEMO_QUEUE = "dispatchq"
-LOOPBACK = "127.0.0.1"
 # Six nodes of 8 x 500 MHz encode slots: a burst fills the cluster and
 # some placements wait for capacity (blocked evaluations), as on a busy real cluster.
 SIM_ARGS = ["--nodes", "6", "--node-cpu", "4000", "--node-memory", "8192", "--run-time", "300ms"]

@@ -9,10 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from dispatchq.devstack.ports import free_port, wait_for_port
+from dispatchq.devstack.ports import LOOPBACK, free_port, wait_for_port
 from dispatchq.devstack.process_group import ProcessGroup
-
-LOOPBACK = "127.0.0.1"
 
 
 @dataclass

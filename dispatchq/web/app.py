@@ -31,7 +31,6 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from dispatchq.config.settings import Settings
-from dispatchq.core.outcome import Outcome
 from dispatchq.core.render import render
 from dispatchq.errors import DispatchqError
 from dispatchq.nomad.client import NomadClient
@@ -39,7 +38,8 @@ from dispatchq.nomad.config import NomadConfig
 from dispatchq.store import dlq, keys
 from dispatchq.store.batches import CANCELLED, BatchStatus, BatchStore
 from dispatchq.store.liveness import live_workers
-from dispatchq.store.records import RecordStore
+from dispatchq.store.records import RequestRecord
+from dispatchq.store.results import outcome_from_meta
 from dispatchq.store.retries import BatchRetrier
 
 HERE = Path(__file__).parent
@@ -55,7 +55,6 @@ class Dashboard:
         self.client = client
         self.token = token
         self.batches = BatchStore(client, settings.result_ttl)
-        self.records = RecordStore(client, settings.result_ttl, settings.event_stream)
         self.nomad_ui = ""
         self.nomad: NomadClient | None = None
         self.templates = Environment(
@@ -102,8 +101,9 @@ class Dashboard:
         pipe.get(keys.celery_result(request_id))
         pipe.hgetall(keys.request(request_id))
         raw_meta, raw_record = pipe.execute()
-        record = self.records.of(request_id).load() if raw_record else None
-        outcome = _outcome(raw_meta)
+        record = RequestRecord.from_hash(request_id, raw_record) if raw_record else None
+        job_id = record.job_id if record is not None else ""
+        outcome = outcome_from_meta(json.loads(raw_meta), job_id) if raw_meta else None
         if record is None and outcome is None:
             return self.page("missing.html", 404, what=f"request {request_id}")
         lines = [line.text for event in (outcome.events if outcome else []) for line in
@@ -251,15 +251,6 @@ def _clock(unix: float) -> str:
 def _digest(raw: str) -> str:
     """A dead letter's name in a form: the start of its SHA-256."""
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
-
-
-def _outcome(raw_meta: bytes | None) -> Outcome | None:
-    if not raw_meta:
-        return None
-    meta = json.loads(raw_meta)
-    if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
-        return Outcome.from_json(meta["result"])
-    return None
 
 
 def _batch_view(status: BatchStatus) -> dict[str, Any]:

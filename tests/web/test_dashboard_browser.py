@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,8 +21,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from dispatchq.devstack.nomadsim_process import NomadSimProcess
-from dispatchq.devstack.ports import free_port, stop_process, wait_for_port
 from dispatchq.devstack.tracker_process import TrackerProcess
+from dispatchq.devstack.web_process import WebProcess
 from dispatchq.store import dlq
 from dispatchq.store.messages import celery_message
 from tests.support.faults import Dispatches
@@ -48,19 +46,11 @@ def sim() -> Iterator[NomadSimProcess]:
 @pytest.fixture(scope="module")
 def dashboard(stack: Stack) -> Iterator[str]:
     """A worker, a tracker and `dispatchq web` (actions on) over the stack."""
-    port = free_port()
-    env = {**os.environ, **stack.env, "DISPATCHQ_WEB_TOKEN": TOKEN}
-    log = (stack.log_dir / "web.log").open("ab")
-    web = subprocess.Popen([sys.executable, "-m", "dispatchq.cli", "web", "--port", str(port)],
-                           env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        with stack.worker("web-w1"), TrackerProcess(env=stack.env,
-                                                    log_path=stack.log_dir / "web-t.log"):
-            wait_for_port(port, 20)
-            yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_process(web)
-        log.close()
+    env = {**stack.env, "DISPATCHQ_WEB_TOKEN": TOKEN}
+    logs = stack.log_dir
+    with stack.worker("web-w1"), TrackerProcess(env=stack.env, log_path=logs / "web-t.log"), \
+            WebProcess(env=env, log_path=logs / "web.log") as web:  # fmt: skip
+        yield web.url.rstrip("/")
 
 
 @pytest.fixture
