@@ -24,6 +24,7 @@ from celery.result import AsyncResult, ResultSet
 
 from dispatchq.broker.app import make_app
 from dispatchq.config.settings import Settings, load_settings
+from dispatchq.core.cancel import cancel_batch
 from dispatchq.core.outcome import Outcome
 from dispatchq.core.request import TENANT_PATTERN, TENANT_TEXT, check_notify_url, is_request_id
 from dispatchq.nomad.client import NomadClient
@@ -32,7 +33,6 @@ from dispatchq.producer.batch import (
     BatchSubmitter,
     as_items,
     new_batch_id,
-    stop_children,
     stream_results,
 )
 from dispatchq.producer.batch import preflight as check_items
@@ -266,12 +266,12 @@ class Producer:
     ) -> tuple[int, list[str]]:
         """Stop what is not yet dispatched; with `stop_dispatched`, also stop (DELETE) the
         children already dispatched. Returns (children stopped, errors)."""
-        status = self.batches.status(batch_id)
-        if status is None or not self.batches.cancel(batch_id):
+        cancelled = cancel_batch(
+            self.batches, self.nomad, batch_id, stop_dispatched=stop_dispatched
+        )
+        if cancelled is None:
             raise KeyError(batch_id)
-        if not stop_dispatched:
-            return 0, []
-        return stop_children(self.batches, self.nomad, batch_id, status.namespace or None)
+        return cancelled.stopped, cancelled.errors
 
     def result(self, request_id: str) -> RequestStatus:
         """The request's state now; its outcome once terminal. Never blocks."""

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from dispatchq.errors import DispatchqError
-from dispatchq.nomad.client import NomadClient
 from dispatchq.payload.resolve import PAYLOAD_LIMIT
 from dispatchq.producer.batch_input import BatchInputError, BatchItem, summarise
 from dispatchq.producer.enqueue import ALL, CONFLICT, Enqueuer, NewRequest, Prepared, prepare
@@ -225,23 +224,3 @@ def as_items(items: Iterable[BatchItem | dict[str, Any]]) -> list[BatchItem]:
         raise BatchInputError(summarise(problems))
     return out
 
-
-def stop_children(
-    batches: BatchStore, client: NomadClient, batch_id: str, namespace: str | None
-) -> tuple[int, list[str]]:
-    """DELETE every child the batch dispatched; (stopped, errors)."""
-    stopped, errors = 0, []
-    ids = list(batches.request_ids(batch_id))
-    pipe = batches.client.pipeline(transaction=False)
-    for rid in ids:
-        pipe.hget(keys.request(rid), "dispatched_job_id")
-    for raw in pipe.execute():
-        if not raw:
-            continue
-        child = raw.decode()
-        try:
-            client.stop_job(child, namespace=namespace)
-            stopped += 1
-        except DispatchqError as err:
-            errors.append(f"{child}: {err}")
-    return stopped, errors

@@ -21,7 +21,7 @@ from dispatchq.errors import NotReplicated
 from dispatchq.payload.resolve import PAYLOAD_LIMIT, blob_digest
 from dispatchq.store import keys
 from dispatchq.store.messages import celery_message, compact_json, new_request_id
-from dispatchq.store.records import SCRIPTS
+from dispatchq.store.scripts import SCRIPTS
 
 _PREFIXES = (
     keys.request(""),

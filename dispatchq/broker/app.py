@@ -23,7 +23,8 @@ from kombu.utils.encoding import bytes_to_str
 
 from dispatchq.config.settings import Settings
 from dispatchq.store.messages import TASK_DISPATCH as TASK_DISPATCH
-from dispatchq.store.records import SCRIPTS, StoredResult
+from dispatchq.store.records import StoredResult
+from dispatchq.store.scripts import SCRIPTS
 
 RESULT_SERIALIZER = "dispatchq-json"
 

@@ -67,7 +67,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 
 from dispatchq.store import keys
-from dispatchq.store.records import SCRIPTS
+from dispatchq.store.scripts import SCRIPTS
 
 log = structlog.get_logger(__name__)
 

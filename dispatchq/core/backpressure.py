@@ -41,7 +41,7 @@ from dispatchq.core.outcome import Outcome
 from dispatchq.errors import NomadError, NotFound
 from dispatchq.errors import Throttled as Throttled
 from dispatchq.store import keys
-from dispatchq.store.records import SCRIPTS
+from dispatchq.store.scripts import SCRIPTS
 
 log = structlog.get_logger(__name__)
 

@@ -22,7 +22,8 @@ deadline (`notify_timeout`: connecting, sending and reading together).
 A failed POST (no answer, or not 2xx) is tried again after 1 s, then 2, 4... up to 60 s
 between tries, until `notify_retry_for` seconds after the event was appended (its stream
 entry ID says when, so a restarted notifier keeps the same window); then it is
-dead-lettered (kind `webhook`, `dispatchq dlq list`) and acknowledged.
+dead-lettered (kind `webhook`, `dispatchq dlq list`) and acknowledged. How each try
+settled is kept on the batch or request it is about (`dispatchq.store.webhook_status`).
 
 What the notifier holds in memory is bounded (`max_pending` events, being posted or waiting
 for their next try): when it is full it stops reading the stream, so a slow receiver
@@ -54,7 +55,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from dispatchq.errors import PayloadError
 from dispatchq.payload.http import _Watchdog, mask_userinfo, parse_http_url, short
-from dispatchq.store import dlq, keys
+from dispatchq.store import dlq, keys, webhook_status
 from dispatchq.store.completion import EventStream, open_stream, parse_entry
 
 log = structlog.get_logger("dispatchq.notifier")
@@ -323,6 +324,7 @@ class Notifier:
         else:
             if 200 <= status < 300:
                 self._done(delivery)
+                self._note(delivery, webhook_status.DELIVERED)
                 self.delivered += 1
                 return
             delivery.last_error = f"HTTP {status}"
@@ -336,6 +338,7 @@ class Notifier:
             return
         log.info("notifier.retry", event_id=event_id, url=short(delivery.url),
                  attempts=delivery.attempts, error=delivery.last_error)  # fmt: skip
+        self._note(delivery, webhook_status.RETRYING, delivery.last_error)
         self._retry_later(delivery, time.time() + delay)
 
     def _retry_later(self, delivery: Delivery, due: float) -> None:
@@ -368,6 +371,13 @@ class Notifier:
         self.dead += 1
         log.warning("notifier.dead_lettered", event_id=event.get("event_id"), reason=reason)
         self._done(delivery)
+        self._note(delivery, webhook_status.DEAD, reason)
+
+    def _note(self, delivery: Delivery, state: str, error: str = "") -> None:
+        """Keep how the try went on its batch or request; after the acknowledgement, so
+        that Redis failing here never makes a delivered webhook be POSTed again."""
+        with contextlib.suppress(redis.RedisError):
+            webhook_status.record(self.client, delivery.event, state, delivery.attempts, error)
 
 
 def pending(client: redis.Redis, stream: EventStream, group: str = keys.NOTIFIER_GROUP) -> int:

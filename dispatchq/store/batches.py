@@ -4,8 +4,10 @@
 `state` (open | cancelled), `created_at`, `until` and `detach` (what its requests were
 enqueued with, for their retries), `max_attempts` (optional, `--max-attempts`),
 `notify_url` (optional), `finished_at` (set with the batch's completion event,
-`dispatchq.store.completion`; cleared when a retry re-opens it), `finishes` (how many times it
-finished), and counters the workers bump atomically and exactly once per request (see
+`dispatchq.store.completion`; cleared when a retry re-opens it), `finishes` (how many times
+it finished), `webhook` (how that event's webhook went, `dispatchq.store.webhook_status`),
+`rt:<bucket>` (its run-time histogram, `dispatchq.store.runtimes`), and counters the
+workers bump atomically and exactly once per request (see
 `records`): `dispatched`, `done`, `done_dispatched`, `exit:0`, `exit:1`, `exit:2`, the
 requests in each state between queued and done (`st:dispatching`, `st:monitoring`,
 `st:scheduled`, `st:running`: moved in the same step as the record's state, `lua/_batch.lua`)
@@ -24,8 +26,8 @@ from typing import Any, cast
 
 import redis
 
-from dispatchq.store import keys
-from dispatchq.store.records import SCRIPTS
+from dispatchq.store import keys, runtimes, webhook_status
+from dispatchq.store.scripts import SCRIPTS
 
 OPEN = "open"
 CANCELLED = "cancelled"
@@ -49,6 +51,15 @@ class BatchStatus:
     max_attempts: int = 1
     until: str = "scheduled"
     tenant: str = ""
+    run_times: list[int] = field(default_factory=list)
+    """Runs per run-time bucket (`dispatchq.store.runtimes`)."""
+    finished_at: float | None = None
+    """When its completion event was appended (its last finish)."""
+    finishes: int = 0
+    has_webhook: bool = False
+    """Whether its completion event is POSTed somewhere (`notify_url`, never shown)."""
+    webhook: dict[str, Any] = field(default_factory=dict)
+    """How its completion event's webhook went (`dispatchq.store.webhook_status`)."""
 
     @classmethod
     def from_hash(cls, batch_id: str, raw: dict[bytes, bytes]) -> BatchStatus:
@@ -78,6 +89,11 @@ class BatchStatus:
             retries=int(data.get("retries", 0)),
             max_attempts=int(data.get("max_attempts") or 1),
             until=data.get("until") or "scheduled",
+            run_times=runtimes.histogram(data),
+            finished_at=float(data["finished_at"]) if data.get("finished_at") else None,
+            finishes=int(data.get("finishes", 0)),
+            has_webhook=bool(data.get("notify_url")),
+            webhook=webhook_status.parse(data.get(webhook_status.FIELD, "")),
         )
 
     @property
@@ -109,6 +125,13 @@ class BatchStatus:
     @property
     def finished(self) -> bool:
         return self.done >= self.total
+
+    @property
+    def event_id(self) -> str:
+        """The `event_id` of its last completion event ("" before its first)."""
+        if not self.finishes:
+            return ""
+        return f"batch:{self.batch_id}" + (f"~{self.finishes}" if self.finishes > 1 else "")
 
     @property
     def progress(self) -> str:
@@ -145,6 +168,9 @@ class BatchStatus:
             "exit_codes": {str(k): v for k, v in sorted(self.exit_codes.items()) if v},
             "retries": self.retries,
             "max_attempts": self.max_attempts,
+            "run_times": self.run_times,
+            "finished_at": self.finished_at,
+            "webhook": self.webhook or None,
         }
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 import redis
 
-from dispatchq.store import keys
+from dispatchq.store import keys, runtimes
 
 EVENT_VERSION = 1
 """The `v` field of an event; bumped only with an incompatible change."""
@@ -134,16 +134,18 @@ def done_args(
     outcome: dict[str, Any] | None,
     notify_url: str | None,
 ) -> list[Any]:
-    """The done script's ARGV 11-19: the completion event's (empty when events are off or
+    """The done script's ARGV 11-20: the completion event's (empty when events are off or
     there is no outcome), then the retry set, the request ID and the batch's items hash
-    (automatic retries)."""
+    (automatic retries), and the batch's run-time counter to add one to
+    (`dispatchq.store.runtimes`, "" for none)."""
     args: list[Any] = []
     if outcome is not None:
         args = request_event_args(events, request_id, batch_id, outcome, notify_url)
     if not args:
         args = [batch_id or "", "", "", "", "", ""]
     items = keys.batch_items(batch_id) if batch_id else ""
-    return [*args, keys.RETRY_DUE, request_id, items]
+    run_time = runtimes.field_of(outcome) if batch_id else ""
+    return [*args, keys.RETRY_DUE, request_id, items, run_time]
 
 
 def parse_entry(fields: Any) -> tuple[dict[str, Any], str]:

@@ -44,7 +44,7 @@ import redis
 from dispatchq.errors import DeliveryCapExceeded as DeliveryCapExceeded
 from dispatchq.store import keys
 from dispatchq.store.records import DELIVERIES as DELIVERIES
-from dispatchq.store.records import SCRIPTS
+from dispatchq.store.scripts import SCRIPTS
 
 KINDS = {
     "undecodable": "the queue item is not JSON",

@@ -26,6 +26,8 @@
 | `dispatchq:follow`               | zset   | worker, tracker   | none: members leave when done |
 | `dispatchq:partial:<request id>` | string | worker, tracker   | result_ttl, renewed/check  |
 | `dispatchq:tracker:lease`        | string | tracker           | TRACKER_LEASE_MS, renewed  |
+| `dispatchq:trackers`             | zset   | tracker           | TRACKER_TTL, renewed       |
+| `dispatchq:backlog:<queue>`      | list   | tracker (leader)  | BACKLOG_TTL, renewed       |
 | `dispatchq:progress:<request id>`| channel| tracker           | (pub/sub: nothing stored)  |
 | `dispatchq:receipt`              | channel| producer (receipt) | (pub/sub: nothing stored) |
 
@@ -165,6 +167,23 @@ TRACKER_LEASE: Final = f"{PREFIX}:tracker:lease"
 """The leading tracker's ID (SET NX PX): one tracker follows children at a time."""
 TRACKER_LEASE_MS: Final = 10_000
 """The lease lives this long unless its tracker renews it (every third of it)."""
+TRACKERS: Final = f"{PREFIX}:trackers"
+"""Live trackers, the leader and its standbys: member = tracker ID, score = the time it last
+tried for the lease (`lua/lease.lua`, every third of the lease)."""
+TRACKER_TTL: Final = 15
+"""A tracker not heard from for this many seconds is taken for gone."""
+
+
+def backlog(queue: str) -> str:
+    """The queue's backlog over time (`dispatchq.store.backlog`): one sample per
+    `BACKLOG_EVERY` seconds, newest first, the last `BACKLOG_SAMPLES` kept. TTL:
+    BACKLOG_TTL, renewed per sample (it goes when no tracker samples it)."""
+    return f"{PREFIX}:backlog:{queue}"
+
+
+BACKLOG_EVERY: Final = 5
+BACKLOG_SAMPLES: Final = 720
+BACKLOG_TTL: Final = BACKLOG_EVERY * BACKLOG_SAMPLES
 
 
 def partial(request_id: str) -> str:
@@ -288,6 +307,7 @@ PREFIXES: Final = {
     "batch-errors": batch_errors(""),
     "lane": LANE,
     "lanes": lanes(""),
+    "backlog": backlog(""),
     "tenants": tenants(""),
     "tenant": f"{PREFIX}:tenant:",
     "credit": credit(""),
@@ -300,8 +320,8 @@ PREFIXES: Final = {
 """The prefix of every kind of key that ends in a name (the one-key-space rule above): none
 is the start of another, nor of a fixed key (`FIXED`)."""
 FIXED: Final = frozenset(
-    {DLQ, WORKERS, RATE, EVENTS, INFLIGHT, FOLLOW, TRACKER_LEASE, RETRY_DUE, RECEIPT,
-     BATCHES}
+    {DLQ, WORKERS, RATE, EVENTS, INFLIGHT, FOLLOW, TRACKER_LEASE, TRACKERS, RETRY_DUE,
+     RECEIPT, BATCHES}
 )
 """The keys whose name holds no ID."""
 

@@ -1,8 +1,10 @@
-"""Worker liveness in Redis, so producers can tell that no worker consumes their queue.
+"""Liveness in Redis: which workers consume a queue (so producers can tell that none
+does), and which trackers lead or stand by.
 
 The worker's main process adds `<queue>|<hostname>` to `keys.WORKERS` every
 `keys.WORKER_BEAT` seconds, scored with the time; readers count members heard from within
-`keys.WORKER_TTL`. A stopped worker removes itself; a killed one ages out.
+`keys.WORKER_TTL`. A stopped worker removes itself; a killed one ages out. Trackers say
+they are alive with each try for the lease (`keys.TRACKERS`, `lua/lease.lua`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from typing import Any
 
 import redis
 
@@ -23,6 +26,28 @@ def live_workers(client: redis.Redis, queue: str, now: float | None = None) -> l
     prefix = f"{queue}|"
     names = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
     return [name[len(prefix) :] for name in names if name.startswith(prefix)]
+
+
+def heard_workers(
+    client: redis.Redis, queue: str, now: float | None = None
+) -> list[tuple[str, float]]:
+    """(hostname, seconds since last heard) of the workers heard from recently on `queue`."""
+    now = time.time() if now is None else now
+    prefix = f"{queue}|"
+    found = client.zrangebyscore(keys.WORKERS, now - keys.WORKER_TTL, "+inf", withscores=True)
+    return [(name[len(prefix):], max(0.0, now - score)) for name, score in _decoded(found)
+            if name.startswith(prefix)]  # fmt: skip
+
+
+def heard_trackers(client: redis.Redis, now: float | None = None) -> list[tuple[str, float]]:
+    """(tracker ID, seconds since last heard) of the trackers heard from recently."""
+    now = time.time() if now is None else now
+    found = client.zrangebyscore(keys.TRACKERS, now - keys.TRACKER_TTL, "+inf", withscores=True)
+    return [(name, max(0.0, now - score)) for name, score in _decoded(found)]
+
+
+def _decoded(found: Any) -> list[tuple[str, float]]:
+    return [(m.decode() if isinstance(m, bytes) else str(m), float(s)) for m, s in found]
 
 
 class Heartbeat:

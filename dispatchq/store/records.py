@@ -2,7 +2,7 @@
 
 `dispatchq:request:<id>` (see `keys`) is one hash per request: the caller-visible state
 and the worker's write-ahead log. Every script that writes it is a `.lua` file in `lua/`
-beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
+beside this module (`dispatchq.store.scripts`); the fields, who writes each and when:
 
 - `state` (enqueue.lua, begin.lua, dispatched.lua, handoff.lua, stage.lua, done.lua,
   replay.lua, retry.lua): the state machine `TRANSITIONS` below; `queued` when the producer
@@ -42,6 +42,8 @@ beside this module, read once (`SCRIPTS`); the fields, who writes each and when:
 - `attempt`, `item` (retry.lua): for a batch item's attempt after the first, its number
   and the item's first request ID (`keys.attempt_id`); done.lua reads them to decide an
   automatic retry (`--max-attempts`).
+- `webhook` (webhook_status.lua, by the notifier): how its completion event's webhook
+  went (`dispatchq.store.webhook_status`).
 
 A request of a batch moves between its batch's state counters in the same scripts
 (`batch_move`, `lua/_batch.lua`; see `dispatchq.store.batches`).
@@ -55,15 +57,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from importlib.resources import files
 from typing import Any, NamedTuple
 
 import redis
 
-from dispatchq.store import keys
+from dispatchq.store import keys, webhook_status
 from dispatchq.store.completion import EventStream, done_args, error_entry, stored_in_meta
+from dispatchq.store.scripts import SCRIPTS
 
 
 class RequestState(StrEnum):
@@ -112,38 +114,11 @@ FIELDS = (
     "notify_url",
     "attempt",
     "item",
+    "webhook",
 )
 """Every field of the record (the docstring says who writes each, and when)."""
 DELIVERIES = "deliveries"
 """The field counting the deliveries of the request's messages."""
-
-
-def _load_scripts() -> dict[str, str]:
-    """The scripts of `lua/`, by name; those calling `store_result` get its definition."""
-    folder = files("dispatchq.store") / "lua"
-    texts = {
-        entry.name.removesuffix(".lua"): entry.read_text(encoding="utf-8")
-        for entry in folder.iterdir()
-        if entry.name.endswith(".lua")
-    }
-    libraries = {
-        "store_result(": texts.pop("_store"),
-        "emit_done_events(": texts.pop("_events"),
-        "lane_args(": texts.pop("_lanes"),
-        "batch_move(": texts.pop("_batch"),
-        "clock(": texts.pop("_clock"),
-        "current_rate(": texts.pop("_rate"),
-    }
-    return {
-        name: "".join(lib for call, lib in libraries.items() if call in text) + text
-        for name, text in texts.items()
-    }
-
-
-SCRIPTS = _load_scripts()
-"""The text of every script of `lua/`, read once, by file name: the record's (`begin`,
-`done`...), the fetch and lanes of `dispatchq.broker.fetch`, the batches', the
-backpressure gate's (`rate_*`, `children_*`). Every script dispatchq runs is one of these."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +135,8 @@ class RequestRecord:
     deadline: float | None = None
     notify_url: str = ""
     attempt: int = 1
+    webhook: dict[str, Any] = field(default_factory=dict)
+    """How the webhook of its completion event went (`dispatchq.store.webhook_status`)."""
 
     @classmethod
     def from_hash(cls, request_id: str, raw: dict[bytes, bytes]) -> RequestRecord:
@@ -178,6 +155,7 @@ class RequestRecord:
             deadline=float(data["deadline"]) if data.get("deadline") else None,
             notify_url=data.get("notify_url", ""),
             attempt=int(data["attempt"]) if data.get("attempt") else 1,
+            webhook=webhook_status.parse(data.get(webhook_status.FIELD, "")),
         )
 
     @property

@@ -27,7 +27,7 @@ import structlog
 from dispatchq.core.request import DispatchRequest, is_request_id, request_digest
 from dispatchq.store import keys
 from dispatchq.store.messages import celery_message
-from dispatchq.store.records import SCRIPTS
+from dispatchq.store.scripts import SCRIPTS
 
 log = structlog.get_logger(__name__)
 

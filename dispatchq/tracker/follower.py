@@ -279,7 +279,8 @@ class Tracker:
     stream_connected: bool = False
     chores: Callable[[], object] | None = None
     """Run by the leader between passes, about every `CHORES_EVERY` seconds: the automatic
-    retries of batch items (`dispatchq.store.retries.BatchRetrier.drain_due`)."""
+    retries of batch items (`dispatchq.store.retries.BatchRetrier.drain_due`), the queue's
+    backlog sample (`dispatchq.store.backlog`)."""
 
     def __post_init__(self) -> None:
         self.follower.on_child = self._know

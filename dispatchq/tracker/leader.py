@@ -10,7 +10,7 @@ from typing import cast
 import redis
 
 from dispatchq.store import keys
-from dispatchq.store.records import SCRIPTS
+from dispatchq.store.scripts import SCRIPTS
 
 
 class Lease:
@@ -23,10 +23,14 @@ class Lease:
 
     def hold(self) -> bool:
         return bool(
-            self._script(keys=[keys.TRACKER_LEASE], args=[self.holder, keys.TRACKER_LEASE_MS])
+            self._script(
+                keys=[keys.TRACKER_LEASE, keys.TRACKERS],
+                args=[self.holder, keys.TRACKER_LEASE_MS, keys.TRACKER_TTL],
+            )
         )
 
     def release(self) -> None:
+        self.client.zrem(keys.TRACKERS, self.holder)
         if self.client.get(keys.TRACKER_LEASE) == self.holder.encode():
             self.client.delete(keys.TRACKER_LEASE)
 

@@ -18,6 +18,7 @@ from dispatchq.config.settings import Settings, worker_redis
 from dispatchq.core.retry import RetryPolicy
 from dispatchq.nomad.client import NomadClient
 from dispatchq.nomad.config import NomadConfig
+from dispatchq.store.backlog import BacklogSampler
 from dispatchq.store.completion import open_stream
 from dispatchq.store.records import RecordStore
 from dispatchq.store.retries import BatchRetrier
@@ -47,7 +48,13 @@ def build(settings: Settings, policy: FollowPolicy, nomad: NomadConfig | None = 
             topics=TOPICS, index=start + 1, namespace="*", on_open=lambda _r: connected()
         )
 
-    return Tracker(client, follower, Lease(client), events, policy, chores=retrier.drain_due)
+    sampler = BacklogSampler(client, settings.queue)
+
+    def chores() -> None:
+        retrier.drain_due()
+        sampler.due()
+
+    return Tracker(client, follower, Lease(client), events, policy, chores=chores)
 
 
 def serve(settings: Settings, policy: FollowPolicy) -> int:

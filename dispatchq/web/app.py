@@ -31,13 +31,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from dispatchq.config.settings import Settings
+from dispatchq.core.cancel import cancel_batch
 from dispatchq.core.render import render
 from dispatchq.errors import DispatchqError
 from dispatchq.nomad.client import NomadClient
 from dispatchq.nomad.config import NomadConfig
-from dispatchq.store import dlq, keys
+from dispatchq.store import dlq, keys, lanes, runtimes
+from dispatchq.store.backlog import Sample, history
 from dispatchq.store.batches import CANCELLED, BatchStatus, BatchStore
-from dispatchq.store.liveness import live_workers
+from dispatchq.store.liveness import heard_trackers, heard_workers
 from dispatchq.store.records import RequestRecord
 from dispatchq.store.results import outcome_from_meta
 from dispatchq.store.retries import BatchRetrier
@@ -50,13 +52,21 @@ BATCHES_SHOWN = 50
 class Dashboard:
     """The pages, over one Redis client and the settings."""
 
-    def __init__(self, settings: Settings, client: redis.Redis, token: str = "") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        nomad: NomadClient,
+        token: str = "",
+        nomad_ui: str = "",
+    ) -> None:
         self.settings = settings
         self.client = client
+        self.nomad = nomad
         self.token = token
+        self.nomad_ui = nomad_ui
+        """Where Nomad's own UI is: its address, when it is an HTTP URL."""
         self.batches = BatchStore(client, settings.result_ttl)
-        self.nomad_ui = ""
-        self.nomad: NomadClient | None = None
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape()
         )
@@ -82,8 +92,7 @@ class Dashboard:
         status = self.batches.status(batch_id)
         if status is None:
             return self.page("missing.html", 404, what=f"batch {batch_id}")
-        failures = self.batches.errors(batch_id, FAILURES_SHOWN)
-        return self.page("batch.html", batch=_batch_view(status), failures=failures,
+        return self.page("batch.html", **self._batch(status),
                          notice=request.query_params.get("notice", ""))  # fmt: skip
 
     async def batch_live(self, request: Request) -> Response:
@@ -92,8 +101,13 @@ class Dashboard:
         status = self.batches.status(batch_id)
         if status is None:
             return HTMLResponse("", status_code=404)
-        failures = self.batches.errors(batch_id, FAILURES_SHOWN)
-        return self.page("_batch_live.html", batch=_batch_view(status), failures=failures)
+        return self.page("_batch_live.html", **self._batch(status))
+
+    def _batch(self, status: BatchStatus) -> dict[str, Any]:
+        failures = self.batches.errors(status.batch_id, FAILURES_SHOWN)
+        for failure in failures:
+            failure["attempt"] = _attempt(str(failure.get("request_id", "")))
+        return {"batch": _batch_view(status), "failures": failures}
 
     async def request_page(self, request: Request) -> Response:
         request_id = request.path_params["request_id"]
@@ -111,10 +125,30 @@ class Dashboard:
         child = (outcome.dispatched_job_id if outcome else "") or (record.dispatched_job_id
                                                                    if record else "")  # fmt: skip
         started = _clock(outcome.timings.started_at) if outcome else ""
+        namespace = record.namespace if record is not None else ""
+        events = await run_in_threadpool(self._task_events, child, namespace) if child else None
         return self.page("request.html", request_id=request_id, record=record,
                          outcome=outcome.to_json() if outcome else None, lines=lines,
-                         child=child, child_url=self._child_url(child),
-                         started=started)  # fmt: skip
+                         child=child, child_url=self._child_url(child), started=started,
+                         task_events=events)  # fmt: skip
+
+    def _task_events(self, child: str, namespace: str) -> list[dict[str, Any]] | None:
+        """Each task's events, read from Nomad now (per allocation, oldest first); None
+        when Nomad cannot say (unreachable, or the child was garbage-collected)."""
+        try:
+            allocs = self.nomad.job_allocations(child, namespace=namespace or None)
+        except DispatchqError:
+            return None
+        rows: list[dict[str, Any]] = []
+        for alloc in sorted(allocs, key=lambda a: cast(int, a.get("CreateIndex") or 0)):
+            states = cast(dict[str, Any], alloc.get("TaskStates") or {})
+            for task, state in sorted(states.items()):
+                for event in (state or {}).get("Events") or []:
+                    rows.append({"alloc": str(alloc.get("ID", ""))[:8], "task": task,
+                                 "time": _nanos_clock(event.get("Time")),
+                                 "type": event.get("Type", ""),
+                                 "message": event.get("DisplayMessage") or ""})  # fmt: skip
+        return rows
 
     def _child_url(self, child: str) -> str:
         if not child or not self.nomad_ui:
@@ -128,33 +162,35 @@ class Dashboard:
         return self.page("_fleet.html", **self._fleet())
 
     def _fleet(self) -> dict[str, Any]:
-        workers = live_workers(self.client, self.settings.queue)
-        leader = cast(bytes | None, self.client.get(keys.TRACKER_LEASE))
-        notifiers: list[dict[str, Any]] = []
+        workers = heard_workers(self.client, self.settings.queue)
+        raw_leader = cast(bytes | None, self.client.get(keys.TRACKER_LEASE))
+        leader = raw_leader.decode() if raw_leader else ""
+        trackers = [{"id": name, "ago": ago, "leads": name == leader}
+                    for name, ago in sorted(heard_trackers(self.client))]  # fmt: skip
+        return {"workers": workers, "leader": leader, "trackers": trackers,
+                "notifiers": self._notifiers(), "queue": self.settings.queue}  # fmt: skip
+
+    def _notifiers(self) -> list[dict[str, Any]]:
+        """The notifier group's consumers, with how long since each last read the stream
+        (a notifier reads at least every few seconds while it runs)."""
         stream = self.settings.events_stream
-        if stream:
-            try:
-                groups: Any = self.client.xinfo_groups(stream)
-                notifiers = [{"name": g["name"].decode(), "pending": g["pending"],
-                              "lag": g.get("lag")} for g in groups]  # fmt: skip
-            except redis.ResponseError:
-                notifiers = []
-        return {"workers": workers, "leader": leader.decode() if leader else "",
-                "notifiers": notifiers, "queue": self.settings.queue}  # fmt: skip
+        if not stream:
+            return []
+        try:
+            consumers: Any = self.client.xinfo_consumers(stream, keys.NOTIFIER_GROUP)
+        except redis.ResponseError:  # no stream or no group yet
+            return []
+        return [{"name": _text(c["name"]), "pending": c["pending"], "ago": c["idle"] / 1000}
+                for c in consumers]  # fmt: skip
 
     async def queue_page(self, request: Request) -> Response:
         queue = self.settings.queue
-        pipe = self.client.pipeline(transaction=False)
-        pipe.llen(queue)
-        pipe.hgetall(keys.lanes(queue))
-        waiting, lanes = pipe.execute()
-        lane_ids = sorted(k.decode() for k in lanes)
-        pipe = self.client.pipeline(transaction=False)
-        for batch_id in lane_ids:
-            pipe.llen(keys.lane(batch_id))
-        lengths = pipe.execute() if lane_ids else []
-        return self.page("queue.html", queue=queue, waiting=waiting,
-                         lanes=list(zip(lane_ids, lengths, strict=True)))  # fmt: skip
+        now = lanes.backlog(self.client, queue)
+        rows = [(tenant, batch_id, waiting) for tenant, batches in sorted(now.batches.items())
+                for batch_id, waiting in sorted(batches.items())]  # fmt: skip
+        return self.page("queue.html", queue=queue, backlog=now, lanes=rows,
+                         chart=backlog_chart(history(self.client, queue)),
+                         every=keys.BACKLOG_EVERY)  # fmt: skip
 
     async def dlq_page(self, request: Request) -> Response:
         entries = [{**e.to_json(), "replayable": e.replayable, "digest": _digest(e.raw)}
@@ -193,7 +229,7 @@ class Dashboard:
         """A batch ID, else a request ID, else a child job's ID (Nomad keeps the dispatch's
         idempotency token, `dispatchq-<request ID>`, in the child): the page it names."""
         text = request.query_params.get("q", "").strip()
-        if text and self.nomad is not None and "/dispatch-" in text:
+        if text and "/dispatch-" in text:
             request_id = await run_in_threadpool(self._request_of_child, text)
             if request_id:
                 return RedirectResponse(f"/requests/{quote(request_id, safe='')}",
@@ -206,7 +242,6 @@ class Dashboard:
         return self.page("missing.html", 404, what=f"a batch or request {text!r}")
 
     def _request_of_child(self, child: str) -> str:
-        assert self.nomad is not None
         try:
             job, _ = self.nomad.read_job(child)
         except DispatchqError:
@@ -238,14 +273,39 @@ class Dashboard:
                 report = retrier.retry_batch(batch_id)
                 notice = f"retrying {report.retried} item(s)"
         else:
-            self.batches.cancel(batch_id)
+            stop = form.get("stop_dispatched") == "on"
+            cancelled = await run_in_threadpool(
+                cancel_batch, self.batches, self.nomad, batch_id, stop_dispatched=stop
+            )
             notice = "cancelled: nothing more of it is dispatched"
+            if cancelled is not None and stop:
+                notice += f"; stopped {cancelled.stopped} dispatched child job(s)"
+                if cancelled.errors:
+                    notice += f", {len(cancelled.errors)} could not be: {cancelled.errors[0]}"
         target = f"/batches/{quote(batch_id, safe='')}?notice={quote(notice)}"
         return RedirectResponse(target, status_code=303)
 
 
 def _clock(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _nanos_clock(nanos: Any) -> str:
+    """A Nomad event's time (Unix nanoseconds) to the millisecond, UTC."""
+    if not isinstance(nanos, int) or nanos <= 0:
+        return ""
+    return datetime.fromtimestamp(nanos / 1e9, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _attempt(request_id: str) -> int:
+    """The attempt a batch item's request ID is (`keys.attempt_id`)."""
+    if not keys.is_reserved_id(request_id):
+        return 1
+    return int(request_id.rsplit("~", 1)[1])
 
 
 def _digest(raw: str) -> str:
@@ -258,15 +318,45 @@ def _batch_view(status: BatchStatus) -> dict[str, Any]:
     data["tenant"] = status.tenant
     data["created_at"] = status.created_at
     data["percent"] = round(100 * status.done / status.total) if status.total else 0
+    data["finished_clock"] = _clock(status.finished_at) if status.finished_at else ""
+    data["event_id"] = status.event_id
+    data["has_webhook"] = status.has_webhook
+    data["webhook_clock"] = _clock(status.webhook["at"]) if status.webhook.get("at") else ""
+    data["histogram"] = run_time_bars(status.run_times)
     return data
+
+
+def run_time_bars(counts: list[int]) -> list[dict[str, Any]]:
+    """The run-time histogram's bars: label, count, height in percent of the tallest."""
+    tallest = max(counts, default=0) or 1
+    return [{"label": runtimes.label(i), "count": n, "height": round(100 * n / tallest)}
+            for i, n in enumerate(counts)]  # fmt: skip
+
+
+CHART_WIDTH, CHART_HEIGHT = 720, 160
+
+
+def backlog_chart(samples: list[Sample]) -> dict[str, Any]:
+    """The backlog chart's SVG polyline points (oldest left), and its scale."""
+    if len(samples) < 2:
+        return {"points": "", "samples": len(samples)}
+    start, span = samples[0].at, (samples[-1].at - samples[0].at) or 1.0
+    peak = max(s.total for s in samples)
+    points = " ".join(
+        f"{CHART_WIDTH * (s.at - start) / span:.1f},"
+        f"{CHART_HEIGHT * (1 - s.total / (peak or 1)):.1f}"
+        for s in samples
+    )
+    shown = f"{span / 60:.0f} min" if span >= 120 else f"{span:.0f} s"
+    return {"points": points, "peak": peak, "samples": len(samples), "span": shown,
+            "latest": samples[-1].total}  # fmt: skip
 
 
 def create_app(settings: Settings, token: str = "", nomad_address: str = "") -> Starlette:
     """The dashboard's ASGI app (`dispatchq web` serves it)."""
-    board = Dashboard(settings, settings.redis.client(), token)
-    board.nomad = NomadClient(NomadConfig.from_env(), timeout=5.0, pool_size=2)
-    if nomad_address.startswith(("http://", "https://")):
-        board.nomad_ui = nomad_address.rstrip("/")
+    nomad = NomadClient(NomadConfig.from_env(), timeout=5.0, pool_size=2)
+    ui = nomad_address.rstrip("/") if nomad_address.startswith(("http://", "https://")) else ""
+    board = Dashboard(settings, settings.redis.client(), nomad, token, ui)
     routes = [
         Route("/", board.batches_page),
         Route("/batches/{batch_id:path}/live", board.batch_live),

@@ -23,6 +23,7 @@ import redis
 
 from dispatchq.producer.api import Producer
 from dispatchq.store import keys
+from dispatchq.store.batches import BatchStore
 from dispatchq.store.completion import COMPLETION_SCHEMA, EventStream, parse_entry
 from dispatchq.store.dlq import entries as dlq_entries
 from dispatchq.store.records import RecordStore
@@ -193,6 +194,15 @@ def test_webhooks_survive_a_failing_receiver_and_a_killed_notifier(
         assert event["event_id"] == event_id
         VALIDATOR.validate(event)
     assert not [e for e in dlq_entries(redis_client) if e.kind == "webhook"]
+    # how each went is kept beside what it is about (the dashboard shows it)
+    status = BatchStore(redis_client, 60).status(batch)
+    assert status is not None and status.webhook["state"] == "delivered"
+    assert status.webhook["event_id"] == f"batch:{batch}"
+    assert status.to_json()["webhook"]["attempts"] >= 1
+    records = RecordStore(redis_client, 60)
+    for rid in ids + more:
+        record = records.load(rid)
+        assert record is not None and record.webhook["state"] == "delivered", rid
 
 
 def test_other_hosts_and_exhausted_retries_are_dead_lettered(
@@ -220,6 +230,9 @@ def test_other_hosts_and_exhausted_retries_are_dead_lettered(
         check=True,
     )  # fmt: skip
     assert listed.stdout.count('"webhook"') == 2
+    record = RecordStore(redis_client, 60).load(failing)
+    assert record is not None and record.webhook["state"] == "dead-lettered"
+    assert "HTTP 503" in record.webhook["error"] and record.webhook["attempts"] >= 2
     assert SECRET not in (tmp_path / "n.log").read_text() + listed.stdout
 
 

@@ -35,6 +35,7 @@ ONE_ID: dict[str, Callable[[str], str]] = {
     "batch-errors": keys.batch_errors,
     "lane": keys.lane,
     "lanes": keys.lanes,
+    "backlog": keys.backlog,
     "tenants": keys.tenants,
     "credit": keys.credit,
     "lease": keys.lease,

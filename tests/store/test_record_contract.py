@@ -103,3 +103,28 @@ def test_a_followed_request_is_handed_off_then_done(records: Records) -> None:
 def test_an_unknown_request_has_no_record(records: Records) -> None:
     assert records.of("nobody").load() is None
     assert not records.batch_cancelled("no-batch")
+
+
+def _batch_counters(records: Records, batch_id: str) -> dict[str, int]:
+    if isinstance(records, FakeRecords):
+        return dict(records.batches.get(batch_id, {}))
+    assert isinstance(records, RecordStore)
+    raw = records.client.hgetall(keys.batch(batch_id))
+    return {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]
+
+
+def test_an_ending_counts_its_run_time_in_its_batch_once(records: Records) -> None:
+    timed = {"status": "complete", "exit_code": 0, "dispatched_job_id": "video/dispatch-1",
+             "timings": [1.0, 0.2, 3.1]}  # 3.3 s
+    for rid in ("r1", "r2"):
+        _enqueued(records, rid)
+        record = records.of(rid, "b1")
+        record.begin("video", digest="d1")
+        assert record.done(Ending(0, outcome=timed))
+    records.of("r1", "b1").done(Ending(0, outcome=timed))  # again: the first end wins
+    untimed = {"status": "error", "exit_code": 1, "timings": [1.0, 0.1, None]}  # refused
+    _enqueued(records, "r3")
+    records.of("r3", "b1").done(Ending(1, outcome=untimed))
+    counters = _batch_counters(records, "b1")
+    assert counters["rt:5"] == 2  # the 2-5 s bucket
+    assert {k for k in counters if k.startswith("rt:")} == {"rt:5"}

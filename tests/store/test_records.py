@@ -18,12 +18,12 @@ from dispatchq.store import keys, records
 from dispatchq.store.records import (
     DELIVERIES,
     FIELDS,
-    SCRIPTS,
     TRANSITIONS,
     RecordStore,
     RequestState,
     StoredResult,
 )
+from dispatchq.store.scripts import SCRIPTS
 
 LUA = files("dispatchq.store") / "lua"
 # A script writes the record through the variable `record` (a convention the test needs):

@@ -13,6 +13,7 @@ from dispatchq.core.request import DispatchRequest
 from dispatchq.errors import NomadError, PayloadError
 from dispatchq.nomad.client import DispatchResponse
 from dispatchq.nomad.config import NomadConfig
+from dispatchq.store import runtimes
 from dispatchq.store.records import (
     TRANSITIONS,
     Begun,
@@ -221,7 +222,8 @@ class FakeRecord:
         self._fields["exit_code"] = str(ending.exit_code)
         if self.batch_id:
             counters = self.store.batches.setdefault(self.batch_id, {})
-            for name in ("done", f"exit:{ending.exit_code}"):
+            run_time = runtimes.field_of(ending.outcome)
+            for name in ("done", f"exit:{ending.exit_code}", *([run_time] if run_time else [])):
                 counters[name] = counters.get(name, 0) + 1
         if ending.result is not None:
             self.store.results[self.request_id] = ending.result

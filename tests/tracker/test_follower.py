@@ -4,6 +4,7 @@ scripts are the real ones (first finish wins, the follow set, the stages)."""
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -14,6 +15,7 @@ from dispatchq.core.outcome import OutcomeRecorder
 from dispatchq.core.transcript import Dispatched, EvalFinished, MonitorStarted
 from dispatchq.errors import NotFound, ServerError
 from dispatchq.store import keys
+from dispatchq.store.liveness import heard_trackers
 from dispatchq.store.records import RecordStore, StoredResult
 from dispatchq.tracker.decide import decide
 from dispatchq.tracker.follower import Checked, Follower, FollowPolicy, Tracker
@@ -163,6 +165,21 @@ def test_one_lease_holder_at_a_time(redis_client: redis.Redis) -> None:
     assert a.hold() and not b.hold() and a.hold()
     a.release()
     assert b.hold() and not a.hold()
+
+
+def test_every_tracker_is_seen_leader_and_standbys_until_it_stops(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.delete(keys.TRACKER_LEASE, keys.TRACKERS)
+    a, b = Lease(redis_client, "a"), Lease(redis_client, "b")
+    assert a.hold() and not b.hold()
+    assert sorted(name for name, _ in heard_trackers(redis_client)) == ["a", "b"]
+    assert all(ago < 5 for _, ago in heard_trackers(redis_client))
+    redis_client.zadd(keys.TRACKERS, {"gone": time.time() - keys.TRACKER_TTL - 1})
+    assert "gone" not in dict(heard_trackers(redis_client))  # a killed one ages out
+    b.release()
+    assert [name for name, _ in heard_trackers(redis_client)] == ["a"]
+    assert 0 < redis_client.ttl(keys.TRACKERS) <= keys.TRACKER_TTL
 
 
 def test_reconcile_makes_every_child_due_at_its_rate(store: RecordStore) -> None:

@@ -1,7 +1,10 @@
 """`dispatchq web` in a real browser (Debian's headless Chromium through chromedriver),
 against a real stack: redis-server, nomadsim running mock_driver children, a worker and a
-tracker. A batch is watched to its end on its page, a failure opened, and "Retry failed"
-clicked without the token (nothing changes) and with it (exactly the failed items again).
+tracker and a standby, a notifier posting to a receiver in this process. A batch is watched
+to its end on its page (counts, run-time histogram, its completion event and webhook), a
+failure opened (its task's exit code and events), and "Retry failed" clicked without the
+token (nothing changes) and with it (exactly the failed items again); a batch cancelled
+with its dispatched children stopped; the queue's backlog chart and the fleet read.
 Screenshots of the pages are saved under the test's temporary directory (and, with
 DISPATCHQ_SCREENSHOTS=DIR, there too)."""
 
@@ -9,21 +12,26 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from dispatchq.devstack.nomadsim_process import NomadSimProcess
+from dispatchq.devstack.notifier_process import NotifierProcess
 from dispatchq.devstack.tracker_process import TrackerProcess
 from dispatchq.devstack.web_process import WebProcess
 from dispatchq.store import dlq
+from dispatchq.store.backlog import history
 from dispatchq.store.messages import celery_message
 from tests.support.faults import Dispatches
 from tests.support.nomad_jobs import FAST_SIM, mock_encode_job, register
@@ -43,12 +51,48 @@ def sim() -> Iterator[NomadSimProcess]:
         yield process
 
 
+class Hooks:
+    """A webhook receiver on 127.0.0.1: answers 200, keeps the event IDs it was sent."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        hooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                hooks.received.append(self.headers["X-Dispatchq-Event-Id"])
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 @pytest.fixture(scope="module")
-def dashboard(stack: Stack) -> Iterator[str]:
-    """A worker, a tracker and `dispatchq web` (actions on) over the stack."""
+def hooks() -> Iterator[Hooks]:
+    receiver = Hooks()
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def dashboard(stack: Stack, hooks: Hooks) -> Iterator[str]:
+    """A worker, two trackers (a leader, a standby), a notifier and `dispatchq web`
+    (actions on) over the stack."""
     env = {**stack.env, "DISPATCHQ_WEB_TOKEN": TOKEN}
+    notify = {**stack.env, "DISPATCHQ_NOTIFY_HOSTS": hooks.url.split("/")[2],
+              "DISPATCHQ_NOTIFY_SECRET": "s"}  # fmt: skip
     logs = stack.log_dir
-    with stack.worker("web-w1"), TrackerProcess(env=stack.env, log_path=logs / "web-t.log"), \
+    with stack.worker("web-w1"), TrackerProcess(env=stack.env, log_path=logs / "web-t1.log"), \
+            TrackerProcess(env=stack.env, log_path=logs / "web-t2.log"), \
+            NotifierProcess(env=notify, log_path=logs / "web-n.log"), \
             WebProcess(env=env, log_path=logs / "web.log") as web:  # fmt: skip
         yield web.url.rstrip("/")
 
@@ -85,6 +129,21 @@ def _counts(driver: webdriver.Chrome) -> dict[str, int]:
     return {name: int(text) for name, text in shown.items()}
 
 
+def _notice(driver: webdriver.Chrome, start: str, what: str) -> str:
+    """The notice of the page an action led to, once it starts with `start` (the page
+    before it may still be shown, or go stale under the lookup)."""
+
+    def check() -> str:
+        try:
+            found = driver.find_elements(By.ID, "notice")
+            text = found[0].text if found else ""
+        except StaleElementReferenceException:
+            return ""
+        return text if text.startswith(start) else ""
+
+    return str(_until(check, what))
+
+
 def _shot(driver: webdriver.Chrome, where: Path, name: str) -> None:
     driver.save_screenshot(str(where / f"{name}.png"))
     extra = os.environ.get("DISPATCHQ_SCREENSHOTS")
@@ -93,13 +152,21 @@ def _shot(driver: webdriver.Chrome, where: Path, name: str) -> None:
         driver.save_screenshot(str(Path(extra) / f"{name}.png"))
 
 
+def _histogram(driver: webdriver.Chrome) -> list[int]:
+    shown: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll('[data-bucket]')].map(e => e.textContent)"
+    )
+    return [int(text or 0) for text in shown]
+
+
 def test_a_batch_watched_to_its_end_a_failure_opened_and_retried(
-    stack: Stack, dashboard: str, browser: webdriver.Chrome, tmp_path: Path
+    stack: Stack, dashboard: str, hooks: Hooks, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
     items = [{"meta": {"exit_code": "3" if n % 10 == 0 else "0",
                        "run_for": f"{200 + (n * 37) % 800}s"}} for n in range(ITEMS)]  # fmt: skip
     with stack.producer() as producer:
-        batch = producer.dispatch_batch("enc", items, until="finished", preflight=False)
+        batch = producer.dispatch_batch("enc", items, until="finished", preflight=False,
+                                        notify_url=hooks.url)  # fmt: skip
         browser.get(f"{dashboard}/batches/{batch}")
         seen = [_counts(browser)["done"]]
 
@@ -120,6 +187,16 @@ def test_a_batch_watched_to_its_end_a_failure_opened_and_retried(
             k: truth[k] for k in ("done", "total", "succeeded", "failed", "errors")}  # fmt: skip
         assert (shown["succeeded"], shown["failed"]) == (ITEMS * 9 // 10, ITEMS // 10)
         assert len(set(seen)) > 1, seen  # it moved while watched, not only at the end
+        histogram = _histogram(browser)  # each child's run, once: every item ran once
+        assert sum(histogram) == ITEMS and histogram == truth["run_times"], histogram
+        assert f"batch:{batch}" in browser.find_element(By.ID, "completion").text
+
+        def delivered() -> bool:
+            browser.refresh()
+            return bool(browser.find_elements(By.CSS_SELECTOR, "[data-webhook=delivered]"))
+
+        _until(delivered, "the page to say the webhook was delivered")
+        assert f"batch:{batch}" in hooks.received
         _shot(browser, tmp_path, "batch")
 
         # a failure opened: its task's exit code
@@ -130,6 +207,8 @@ def test_a_batch_watched_to_its_end_a_failure_opened_and_retried(
         allocations = browser.find_elements(By.CSS_SELECTOR, "#allocations tbody tr")
         task_exit_codes = [row.find_elements(By.TAG_NAME, "td")[6].text for row in allocations]
         assert "3" in task_exit_codes, task_exit_codes  # the task's own exit code
+        events = browser.find_element(By.ID, "task-events").text  # read from Nomad now
+        assert "Started" in events and "Terminated" in events, events
         _shot(browser, tmp_path, "request")
         page, child = browser.current_url, browser.find_element(By.ID, "child").text
         search = browser.find_element(By.NAME, "q")  # by the child's job ID, from Nomad
@@ -152,8 +231,8 @@ def test_a_batch_watched_to_its_end_a_failure_opened_and_retried(
         form = browser.find_element(By.CSS_SELECTOR, "form[action$='/retry']")
         form.find_element(By.NAME, "token").send_keys(TOKEN)
         form.find_element(By.ID, "retry-failed").click()
-        notice = _until(lambda: browser.find_elements(By.ID, "notice"), "the page after retry")
-        assert notice[0].text == f"retrying {ITEMS // 10} item(s)"
+        notice = _notice(browser, "retrying", "the page after retry")
+        assert notice == f"retrying {ITEMS // 10} item(s)"
         _until(lambda: len(Dispatches.read(stack.sim.address).children)
                == len(before.children) + ITEMS // 10, "the retries to be dispatched")  # fmt: skip
         again = Dispatches.read(stack.sim.address).children
@@ -163,10 +242,45 @@ def test_a_batch_watched_to_its_end_a_failure_opened_and_retried(
         browser.get(dashboard)
         assert batch in browser.find_element(By.CSS_SELECTOR, "table.batches").text
         _shot(browser, tmp_path, "batches")
-        for page in ("queue", "dead-letters", "fleet"):
-            browser.get(f"{dashboard}/{page}")
-            _shot(browser, tmp_path, page)
-        assert "web-w1@" in browser.find_element(By.ID, "fleet").text
+        _until(lambda: len(history(producer.redis, QUEUE)) >= 2, "two backlog samples", 30)
+    browser.get(f"{dashboard}/queue")
+    assert browser.find_elements(By.CSS_SELECTOR, "#backlog-chart polyline")
+    _shot(browser, tmp_path, "queue")
+    browser.get(f"{dashboard}/fleet")
+    fleet = browser.find_element(By.ID, "fleet").text
+    assert "web-w1@" in fleet
+    roles = [row.find_elements(By.TAG_NAME, "td")[1].text
+             for row in browser.find_elements(By.CSS_SELECTOR, "tr.tracker")]  # fmt: skip
+    assert sorted(roles) == ["leader", "standby"], roles
+    assert browser.find_elements(By.CSS_SELECTOR, "tr.notifier")
+    _shot(browser, tmp_path, "fleet")
+
+
+def test_a_batch_cancelled_with_its_dispatched_children_stopped(
+    stack: Stack, dashboard: str, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    items = [{"meta": {"exit_code": "0", "run_for": "600000s"}} for _ in range(20)]  # 10 min
+    with stack.producer() as producer:
+        batch = producer.dispatch_batch("enc", items, until="finished", preflight=False)
+
+        def all_running() -> bool:
+            status = producer.batch_status(batch)
+            return status is not None and status.running == len(items)
+
+        _until(all_running, "every child to run")
+        browser.get(f"{dashboard}/batches/{batch}")
+        form = browser.find_element(By.CSS_SELECTOR, "form[action$='/cancel']")
+        form.find_element(By.NAME, "token").send_keys(TOKEN)
+        form.find_element(By.ID, "stop-dispatched").click()
+        form.find_element(By.ID, "cancel").click()
+        notice = _notice(browser, "cancelled", "the page after cancel")
+        assert "stopped 20 dispatched child job(s)" in notice, notice
+        _until(lambda: browser.find_elements(By.CSS_SELECTOR, "[data-state=finished]"),
+               "the stopped children to end the batch")  # fmt: skip
+        status = producer.batch_status(batch)
+        assert status is not None and status.state == "cancelled" and status.done == 20
+        assert status.exit_codes.get(0, 0) == 0  # none ran to its end
+        _shot(browser, tmp_path, "batch-cancelled")
 
 
 def test_dead_letters_replayed_and_purged_with_the_token_only(
@@ -186,14 +300,12 @@ def test_dead_letters_replayed_and_purged_with_the_token_only(
     replay = browser.find_element(By.CSS_SELECTOR, "form[action$='/replay']")
     replay.find_element(By.NAME, "token").send_keys(TOKEN)
     replay.find_element(By.CLASS_NAME, "replay").click()
-    notice = _until(lambda: browser.find_elements(By.ID, "notice"), "the replay")
-    assert notice[0].text.startswith("replayed r-replayed")
+    _notice(browser, "replayed r-replayed", "the replay")
     with stack.producer() as producer:
         assert producer.wait(["r-replayed"], timeout=60)["r-replayed"].done
     purge = browser.find_element(By.CSS_SELECTOR, "form[action$='/purge']")
     purge.find_element(By.NAME, "token").send_keys(TOKEN)
     purge.find_element(By.ID, "purge").click()
-    notice = _until(lambda: browser.find_elements(By.ID, "notice"), "the purge")
-    assert notice[0].text == "purged 1 dead letter(s)"
+    assert _notice(browser, "purged", "the purge") == "purged 1 dead letter(s)"
     assert dlq.entries(redis_client) == []
 

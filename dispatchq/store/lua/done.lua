@@ -17,12 +17,14 @@
 -- `dispatchq.store.retries` drains; its own outcome and event are stored as for any ending. Only
 -- if the batch kept what re-running the item needs (ARGV[19], `keys.batch_items`) and its
 -- next attempt's ID fits in 200 characters: else it ends as a failure now.
+-- Its run time (ARGV[20], a `rt:<bucket>` field or '') is counted in its batch's histogram
+-- (`dispatchq.store.runtimes`), every attempt's, retried or not.
 -- Returns 1 when this call finished the request, 0 when it was done already.
 -- KEYS: record, [result, [follow set, outcome so far]]. ARGV: ttl, exit code, batch key
 -- or '', error entry or '', batch error list, its cap, digest or '', result value or '',
 -- result ttl or '', request ID or '', batch ID or '', stream or '', its cap, request ID
 -- JSON-escaped, event tail, notify_url or '', [retry set, request ID (plain), the batch's
--- items hash or ''].
+-- items hash or '', run-time field or ''].
 local record = KEYS[1]
 local found = redis.call('HMGET', record, 'state', 'digest')
 local state = found[1]
@@ -50,6 +52,7 @@ if ARGV[3] ~= '' then
       redis.call('ZADD', ARGV[17], 'NX', now[1], ARGV[11] .. '\31' .. item)
     end
   end
+  if ARGV[20] and ARGV[20] ~= '' then redis.call('HINCRBY', ARGV[3], ARGV[20], 1) end
   local child = redis.call('HGET', record, 'dispatched_job_id')
   if not again then
     redis.call('HINCRBY', ARGV[3], 'done', 1)
