@@ -18,6 +18,7 @@ from typing import Any
 import redis
 import structlog
 from celery.exceptions import TimeLimitExceeded
+from redis.exceptions import NoScriptError
 
 from dispatchq.broker.app import TASK_DISPATCH
 from dispatchq.broker.deadletter import dead_letter
@@ -116,7 +117,9 @@ def dispatch(self: DispatchTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
             dead_letter(rt.redis, reason=str(err), kind="conflict", task_id=task_id,
                         kwargs=kwargs)  # fmt: skip
             return {"refused": str(err)}
-        except redis.ReadOnlyError as err:  # a failover under way: retried like an outage
+        except (redis.ReadOnlyError, NoScriptError) as err:
+            # A failover under way, or Redis restarted between loading a script and running
+            # it (its script cache starts empty): retried like an outage.
             raise redis.ConnectionError(str(err)) from err
         except (redis.ResponseError, redis.DataError) as err:
             # Redis refused a command of this request (a key of another type, a script

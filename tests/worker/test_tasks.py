@@ -13,6 +13,7 @@ import redis
 from celery.canvas import Signature
 from celery.exceptions import Reject, TimeLimitExceeded
 from kombu.exceptions import OperationalError
+from redis.exceptions import NoScriptError
 
 from dispatchq.config.settings import Settings
 from dispatchq.core.service import DispatchService
@@ -95,6 +96,25 @@ def test_when_the_retries_are_spent_the_request_ends_with_exit_code_1(rt: Fixtur
     assert (result.result["status"], result.result["exit_code"]) == ("error", 1)
     assert len(rt.nomad.sent) == rt.settings.retry_max + 1
     assert rt.records.records["r-1"]["exit_code"] == "1"
+
+
+def test_a_script_lost_in_a_redis_restart_is_retried_not_dead_lettered(
+    rt: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis restarted between a script's load and its run (its script cache starts empty):
+    an outage, retried, not a refusal of this request."""
+    real_of = rt.records.of
+    failures = [NoScriptError("No matching script. Please use EVAL.")]
+
+    def of(request_id: str, batch_id: str | None = None) -> Any:
+        if failures:
+            raise failures.pop()
+        return real_of(request_id, batch_id)
+
+    monkeypatch.setattr(rt.records, "of", of)
+    result = run()
+    assert result.result["exit_code"] == 0 and failures == []
+    assert dlq.entries(rt.redis) == []
 
 
 def test_a_permanent_error_is_not_retried(rt: Fixture) -> None:
