@@ -42,6 +42,12 @@ per request of the processes doing the work (the worker processes, all their chi
 included; for bare, the bench process itself), from /proc: less sensitive to a shared
 machine than the rates, though not immune to it.
 
+CPU is per process: the workers', redis-server's and nomadsim's. `--by-caller` makes one
+more run of each scenario with Redis's MONITOR feed read (`bench/commands.py`) and prints
+its Redis commands per request by step (fetch, take, write-ahead, done, ack,
+backpressure, heartbeats...) and by command; MONITOR slows Redis, so that run's rate is
+not in the table.
+
 Targets: with `--latency-ms 0` (figure 2) ours >= 0.6x bare and >= 1x naive; with
 `--latency-ms 20` (figure 3) ours >= 4x naive (prefork, concurrency 2).
 """
@@ -57,13 +63,14 @@ import threading
 import time
 from base64 import b64encode
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import redis
 import requests
 
 from bench import naive_app, procfs, stack
+from bench.commands import CommandLog
 from bench.common import ratio, report
 from dispatchq.devstack.nomadsim_process import NomadSimProcess
 from dispatchq.devstack.redis_server import RedisServer
@@ -85,6 +92,8 @@ class Run:
     dispatches: int  # children nomadsim created
     redis_commands: int = 0  # commands redis-server processed during the run (bare: 0)
     cpu: float = 0.0  # CPU seconds of the worker processes (bare: the bench process)
+    cpu_redis: float = 0.0  # CPU seconds of redis-server during the run
+    cpu_sim: float = 0.0  # CPU seconds of nomadsim during the run
 
     @property
     def rate(self) -> float:
@@ -282,13 +291,26 @@ def ours(server: RedisServer, sim: NomadSimProcess, opts: Options) -> Run:
 # -- driver -------------------------------------------------------------------------------
 
 
-def measure(name: str, opts: Options, sim_extra: list[str]) -> Run:
-    """One run of one scenario on a fresh nomadsim (and redis-server)."""
+def measure(name: str, opts: Options, sim_extra: list[str], by_caller: bool = False) -> Run:
+    """One run of one scenario on a fresh nomadsim (and redis-server); with `by_caller`,
+    under a `CommandLog` whose table is printed (its rates are not comparable)."""
     with stack.nomadsim(sim_extra) as sim:
         if name == "bare":
             return bare(sim, opts.count, opts.bare_threads, opts.timeout)
         with RedisServer() as server:
-            return (naive if name == "naive" else ours)(server, sim, opts)
+            scenario = naive if name == "naive" else ours
+            pids = [p.pid for p in (server.process, sim.process) if p is not None]
+            before = [procfs.cpu_seconds(procfs.tree(pid)) for pid in pids]
+            if by_caller:
+                with CommandLog(server.url) as tally:
+                    result = scenario(server, sim, opts)
+                print(f"\nRedis commands of {name} by step (MONITOR; {result.items:,} "
+                      f"requests):\n{tally.table(result.items)}")  # fmt: skip
+            else:
+                result = scenario(server, sim, opts)
+            spent = [procfs.cpu_seconds(procfs.tree(pid)) - b for pid, b in zip(pids, before,
+                                                                                strict=True)]
+            return replace(result, cpu_redis=spent[0], cpu_sim=spent[1] if len(spent) > 1 else 0)
 
 
 def parse_args() -> argparse.Namespace:
@@ -312,6 +334,9 @@ def parse_args() -> argparse.Namespace:
                         help="seconds one run may take (default: max(120, count / 20))")
     parser.add_argument("--stall", type=float, default=60.0,
                         help="give up on a run when no request finished for this long")
+    parser.add_argument("--by-caller", action="store_true",
+                        help="after the runs, one more of each Redis scenario under MONITOR: "
+                             "its Redis commands per request by step and by command")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="keep the workers' logs here (default: a temporary directory)")
     return parser.parse_args()  # fmt: skip
@@ -337,11 +362,14 @@ def summarize(results: dict[str, list[Run]], labels: dict[str, str], figure: int
         per_item = statistics.median(r.nomad_requests / r.items for r in runs)
         commands = statistics.median(r.redis_commands / r.items for r in runs)
         cpu_ms = statistics.median(r.cpu / r.items * 1000 for r in runs)
+        redis_ms = statistics.median(r.cpu_redis / r.items * 1000 for r in runs)
+        sim_ms = statistics.median(r.cpu_sim / r.items * 1000 for r in runs)
         children = sum(r.dispatches for r in runs)
         bad = bad or failed > 0 or stored < total
         print(f"  {name:<5} requests {total:,}  outcomes stored {stored:,}  failed {failed:,}  "
               f"children dispatched {children:,}  per item: nomad HTTP requests "
-              f"{per_item:.2f}, Redis commands {commands:.1f}, CPU {cpu_ms:.2f} ms")
+              f"{per_item:.2f}, Redis commands {commands:.1f}, CPU {cpu_ms:.2f} ms "
+              f"(+ redis-server {redis_ms:.2f} ms, nomadsim {sim_ms:.2f} ms)")
 
     print("\nRatios (medians)")
 
@@ -408,6 +436,9 @@ def main() -> int:
                     f"children {result.dispatches:,}",
                     flush=True,
                 )
+        if args.by_caller:
+            for name in (n for n in scenarios if n != "bare"):
+                measure(name, opts, sim_extra, by_caller=True)
     bad = summarize(results, labels, figure)
     if bad:
         print("\nSOME RUNS FAILED: see the failures above (worker logs with --log-dir)")

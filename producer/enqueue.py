@@ -9,6 +9,7 @@ enqueueing the same request ID twice is a no-op, which makes producers safe to r
 
 from __future__ import annotations
 
+from base64 import b64encode
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -66,9 +67,10 @@ def packed(command: list[bytes]) -> bytes:
 class NewRequest:
     """One dispatch request as a producer states it: the fields of `DispatchRequest`, with
     `request_id` optional (a new one is made) and an inline `payload` allowed instead of a
-    `payload_ref` (stored as a blob). Checked when enqueued (`prepare`). A batch member's
-    `line` (its place in the batch's input) is kept with its payload reference and meta
-    (`keys.batch_items`: what re-running it needs)."""
+    `payload_ref` (in the message up to `INLINE_PAYLOAD_MAX` bytes, else stored as a blob).
+    Checked when enqueued (`prepare`). A batch member's `line` (its place in the batch's
+    input) is kept with its payload reference and meta (`keys.batch_items`: what re-running
+    it needs)."""
 
     __slots__ = ("fields", "line", "payload")
 
@@ -79,6 +81,12 @@ class NewRequest:
         self.line = line
         self.fields = {"job_id": job_id, **fields}
 
+
+INLINE_PAYLOAD_MAX = 512
+"""A payload of at most this many bytes travels in its message, as a `data:` reference (RFC
+2397, base64): no blob to write, none for the worker to read (two Redis commands fewer per
+request). A larger one is stored once per content as a blob (`keys.blob`), which the
+messages name: a fan-out sharing one large payload stores it once."""
 
 Blob = tuple[str, bytes]
 """An inline payload to store: its digest (`keys.blob`) and its bytes."""
@@ -105,8 +113,11 @@ def prepare(requests: Iterable[NewRequest]) -> list[Prepared]:
                     f"Payload exceeds maximum size; {len(payload)} > {PAYLOAD_LIMIT}"
                 )
             payload = bytes(payload)
-            blob = (blob_digest(payload), payload)
-            data["payload_ref"] = f"blob:sha256:{blob[0]}"
+            if len(payload) <= INLINE_PAYLOAD_MAX:
+                data["payload_ref"] = "data:;base64," + b64encode(payload).decode()
+            else:
+                blob = (blob_digest(payload), payload)
+                data["payload_ref"] = f"blob:sha256:{blob[0]}"
         if data.get("request_id") is None:
             data["request_id"] = new_request_id()
         items.append(data)

@@ -7,7 +7,7 @@
 | `dispatchq:dlq`                  | list   | worker            | DLQ_TTL, renewed per write |
 | `celery-task-meta-<request id>`  | string | Celery's backend  | result_ttl (result_expires) |
 | `dispatchq:workers`              | zset   | worker heartbeat  | WORKER_TTL, renewed/beat   |
-| `dispatchq:batch:<id>`           | hash   | producer, worker  | result_ttl                 |
+| `dispatchq:batch:<id>`           | hash   | producer, worker  | result_ttl, renewed/100 ends |
 | `dispatchq:batches`              | zset   | producer          | none; trimmed to result_ttl |
 | `dispatchq:batch-requests:<id>`  | list   | producer          | result_ttl                 |
 | `dispatchq:batch-errors:<id>`    | list   | worker            | result_ttl                 |

@@ -48,7 +48,8 @@ beside this module (`dispatchq.store.scripts`); the fields, who writes each and 
 A request of a batch moves between its batch's state counters in the same scripts
 (`batch_move`, `lua/_batch.lua`; see `dispatchq.store.batches`).
 
-Every write renews the TTL. done.lua also stores the outcome under the request's result
+The TTL is renewed by every write but the write-ahead (dispatched.lua, a moment after
+the take renewed it). done.lua also stores the outcome under the request's result
 key, in Celery's result format (`store_result` in `lua/_store.lua`, the one place that
 stores and publishes an outcome; `dispatchq.broker.app`'s backend uses it too).
 """

@@ -7,8 +7,15 @@ import pytest
 import redis
 
 from dispatchq.core.request import request_digest
-from dispatchq.payload.resolve import blob_digest
-from dispatchq.producer.enqueue import NEW, SKIPPED, Enqueuer, InvalidRequest, NewRequest
+from dispatchq.payload.resolve import PayloadPolicy, PayloadResolver, blob_digest
+from dispatchq.producer.enqueue import (
+    INLINE_PAYLOAD_MAX,
+    NEW,
+    SKIPPED,
+    Enqueuer,
+    InvalidRequest,
+    NewRequest,
+)
 from dispatchq.store import keys
 
 
@@ -29,18 +36,36 @@ def _body(message: dict[str, object]) -> list[object]:
     return decoded
 
 
+LARGE = b"hello " * 100  # over INLINE_PAYLOAD_MAX: stored as a blob
+
+
+def test_a_small_payload_travels_in_its_message_as_a_data_reference(
+    enqueuer: Enqueuer, redis_client: redis.Redis
+) -> None:
+    small = bytes(range(256)) * 2
+    assert len(small) == INLINE_PAYLOAD_MAX
+    enqueuer.enqueue([NewRequest("video", payload=small, request_id="r-1")])
+    assert redis_client.keys("dispatchq:blob:*") == []
+    [message] = _messages(redis_client)
+    kwargs = _body(message)[1]
+    assert isinstance(kwargs, dict)
+    ref = kwargs["payload_ref"]
+    assert ref.startswith("data:;base64,")
+    assert PayloadResolver(PayloadPolicy(), redis_client).resolve(ref) == small  # as a worker
+
+
 def test_one_request_makes_record_blob_and_message(
     enqueuer: Enqueuer, redis_client: redis.Redis
 ) -> None:
     [(rid, added)] = enqueuer.enqueue(
-        [NewRequest("video", payload=b"hello", meta={"profile": "hd"}, request_id="r-1")]
+        [NewRequest("video", payload=LARGE, meta={"profile": "hd"}, request_id="r-1")]
     )
     assert (rid, added) == ("r-1", NEW)
     record = redis_client.hgetall(keys.request("r-1"))
     assert set(record) == {b"state", b"digest"} and record[b"state"] == b"queued"
     assert 0 < redis_client.ttl(keys.request("r-1")) <= 600
-    digest = blob_digest(b"hello")
-    assert redis_client.get(keys.blob(digest)) == b"hello"
+    digest = blob_digest(LARGE)
+    assert redis_client.get(keys.blob(digest)) == LARGE
     assert 0 < redis_client.ttl(keys.blob(digest)) <= 300
     [message] = _messages(redis_client)
     headers = message["headers"]
@@ -72,7 +97,7 @@ def test_same_request_id_twice_is_enqueued_once(
 def test_many_requests_share_one_blob_and_keep_order(
     enqueuer: Enqueuer, redis_client: redis.Redis
 ) -> None:
-    results = enqueuer.enqueue(NewRequest("video", payload=b"same") for _ in range(1200))
+    results = enqueuer.enqueue(NewRequest("video", payload=LARGE) for _ in range(1200))
     assert len(results) == 1200
     assert len({rid for rid, _ in results}) == 1200
     assert all(added == NEW for _, added in results)

@@ -5,7 +5,8 @@
 -- record: the request record; batch: the batch key or ''; batch_id: its ID or '';
 -- stream, maxlen: the stream and its approximate cap; rid: the request ID, JSON-escaped;
 -- tail: the rest of the request event's JSON object (after its first member);
--- url: the request's notify_url or ''.
+-- url: the request's notify_url or ''; done: the batch's `done` count with this ending
+-- (nil when it did not count there: no batch, or an item that will run again).
 -- The stream is kept to about `maxlen` entries, but never by dropping one that the
 -- notifier's group (`keys.NOTIFIER_GROUP`) has not read and acknowledged: a webhook is
 -- never trimmed away unseen while the notifier is stopped (the stream grows past maxlen
@@ -46,13 +47,12 @@ local function xadd_event(stream, maxlen, body, url)
   trim_events(stream, maxlen)
 end
 
-local function emit_done_events(record, batch, batch_id, stream, maxlen, rid, tail, url)
+local function emit_done_events(record, batch, batch_id, stream, maxlen, rid, tail, url, done)
   local attempt = redis.call('HINCRBY', record, 'ends', 1)
   xadd_event(stream, maxlen, '{"v":1,"type":"request.finished","event_id":"request:' .. rid
     .. ':' .. attempt .. '","attempt":' .. attempt .. ',' .. tail, url)
-  if batch == '' then return end
+  if batch == '' or not done then return end
   local total = tonumber(redis.call('HGET', batch, 'total') or '0')
-  local done = tonumber(redis.call('HGET', batch, 'done') or '0')
   if total == 0 or done < total then return end
   local now = redis.call('TIME')
   if redis.call('HSETNX', batch, 'finished_at', now[1] .. '.' .. string.format('%06d', now[2])) == 0 then

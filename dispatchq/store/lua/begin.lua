@@ -24,13 +24,17 @@ local cancelled = 0
 if ARGV[3] ~= '' and redis.call('HGET', ARGV[5], 'state') == 'cancelled' then cancelled = 1 end
 local child = ids[1]
 if (not child or child == '') and cancelled == 0 then
-  redis.call('HSET', record, 'state', 'dispatching', 'job_id', ARGV[2])
-  if not ids[5] then redis.call('HSET', record, 'started_at', ARGV[4]) end
+  -- one HSET; a field already there (the first take's `started_at`, the digest) rewritten
+  -- with its own value
+  local started, own = ids[5] or ARGV[4], digest or ARGV[6]
   if ARGV[3] ~= '' then
-    redis.call('HSET', record, 'batch_id', ARGV[3])
+    redis.call('HSET', record, 'state', 'dispatching', 'job_id', ARGV[2], 'started_at', started,
+               'digest', own, 'batch_id', ARGV[3])
     batch_move(ARGV[5], ids[4], 'dispatching')
+  else
+    redis.call('HSET', record, 'state', 'dispatching', 'job_id', ARGV[2], 'started_at', started,
+               'digest', own)
   end
-  if not digest then redis.call('HSET', record, 'digest', ARGV[6]) end
   redis.call('EXPIRE', record, ARGV[1])
 end
 local value = false

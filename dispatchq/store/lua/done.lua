@@ -26,8 +26,8 @@
 -- JSON-escaped, event tail, notify_url or '', [retry set, request ID (plain), the batch's
 -- items hash or '', run-time field or ''].
 local record = KEYS[1]
-local found = redis.call('HMGET', record, 'state', 'digest')
-local state = found[1]
+local found = redis.call('HMGET', record, 'state', 'digest', 'dispatched_job_id')
+local state, child = found[1], found[3]
 if ARGV[7] ~= '' and found[2] and found[2] ~= ARGV[7] then return -1 end
 if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[10]) end
 redis.call('EXPIRE', record, ARGV[1])
@@ -35,9 +35,9 @@ if state == 'done' then return 0 end
 redis.call('HSET', record, 'state', 'done', 'exit_code', ARGV[2])
 if KEYS[3] then redis.call('HDEL', record, 'deadline') end
 if KEYS[4] then redis.call('DEL', KEYS[4]) end
+local done_now = nil  -- the batch's `done` count with this ending, when it counts
 if ARGV[3] ~= '' then
   batch_move(ARGV[3], state, 'done')
-  redis.call('EXPIRE', ARGV[3], ARGV[1])
   local again = false
   if ARGV[2] == '2' and ARGV[17] and ARGV[17] ~= '' then
     local b = redis.call('HMGET', ARGV[3], 'max_attempts', 'state')
@@ -53,14 +53,15 @@ if ARGV[3] ~= '' then
     end
   end
   if ARGV[20] and ARGV[20] ~= '' then redis.call('HINCRBY', ARGV[3], ARGV[20], 1) end
-  local child = redis.call('HGET', record, 'dispatched_job_id')
   if not again then
-    redis.call('HINCRBY', ARGV[3], 'done', 1)
+    done_now = redis.call('HINCRBY', ARGV[3], 'done', 1)
     redis.call('HINCRBY', ARGV[3], 'exit:' .. ARGV[2], 1)
     if child and child ~= '' then redis.call('HINCRBY', ARGV[3], 'done_dispatched', 1) end
   elseif child and child ~= '' then
     redis.call('HINCRBY', ARGV[3], 'dispatched', -1)  -- its next attempt counts itself
   end
+  -- the batch's TTL renewed every 100th ending (and by each retry), not by each one
+  if not done_now or done_now % 100 == 1 then redis.call('EXPIRE', ARGV[3], ARGV[1]) end
   if ARGV[4] ~= '' and redis.call('LLEN', ARGV[5]) < tonumber(ARGV[6]) then
     redis.call('RPUSH', ARGV[5], ARGV[4])
     redis.call('EXPIRE', ARGV[5], ARGV[1])
@@ -68,6 +69,7 @@ if ARGV[3] ~= '' then
 end
 if KEYS[2] then store_result(KEYS[2], ARGV[8], ARGV[9]) end
 if ARGV[12] and ARGV[12] ~= '' then
-  emit_done_events(record, ARGV[3], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16])
+  emit_done_events(record, ARGV[3], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16],
+                   done_now)
 end
 return 1

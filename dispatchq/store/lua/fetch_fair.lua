@@ -30,11 +30,12 @@ if not item then
         for i = 10, #ARGV, 2 do
           if ARGV[i] == tenant then weight = tonumber(ARGV[i + 1]) end
         end
-        if redis.call('HINCRBY', k.credit, tenant, 1) >= weight then
-          redis.call('HDEL', k.credit, tenant)
+        -- a tenant of weight 1 (the default) has its turn of one message: no credit kept
+        if weight <= 1 or redis.call('HINCRBY', k.credit, tenant, 1) >= weight then
+          if weight > 1 then redis.call('HDEL', k.credit, tenant) end
           redis.call('RPOPLPUSH', k.tenants, k.tenants)
         end
-        if redis.call('EXISTS', lane) == 0 then lane_unregister(k, batch, tenant) end
+        -- a lane this fetch emptied is unregistered by the next fetch that finds it empty
         break
       end
       lane_unregister(k, batch, tenant)
