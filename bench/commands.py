@@ -84,6 +84,7 @@ class Tally:
     by_command: Counter[str] = field(default_factory=Counter)
     by_step: Counter[str] = field(default_factory=Counter)
     trips_by_step: Counter[str] = field(default_factory=Counter)
+    by_step_command: Counter[tuple[str, str]] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
     """A command of each step not named by a script or key prefix, as it was sent."""
 
@@ -98,6 +99,10 @@ class Tally:
             lines.append(f"{step:<38}{n / requests:>10.2f}{trips:>13.2f}")
         total_trips = sum(self.trips_by_step.values()) / requests
         lines.append(f"{'total':<38}{self.total / requests:>10.2f}{total_trips:>13.2f}")
+        lines.append(f"\n{'step: command':<52}{'per request':>10}")
+        for (step, name), n in self.by_step_command.most_common():
+            if n / requests >= 0.05:
+                lines.append(f"{step + ': ' + name:<52}{n / requests:>10.2f}")
         lines.append(f"\n{'command':<38}{'per request':>10}")
         for name, n in self.by_command.most_common(top):
             lines.append(f"{name:<38}{n / requests:>10.2f}")
@@ -162,12 +167,14 @@ class CommandLog:
                 self.tally.by_command[command] += 1
                 if entry.get("client_type") == "lua":
                     self.tally.by_step[script_step] += 1
+                    self.tally.by_step_command[script_step, command] += 1
                     continue
                 step = step_of(command, args)
                 if command in ("EVALSHA", "EVAL"):
                     script_step = step
                 self.tally.by_step[step] += 1
                 self.tally.trips_by_step[step] += 1
+                self.tally.by_step_command[step, command] += 1
                 if step.startswith("other"):
                     self.tally.examples.setdefault(step, entry["command"])
 

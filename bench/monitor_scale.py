@@ -95,7 +95,7 @@ def wait_dispatched(
     status = None
     while True:
         status = producer.batch_status(batch_id)
-        dispatched = status.dispatched if status else 0
+        dispatched = status.monitoring + status.done if status else 0  # none is refused here
         now = time.monotonic()
         if now - last_print >= 5:
             last_print = now

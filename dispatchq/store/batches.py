@@ -8,7 +8,7 @@ enqueued with, for their retries), `max_attempts` (optional, `--max-attempts`),
 it finished), `webhook` (how that event's webhook went, `dispatchq.store.webhook_status`),
 `rt:<bucket>` (its run-time histogram, `dispatchq.store.runtimes`), and counters the
 workers bump atomically and exactly once per request (see
-`records`): `dispatched`, `done`, `done_dispatched`, `exit:0`, `exit:1`, `exit:2`, the
+`records`): `done`, `exit:0`, `exit:1`, `exit:2`, the
 requests in each state between queued and done (`st:dispatching`, `st:monitoring`,
 `st:scheduled`, `st:running`: moved in the same step as the record's state, `lua/_batch.lua`)
 and `retries` (attempts claimed after the first, `lua/retry.lua`). Counts are of each
@@ -41,9 +41,7 @@ class BatchStatus:
     total: int
     state: str
     created_at: float
-    dispatched: int = 0
     done: int = 0
-    done_dispatched: int = 0
     exit_codes: dict[int, int] = field(default_factory=dict)
     states: dict[str, int] = field(default_factory=dict)
     """Requests per state between queued and done (`st:<state>` counters)."""
@@ -77,9 +75,7 @@ class BatchStatus:
             state=data.get("state", OPEN),
             created_at=float(data.get("created_at", 0)),
             tenant=data.get("tenant", ""),
-            dispatched=int(data.get("dispatched", 0)),
             done=int(data.get("done", 0)),
-            done_dispatched=int(data.get("done_dispatched", 0)),
             exit_codes=codes,
             states={
                 name[len("st:") :]: max(0, int(value))
@@ -99,7 +95,7 @@ class BatchStatus:
     @property
     def monitoring(self) -> int:
         """Dispatched and not done: its evaluation followed, or its child (`until` finished)."""
-        return max(0, self.dispatched - self.done_dispatched)
+        return sum(self.states.get(s, 0) for s in ("monitoring", "scheduled", "running"))
 
     @property
     def dispatching(self) -> int:

@@ -142,8 +142,7 @@ def test_a_request_record_through_its_states(redis_client: redis.Redis) -> None:
     assert record.started_at is not None
     assert redis_client.get(result.key) == b'{"status": "SUCCESS"}'
     counters = redis_client.hgetall(keys.batch("b-1"))
-    assert counters == {b"dispatched": b"1", b"done": b"1", b"exit:0": b"1",
-                        b"done_dispatched": b"1",  # and it went through each state once:
+    assert counters == {b"done": b"1", b"exit:0": b"1",  # and it went through each state once:
                         b"st:dispatching": b"0", b"st:monitoring": b"0"}  # fmt: skip
     published = []
     while message := pubsub.get_message(timeout=0.2):

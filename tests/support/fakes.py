@@ -205,12 +205,8 @@ class FakeRecord:
         return Begun(child, eval_id, cancelled, value, "", float(taken) if taken else None)
 
     def dispatched(self, dispatched_job_id: str, eval_id: str) -> None:
-        first = not self.store.records.get(self.request_id, {}).get("dispatched_job_id")
         self.store._state(self.request_id, RequestState.MONITORING)
         self._fields.update(dispatched_job_id=dispatched_job_id, eval_id=eval_id)
-        if first and self.batch_id:
-            counters = self.store.batches.setdefault(self.batch_id, {})
-            counters["dispatched"] = counters.get("dispatched", 0) + 1
 
     def done(self, ending: Ending) -> bool:
         record = self.store.records.get(self.request_id, {})

@@ -10,15 +10,16 @@
 -- The stream is kept to about `maxlen` entries, but never by dropping one that the
 -- notifier's group (`keys.NOTIFIER_GROUP`) has not read and acknowledged: a webhook is
 -- never trimmed away unseen while the notifier is stopped (the stream grows past maxlen
--- instead, until it catches up). Every TRIM_EVERY entries, the entries beyond maxlen that
+-- instead, until it catches up). Every TRIM_EVERY entries (for a batch's items: every
+-- TRIM_EVERY endings of the batch, and its last), the entries beyond maxlen that
 -- the group is done with (older than its oldest pending entry, or up to the last it read
 -- when none is pending) are trimmed; with no such group, those beyond maxlen.
 local NOTIFIER_GROUP, TRIM_EVERY = 'dispatchq-notifier', 100
 
-local function trim_events(stream, maxlen)
+local function trim_events(stream, maxlen, always)
   local len = redis.call('XLEN', stream)
   local over = len - tonumber(maxlen)
-  if over <= 0 or len % TRIM_EVERY ~= 0 then return end
+  if over <= 0 or (not always and len % TRIM_EVERY ~= 0) then return end
   local upto = '+'
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
     local info = {}
@@ -38,21 +39,32 @@ local function trim_events(stream, maxlen)
   redis.call('XTRIM', stream, 'MINID', string.sub(last, 1, dash) .. string.format('%d', seq))
 end
 
-local function xadd_event(stream, maxlen, body, url)
+-- check: nil to look at the stream's length (trimming at every TRIM_EVERY-th entry),
+-- 'always' to trim now if it is over its cap, false not to look.
+local function xadd_event(stream, maxlen, body, url, check)
   if url and url ~= '' then
     redis.call('XADD', stream, '*', 'event', body, 'notify_url', url)
   else
     redis.call('XADD', stream, '*', 'event', body)
   end
-  trim_events(stream, maxlen)
+  if check ~= false then trim_events(stream, maxlen, check == 'always') end
 end
 
 local function emit_done_events(record, batch, batch_id, stream, maxlen, rid, tail, url, done)
   local attempt = redis.call('HINCRBY', record, 'ends', 1)
+  -- A batch's item looks at the stream's length only at every TRIM_EVERY-th ending of its
+  -- batch and at its last (a command less per item); a request in no batch, every time.
+  local total, check = 0, nil
+  if batch ~= '' then
+    check = false
+    if done then
+      total = tonumber(redis.call('HGET', batch, 'total') or '0')
+      if done % TRIM_EVERY == 0 or done >= total then check = 'always' end
+    end
+  end
   xadd_event(stream, maxlen, '{"v":1,"type":"request.finished","event_id":"request:' .. rid
-    .. ':' .. attempt .. '","attempt":' .. attempt .. ',' .. tail, url)
+    .. ':' .. attempt .. '","attempt":' .. attempt .. ',' .. tail, url, check)
   if batch == '' or not done then return end
-  local total = tonumber(redis.call('HGET', batch, 'total') or '0')
   if total == 0 or done < total then return end
   local now = redis.call('TIME')
   if redis.call('HSETNX', batch, 'finished_at', now[1] .. '.' .. string.format('%06d', now[2])) == 0 then

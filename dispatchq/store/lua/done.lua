@@ -26,8 +26,8 @@
 -- JSON-escaped, event tail, notify_url or '', [retry set, request ID (plain), the batch's
 -- items hash or '', run-time field or ''].
 local record = KEYS[1]
-local found = redis.call('HMGET', record, 'state', 'digest', 'dispatched_job_id')
-local state, child = found[1], found[3]
+local found = redis.call('HMGET', record, 'state', 'digest')
+local state = found[1]
 if ARGV[7] ~= '' and found[2] and found[2] ~= ARGV[7] then return -1 end
 if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[10]) end
 redis.call('EXPIRE', record, ARGV[1])
@@ -56,9 +56,6 @@ if ARGV[3] ~= '' then
   if not again then
     done_now = redis.call('HINCRBY', ARGV[3], 'done', 1)
     redis.call('HINCRBY', ARGV[3], 'exit:' .. ARGV[2], 1)
-    if child and child ~= '' then redis.call('HINCRBY', ARGV[3], 'done_dispatched', 1) end
-  elseif child and child ~= '' then
-    redis.call('HINCRBY', ARGV[3], 'dispatched', -1)  -- its next attempt counts itself
   end
   -- the batch's TTL renewed every 100th ending (and by each retry), not by each one
   if not done_now or done_now % 100 == 1 then redis.call('EXPIRE', ARGV[3], ARGV[1]) end

@@ -12,8 +12,15 @@ local k = lane_args(ARGV, 4)
 local item = redis.call('RPOPLPUSH', KEYS[1], KEYS[2])
 local stored = item
 if not item then
+  -- with no weights given, every tenant's turn is one message: it is rotated as it is read
+  local weighted = #ARGV >= 10
   for _ = 1, 100 do  -- bounded: each turn without a message unregisters an empty lane
-    local tenant = redis.call('LINDEX', k.tenants, -1)
+    local tenant
+    if weighted then
+      tenant = redis.call('LINDEX', k.tenants, -1)
+    else
+      tenant = redis.call('RPOPLPUSH', k.tenants, k.tenants)
+    end
     if not tenant then break end
     local ring = k.tpre .. tenant .. k.tsuf
     local batch = redis.call('RPOPLPUSH', ring, ring)
@@ -30,8 +37,8 @@ if not item then
         for i = 10, #ARGV, 2 do
           if ARGV[i] == tenant then weight = tonumber(ARGV[i + 1]) end
         end
-        -- a tenant of weight 1 (the default) has its turn of one message: no credit kept
-        if weight <= 1 or redis.call('HINCRBY', k.credit, tenant, 1) >= weight then
+        -- a tenant of weight 1 has its turn of one message: no credit kept
+        if weighted and (weight <= 1 or redis.call('HINCRBY', k.credit, tenant, 1) >= weight) then
           if weight > 1 then redis.call('HDEL', k.credit, tenant) end
           redis.call('RPOPLPUSH', k.tenants, k.tenants)
         end

@@ -9,13 +9,12 @@ redis.call('LPUSH', KEYS[2], ARGV[2])
 if #KEYS == 4 then
   local record = KEYS[4]
   redis.call('DEL', KEYS[3])
-  local state, code, batch, child = unpack(redis.call(
-    'HMGET', record, 'state', 'exit_code', 'batch_id', 'dispatched_job_id'))
+  local state, code, batch = unpack(redis.call(
+    'HMGET', record, 'state', 'exit_code', 'batch_id'))
   if state == 'done' and batch and batch ~= '' then
     local counters = ARGV[4] .. batch
     redis.call('HINCRBY', counters, 'done', -1)
     if code then redis.call('HINCRBY', counters, 'exit:' .. code, -1) end
-    if child and child ~= '' then redis.call('HINCRBY', counters, 'done_dispatched', -1) end
   elseif batch and batch ~= '' then
     batch_move(ARGV[4] .. batch, state, 'queued')
   end

@@ -25,7 +25,7 @@ for i = 12, #ARGV, 6 do
   local item, n, latest, next_id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local member = batch_id .. '\31' .. item
   local claimed = 0
-  local f = redis.call('HMGET', p_request .. latest, 'state', 'exit_code', 'dispatched_job_id')
+  local f = redis.call('HMGET', p_request .. latest, 'state', 'exit_code')
   local made = redis.call('HMGET', p_request .. next_id, 'state', 'digest')
   if made[1] or made[2] then
     claimed = 2
@@ -36,10 +36,6 @@ for i = 12, #ARGV, 6 do
       if not was_due then
         redis.call('HINCRBY', batch, 'done', -1)
         redis.call('HINCRBY', batch, 'exit:' .. f[2], -1)
-        if f[3] and f[3] ~= '' then
-          redis.call('HINCRBY', batch, 'done_dispatched', -1)
-          redis.call('HINCRBY', batch, 'dispatched', -1)
-        end
       end
       local attempt = tonumber(n) + 1
       redis.call('HSET', attempts, item, attempt)
