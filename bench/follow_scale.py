@@ -12,8 +12,9 @@ an hour; one `dispatchq tracker` process follows them. Printed:
   USAGE of one record and of one final outcome (the limit: 1.5 KB per child);
 - the tracker's RSS once it has checked every child (the limit: 250 MB);
 - then `--burst` children whose tasks all end within one second: for each, nomadsim's
-  terminal event (the Allocation event with a terminal ClientStatus, received on this
-  process's own event stream) to the outcome stored (its `date_done`), p50 and p99
+  terminal event (the Allocation event with a terminal ClientStatus, on this process's own
+  event stream; timed by the allocation's ModifyTime) to the outcome stored (its
+  `date_done`), p50 and p99
   (the limit: p99 1 s); and the baseline in the same run: as many threads, each running
   Nomad 2.0.1's `-wait` loop (a blocking query on the job's allocations until every one
   is terminal), on the same kind of children: the same latency, and its memory and
@@ -95,7 +96,10 @@ def dispatch_all(
 
 
 class TerminalWatch:
-    """nomadsim's event stream, read here: when each child's alloc turned terminal."""
+    """nomadsim's event stream, read here: when each child's alloc turned terminal, by the
+    allocation's own `ModifyTime` (the server's clock at the change, Unix nanoseconds), not
+    when the event reached this process: under load this process reads its stream late,
+    later than a blocking query returns, which made the baseline's latency negative."""
 
     def __init__(self, client: NomadClient) -> None:
         self.seen: dict[str, float] = {}
@@ -111,7 +115,9 @@ class TerminalWatch:
                 for event in events:
                     alloc = (event.get("Payload") or {}).get("Allocation") or {}
                     if alloc.get("ClientStatus") in TERMINAL:
-                        self.seen.setdefault(str(alloc.get("JobID")), now)
+                        changed = alloc.get("ModifyTime")
+                        at = changed / 1e9 if isinstance(changed, int) and changed > 0 else now
+                        self.seen.setdefault(str(alloc.get("JobID")), at)
         except NomadError:
             return  # nomadsim stopped at the end of the bench
 
