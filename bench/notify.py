@@ -94,7 +94,7 @@ def dispatch_run(
                 cpu0 = _cpu(procs)
                 started = time.perf_counter()
                 pipe = producer.redis.pipeline(transaction=False)
-                producer.batches.create(pipe, batch_id, stack.JOB_ID, None, count)
+                producer.batches.create(pipe, batch_id, stack.JOB_ID, namespace=None, total=count)
                 pipe.execute()
                 producer.enqueuer.enqueue(
                     NewRequest(stack.JOB_ID, payload=item["payload"], meta=item["meta"],

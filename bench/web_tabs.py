@@ -53,7 +53,7 @@ def size_run(log_dir: Path) -> None:
         for total in (10, 100_000):
             batch_id = f"size-{total}"
             pipe = client.pipeline(transaction=False)
-            producer.batches.create(pipe, batch_id, stack.JOB_ID, None, total)
+            producer.batches.create(pipe, batch_id, stack.JOB_ID, namespace=None, total=total)
             pipe.execute()
             client.hset(keys.batch(batch_id), mapping={"done": total // 2, "exit:0": total // 2})
             for n in range(min(total, 100)):
@@ -106,7 +106,7 @@ def tabs_run(count: int, tabs: int, log_dir: Path) -> float:
                     thread.start()
                 started = time.perf_counter()
                 pipe = producer.redis.pipeline(transaction=False)
-                producer.batches.create(pipe, batch_id, stack.JOB_ID, None, count)
+                producer.batches.create(pipe, batch_id, stack.JOB_ID, namespace=None, total=count)
                 pipe.execute()
                 producer.enqueuer.enqueue(
                     NewRequest(stack.JOB_ID, payload=item["payload"], meta=item["meta"],

@@ -1,7 +1,8 @@
 """dispatchq: a durable, distributed dispatcher for HashiCorp Nomad parameterized jobs.
 
 `enqueue`, `result` and `wait` use one process-wide `Producer` built from the environment
-(`DISPATCHQ_*`); build your own `Producer(settings)` for anything else.
+(`DISPATCHQ_*`); build your own `Producer(settings)` for anything else, and an
+`AsyncProducer` (the same API, awaited) in an asyncio service.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from dispatchq.producer.aio import AsyncProducer
     from dispatchq.producer.api import Producer, RequestStatus
 
-__all__ = ["Producer", "enqueue", "result", "wait"]
+__all__ = ["AsyncProducer", "Producer", "enqueue", "result", "wait"]
 
 _default: Producer | None = None
 
@@ -45,4 +47,8 @@ def __getattr__(name: str) -> Any:
         from dispatchq.producer.api import Producer  # noqa: PLC0415
 
         return Producer
+    if name == "AsyncProducer":
+        from dispatchq.producer.aio import AsyncProducer  # noqa: PLC0415
+
+        return AsyncProducer
     raise AttributeError(name)

@@ -2,9 +2,10 @@
 
 `StubProducer` takes the calls a service makes of `dispatchq.producer.api.Producer`
 (`enqueue`, `result`, `wait`) with the same validation, the same errors and the same
-answers (tests/producer/test_contract.py holds both to one contract), and keeps every
-request in memory. Nothing is dispatched: a request stays `queued` until the test says how
-it ends, with `finish`::
+answers (tests/producer/test_contract.py holds them all to one contract), and keeps every
+request in memory; `AsyncStubProducer` does the same for `AsyncProducer`, awaited.
+Nothing is dispatched: a request stays `queued` until the test says how it ends, with
+`finish`::
 
     from dispatchq.testing import StubProducer
 
@@ -19,10 +20,11 @@ it ends, with `finish`::
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from dispatchq.core.outcome import Outcome, OutcomeRecorder
@@ -32,7 +34,7 @@ from dispatchq.producer.api import DONE, UNKNOWN, RequestStatus
 from dispatchq.producer.enqueue import NewRequest, conflict, prepare
 from dispatchq.store.records import RequestState
 
-__all__ = ["StubProducer"]
+__all__ = ["AsyncStubProducer", "StubProducer"]
 
 
 class StubProducer:
@@ -46,6 +48,16 @@ class StubProducer:
         self._outcomes: dict[str, Outcome] = {}
         self._digests: dict[str, str] = {}
         self._changed = threading.Condition()
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each `finish` (`AsyncStubProducer` wakes its waits so)."""
+        with self._changed:
+            self._listeners.append(listener)
+
+    def unlisten(self, listener: Callable[[], None]) -> None:
+        with self._changed:
+            self._listeners.remove(listener)
 
     def __enter__(self) -> StubProducer:
         return self
@@ -138,7 +150,70 @@ class StubProducer:
                 outcome = _outcome(job_id, exit_code, message, child)
             self._outcomes[request_id] = outcome
             self._changed.notify_all()
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
         return outcome
+
+
+class AsyncStubProducer:
+    """`AsyncProducer`'s enqueue, result and wait, in memory: a `StubProducer` (`stub`,
+    whose `finish` ends a request, from any thread) behind coroutines. A wait sleeps until
+    a `finish` wakes it, as the real one until an outcome is published."""
+
+    def __init__(self, stub: StubProducer | None = None) -> None:
+        self.stub = stub or StubProducer()
+
+    @property
+    def requests(self) -> dict[str, DispatchRequest]:
+        return self.stub.requests
+
+    async def __aenter__(self) -> AsyncStubProducer:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Nothing to close: there for `AsyncProducer`'s shape."""
+
+    async def enqueue(self, job_id: str, **fields: Any) -> str:
+        """As `AsyncProducer.enqueue`."""
+        return self.stub.enqueue(job_id, **fields)
+
+    async def result(self, request_id: str) -> RequestStatus:
+        """As `AsyncProducer.result`."""
+        return self.stub.result(request_id)
+
+    async def wait(
+        self, request_ids: Iterable[str], timeout: float | None = None
+    ) -> dict[str, RequestStatus]:
+        """As `AsyncProducer.wait`: until every request is done, or `timeout` seconds."""
+        ids = list(dict.fromkeys(request_ids))
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(changed.set)
+
+        self.stub.listen(wake)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    changed.clear()
+                    statuses = [self.stub.result(rid) for rid in ids]
+                    if all(s.done or not is_request_id(s.request_id) for s in statuses):
+                        break
+                    await changed.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self.stub.unlisten(wake)
+        return {rid: self.stub.result(rid) for rid in ids}
+
+    def finish(self, request_id: str, exit_code: int = 0, **options: Any) -> Outcome:
+        """`StubProducer.finish`."""
+        return self.stub.finish(request_id, exit_code, **options)
 
 
 def _outcome(

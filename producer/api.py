@@ -30,6 +30,7 @@ from dispatchq.core.request import TENANT_PATTERN, TENANT_TEXT, check_notify_url
 from dispatchq.nomad.client import NomadClient
 from dispatchq.nomad.config import NomadConfig
 from dispatchq.producer.batch import (
+    BatchPlan,
     BatchSubmitter,
     as_items,
     new_batch_id,
@@ -85,6 +86,21 @@ class RequestStatus:
         if self.outcome is not None:  # as stored: the outcome format of docs/formats.md
             data["outcome"] = self.outcome.to_stored()
         return data
+
+
+def status_of(
+    request_id: str, raw_meta: bytes | None, raw_record: dict[bytes, bytes]
+) -> RequestStatus:
+    """A request's status from its result key's value and its record's fields (`result`;
+    the asyncio client's too)."""
+    record = RequestRecord.from_hash(request_id, raw_record) if raw_record else None
+    if raw_meta:
+        outcome = outcome_from_meta(json.loads(raw_meta), record.job_id if record else "")
+        if outcome is not None:
+            return RequestStatus(request_id, DONE, record, outcome)
+    if record is None:
+        return RequestStatus(request_id, UNKNOWN)
+    return RequestStatus(request_id, record.state.value, record)
 
 
 class Producer:
@@ -211,7 +227,7 @@ class Producer:
             job, _ = self.nomad.read_job(job_id, namespace=namespace)
             check_items(job, listed)
         batch_id = batch_id or new_batch_id()
-        BatchSubmitter(self.enqueuer, self.batches).submit(
+        plan = BatchPlan.of(
             job_id,
             listed,
             batch_id=batch_id,
@@ -222,6 +238,7 @@ class Producer:
             until=until,
             max_attempts=max_attempts,
         )
+        BatchSubmitter(self.enqueuer, self.batches).submit(plan)
         return batch_id
 
     def retry_batch(self, batch_id: str) -> RetryReport:
@@ -279,14 +296,7 @@ class Producer:
         pipe.get(keys.celery_result(request_id))
         pipe.hgetall(keys.request(request_id))
         raw_meta, raw_record = pipe.execute()
-        record = RequestRecord.from_hash(request_id, raw_record) if raw_record else None
-        if raw_meta:
-            outcome = outcome_from_meta(json.loads(raw_meta), record.job_id if record else "")
-            if outcome is not None:
-                return RequestStatus(request_id, DONE, record, outcome)
-        if record is None:
-            return RequestStatus(request_id, UNKNOWN)
-        return RequestStatus(request_id, record.state.value, record)
+        return status_of(request_id, raw_meta, raw_record)
 
     def wait(
         self,
@@ -350,23 +360,6 @@ class Producer:
                 if outcome is not None:
                     statuses[rid] = RequestStatus(rid, DONE, statuses[rid].record, outcome)
                     done(statuses[rid])
-        except (CeleryTimeout, TimeoutError):
-            for rid in pending:
-                if not statuses[rid].done:
-                    statuses[rid] = self.result(rid)
-        finally:
-            for res in results.results or []:
-                backend.remove_pending_result(res)
-        return statuses
-        backend = self._celery.backend
-        results = ResultSet([AsyncResult(rid, app=self._celery) for rid in pending])
-        try:
-            for rid, meta in backend.iter_native(results, timeout=timeout, no_ack=True):
-                outcome = outcome_from_meta(meta) if isinstance(meta, dict) else None
-                if outcome is not None:
-                    statuses[rid] = RequestStatus(rid, DONE, statuses[rid].record, outcome)
-                    if on_done is not None:
-                        on_done(statuses[rid])
         except (CeleryTimeout, TimeoutError):
             for rid in pending:
                 if not statuses[rid].done:

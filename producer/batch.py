@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from dispatchq.errors import DispatchqError
@@ -66,15 +67,22 @@ def preflight(job: dict[str, Any], items: list[BatchItem]) -> None:
         raise BatchInputError(summarise(problems))
 
 
-class BatchSubmitter:
-    """Creates the batch record and enqueues its items in pipelined chunks."""
+@dataclass(frozen=True)
+class BatchPlan:
+    """What submitting a batch writes, worked out before anything is: its checked items and
+    the batch record's fields. `BatchSubmitter` and its asyncio twin
+    (`dispatchq.producer.aio`) carry it out the same way."""
 
-    def __init__(self, enqueuer: Enqueuer, batches: BatchStore) -> None:
-        self.enqueuer = enqueuer
-        self.batches = batches
+    job_id: str
+    batch_id: str
+    listed: list[Prepared]
+    total: int
+    record: dict[str, Any]
+    """`BatchStore.create`'s keyword arguments."""
 
-    def submit(
-        self,
+    @classmethod
+    def of(
+        cls,
         job_id: str,
         items: list[BatchItem],
         *,
@@ -85,11 +93,9 @@ class BatchSubmitter:
         tenant: str | None = None,
         until: str = "scheduled",
         max_attempts: int | None = None,
-    ) -> dict[int, int]:
-        """Enqueue all items or none; returns how many items were new (1), enqueued again
-        (2) or skipped because they were enqueued before (0: a resumed batch). Raises
-        BatchInputError, before anything is written, naming the lines whose request ID
-        names another request already (3), or a batch ID that only dispatchq may make."""
+    ) -> BatchPlan:
+        """Raises BatchInputError for a batch ID only dispatchq may make, InvalidRequest for
+        an item that can be known bad without Nomad."""
         if keys.is_reserved_id(batch_id):
             raise BatchInputError(
                 f"batch ID {batch_id!r} ends in '~' and digits, which dispatchq keeps for "
@@ -111,32 +117,51 @@ class BatchSubmitter:
             )
             for n, item in enumerate(items, start=1)
         ]
-        listed = prepare(requests)
-        clashes = self.enqueuer.clashes(listed)
-        if clashes:
-            raise BatchInputError(_clash_text(listed, clashes))
-        pipe = self.batches.client.pipeline(transaction=False)
-        self.batches.create(
-            pipe, batch_id, job_id, namespace, len(items), notify_url=notify_url, tenant=tenant,
-            until=until, detach=detach, max_attempts=max_attempts,
-        )  # fmt: skip
-        pipe.execute()
+        record = {"namespace": namespace, "notify_url": notify_url, "tenant": tenant,
+                  "until": until, "detach": detach, "max_attempts": max_attempts}  # fmt: skip
+        return cls(job_id, batch_id, prepare(requests), len(items), record)
+
+    def refuse_clashes(self, positions: list[int]) -> None:
+        """Raise BatchInputError naming the lines whose request ID names another request."""
+        if positions:
+            raise BatchInputError(_clash_text(self.listed, positions))
+
+    def counted(self, flags: list[tuple[str, int]]) -> dict[int, int]:
+        """How many items were new (1), enqueued again (2) or skipped (0); raises
+        DispatchqError when IDs were taken by another request between the check and the
+        write (the chunks with a clash wrote nothing, the others are enqueued)."""
         counts = {0: 0, 1: 0, 2: 0, 3: 0}
-        flags = self.enqueuer.send(listed, ALL)
         for _, flag in flags:
             counts[flag] += 1
         if counts[CONFLICT]:
-            # Taken between the check and the write (by another producer, just then): the
-            # chunks with a clash wrote nothing, the others are enqueued.
             raced = [n for n, (_, flag) in enumerate(flags) if flag == CONFLICT]
-            first = listed[raced[0]]
+            first = self.listed[raced[0]]
             raise DispatchqError(
                 f"{len(raced)} request ID(s) were taken by another request while batch "
-                f"{batch_id} was submitted (first: line {first[2]}, {first[0].request_id!r}); "
-                f"{counts[1] + counts[2]} items were enqueued: cancel the batch, or submit it "
-                "again with other IDs for those items"
+                f"{self.batch_id} was submitted (first: line {first[2]}, "
+                f"{first[0].request_id!r}); {counts[1] + counts[2]} items were enqueued: "
+                "cancel the batch, or submit it again with other IDs for those items"
             )
         return counts
+
+
+class BatchSubmitter:
+    """Creates the batch record and enqueues its items in pipelined chunks."""
+
+    def __init__(self, enqueuer: Enqueuer, batches: BatchStore) -> None:
+        self.enqueuer = enqueuer
+        self.batches = batches
+
+    def submit(self, plan: BatchPlan) -> dict[int, int]:
+        """Enqueue all items or none; returns how many items were new (1), enqueued again
+        (2) or skipped because they were enqueued before (0: a resumed batch). Raises
+        BatchInputError, before anything is written, naming the lines whose request ID
+        names another request already (3)."""
+        plan.refuse_clashes(self.enqueuer.clashes(plan.listed))
+        pipe = self.batches.client.pipeline(transaction=False)
+        self.batches.create(pipe, plan.batch_id, plan.job_id, total=plan.total, **plan.record)
+        pipe.execute()
+        return plan.counted(self.enqueuer.send(plan.listed, ALL))
 
 
 def _clash_text(listed: list[Prepared], positions: list[int]) -> str:

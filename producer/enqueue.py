@@ -12,7 +12,7 @@ from __future__ import annotations
 from base64 import b64encode
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -221,44 +221,13 @@ class Enqueuer:
         conn.read_response()
         confirmed = int(conn.read_response())
         if confirmed < self.min_replicas:
-            raise NotReplicated(
-                f"{count} request(s) are on the Redis primary, but {confirmed} of the "
-                f"{self.min_replicas} replicas required (DISPATCHQ_REDIS_MIN_REPLICAS) "
-                f"confirmed them within {self.replica_timeout:g} s: a failover now could "
-                "lose them. Enqueue them again with the same request IDs (nothing is "
-                "doubled) once the replicas are back"
-            )
+            raise not_replicated(self, count, confirmed)
 
     def _commands(
         self, chunk: list[Prepared], sha: str, mode: str
     ) -> tuple[int, bytes, list[str]]:
-        """The chunk's blob writes and its one script call, packed (`packed`): how many
-        commands, their bytes, the chunk's request IDs."""
-        commands: list[list[bytes]] = []
-        stored: set[str] = set()
-        argv = [b"EVALSHA", sha.encode(), b"1", self.queue.encode(), b"%d" % self.result_ttl,
-                mode.encode()]  # fmt: skip
-        argv += [prefix.encode() for prefix in (*_PREFIXES, *keys.lane_keys(self.queue))]
-        ids: list[str] = []
-        blob_ttl = b"%d" % self.blob_ttl
-        for request, blob, line in chunk:
-            ids.append(request.request_id)
-            if blob is not None and blob[0] not in stored and mode != CHECK:
-                commands.append([b"SET", keys.blob(blob[0]).encode(), blob[1], b"EX", blob_ttl])
-                stored.add(blob[0])
-            message = request.to_message()
-            item = b""
-            if line is not None:
-                item = compact_json(
-                    {"line": line, "payload_ref": request.payload_ref, "meta": request.meta}
-                )
-            argv.append(
-                f"{request.request_id}\x1f{request.batch_id or ''}\x1f{request_digest(message)}"
-                f"\x1f{request.tenant or ''}\x1f".encode()
-                + item
-            )
-            argv.append(celery_message(message, self.queue).encode())
-        commands.append(argv)
+        """The chunk's commands packed (`packed`): how many, their bytes, its request IDs."""
+        commands, ids = chunk_commands(self, chunk, sha, mode)
         return len(commands), b"".join(map(packed, commands)), ids
 
     @staticmethod
@@ -267,3 +236,57 @@ class Enqueuer:
         answers = [conn.read_response() for _ in range(count)]
         flags: list[int] = answers[-1]
         return list(zip(ids, flags, strict=True))
+
+
+class Destination(Protocol):
+    """Where and how long requests are written: an `Enqueuer` or its asyncio twin."""
+
+    queue: str
+    result_ttl: int
+    blob_ttl: int
+    min_replicas: int
+    replica_timeout: float
+
+
+def chunk_commands(
+    to: Destination, chunk: list[Prepared], sha: str, mode: str
+) -> tuple[list[list[bytes]], list[str]]:
+    """A chunk's commands (its blob writes, then its one script call: the script's flags
+    are the last answer) and its request IDs."""
+    commands: list[list[bytes]] = []
+    stored: set[str] = set()
+    argv = [b"EVALSHA", sha.encode(), b"1", to.queue.encode(), b"%d" % to.result_ttl,
+            mode.encode()]  # fmt: skip
+    argv += [prefix.encode() for prefix in (*_PREFIXES, *keys.lane_keys(to.queue))]
+    ids: list[str] = []
+    blob_ttl = b"%d" % to.blob_ttl
+    for request, blob, line in chunk:
+        ids.append(request.request_id)
+        if blob is not None and blob[0] not in stored and mode != CHECK:
+            commands.append([b"SET", keys.blob(blob[0]).encode(), blob[1], b"EX", blob_ttl])
+            stored.add(blob[0])
+        message = request.to_message()
+        item = b""
+        if line is not None:
+            item = compact_json(
+                {"line": line, "payload_ref": request.payload_ref, "meta": request.meta}
+            )
+        argv.append(
+            f"{request.request_id}\x1f{request.batch_id or ''}\x1f{request_digest(message)}"
+            f"\x1f{request.tenant or ''}\x1f".encode()
+            + item
+        )
+        argv.append(celery_message(message, to.queue).encode())
+    commands.append(argv)
+    return commands, ids
+
+
+def not_replicated(to: Destination, count: int, confirmed: int) -> NotReplicated:
+    """The error of a write fewer replicas than `min_replicas` confirmed in time."""
+    return NotReplicated(
+        f"{count} request(s) are on the Redis primary, but {confirmed} of the "
+        f"{to.min_replicas} replicas required (DISPATCHQ_REDIS_MIN_REPLICAS) "
+        f"confirmed them within {to.replica_timeout:g} s: a failover now could "
+        "lose them. Enqueue them again with the same request IDs (nothing is "
+        "doubled) once the replicas are back"
+    )

@@ -175,43 +175,9 @@ class BatchStore:
         self.client = client
         self.ttl = ttl
 
-    def create(
-        self,
-        pipe: Any,
-        batch_id: str,
-        job_id: str,
-        namespace: str | None,
-        total: int,
-        *,
-        notify_url: str | None = None,
-        tenant: str | None = None,
-        until: str = "scheduled",
-        detach: bool = False,
-        max_attempts: int | None = None,
-    ) -> None:
-        """Queue the batch record's creation on `pipe`; a resubmission keeps its counters
-        and raises `total` if the new submission is longer. `notify_url`: where the
-        notifier POSTs the batch's completion event (a resubmission may set another);
-        `max_attempts`: attempts per item when its own run fails (a resubmission may set
-        another)."""
-        key = keys.batch(batch_id)
-        now = time.time()
-        pipe.zadd(keys.BATCHES, {batch_id: now}, nx=True)
-        pipe.zremrangebyscore(keys.BATCHES, "-inf", now - self.ttl)
-        pipe.hsetnx(key, "job_id", job_id)
-        pipe.hsetnx(key, "namespace", namespace or "")
-        pipe.hsetnx(key, "tenant", tenant or "")
-        pipe.hsetnx(key, "state", OPEN)
-        pipe.hsetnx(key, "created_at", now)
-        pipe.hsetnx(key, "total", 0)
-        pipe.hsetnx(key, "until", until)
-        pipe.hsetnx(key, "detach", int(detach))
-        pipe.eval(SCRIPTS["batch_total"], 1, key, total)
-        if notify_url:
-            pipe.hset(key, "notify_url", notify_url)
-        if max_attempts is not None:
-            pipe.hset(key, "max_attempts", max_attempts)
-        pipe.expire(key, self.ttl)
+    def create(self, pipe: Any, batch_id: str, job_id: str, **fields: Any) -> None:
+        """`queue_creation` with this store's TTL."""
+        queue_creation(pipe, self.ttl, batch_id, job_id, **fields)
 
     def recent(self, count: int = 50) -> list[BatchStatus]:
         """The `count` batches created last, newest first: one ZREVRANGE and one HGETALL
@@ -254,3 +220,42 @@ class BatchStore:
         codes and messages), oldest first."""
         entries = self.client.lrange(keys.batch_errors(batch_id), 0, limit - 1)
         return [json.loads(e) for e in entries]
+
+
+def queue_creation(
+    pipe: Any,
+    ttl: int,
+    batch_id: str,
+    job_id: str,
+    *,
+    namespace: str | None,
+    total: int,
+    notify_url: str | None = None,
+    tenant: str | None = None,
+    until: str = "scheduled",
+    detach: bool = False,
+    max_attempts: int | None = None,
+) -> None:
+    """Queue the batch record's creation on `pipe` (a pipeline, redis-py's or its asyncio
+    twin's); a resubmission keeps its counters and raises `total` if the new submission
+    is longer. `notify_url`: where the notifier POSTs the batch's completion event (a
+    resubmission may set another); `max_attempts`: attempts per item when its own run
+    fails (a resubmission may set another)."""
+    key = keys.batch(batch_id)
+    now = time.time()
+    pipe.zadd(keys.BATCHES, {batch_id: now}, nx=True)
+    pipe.zremrangebyscore(keys.BATCHES, "-inf", now - ttl)
+    pipe.hsetnx(key, "job_id", job_id)
+    pipe.hsetnx(key, "namespace", namespace or "")
+    pipe.hsetnx(key, "tenant", tenant or "")
+    pipe.hsetnx(key, "state", OPEN)
+    pipe.hsetnx(key, "created_at", now)
+    pipe.hsetnx(key, "total", 0)
+    pipe.hsetnx(key, "until", until)
+    pipe.hsetnx(key, "detach", int(detach))
+    pipe.eval(SCRIPTS["batch_total"], 1, key, total)
+    if notify_url:
+        pipe.hset(key, "notify_url", notify_url)
+    if max_attempts is not None:
+        pipe.hset(key, "max_attempts", max_attempts)
+    pipe.expire(key, ttl)

@@ -53,7 +53,7 @@ def test_status_and_batch_status_print_no_control_character(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     pipe = redis_client.pipeline()
-    BatchStore(redis_client, 60).create(pipe, "tb", "video", None, 1)
+    BatchStore(redis_client, 60).create(pipe, "tb", "video", namespace=None, total=1)
     pipe.execute()
     redis_client.hset(keys.request("t-1"), "state", "queued")
     _store_failure(redis_client, "t-1", "tb")

@@ -1,8 +1,11 @@
-"""One contract, two producers: the real `Producer` (on a real redis-server, its requests
-ended as a worker ends them) and `dispatchq.testing.StubProducer` answer alike."""
+"""One contract, four producers: the real `Producer` and `AsyncProducer` (on a real
+redis-server, their requests ended as a worker ends them) and `dispatchq.testing`'s
+`StubProducer` and `AsyncStubProducer` answer alike. The asyncio ones are driven through
+`Awaited`, which runs each call on an event loop of its own thread."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,14 +19,43 @@ from dispatchq.config.settings import Settings
 from dispatchq.core.outcome import Outcome
 from dispatchq.devstack.redis_server import RedisServer
 from dispatchq.errors import InvalidRequest
+from dispatchq.producer.aio import AsyncProducer
 from dispatchq.producer.api import Producer
 from dispatchq.store.records import RecordStore
-from dispatchq.testing import StubProducer
+from dispatchq.testing import AsyncStubProducer, StubProducer
+
+
+class Awaited:
+    """An asyncio producer's calls, each run to its end on an event loop in a thread of its
+    own (a test's `threading.Timer` finishes requests meanwhile, from another thread)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.producer = self.call(_made(make))
+
+    def call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.producer, name)
+        return lambda *args, **kwargs: self.call(method(*args, **kwargs))
+
+    def stop(self) -> None:
+        self.call(self.producer.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+async def _made(make: Callable[[], Any]) -> Any:
+    return make()  # in the loop's thread: an asyncio client binds to its loop
 
 
 @dataclass
 class Side:
-    producer: Producer | StubProducer
+    producer: Producer | StubProducer | Awaited
     finish: Callable[[str, Outcome], None]
     """End a request with an outcome, as a worker (or the test, for the stub) does."""
 
@@ -44,6 +76,16 @@ def _real(server: RedisServer, client: redis.Redis) -> Iterator[Side]:
         yield Side(producer, finish)
 
 
+def _real_async(server: RedisServer, client: redis.Redis) -> Iterator[Side]:
+    [real] = list(_real(server, client))  # its finish; its sync producer closed
+    settings = Settings(redis_url=server.url, queue="contract")
+    awaited = Awaited(lambda: AsyncProducer(settings))
+    try:
+        yield Side(awaited, real.finish)
+    finally:
+        awaited.stop()
+
+
 def _stub() -> Iterator[Side]:
     stub = StubProducer()
 
@@ -53,11 +95,27 @@ def _stub() -> Iterator[Side]:
     yield Side(stub, finish)
 
 
-@pytest.fixture(params=["real", "stub"])
+def _stub_async() -> Iterator[Side]:
+    stub = StubProducer()
+    awaited = Awaited(lambda: AsyncStubProducer(stub))
+
+    def finish(rid: str, outcome: Outcome) -> None:
+        stub.finish(rid, outcome=outcome)
+
+    try:
+        yield Side(awaited, finish)
+    finally:
+        awaited.stop()
+
+
+@pytest.fixture(params=["real", "stub", "real-async", "stub-async"])
 def side(
     request: pytest.FixtureRequest, redis_server: RedisServer, redis_client: redis.Redis
 ) -> Iterator[Side]:
-    yield from _real(redis_server, redis_client) if request.param == "real" else _stub()
+    sides = {"real": lambda: _real(redis_server, redis_client), "stub": _stub,
+             "real-async": lambda: _real_async(redis_server, redis_client),
+             "stub-async": _stub_async}  # fmt: skip
+    yield from sides[request.param]()
 
 
 def test_an_enqueued_request_is_queued_and_an_unknown_id_unknown(side: Side) -> None:

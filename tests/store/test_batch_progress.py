@@ -12,7 +12,7 @@ import redis
 
 from dispatchq.core.outcome import Outcome
 from dispatchq.producer.api import check_max_attempts
-from dispatchq.producer.batch import BatchSubmitter, request_id_for, stream_results
+from dispatchq.producer.batch import BatchPlan, BatchSubmitter, request_id_for, stream_results
 from dispatchq.producer.batch_input import BatchItem
 from dispatchq.producer.enqueue import Enqueuer, InvalidRequest
 from dispatchq.store import keys
@@ -34,9 +34,10 @@ def submit(client: redis.Redis, batch_id: str, n: int, max_attempts: int | None 
     enqueuer = Enqueuer(client, queue=QUEUE, result_ttl=TTL, blob_ttl=TTL)
     items = [BatchItem(payload_ref=f"data:,{i}", meta={"i": str(i)}, line=i)
              for i in range(1, n + 1)]  # fmt: skip
-    BatchSubmitter(enqueuer, BatchStore(client, TTL)).submit(
+    plan = BatchPlan.of(
         "enc", items, batch_id=batch_id, until="finished", max_attempts=max_attempts
     )
+    BatchSubmitter(enqueuer, BatchStore(client, TTL)).submit(plan)
 
 
 def status(client: redis.Redis, batch_id: str) -> BatchStatus:
