@@ -12,6 +12,7 @@
     POST   /_sim/nodes/<id or name>/down   the node goes down: its allocs become lost
                                            and are replaced; answers {"evals": [...]}
     POST   /_sim/nodes/<id or name>/up     the node takes allocations again
+    POST   /_sim/allocations/<id>/fail     one running task ends (exit code, signal, OOM)
     POST   /_sim/event-stream/cut  drop every open /v1/event/stream connection mid-body;
                                    answers {"cut": n}
 
@@ -58,6 +59,23 @@ def _scheduler_json(sim: Sim) -> dict[str, Any]:
     out["fail_next_evals"] = sim.scheduler.fail_next
     out["time_scale"] = sim.config.time_scale
     return out
+
+
+async def _fail_allocation(sim: Sim, request: Request, alloc_id: str) -> Response:
+    """End one running task of an allocation with an exit code, a signal, an OOM kill."""
+    body = await _body(request)
+    body = body if isinstance(body, dict) else {}
+    run = sim.scheduler.clients.runs.get(alloc_id)
+    if run is None:
+        return _error(f"no allocation {alloc_id!r} running on a client", 404)
+    exit_code, signal = int(body.get("exit_code", 1)), int(body.get("signal", 0))
+    if not (0 <= exit_code < 256 and 0 <= signal < 65):
+        raise ValueError("exit_code must be 0-255 and signal 0-64")
+    oom = bool(body.get("oom_killed", False))
+    task = run.crash(str(body.get("task", "")), exit_code, signal, oom,
+                     str(body.get("message", "")))  # fmt: skip
+    return _json({"id": alloc_id, "task": task, "exit_code": exit_code, "signal": signal,
+                  "oom_killed": oom})
 
 
 async def handle_admin(sim: Sim, request: Request, path: str) -> Response:
@@ -131,6 +149,8 @@ async def _route(sim: Sim, request: Request, path: str) -> Response:
                 for n in sim.scheduler.nodes
             ]
         )
+    elif name.startswith("allocations/") and name.endswith("/fail") and method == "POST":
+        return await _fail_allocation(sim, request, name[len("allocations/"):-len("/fail")])
     elif name == "event-stream/cut" and method == "POST":
         return _json({"cut": sim.store.broker.cut_all()})
     elif name.startswith("nodes/") and method == "POST":

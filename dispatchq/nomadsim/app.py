@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import unquote
 
-from dispatchq.nomadsim import routes_jobs, routes_reads
+from dispatchq.nomadsim import drain, routes_jobs, routes_reads
 from dispatchq.nomadsim.admin import handle_admin
 from dispatchq.nomadsim.faults import DEFAULT_MESSAGES
 from dispatchq.nomadsim.httpcore import ApiError, Ctx, text_response
@@ -32,6 +32,10 @@ def route_name(path: str) -> str:
         return "job" + suffix.replace("/", "-")
     if path.startswith("/v1/evaluation/"):
         return "evaluation-allocations" if path.endswith("/allocations") else "evaluation"
+    if path.startswith("/v1/allocation/") and path.endswith("/stop"):
+        return "allocation-stop"
+    if path.startswith("/v1/node/"):
+        return "node-drain" if path.endswith("/drain") else "node"
     for prefix, name in (
         ("/v1/jobs", "jobs"),
         ("/v1/evaluations", "evaluations"),
@@ -89,6 +93,8 @@ async def _nomad(ctx: Ctx) -> Reply:
         return await routes_reads.scheduler_configuration(ctx)
     if path == "/v1/nodes":
         return routes_reads.nodes_list(ctx)
+    if path.startswith("/v1/node/"):
+        return await drain.node_route(ctx, path[len("/v1/node/"):])
     return text_response(404, "404 page not found\n")
 
 

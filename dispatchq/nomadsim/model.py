@@ -144,6 +144,11 @@ class Node:
     used_memory_mb: int = 0
     #: `ready` or `down` (POST /_sim/nodes/<id>/down): a down node takes no allocs.
     status: str = "ready"
+    #: SchedulingEligibility: a draining node (drain.py) takes no new allocs.
+    eligible: bool = True
+    #: The DrainStrategy while the node drains (drain.py), else None.
+    drain: JsonObj | None = None
+    modify_index: int = 1
 
 
 @dataclass
@@ -175,6 +180,8 @@ class Alloc:
     next_allocation: str = ""
     #: Allocation.LastEventTime once terminal on its client: the latest task FinishedAt.
     last_event: int = 0
+    #: DesiredTransition.Migrate: an operator stopped it, or its node drains (drain.py).
+    migrate: bool = False
     #: `event_json`'s encoding of the fields no update changes (IDs, resources up to
     #: AllocatedResources, and Metrics), made once and shared by the copies `evolve` makes.
     static_json: tuple[bytes, orjson.Fragment] | None = field(
@@ -228,7 +235,8 @@ class Alloc:
             "DesiredDescription": self.desired_description,
             "ClientStatus": self.client_status,
             "ClientDescription": self.client_description,
-            "DesiredTransition": dict(NO_TRANSITION),
+            "DesiredTransition": {**NO_TRANSITION, "Migrate": True} if self.migrate
+            else dict(NO_TRANSITION),
             "TaskStates": self.task_states,
             "DeploymentStatus": None,
             "FollowupEvalID": self.followup_eval_id,

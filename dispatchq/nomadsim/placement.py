@@ -209,7 +209,7 @@ class Placer:
         best: Node | None = None
         best_score = -1.0
         for node in nodes:
-            if node.status != "ready":
+            if node.status != "ready" or not node.eligible:
                 continue
             metric["NodesEvaluated"] += 1
             failed = self.feasible(node, constraints) if constraints else None

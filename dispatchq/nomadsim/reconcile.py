@@ -3,6 +3,9 @@
 For each allocation at the end of its chain (`NextAllocation == ""`):
 - on a node that is down and not terminal: `lost` (DesiredStatus stop, `alloc is lost
   since its node is down`), and a replacement with `PreviousAllocation`;
+- marked to migrate (DesiredTransition.Migrate: `POST /v1/allocation/<id>/stop`, a node
+  drain) and not terminal: stopped (`alloc is being migrated`), its tasks killed, and a
+  replacement with `PreviousAllocation` (no RescheduleTracker: not a reschedule);
 - `failed` with DesiredStatus run: if its reschedule policy allows another attempt
   (alloc.go nextRescheduleTime), it is replaced now when the time has come (within a
   1 s window) or when this evaluation is its follow-up; otherwise a follow-up
@@ -29,6 +32,7 @@ from dispatchq.nomadsim.policies import (
 )
 
 LOST = "alloc is lost since its node is down"
+MIGRATING = "alloc is being migrated"
 RESCHEDULED = "alloc was rescheduled because it failed"
 FOLLOWUP = "created for delayed rescheduling"
 
@@ -47,6 +51,8 @@ class GroupPlan:
     updates: dict[str, Alloc] = field(default_factory=dict)
     #: Failed allocs to be rescheduled later, with the unix ns of that.
     later: list[tuple[Alloc, int]] = field(default_factory=list)
+    #: Allocs stopped by this plan that a client still runs (migrated: drain.py).
+    stopping: list[str] = field(default_factory=list)
 
 
 def reconcile_group(eval_id: str, prefix: str, group: JsonObj, allocs: list[Alloc], *,
@@ -71,6 +77,13 @@ def reconcile_group(eval_id: str, prefix: str, group: JsonObj, allocs: list[Allo
             continue
         if alloc.client_status == "lost":
             plan.place.append(Placement(alloc.name, alloc))
+            continue
+        if alloc.migrate and not alloc.terminal:
+            moved = evolve(alloc, desired_status="stop", desired_description=MIGRATING,
+                           modify_time=now)
+            plan.updates[alloc.id] = moved
+            plan.stopping.append(alloc.id)
+            plan.place.append(Placement(alloc.name, moved))
             continue
         if alloc.desired_status != "run":
             used.discard(alloc.name)

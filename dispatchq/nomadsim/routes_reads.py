@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dispatchq.nomadsim.drain import alloc_stop, node_json
 from dispatchq.nomadsim.filterexpr import FilterError, Predicate, compile_filter
 from dispatchq.nomadsim.godecode import BOOL, STRING, struct
 from dispatchq.nomadsim.httpcore import ApiError, Ctx, paginate
@@ -111,6 +112,8 @@ async def evaluations_list(ctx: Ctx) -> Response:
 
 
 async def allocation_route(ctx: Ctx, alloc_id: str) -> Response:
+    if alloc_id.endswith("/stop"):
+        return await alloc_stop(ctx, alloc_id[: -len("/stop")])
     if ctx.method != "GET":
         raise ApiError(405, "Invalid method")
     authz = ctx.authz()
@@ -228,24 +231,11 @@ def agent_self(ctx: Ctx) -> Response:
 
 def nodes_list(ctx: Ctx) -> Response:
     ctx.authz()
-    return ctx.respond(
-        [
-            {
-                "ID": n.id,
-                "Name": n.name,
-                "Datacenter": n.datacenter,
-                "NodeClass": "",
-                "NodePool": "default",
-                "Status": n.status,
-                "SchedulingEligibility": "eligible",
-                "Drain": False,
-                "CreateIndex": 1,
-                "ModifyIndex": 1,
-            }
-            for n in ctx.sim.scheduler.nodes
-        ],
-        1,
-    )
+    scheduler = ctx.sim.scheduler
+    listed = [node_json(scheduler, n) for n in scheduler.nodes]
+    for stub in listed:
+        del stub["DrainStrategy"]
+    return ctx.respond(listed, max((n.modify_index for n in scheduler.nodes), default=1))
 
 
 async def scheduler_configuration(ctx: Ctx) -> Response:

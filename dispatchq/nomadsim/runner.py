@@ -267,6 +267,23 @@ class AllocRun:
         if not task.finished_at:
             task.finished_at = now
 
+    def crash(self, task_name: str, exit_code: int, signal: int, oom_killed: bool,
+              message: str) -> str:
+        """A running task ends now, as its driver reports a crash, an OOM kill or a
+        signal (`POST /_sim/allocations/<id>/fail`): `Terminated` with those details, then
+        the restart policy decides, as for any exit. Answers the task's name; ValueError
+        when no task of that name (any, for "") is running."""
+        task = next((t for t in self.tasks if t.state == RUNNING
+                     and task_name in ("", t.name)), None)  # fmt: skip
+        if task is None or self.finished:
+            raise ValueError(f"no running task {task_name!r} in allocation {self.alloc_id}"
+                             if task_name else f"no running task in allocation {self.alloc_id}")
+        self._settle()
+        task.gen += 1  # its own exit, due later, is cancelled
+        task.events.append(te.terminated(now_ns(), exit_code, signal, message, oom_killed))
+        self._decide(task, success=False, start_error=False, recoverable=False)
+        return task.name
+
     # -- killing -----------------------------------------------------------------------
 
     def kill_task(self, task: TaskRun, display: str = "") -> None:

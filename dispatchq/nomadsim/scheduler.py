@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dispatchq.nomadsim.clients import Clients
 from dispatchq.nomadsim.config import SimConfig
@@ -45,6 +45,8 @@ class Plan:
     #: Existing allocs this plan changes (lost, rescheduled, FollowupEvalID).
     updates: list[Alloc]
     followups: list[Eval]
+    #: Allocs this plan stops whose tasks their client still runs (migrations).
+    stopping: list[str] = field(default_factory=list)
 
 
 class Scheduler:
@@ -211,12 +213,14 @@ class Scheduler:
         queued: dict[str, int] = {}
         updates: dict[str, Alloc] = {}
         later: list[tuple[Alloc, int]] = []
+        stopping: list[str] = []
         for group in job["TaskGroups"]:
             name = group["Name"]
             plan = reconcile_group(ev.id, f"{job['ID']}.{name}", group, existing,
                                    down=self.down, now=now, scale=self.config.time_scale)
             updates.update(plan.updates)
             later.extend(plan.later)
+            stopping.extend(plan.stopping)
             queued[name] = 0
             want = len(plan.place)
             for slot, place in enumerate(plan.place):
@@ -250,7 +254,8 @@ class Scheduler:
                                            followup_eval_id=follow.id, modify_time=now)
         in_batch.extend(placed)
         batch_updates.update(updates)
-        return Plan(ev, key, placed, failed, queued, list(updates.values()), followups)
+        return Plan(ev, key, placed, failed, queued, list(updates.values()), followups,
+                    stopping)
 
     def _apply(self, plans: list[Plan]) -> None:
         """Write the plans' allocs (`PlanResult` events) and the evals' outcomes
@@ -264,6 +269,9 @@ class Scheduler:
             for plan in plans:
                 for alloc in plan.updates:
                     w.put_alloc(alloc)
+                for alloc_id in plan.stopping:
+                    self.clients.release(alloc_id)
+                    self.clients.stop(alloc_id)
                 for alloc in plan.placed:
                     w.put_alloc(alloc)
                     self.clients.place(alloc.id)

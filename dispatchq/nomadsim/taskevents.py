@@ -125,8 +125,11 @@ def setup(time_ns: int) -> JsonObj:
     return {**_SETUP, "Time": time_ns}
 
 
-def terminated(time_ns: int, exit_code: int, signal: int, message: str) -> JsonObj:
-    details = {"exit_code": str(exit_code), "signal": str(signal), "oom_killed": "false"}
+def terminated(
+    time_ns: int, exit_code: int, signal: int, message: str, oom_killed: bool = False
+) -> JsonObj:
+    details = {"exit_code": str(exit_code), "signal": str(signal),
+               "oom_killed": "true" if oom_killed else "false"}  # fmt: skip
     if message:
         details["exit_message"] = message
     return task_event(TERMINATED, time_ns, ExitCode=exit_code, Signal=signal, Message=message,

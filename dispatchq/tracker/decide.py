@@ -122,10 +122,15 @@ def _ended(job: dict[str, Any], allocs: list[dict[str, Any]], child: dict[str, A
 
 
 def _chain(alloc: dict[str, Any]) -> tuple[str, str]:
-    """How one chain ended: (finished | failed | lost | stopped, why)."""
-    name = f"allocation {str(alloc.get('ID', ''))[:8]}"
+    """How one chain ended: (finished | failed | lost | stopped, why), in Nomad's words:
+    its task events, and the allocation's desired description (why the server stopped
+    it: `alloc is lost since its node is down`, `alloc is being migrated`) before its
+    client description (what its client last said, which may be stale)."""
+    group = alloc.get("TaskGroup")
+    name = f"allocation {str(alloc.get('ID', ''))[:8]}" + (f' (group "{group}")' if group else "")
     status = alloc.get("ClientStatus")
     description = str(alloc.get("ClientDescription") or "")
+    desired = str(alloc.get("DesiredDescription") or "")
     states = alloc.get("TaskStates") or {}
     failed_tasks = [t for t, s in states.items() if (s or {}).get("Failed")]
     if status == "failed" or failed_tasks:
@@ -136,8 +141,8 @@ def _chain(alloc: dict[str, Any]) -> tuple[str, str]:
     if status == "complete" and alloc.get("DesiredStatus") not in STOP_DESIRED:
         return FINISHED, ""
     if status == "lost":
-        return LOST, f"{name} was lost without a replacement ({description or 'node down'})"
-    return STOPPED, f"{name} was stopped ({alloc.get('DesiredDescription') or description})"
+        return LOST, f"{name} was lost without a replacement ({desired or 'node down'})"
+    return STOPPED, f"{name} was stopped ({desired or description or 'by its job'})"
 
 
 def _task_why(task: str, state: dict[str, Any]) -> str:
@@ -196,7 +201,8 @@ def child_end(
     job: dict[str, Any], allocs: list[dict[str, Any]], *, every: bool = False
 ) -> dict[str, Any]:
     """The outcome's `child`: the job's status and, for the last allocation of each chain,
-    its ID, group, client status and description, reschedules, and per task its state,
+    its ID, group, client status and description, desired description (why the server
+    stopped it), reschedules, and per task its state,
     Failed, restarts, exit code, signal, exit message and start/finish times (Unix).
     Empty values are left out (compact: this is stored with every outcome). With `every`,
     every allocation, oldest first: a progress view (`progress.changes`), in which an
@@ -211,6 +217,7 @@ def child_end(
             "task_group": alloc.get("TaskGroup", ""),
             "client_status": alloc.get("ClientStatus", ""),
             "client_description": alloc.get("ClientDescription") or "",
+            "desired_description": alloc.get("DesiredDescription") or "",
             "reschedules": len(tracker.get("Events") or []),
             "tasks": {
                 name: _task(state or {}) for name, state in (alloc.get("TaskStates") or {}).items()

@@ -3,7 +3,8 @@ views of a child (`decide.child_end` plus its `stage`), and the final line. Pure
 
 A view holds the last allocation of each reschedule chain; a change worth a line is an
 allocation placed (a first one, a reschedule, or a replacement of a lost one), running,
-lost or failed, a task started, restarting, or exited (with its code)."""
+lost or failed, stopped by the server (an operator's stop, a drain: its desired
+description), a task started, restarting, or exited (with its code)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,14 @@ def changes(
             else:
                 lines.append(f'{name} placed in group "{alloc.get("task_group", "")}"')
         status = alloc.get("client_status", "")
+        desired = alloc.get("desired_description", "")
         if status != (old or {}).get("client_status") and status in ("running", "lost", "failed"):
-            why = alloc.get("client_description", "")
+            # why, in Nomad's words: the server's reason (a lost node) before the client's
+            why = (desired if status == "lost" else "") or alloc.get("client_description", "")
             lines.append(f"{name} {status}" + (f": {why}" if why and status != "running" else ""))
+        elif (desired and desired != (old or {}).get("desired_description")
+              and status not in ("lost", "failed")):  # fmt: skip
+            lines.append(f"{name} stopped: {desired}")  # by an operator, a drain, its job
         old_tasks = (old or {}).get("tasks", {})
         for task, state in alloc.get("tasks", {}).items():
             lines += _task_lines(task, old_tasks.get(task), state)

@@ -309,3 +309,87 @@ def test_gc_collects_a_dead_rescheduled_child() -> None:
             assert again["DispatchedJobID"] != child
         finally:
             api.close()
+
+
+def _running(api: Api, child: str, count: int = 1) -> Any:
+    """The child's newest allocation once `count` are in its chain and it runs."""
+    def newest() -> Any:
+        allocs = chain(api, child)
+        if len(allocs) == count and allocs[-1]["ClientStatus"] == "running":
+            return allocs[-1]
+        return None
+
+    return api.wait_for(newest, f"allocation {count} running")
+
+
+def test_an_allocation_failed_on_purpose_restarts_then_runs_its_config(api: Api) -> None:
+    """`POST /_sim/allocations/<id>/fail`: the task ends as a driver reports an OOM kill
+    (exit 137, signal 9), then the restart policy runs as for any exit."""
+    job_id = unique("oom")
+    api.register(mock_job(job_id, {"t": {"run_for": "1h"}},
+                          restart={"Attempts": 1, "Delay": 10 * SECOND, "Mode": "fail"}))
+    child = api.dispatch(job_id)["DispatchedJobID"]
+    alloc = _running(api, child)
+    answer = api.ok("POST", f"/_sim/allocations/{alloc['ID']}/fail",
+                    json={"exit_code": 137, "signal": 9, "oom_killed": True})
+    assert answer["task"] == "t"
+    again = api.wait_for(lambda: (a := api.ok("GET", f"/v1/allocation/{alloc['ID']}"))
+                         ["TaskStates"]["t"]["Restarts"] == 1 and a, "a restart")
+    events = again["TaskStates"]["t"]["Events"]
+    terminated = next(e for e in events if e["Type"] == "Terminated")
+    assert terminated["Details"]["oom_killed"] == "true"
+    assert terminated["DisplayMessage"] == "Exit Code: 137, Signal: 9"
+    assert "Restarting" in types(again["TaskStates"]["t"])
+    missing = api.request("POST", "/_sim/allocations/nope/fail", json={})
+    assert missing.status_code == 404
+    api.ok("DELETE", child_path(child))
+
+
+def test_an_allocation_stopped_by_an_operator_is_replaced(api: Api) -> None:
+    """nomad/alloc_endpoint.go Stop: DesiredTransition.Migrate and an `alloc-stop` eval;
+    the reconciler stops it (`alloc is being migrated`) and places a replacement."""
+    job_id = unique("astop")
+    api.register(mock_job(job_id, {"t": {"run_for": "1h"}}, restart={"Attempts": 0}))
+    child = api.dispatch(job_id)["DispatchedJobID"]
+    first = _running(api, child)
+    answer = api.ok("POST", f"/v1/allocation/{first['ID']}/stop")
+    assert api.eval(answer["EvalID"])["TriggeredBy"] == "alloc-stop" and answer["Index"] > 0
+    new = _running(api, child, 2)
+    old = api.ok("GET", f"/v1/allocation/{first['ID']}")
+    assert (old["DesiredStatus"], old["DesiredDescription"]) == ("stop", "alloc is being migrated")
+    assert old["DesiredTransition"]["Migrate"] is True and old["NextAllocation"] == new["ID"]
+    assert new["PreviousAllocation"] == old["ID"] and new["RescheduleTracker"] is None
+    api.wait_for(lambda: api.ok("GET", f"/v1/allocation/{first['ID']}")["ClientStatus"]
+                 == "complete", "the old one killed")  # fmt: skip
+    assert api.request("POST", "/v1/allocation/nope/stop").status_code == 404
+    api.ok("DELETE", child_path(child))
+
+
+def test_a_drained_nodes_batch_allocation_is_moved_at_the_deadline(api: Api) -> None:
+    """nomad/drainer: the node is ineligible at once; a batch allocation runs on until the
+    deadline, then is migrated (`node-drain`) to another node."""
+    job_id = unique("drain")
+    api.register(mock_job(job_id, {"t": {"run_for": "1h"}}, restart={"Attempts": 0}))
+    child = api.dispatch(job_id)["DispatchedJobID"]
+    first = _running(api, child)
+    node = first["NodeID"]
+    answer = api.ok("POST", f"/v1/node/{node}/drain",
+                    json={"DrainSpec": {"Deadline": 500_000_000}, "Meta": {"why": "kernel"}})
+    assert answer["EvalIDs"] == [] and answer["NodeModifyIndex"] > 0  # batch: not yet
+    shown = api.ok("GET", f"/v1/node/{node}")
+    assert (shown["SchedulingEligibility"], shown["Drain"]) == ("ineligible", True)
+    assert api.ok("GET", f"/v1/allocation/{first['ID']}")["DesiredStatus"] == "run"
+    try:
+        new = _running(api, child, 2)
+        old = api.ok("GET", f"/v1/allocation/{first['ID']}")
+        assert old["DesiredDescription"] == "alloc is being migrated"
+        assert new["NodeID"] != node and new["PreviousAllocation"] == old["ID"]
+        evals = api.ok("GET", f"{child_path(child)}/evaluations")
+        assert "node-drain" in {e["TriggeredBy"] for e in evals}
+        assert api.ok("GET", f"/v1/node/{node}")["Drain"] is False  # done: nothing left
+    finally:
+        api.ok("POST", f"/v1/node/{node}/drain",
+               json={"DrainSpec": None, "MarkEligible": True})
+        api.ok("DELETE", child_path(child))
+    assert api.ok("GET", f"/v1/node/{node}")["SchedulingEligibility"] == "eligible"
+    assert api.request("GET", "/v1/node/nope").status_code == 404

@@ -24,10 +24,11 @@ def _task(state: str = "dead", *, failed: bool = False, code: int | None = 0,
 
 def _alloc(aid: str, client: str = "complete", *, desired: str = "run", index: int = 1,
            prev: str = "", nxt: str = "", description: str = "", reschedules: int = 0,
-           tasks: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+           tasks: dict[str, Any] | None = None, why: str = "") -> dict[str, Any]:  # fmt: skip
     return {
         "ID": aid, "TaskGroup": "encode", "ClientStatus": client, "DesiredStatus": desired,
-        "ClientDescription": description, "CreateIndex": index, "PreviousAllocation": prev,
+        "ClientDescription": description, "DesiredDescription": why, "CreateIndex": index,
+        "PreviousAllocation": prev,
         "NextAllocation": nxt, "FollowupEvalID": "",
         "RescheduleTracker": {"Events": [{}] * reschedules} if reschedules else None,
         "TaskStates": tasks if tasks is not None else {"ffmpeg": _task()},
@@ -102,10 +103,31 @@ def test_max_run_duration_is_exit_2_though_the_alloc_is_complete() -> None:
     assert (verdict.status, verdict.exit_code) == ("failed", 2)
 
 
-def test_lost_without_a_replacement_is_exit_1() -> None:
-    alloc = _alloc("a1", "lost", desired="stop", description="alloc is lost")
+def test_lost_without_a_replacement_is_exit_1_in_nomads_words() -> None:
+    """The server's reason (DesiredDescription), not the client's last word, which a lost
+    node's allocation keeps from before: `Tasks are running`."""
+    alloc = _alloc("a1", "lost", desired="stop", description="Tasks are running",
+                   why="alloc is lost since its node is down")  # fmt: skip
     verdict = decide(_job(), [alloc])
     assert (verdict.status, verdict.exit_code, verdict.error_kind) == ("error", 1, "lost")
+    assert verdict.message == (
+        'allocation a1 (group "encode") was lost without a replacement '
+        "(alloc is lost since its node is down)")  # fmt: skip
+
+
+def test_the_progress_view_says_why_the_server_stopped_or_lost_an_allocation() -> None:
+    running = _alloc("a1", "running", description="Tasks are running",
+                     tasks={"ffmpeg": _task("running", code=None)})  # fmt: skip
+    moving = _alloc("a1", "running", desired="stop", description="Tasks are running",
+                    why="alloc is being migrated", tasks={"ffmpeg": _task("running", code=None)})
+    lost = _alloc("a1", "lost", desired="stop", description="Tasks are running",
+                  why="alloc is lost since its node is down",
+                  tasks={"ffmpeg": _task("running", code=None)})  # fmt: skip
+    before = child_end(_job("running"), [running], every=True)
+    assert changes(before, child_end(_job("running"), [moving], every=True)) == [
+        'Allocation "a1" stopped: alloc is being migrated']
+    assert changes(before, child_end(_job("running"), [lost], every=True)) == [
+        'Allocation "a1" lost: alloc is lost since its node is down']
 
 
 def test_lost_then_replaced_and_completed_is_exit_0() -> None:

@@ -43,6 +43,7 @@ def sim() -> Iterator[NomadSimProcess]:
         register(process.address, mock_encode_job("enc"))
         register(process.address, mock_encode_job("enc-mrd", MaxRunDuration=50 * SECOND))
         register(process.address, parameterized_job("huge", memory_mb=10_000_000))
+        register(process.address, _two_groups("enc-2g"))
         yield process
 
 
@@ -50,6 +51,26 @@ def sim() -> Iterator[NomadSimProcess]:
 def running(stack: Stack) -> Iterator[Stack]:
     with stack.worker("fw1"):
         yield stack
+
+
+def _two_groups(job_id: str) -> dict[str, Any]:
+    """A mock_driver child of two groups: `video` (tasks `ffmpeg` and `thumbs`) and
+    `audio` (task `sox`); the meta `fail` is the exit code of `thumbs`."""
+    job = mock_encode_job(job_id)
+    job["ParameterizedJob"]["MetaOptional"] = ["fail"]
+    job["Meta"] = {"fail": "0"}
+    video = job["TaskGroups"][0]
+    video["Name"] = "video"
+    ffmpeg = video["Tasks"][0]
+    ffmpeg["Config"] = {"run_for": "30s", "exit_code": "0"}
+    video["Tasks"] = [ffmpeg, {**ffmpeg, "Name": "thumbs",
+                               "Config": {"run_for": "10s", "exit_code": "${NOMAD_META_fail}"}}]
+    video["RestartPolicy"] = {"Attempts": 0, "Mode": "fail"}
+    video["ReschedulePolicy"] = {"Attempts": 0}
+    audio = {**video, "Name": "audio",
+             "Tasks": [{**ffmpeg, "Name": "sox", "Config": {"run_for": "5s", "exit_code": "0"}}]}
+    job["TaskGroups"] = [video, audio]
+    return job
 
 
 def _tracker(stack: Stack, name: str = "tracker") -> TrackerProcess:
@@ -132,6 +153,61 @@ def test_mixed_endings_each_with_its_exit_code_and_fields(
     for rid in ids.values():
         assert redis_client.hget(keys.request(rid), "state") == b"done"
         assert redis_client.zscore(keys.FOLLOW, rid) is None
+
+
+def test_endings_an_operator_or_the_cluster_causes(
+    running: Stack, redis_client: redis.Redis
+) -> None:
+    """A task OOM-killed (nomadsim's `/_sim/allocations/<id>/fail`), restarted by its
+    policy, then completing; an allocation stopped by an operator (`POST
+    /v1/allocation/<id>/stop`) and one on a drained node (`/v1/node/<id>/drain`, a
+    deadline): both replaced, and the request ends with the replacement's ending; one
+    task of one group of a two-group child failing, named with its group."""
+    sim = running.sim.address
+    with _tracker(running, "tracker-ops"), running.producer() as producer:
+        ids = {name: producer.enqueue(job, meta=meta, until="finished", request_id=f"ops-{name}")
+               for name, job, meta in (("oom", "enc", {"run_for": "2000s"}),  # 2 s here
+                                       ("stopped", "enc", {"run_for": "2000s"}),
+                                       ("group", "enc-2g", {"fail": "4"}))}  # fmt: skip
+        oom = _child_running(redis_client, sim, ids["oom"])
+        requests.post(f"{sim}/_sim/allocations/{oom['ID']}/fail", timeout=5,
+                      json={"exit_code": 137, "signal": 9, "oom_killed": True}
+                      ).raise_for_status()  # fmt: skip
+        stopped = _child_running(redis_client, sim, ids["stopped"])
+        requests.post(f"{sim}/v1/allocation/{stopped['ID']}/stop", timeout=5).raise_for_status()
+        outcomes = _wait_all(producer, list(ids.values()))
+        # then alone (a drain moves everything on its node): a drained node's child
+        ids["drained"] = producer.enqueue("enc", meta={"run_for": "2000s"}, until="finished",
+                                          request_id="ops-drained")  # fmt: skip
+        drained = _child_running(redis_client, sim, ids["drained"])
+        node = drained["NodeID"]
+        requests.post(f"{sim}/v1/node/{node}/drain", timeout=5,
+                      json={"DrainSpec": {"Deadline": 300_000_000}}).raise_for_status()
+        try:
+            outcomes.update(_wait_all(producer, [ids["drained"]]))
+        finally:
+            requests.post(f"{sim}/v1/node/{node}/drain", timeout=5,
+                          json={"DrainSpec": None, "MarkEligible": True}).raise_for_status()
+    by = {name: outcomes[rid] for name, rid in ids.items()}
+
+    restarted = by["oom"]  # the same allocation, its task restarted after exit 137
+    assert (restarted.status, restarted.exit_code) == ("finished", 0)
+    [alloc] = restarted.child["allocations"]
+    assert alloc["id"] == oom["ID"] and _task(restarted)["restarts"] == 1, restarted.child
+
+    for name, first in (("stopped", stopped), ("drained", drained)):
+        moved = by[name]  # the replacement's ending is the request's
+        assert (moved.status, moved.exit_code) == ("finished", 0), name
+        [alloc] = moved.child["allocations"]
+        assert alloc["id"] != first["ID"] and alloc["client_status"] == "complete", name
+    [alloc] = by["drained"].child["allocations"]
+    assert alloc["task_group"] == "encode"
+
+    group = by["group"]
+    assert (group.status, group.exit_code) == ("failed", 2)
+    assert 'group "video"' in group.error_message and "task thumbs exited with code 4" in (
+        group.error_message)  # fmt: skip
+    assert 'group "audio"' not in group.error_message
 
 
 def test_a_child_collected_before_its_end_was_seen_is_exit_1(
