@@ -10,6 +10,8 @@ its budget. Never part of the test run (timings never go in tests).
   of ours under MONITOR for the round trips per request (`bench.commands`);
 - enqueue (figure 1, `bench.enqueue`): `dispatch_batch` against a raw pipelined LPUSH of
   the same messages, 5,000 requests, 5 runs;
+- `until` finished against `until` scheduled (`bench.until_cost`): 500 children each, one
+  run of each: CPU (workers, and the tracker) and Redis commands per request;
 - following children (`bench.follow_scale`, unless `--skip-follow`): one tracker with
   2,000 children, 200 ending within a second: p99 terminal event to outcome, RSS, Redis
   bytes per child.
@@ -26,7 +28,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench import e2e, enqueue, follow_scale, stack
+from bench import e2e, enqueue, follow_scale, stack, until_cost
 from bench.commands import CommandLog
 from dispatchq.devstack.redis_server import RedisServer
 
@@ -91,6 +93,14 @@ def main() -> int:
     rates = {name: median for name, median, _ in enqueue.measure(5000, 5)}
     row("enqueue / raw pipelined LPUSH", rates["dispatch_batch"] / rates["raw LPUSH pipeline"],
         BUDGET_ENQUEUE, "x", at_most=False)  # fmt: skip
+
+    with tempfile.TemporaryDirectory(prefix="bench-budget-until-") as logs:
+        scheduled = until_cost.one_run("scheduled", 500, 2, Path(logs))
+        finished = until_cost.one_run("finished", 500, 2, Path(logs))
+    row("until finished / scheduled: CPU per request", finished[0] / scheduled[0], 1.3, "x",
+        at_most=True)  # fmt: skip
+    row("until finished / scheduled: Redis commands", finished[1] / scheduled[1], 1.3, "x",
+        at_most=True)  # fmt: skip
 
     if not args.skip_follow:
         with tempfile.TemporaryDirectory(prefix="bench-budget-follow-") as logs:
