@@ -44,6 +44,9 @@ def sim() -> Iterator[NomadSimProcess]:
         register(process.address, mock_encode_job("enc-mrd", MaxRunDuration=50 * SECOND))
         register(process.address, parameterized_job("huge", memory_mb=10_000_000))
         register(process.address, _two_groups("enc-2g"))
+        big = mock_encode_job("enc-big")  # three quarters of a node: one per node at a time
+        big["TaskGroups"][0]["Tasks"][0]["Resources"]["CPU"] = 150_000
+        register(process.address, big)
         yield process
 
 
@@ -208,6 +211,40 @@ def test_endings_an_operator_or_the_cluster_causes(
     assert 'group "video"' in group.error_message and "task thumbs exited with code 4" in (
         group.error_message)  # fmt: skip
     assert 'group "audio"' not in group.error_message
+
+
+def test_blocked_for_an_hour_then_placed_and_children_stopped_or_purged_by_someone(
+    running: Stack, redis_client: redis.Redis
+) -> None:
+    """Two children hold both nodes for an hour of the job's time (3.6 s here); a third
+    waits for capacity (a blocked evaluation), is placed when one ends, and succeeds. A
+    child stopped by someone (`nomad job stop`) ends exit 1 `stopped`; one purged while
+    followed, exit 1 `collected`."""
+    sim = running.sim.address
+    with _tracker(running, "tracker-blocked"), running.producer() as producer:
+        hogs = [producer.enqueue("enc-big", meta={"run_for": "3600s"}, until="finished",
+                                 request_id=f"hog-{n}") for n in range(2)]  # fmt: skip
+        for rid in hogs:
+            _child_running(redis_client, sim, rid)
+        waiting = producer.enqueue("enc-big", meta={"run_for": "100s"}, until="finished",
+                                   request_id="blocked-1")  # fmt: skip
+        ended = {}
+        for name, purge in (("stopped", "false"), ("purged", "true")):
+            rid = producer.enqueue("enc", meta={"run_for": "3600s"}, until="finished",
+                                   request_id=f"by-someone-{name}")  # fmt: skip
+            child = _child_running(redis_client, sim, rid)["JobID"]
+            requests.delete(f"{sim}/v1/job/{child}?purge={purge}", timeout=5).raise_for_status()
+            ended[name] = rid
+        assert producer.result(waiting).state == "scheduled"  # waiting for capacity
+        outcomes = _wait_all(producer, [*hogs, waiting, *ended.values()], timeout=120)
+    placed = outcomes[waiting]
+    assert (placed.status, placed.exit_code) == ("finished", 0)
+    assert placed.blocked_eval_id  # it waited on a blocked evaluation, then was placed
+    stopped, purged = outcomes[ended["stopped"]], outcomes[ended["purged"]]
+    assert (stopped.exit_code, stopped.error_kind) == (1, "stopped")
+    assert stopped.error_message == "the child job was stopped before it ended"
+    assert (purged.exit_code, purged.error_kind) == (1, "collected")
+    assert all(outcomes[rid].exit_code == 0 for rid in hogs)
 
 
 def test_a_child_collected_before_its_end_was_seen_is_exit_1(
