@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import requests
 
 from dispatchq.devstack.nomadsim_process import NomadSimProcess
 from tests.nomadsim.conftest import parameterized, unique
+from tests.nomadsim.test_tasks import mock_job
 
 
 @pytest.fixture
@@ -49,3 +51,36 @@ def test_validation_errors_surface_as_exceptions(client: Any) -> None:
         client.job.dispatch_job(job_id)
     assert caught.value.nomad_resp.text == (
         "Payload is not provided but required by parameterized job")
+
+
+def test_its_alloc_stop_and_node_drain_calls_move_a_running_child(client: Any) -> None:
+    """python-nomad's own calls for `nomad alloc stop` and `nomad node drain` (answers as
+    Nomad's, the allocation replaced), then the drain cancelled and the node eligible."""
+    job_id = unique("pynomad-move")
+    job = mock_job(job_id, {"t": {"run_for": "1h"}}, restart={"Attempts": 0})
+    client.job.register_job(job_id, {"Job": job})
+    child = client.job.dispatch_job(job_id)["DispatchedJobID"]
+
+    def running(count: int) -> Any:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            allocs = sorted(client.job.get_allocations(child), key=lambda a: a["CreateIndex"])
+            if len(allocs) == count and allocs[-1]["ClientStatus"] == "running":
+                return allocs[-1]
+            time.sleep(0.05)
+        raise AssertionError(f"allocation {count} never ran")
+
+    first = running(1)
+    stopped = client.allocation.stop_allocation(first["ID"])
+    assert set(stopped) == {"EvalID", "Index"}
+    second = running(2)
+    assert client.allocation.get_allocation(second["ID"])["PreviousAllocation"] == first["ID"]
+    node = second["NodeID"]
+    drained = client.node.drain_node_with_spec(node, {"Deadline": -1})  # -force
+    assert set(drained) >= {"NodeModifyIndex", "EvalIDs", "EvalCreateIndex", "Index"}
+    third = running(3)
+    assert third["NodeID"] != node
+    assert client.node.get_node(node)["SchedulingEligibility"] == "ineligible"
+    client.node.drain_node_with_spec(node, None, mark_eligible=True)
+    assert client.node.get_node(node)["SchedulingEligibility"] == "eligible"
+    client.job.deregister_job(child)
