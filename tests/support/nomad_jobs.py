@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import redis
 import requests
+
+from dispatchq.store import keys
 
 
 def parameterized_job(
@@ -103,3 +107,32 @@ def mock_encode_job(job_id: str, **group: Any) -> dict[str, Any]:
     })  # fmt: skip
     job["TaskGroups"][0].update(group)
     return job
+
+
+FAIL_FIRST = {"nomadsim_fail_attempts": "1", "nomadsim_fail_exit_code": "7"}
+"""nomadsim-only meta (dispatchq/nomadsim/README.md): the chain's first allocation fails with exit
+code 7 (after its 3 restarts), the replacement runs the child's config."""
+
+
+def record_in(client: redis.Redis, rid: str, states: set[bytes]) -> dict[bytes, bytes]:
+    """The request's record once its state is one of `states` (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        record: dict[bytes, bytes] = client.hgetall(keys.request(rid))  # type: ignore[assignment]
+        if record.get(b"state") in states:
+            return record
+        time.sleep(0.02)
+    raise AssertionError(f"{rid} never reached {states}")
+
+
+def child_running(client: redis.Redis, sim: str, rid: str) -> dict[str, Any]:
+    """The running allocation (a stub) of the child a followed request dispatched."""
+    child = record_in(client, rid, {b"scheduled", b"running"})[b"dispatched_job_id"].decode()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        allocs = requests.get(f"{sim}/v1/job/{child}/allocations", timeout=5).json()
+        for alloc in allocs:
+            if alloc["ClientStatus"] == "running":
+                return dict(alloc)
+        time.sleep(0.02)
+    raise AssertionError(f"{child} never ran")

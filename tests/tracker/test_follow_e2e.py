@@ -22,21 +22,19 @@ from dispatchq.producer.batch_input import BatchItem
 from dispatchq.store import keys
 from dispatchq.store.batches import BatchStatus
 from tests.support.nomad_jobs import (
+    FAIL_FIRST,
     FAST_SIM,
     add_fault,
+    child_running,
     clear_faults,
     mock_encode_job,
     parameterized_job,
+    record_in,
     register,
 )
 from tests.support.stack import Stack
 
 SECOND = 1_000_000_000
-FAIL_FIRST = {"nomadsim_fail_attempts": "1", "nomadsim_fail_exit_code": "7"}
-"""nomadsim-only meta (dispatchq/nomadsim/README.md): the chain's first allocation fails with exit
-code 7 (after its 3 restarts), the replacement runs the child's config."""
-
-
 @pytest.fixture(scope="module")
 def sim() -> Iterator[NomadSimProcess]:
     with NomadSimProcess(args=FAST_SIM) as process:
@@ -109,7 +107,7 @@ def test_mixed_endings_each_with_its_exit_code_and_fields(
             name: producer.enqueue(job, meta=meta, until="finished", request_id=f"mix-{name}")
             for name, (job, meta) in cases.items()
         }
-        child = _child_running(redis_client, sim, ids["lost"])
+        child = child_running(redis_client, sim, ids["lost"])
         node = child["NodeID"]
         requests.post(f"{sim}/_sim/nodes/{node}/down", timeout=5).raise_for_status()
         try:
@@ -172,17 +170,17 @@ def test_endings_an_operator_or_the_cluster_causes(
                for name, job, meta in (("oom", "enc", {"run_for": "2000s"}),  # 2 s here
                                        ("stopped", "enc", {"run_for": "2000s"}),
                                        ("group", "enc-2g", {"fail": "4"}))}  # fmt: skip
-        oom = _child_running(redis_client, sim, ids["oom"])
+        oom = child_running(redis_client, sim, ids["oom"])
         requests.post(f"{sim}/_sim/allocations/{oom['ID']}/fail", timeout=5,
                       json={"exit_code": 137, "signal": 9, "oom_killed": True}
                       ).raise_for_status()  # fmt: skip
-        stopped = _child_running(redis_client, sim, ids["stopped"])
+        stopped = child_running(redis_client, sim, ids["stopped"])
         requests.post(f"{sim}/v1/allocation/{stopped['ID']}/stop", timeout=5).raise_for_status()
         outcomes = _wait_all(producer, list(ids.values()))
         # then alone (a drain moves everything on its node): a drained node's child
         ids["drained"] = producer.enqueue("enc", meta={"run_for": "2000s"}, until="finished",
                                           request_id="ops-drained")  # fmt: skip
-        drained = _child_running(redis_client, sim, ids["drained"])
+        drained = child_running(redis_client, sim, ids["drained"])
         node = drained["NodeID"]
         requests.post(f"{sim}/v1/node/{node}/drain", timeout=5,
                       json={"DrainSpec": {"Deadline": 300_000_000}}).raise_for_status()
@@ -225,14 +223,14 @@ def test_blocked_for_an_hour_then_placed_and_children_stopped_or_purged_by_someo
         hogs = [producer.enqueue("enc-big", meta={"run_for": "3600s"}, until="finished",
                                  request_id=f"hog-{n}") for n in range(2)]  # fmt: skip
         for rid in hogs:
-            _child_running(redis_client, sim, rid)
+            child_running(redis_client, sim, rid)
         waiting = producer.enqueue("enc-big", meta={"run_for": "100s"}, until="finished",
                                    request_id="blocked-1")  # fmt: skip
         ended = {}
         for name, purge in (("stopped", "false"), ("purged", "true")):
             rid = producer.enqueue("enc", meta={"run_for": "3600s"}, until="finished",
                                    request_id=f"by-someone-{name}")  # fmt: skip
-            child = _child_running(redis_client, sim, rid)["JobID"]
+            child = child_running(redis_client, sim, rid)["JobID"]
             requests.delete(f"{sim}/v1/job/{child}?purge={purge}", timeout=5).raise_for_status()
             ended[name] = rid
         assert producer.result(waiting).state == "scheduled"  # waiting for capacity
@@ -256,7 +254,7 @@ def test_a_child_collected_before_its_end_was_seen_is_exit_1(
     with running.producer() as producer:
         rid = producer.enqueue("enc", meta={"run_for": "10s"}, until="finished",
                                request_id="gone-1")  # fmt: skip
-        record = _record_in(redis_client, rid, {b"scheduled", b"running"})
+        record = record_in(redis_client, rid, {b"scheduled", b"running"})
         child = record[b"dispatched_job_id"].decode()
         requests.delete(f"{sim}/v1/job/{child}?purge=true", timeout=5).raise_for_status()
         redis_client.delete(keys.TRACKER_LEASE)  # as if the last leader's lease lapsed
@@ -333,7 +331,7 @@ def test_children_that_end_while_the_event_stream_is_cut_are_seen_after_it_retur
                 for n in range(20)
             ]  # fmt: skip
             for rid in ids:  # the tracker saw each one, not ended
-                _record_in(redis_client, rid, {b"scheduled", b"running"})
+                record_in(redis_client, rid, {b"scheduled", b"running"})
             time.sleep(1.0)  # they end meanwhile, unseen (the stream is down)
             clear_faults(sim)
             outcomes = _wait_all(producer, ids, timeout=60)
@@ -351,28 +349,6 @@ def _wait(check: Any, what: str, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def _record_in(client: redis.Redis, rid: str, states: set[bytes]) -> dict[bytes, bytes]:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        record: dict[bytes, bytes] = client.hgetall(keys.request(rid))  # type: ignore[assignment]
-        if record.get(b"state") in states:
-            return record
-        time.sleep(0.02)
-    raise AssertionError(f"{rid} never reached {states}")
-
-
-def _child_running(client: redis.Redis, sim: str, rid: str) -> dict[str, Any]:
-    child = _record_in(client, rid, {b"scheduled", b"running"})[b"dispatched_job_id"].decode()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        allocs = requests.get(f"{sim}/v1/job/{child}/allocations", timeout=5).json()
-        for alloc in allocs:
-            if alloc["ClientStatus"] == "running":
-                return dict(alloc)
-        time.sleep(0.02)
-    raise AssertionError(f"{child} never ran")
 
 
 def _cli(stack: Stack, *args: str) -> Any:

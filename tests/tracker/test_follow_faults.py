@@ -21,7 +21,7 @@ from dispatchq.devstack.tracker_process import TrackerProcess
 from dispatchq.producer.api import Producer
 from dispatchq.producer.batch_input import BatchItem
 from dispatchq.store import keys
-from tests.support.nomad_jobs import add_fault, clear_faults
+from tests.support.nomad_jobs import FAIL_FIRST, add_fault, child_running, clear_faults
 from tests.support.stack import Stack
 
 
@@ -201,3 +201,59 @@ def test_nomad_answering_5xx_and_429_for_a_while(running: Stack, redis_client: r
     assert min(faulted.get("500", 0), faulted.get("503", 0), faulted.get("429", 0)) > 0, faulted
     assert direct.returncode == 0, (out, err)
     assert "completed: every allocation's tasks succeeded" in out.decode().splitlines()[-1]
+
+
+def test_every_kind_of_ending_through_nomad_errors_and_a_cut_stream(
+    running: Stack, redis_client: redis.Redis
+) -> None:
+    """Children ending each their own way (success, a failure after restarts and a
+    reschedule, a start error, a failure then a successful reschedule, an OOM kill then a
+    restart, an operator's stop then the replacement, a `nomad job stop`) while, for 3 s,
+    a third of the reads of jobs and their allocations answer 500, 503 or 429, the event
+    stream 500, and the open stream is cut: every ending still the right one, each
+    request ended once (one completion event: its record's `ends` is 1)."""
+    sim = running.sim.address
+    cases: dict[str, tuple[dict[str, str], int, str]] = {
+        "ok": ({"run_for": "1500s"}, 0, "finished"),
+        "exit3": ({"exit_code": "3", "run_for": "300s"}, 2, "failed"),
+        "start-error": ({"start_error": "no such file: ffmpeg"}, 2, "failed"),
+        "rescheduled-ok": ({"run_for": "1000s", **FAIL_FIRST}, 0, "finished"),
+        "oom": ({"run_for": "2000s"}, 0, "finished"),
+        "operator-stop": ({"run_for": "2000s"}, 0, "finished"),
+        "job-stop": ({"run_for": "3600s"}, 1, "error"),
+    }
+    with _tracker(running, "tracker-all-endings"), running.producer() as producer:
+        ids = {name: producer.enqueue("enc", meta=meta, until="finished",
+                                      request_id=f"all-{name}")
+               for name, (meta, _, _) in cases.items()}  # fmt: skip
+        oom = child_running(redis_client, sim, ids["oom"])
+        requests.post(f"{sim}/_sim/allocations/{oom['ID']}/fail", timeout=5,
+                      json={"exit_code": 137, "signal": 9, "oom_killed": True}
+                      ).raise_for_status()  # fmt: skip
+        moved = child_running(redis_client, sim, ids["operator-stop"])
+        requests.post(f"{sim}/v1/allocation/{moved['ID']}/stop", timeout=5).raise_for_status()
+        stopped = child_running(redis_client, sim, ids["job-stop"])["JobID"]
+        requests.delete(f"{sim}/v1/job/{stopped}", timeout=5).raise_for_status()
+        try:
+            for rule in (
+                {"kind": "error", "route": "job*", "probability": 0.15, "status": 503},
+                {"kind": "error", "route": "job*", "probability": 0.15},
+                {"kind": "rate_limit", "route": "job*", "probability": 0.15},
+                {"kind": "error", "route": "event-stream"},
+            ):
+                add_fault(sim, rule)
+            requests.post(f"{sim}/_sim/event-stream/cut", timeout=5).raise_for_status()
+            time.sleep(3.0)  # the children end meanwhile
+        finally:
+            clear_faults(sim)
+        statuses = producer.wait(list(ids.values()), timeout=90)
+    for name, (_, code, status) in cases.items():
+        outcome = statuses[ids[name]].outcome
+        assert outcome is not None, name
+        assert (outcome.exit_code, outcome.status) == (code, status), (name, outcome.to_json())
+        assert redis_client.hget(keys.request(ids[name]), "ends") == b"1", name
+    assert statuses[ids["job-stop"]].outcome.error_kind == "stopped"  # type: ignore[union-attr]
+    moved_outcome = statuses[ids["operator-stop"]].outcome
+    assert moved_outcome is not None and moved_outcome.child is not None
+    [alloc] = moved_outcome.child["allocations"]
+    assert alloc["id"] != moved["ID"]  # the replacement's ending
