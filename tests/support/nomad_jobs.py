@@ -128,10 +128,14 @@ def record_in(client: redis.Redis, rid: str, states: set[bytes]) -> dict[bytes, 
 def child_running(client: redis.Redis, sim: str, rid: str) -> dict[str, Any]:
     """The running allocation (a stub) of the child a followed request dispatched."""
     child = record_in(client, rid, {b"scheduled", b"running"})[b"dispatched_job_id"].decode()
+    return running_alloc(sim, child)
+
+
+def running_alloc(sim: str, child: str) -> dict[str, Any]:
+    """A running allocation (a stub) of the child job, once there is one (30 s at most)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        allocs = requests.get(f"{sim}/v1/job/{child}/allocations", timeout=5).json()
-        for alloc in allocs:
+        for alloc in requests.get(f"{sim}/v1/job/{child}/allocations", timeout=5).json():
             if alloc["ClientStatus"] == "running":
                 return dict(alloc)
         time.sleep(0.02)

@@ -14,12 +14,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
+import requests
 
 from dispatchq.devstack.notifier_process import NotifierProcess
 from dispatchq.devstack.tracker_process import TrackerProcess
 from dispatchq.producer.api import Producer
+from dispatchq.producer.batch import request_id_for
 from tests.notifier.test_notifier_e2e import SECRET, Receiver
-from tests.support.nomad_jobs import mock_encode_job, register
+from tests.support.nomad_jobs import FAIL_FIRST, child_running, mock_encode_job, register
 from tests.support.stack import Stack
 
 
@@ -68,6 +71,47 @@ def test_a_followed_request_gets_its_own_webhook_when_its_child_ends(
     [(_, _, body, signed)] = [p for p in receiver.posts if p[1] == f"request:{rid}:1"]
     assert (body["status"], body["exit_code"], signed) == ("finished", 0, True)
     assert body["summary"]["child"]["status"] == "dead"  # sent at the child's end
+
+
+def test_a_batch_of_every_kind_of_ending_counts_lists_and_reruns_exactly(
+    running: Stack, redis_client: redis.Redis
+) -> None:
+    """Eight items, each ending its own way, `--max-attempts 2`: exact counts by ending,
+    `results --failed` lists exactly the failed ones, and only the exit-2 ones ran again."""
+    sim = running.sim.address
+    register(sim, mock_encode_job("enc-mix"))
+    metas = [
+        {"run_for": "30s"},  # 1: succeeds
+        {"exit_code": "3", "run_for": "30s"},  # 2: fails after restarts and a reschedule
+        {"start_error": "no such file: ffmpeg"},  # 3: a start error
+        {"run_for": "30s", **FAIL_FIRST},  # 4: a failure, then a successful reschedule
+        {"bogus": "x"},  # 5: refused by Nomad (meta not permitted): exit 1
+        {"run_for": "2000s"},  # 6: OOM-killed, restarted, succeeds
+        {"run_for": "2000s"},  # 7: stopped by an operator, the replacement succeeds
+        {"run_for": "3600s"},  # 8: its job stopped by someone: exit 1
+    ]
+    with running.producer() as producer:
+        batch = producer.dispatch_batch("enc-mix", [{"meta": m} for m in metas],
+                                        until="finished", preflight=False, max_attempts=2)
+        rid = {n: request_id_for(batch, n) for n in range(1, 9)}
+        oom = child_running(redis_client, sim, rid[6])
+        requests.post(f"{sim}/_sim/allocations/{oom['ID']}/fail", timeout=5,
+                      json={"exit_code": 137, "signal": 9, "oom_killed": True}
+                      ).raise_for_status()  # fmt: skip
+        moved = child_running(redis_client, sim, rid[7])
+        requests.post(f"{sim}/v1/allocation/{moved['ID']}/stop", timeout=5).raise_for_status()
+        stopped = child_running(redis_client, sim, rid[8])["JobID"]
+        requests.delete(f"{sim}/v1/job/{stopped}", timeout=5).raise_for_status()
+        _wait(lambda: _finished(producer, batch), "the batch to finish")
+        status = producer.batch_status(batch)
+        assert status is not None
+        assert (status.exit_codes, status.retries) == ({0: 4, 2: 2, 1: 2}, 2)
+        failed = {f["line"]: f for f in map(json.loads, producer.batch_results(
+            batch, failed_only=True))}  # fmt: skip
+        assert sorted(failed) == [2, 3, 5, 8]
+        assert {line: f["attempt"] for line, f in failed.items()} == {2: 2, 3: 2, 5: 1, 8: 1}
+        shown = json.loads(_cli(running, "batch", "status", batch, "-json").stdout)
+        assert (shown["succeeded"], shown["failed"], shown["errors"]) == (4, 2, 2)
 
 
 def test_counts_by_ending_max_attempts_and_retry_of_what_failed(running: Stack) -> None:

@@ -31,6 +31,8 @@ from tests.support.nomad_jobs import (
     parameterized_job,
     record_in,
     register,
+    running_alloc,
+    sim_dispatches,
 )
 from tests.support.stack import Stack
 
@@ -388,3 +390,51 @@ def test_job_dispatch_wait_prints_the_childs_changes_and_its_end(
     assert "completed: every allocation's tasks succeeded" in text.splitlines()[-1]
     assert timed.returncode == 2, (timed.stdout, timed.stderr)
     assert "still waiting for placement" in timed.stdout.decode().splitlines()[-1]
+
+
+def test_job_dispatch_wait_explains_a_lost_node_and_a_drain_in_nomads_words(
+    running: Stack,
+) -> None:
+    """`-wait` through a node lost mid-run and, for another child, a drain: each line says
+    why in Nomad's words (the server's desired description), then the replacement's end."""
+    sim = running.sim.address
+    with _tracker(running, "tracker-cli-words"):
+        for action in ("down", "drain"):
+            before = len(sim_dispatches(sim))
+            cli = subprocess.Popen(
+                [sys.executable, "-m", "dispatchq.cli", "job", "dispatch", "-wait",
+                 "-meta", "run_for=3000s", "enc"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=running.env,
+            )  # fmt: skip
+            try:
+                deadline = time.monotonic() + 30
+                while len(sim_dispatches(sim)) == before:
+                    assert time.monotonic() < deadline, "never dispatched"
+                    time.sleep(0.05)
+                child = sim_dispatches(sim)[-1]["child_id"]
+                alloc = running_alloc(sim, child)
+                node = alloc["NodeID"]
+                if action == "down":
+                    requests.post(f"{sim}/_sim/nodes/{node}/down", timeout=5).raise_for_status()
+                else:
+                    requests.post(f"{sim}/v1/node/{node}/drain", timeout=5,
+                                  json={"DrainSpec": {"Deadline": -1}}).raise_for_status()
+                out, err = cli.communicate(timeout=60)
+            finally:
+                cli.kill()
+                if action == "down":
+                    requests.post(f"{sim}/_sim/nodes/{node}/up", timeout=5).raise_for_status()
+                else:
+                    requests.post(f"{sim}/v1/node/{node}/drain", timeout=5,
+                                  json={"DrainSpec": None, "MarkEligible": True}
+                                  ).raise_for_status()  # fmt: skip
+            text = out.decode()
+            assert cli.returncode == 0, (text, err)
+            short = alloc["ID"][:8]
+            why = ("lost: alloc is lost since its node is down" if action == "down"
+                   else "stopped: alloc is being migrated")  # fmt: skip
+            assert f'Allocation "{short}" {why}' in text, text
+            after = text.split(why, 1)[1]  # then a replacement (as the views fell: "placed")
+            assert " placed" in after and f'Allocation "{short}"' not in after, text
+            assert text.rstrip().splitlines()[-1].endswith("succeeded (exit code 0)"), text
+
