@@ -9,7 +9,7 @@ an hour; one `dispatchq tracker` process follows them. Printed:
 
 - Redis bytes per followed child: `used_memory` before and after the handoffs, over the
   count (the record with its outcome so far, and the follow set's entry), and MEMORY
-  USAGE of one record and of one final outcome (the limit: 1.5 KB per child);
+  USAGE of one record and of one final outcome (the limit: 1 KB per child);
 - the tracker's RSS once it has checked every child (the limit: 250 MB);
 - then `--burst` children whose tasks all end within one second: for each, nomadsim's
   terminal event (the Allocation event with a terminal ClientStatus, on this process's own
@@ -278,7 +278,7 @@ def main() -> int:
     print(f"medians of {args.runs} runs (each run's figure in brackets), load average now "
           f"{os.getloadavg()[0]:.1f}")  # fmt: skip
     print(f"Redis per followed child: {median(per_child):.0f} B [{_runs(per_child, '.0f')}] "
-          f"(limit 1536); one record {last.one_record} B; one final outcome "
+          f"(limit 1024); one record {last.one_record} B; one final outcome "
           f"{last.outcome_bytes} B ({last.outcome_json} B JSON)")  # fmt: skip
     print(f"tracker RSS following {count}: {median(rss):.0f} MB [{_runs(rss, '.0f')}] "
           f"(limit 250 MB), {last.tracker_connections} connections to Nomad, checked all "
@@ -295,7 +295,7 @@ def main() -> int:
           f"per job for {burst}, so ~{median(base_mb):.0f} MB and {count} connections "
           f"for {count} jobs")  # fmt: skip
     print(f"logs: {logs}")
-    ok = median(per_child) <= 1536 and median(rss) <= 250 and median(p99) <= 1000
+    ok = median(per_child) <= 1024 and median(rss) <= 250 and median(p99) <= 1000
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -15,10 +15,10 @@ beside this module (`dispatchq.store.scripts`); the fields, who writes each and 
   tracker); a replayed dead letter goes back to `queued`.
 - `namespace` (handoff.lua): the child's namespace, for the tracker's reads.
 - `deadline` (handoff.lua; dropped by done.lua): the Unix time a followed child's
-  `wait_timeout` runs out. Its outcome so far (stored form, JSON) is not a field but the
-  key `keys.partial` beside the record (handoff.lua; deleted by done.lua): a hash whose
-  values all stay under 64 bytes keeps Redis's compact encoding, half the memory of a
-  followed child (docs/following.md).
+  `wait_timeout` runs out. Its outcome so far (stored form, JSON, zlib-compressed) is not
+  a field but the key `keys.partial` beside the record (handoff.lua; deleted by done.lua):
+  a hash whose values all stay under 64 bytes keeps Redis's compact encoding, half the
+  memory of a followed child (docs/following.md).
 - `job_id` (begin.lua): the parameterized job, when a worker takes the request.
 - `batch_id` (begin.lua): the request's batch, when a worker takes it, for one in a batch.
 - `started_at` (begin.lua): Unix time a worker first took it; `RequestRecord.started_at`
@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -205,6 +206,11 @@ class StoredResult:
     ttl: int
 
 
+PARTIAL_LEVEL = 6
+"""zlib's level for a followed child's outcome so far: its JSON repeats its IDs (the
+evaluation's, the allocation's), and compressed it is about half (every byte of a followed
+child counts: 100,000 of them are held at once)."""
+
 IN_RECORD = ("job_id", "dispatched_job_id", "eval_id")
 """Fields of a stored outcome the record holds too: left out of `keys.partial` (every
 byte of a followed child counts) and put back by `with_record`."""
@@ -331,9 +337,12 @@ class RecordStore:
                     time.time(),
                     namespace,
                     "" if deadline is None else repr(deadline),
-                    json.dumps(
-                        {k: v for k, v in partial.items() if k not in IN_RECORD},
-                        separators=(",", ":"),
+                    zlib.compress(
+                        json.dumps(
+                            {k: v for k, v in partial.items() if k not in IN_RECORD},
+                            separators=(",", ":"),
+                        ).encode(),
+                        PARTIAL_LEVEL,
                     ),
                     keys.batch(""),
                     notify_url or "",
@@ -344,7 +353,11 @@ class RecordStore:
     def load_partial(self, request_id: str) -> str:
         """A followed child's outcome so far (JSON), or "" if there is none."""
         value = self.client.get(keys.partial(request_id))
-        return value.decode() if isinstance(value, bytes) else ""
+        if not isinstance(value, bytes) or not value:
+            return ""
+        if value[:1] == b"{":  # as written before it was compressed
+            return value.decode()
+        return zlib.decompress(value).decode()
 
     def restage(self, request_id: str, state: RequestState, next_check: float) -> bool:
         """A followed child not ended yet: its stage and its next forced check. False when

@@ -4,6 +4,7 @@ on a real redis-server."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -163,3 +164,22 @@ def test_a_redelivered_request_that_was_dispatched_is_not_taken_again(
     assert again.taken_at == first.taken_at  # wait_timeout counts from the first take
     record = store.load("r-1")
     assert record is not None and record.state is RequestState.MONITORING
+
+
+def test_a_followed_childs_outcome_so_far_is_kept_compressed(redis_client: redis.Redis) -> None:
+    """`keys.partial` holds it zlib-compressed (its IDs repeat: about half the bytes), and a
+    plain JSON one written before that still reads."""
+    store = RecordStore(redis_client, 60)
+    redis_client.hset(keys.request("p1"), "state", "monitoring")
+    partial = {"status": "complete", "eval_id": "e1", "events": [
+        ["MonitorStarted", "ab8e0a4f-5b4c-4f1a-9a3b-4c2d7d0e6f10"],
+        ["AllocationPlaced", "ab8e0a4f-5b4c-4f1a-9a3b-4c2d7d0e6f10", "c0ffee00-aaaa"],
+        ["EvalFinished", "ab8e0a4f-5b4c-4f1a-9a3b-4c2d7d0e6f10", "complete"]]}  # fmt: skip
+    assert store.hand_off("p1", "default", partial, None)
+    raw = redis_client.get(keys.partial("p1"))
+    assert isinstance(raw, bytes) and not raw.startswith(b"{")
+    plain = json.dumps({k: v for k, v in partial.items() if k != "eval_id"},
+                       separators=(",", ":"))  # fmt: skip
+    assert len(raw) < len(plain) and store.load_partial("p1") == plain
+    redis_client.set(keys.partial("p1"), plain)
+    assert store.load_partial("p1") == plain
