@@ -6,6 +6,7 @@ one outcome (one completion event, the batch counted once), and the right one.""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -252,6 +253,22 @@ def test_every_kind_of_ending_through_nomad_errors_and_a_cut_stream(
         assert outcome is not None, name
         assert (outcome.exit_code, outcome.status) == (code, status), (name, outcome.to_json())
         assert redis_client.hget(keys.request(ids[name]), "ends") == b"1", name
+    events = [json.loads(f[b"event"]) for _, f in cast(
+        list[tuple[bytes, dict[bytes, bytes]]], redis_client.xrange(keys.EVENTS))]
+    for name, rid in ids.items():  # one completion event each, and `dispatchq status` agrees
+        outcome = statuses[rid].outcome
+        assert outcome is not None
+        mine = [e for e in events if e.get("request_id") == rid]
+        assert [(e["type"], e["exit_code"]) for e in mine] == [
+            ("request.finished", outcome.exit_code)], name
+        shown = subprocess.run(
+            [sys.executable, "-m", "dispatchq.cli", "status", rid], capture_output=True,
+            text=True, env=running.env, timeout=60, check=False,
+        )  # fmt: skip
+        assert shown.returncode == outcome.exit_code, (name, shown.stdout, shown.stderr)
+        assert re.search(rf"^Status += {outcome.status}$", shown.stdout, re.M), shown.stdout
+        if outcome.error_message:
+            assert outcome.error_message in shown.stdout, (name, shown.stdout)
     assert statuses[ids["job-stop"]].outcome.error_kind == "stopped"  # type: ignore[union-attr]
     moved_outcome = statuses[ids["operator-stop"]].outcome
     assert moved_outcome is not None and moved_outcome.child is not None
