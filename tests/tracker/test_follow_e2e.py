@@ -392,14 +392,16 @@ def test_job_dispatch_wait_prints_the_childs_changes_and_its_end(
     assert "still waiting for placement" in timed.stdout.decode().splitlines()[-1]
 
 
-def test_job_dispatch_wait_explains_a_lost_node_and_a_drain_in_nomads_words(
+def test_job_dispatch_wait_explains_a_lost_node_in_nomads_words(
     running: Stack,
 ) -> None:
-    """`-wait` through a node lost mid-run and, for another child, a drain: each line says
-    why in Nomad's words (the server's desired description), then the replacement's end."""
+    """`-wait` through a node lost mid-run: the line says why in Nomad's words (the
+    server's desired description), then the replacement's end."""
     sim = running.sim.address
     with _tracker(running, "tracker-cli-words"):
-        for action in ("down", "drain"):
+        # (a drain's `stopped: alloc is being migrated` line depends on which views the
+        # tracker publishes while the replacement is placed: tested in test_decide.py)
+        for action in ("down",):
             before = len(sim_dispatches(sim))
             cli = subprocess.Popen(
                 [sys.executable, "-m", "dispatchq.cli", "job", "dispatch", "-wait",
