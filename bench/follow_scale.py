@@ -82,7 +82,7 @@ def dispatch_all(
         request = DispatchRequest(request_id=rid, job_id=JOB_ID, meta=metas[n],
                                   until="finished")  # fmt: skip
         answer = client.dispatch(request, None, idempotency_token=request.idempotency_token)
-        store.mark_dispatched(rid, answer.dispatched_job_id, answer.eval_id, None)
+        store.mark_dispatched(rid, answer.dispatched_job_id, answer.eval_id)
         recorder = OutcomeRecorder(JOB_ID)
         recorder.emit(Dispatched(answer.dispatched_job_id, answer.eval_id, True))
         recorder.emit(MonitorStarted(answer.eval_id))

@@ -26,13 +26,15 @@ Fair queueing: the queue list is the interactive lane (requests in no batch, and
 any Celery client pushes there); a batch's messages wait in a lane of their own
 (`keys.lane`), registered per queue in a ring of tenants, each with a ring of its batches
 (`dispatchq/store/lua/_lanes.lua`). A fetch that does not block
-(`dispatchq/store/lua/fetch_fair.lua`)
-takes from the interactive lane first, else from the next tenant in turn (weighted round
-robin: a tenant takes `weights()[tenant]` messages, 1 unless named, before the next one's
-turn) and that tenant's next batch in turn, and moves the message into the in-flight list
-in the same step; for a message of the task a subclass names (`counted`) it also counts
-its delivery in its request record, where the consumer would spend a round trip of its own
-on it (the delivery cap, `dispatchq.broker.poison`). A message from a lane is kept in the in-flight
+(`dispatchq/store/lua/fetch_fair.lua`) takes up to FETCH_MOST messages (fewer if kombu's
+prefetch limit says so): from the interactive lane first, else one per turn from the next
+tenant in turn (weighted round robin: a tenant takes `weights()[tenant]` messages, 1 unless
+named, before the next one's turn) and that tenant's next batch in turn (a lone tenant's
+lone batch gives them all at once), and moves them into the in-flight list in the same
+step; for a message of the task a subclass names (`counted`) it also counts its delivery
+in its request record, where the consumer would spend a round trip of its own on it (the
+delivery cap, `dispatchq.broker.poison`). They are handed to kombu one after the other.
+A message from a lane is kept in the in-flight
 list as "\x1e<tenant>\x1e<batch>\x1e<item>", so that a requeue, a give-back or a reclaim
 returns it to its own lane (registering the lane again); acknowledgement removes it as
 stored. A retry of a batch's message is published to its lane (`lane_of`).
@@ -75,6 +77,10 @@ UNCOUNTABLE = -2
 """The fetch's deliveries when Redis refused to count them (`fetch_fair.lua`)."""
 FETCH_REFUSED_PAUSE = 0.5
 """Seconds a worker waits after Redis refused a fetch before the next."""
+
+FETCH_MOST = 16
+"""Messages a fetch takes at most (`fetch_fair.lua`): one round trip and one script run for
+up to this many, with the same fairness as one at a time."""
 
 RENEW_EVERY = 5.0
 """Seconds between lease renewals and sweeps for the messages of consumers that are gone."""
@@ -230,7 +236,7 @@ class ReliableChannel(kombu_redis.Channel):
             weights = [str(x) for pair in sorted(self.weights().items()) for x in pair]
             self.client.connection.send_command(
                 "EVALSHA", self._fetch_script, 2, queue, inflight, *counted,
-                *keys.lane_keys(queue), *weights,
+                self._fetch_most(), *keys.lane_keys(queue), *weights,
             )  # fmt: skip
         else:
             self._fetch_command = "BLMOVE"
@@ -258,19 +264,34 @@ class ReliableChannel(kombu_redis.Channel):
                 log.error("fetch.refused", queue=queue, error=str(err)[:200])
                 time.sleep(FETCH_REFUSED_PAUSE)
                 reply = None
-            item, deliveries = reply, -1
-            if command == "EVALSHA" and reply:
-                item, deliveries = reply[0], int(reply[1])
+            fetched: list[tuple[bytes, int]] = []
+            if command == "EVALSHA" and reply:  # {item, deliveries, item, deliveries...}
+                fetched = [(item, int(n)) for item, n in zip(reply[::2], reply[1::2], strict=True)]
+            elif command == "BLMOVE" and reply is not None:
+                fetched = [(reply, -1)]
             # After a message, or a blocking wait that ended empty: every lane again.
-            self._poll_lanes = item is not None or command == "BLMOVE"
+            self._poll_lanes = bool(fetched) or command == "BLMOVE"
             self._queue_cycle.rotate(queue)  # the next fetch from the next queue, if several
-            if item is None:
+            if not fetched:
                 raise Empty()
-            self._hand_over((keys.inflight(self.consumer_id, queue), queue, item), deliveries)
+            inflight = keys.inflight(self.consumer_id, queue)
+            for at, (item, deliveries) in enumerate(fetched):
+                try:
+                    self._hand_over((inflight, queue, item), deliveries)
+                except BaseException:  # those not handed over go back, not left in flight
+                    for rest, _ in fetched[at + 1 :]:
+                        self.requeue((inflight, queue, rest))
+                    raise
             return True
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
+
+    def _fetch_most(self) -> int:
+        """Messages one fetch takes at most: FETCH_MOST, or fewer if kombu's prefetch
+        limit leaves room for fewer."""
+        room = self.qos.can_consume_max_estimate()
+        return FETCH_MOST if room is None else max(1, min(FETCH_MOST, room))
 
     def counted(self) -> Counted | None:
         """Whose deliveries a fetch counts (None: nobody's)."""

@@ -9,8 +9,10 @@ it finished), `webhook` (how that event's webhook went, `dispatchq.store.webhook
 `rt:<bucket>` (its run-time histogram, `dispatchq.store.runtimes`), and counters the
 workers bump atomically and exactly once per request (see
 `records`): `done`, `exit:0`, `exit:1`, `exit:2`, the
-requests in each state between queued and done (`st:dispatching`, `st:monitoring`,
-`st:scheduled`, `st:running`: moved in the same step as the record's state, `lua/_batch.lua`)
+requests in each state between queued and done (`st:dispatching` for a request taken by a
+worker, dispatching or monitoring, `st:scheduled`, `st:running`: moved in the same step as
+the record's state, `lua/_batch.lua`; `st:monitoring` is read as `st:dispatching`, for the
+requests of a batch that a worker before this one moved there)
 and `retries` (attempts claimed after the first, `lua/retry.lua`). Counts are of each
 item's latest attempt: a retried item leaves `done` and `exit:<code>` when its next attempt
 is claimed. Reading progress is one HGETALL, whatever the batch's size.
@@ -94,8 +96,9 @@ class BatchStatus:
 
     @property
     def monitoring(self) -> int:
-        """Dispatched and not done: its evaluation followed, or its child (`until` finished)."""
-        return sum(self.states.get(s, 0) for s in ("monitoring", "scheduled", "running"))
+        """Taken and not done: at a worker (dispatched and its evaluation followed, or being
+        dispatched: one count, `lua/_batch.lua`), or its child followed (`until` finished)."""
+        return self.dispatching + self.waiting + self.running
 
     @property
     def dispatching(self) -> int:

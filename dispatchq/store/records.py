@@ -31,7 +31,7 @@ beside this module (`dispatchq.store.scripts`); the fields, who writes each and 
   digest, or one claiming a batch with no record made at enqueue, is not this request:
   begin.lua and done.lua refuse it without writing anything.
 - `exit_code` (done.lua; cleared by replay.lua): the outcome's exit code, once done.
-- `ends` (_events.lua, in the step that stores the outcome; kept by enqueue.lua when it
+- `ends` (done.lua, in the step that stores the outcome; kept by enqueue.lua when it
   enqueues a request again): how many times the request ended; the attempt of its
   completion event (`dispatchq.store.completion`).
 - `deliveries` (fetch_fair.lua, `dispatchq.store.dlq.count_delivery`; cleared by replay.lua):
@@ -48,10 +48,14 @@ beside this module (`dispatchq.store.scripts`); the fields, who writes each and 
 A request of a batch moves between its batch's state counters in the same scripts
 (`batch_move`, `lua/_batch.lua`; see `dispatchq.store.batches`).
 
-The TTL is renewed by every write but the write-ahead (dispatched.lua, a moment after
-the take renewed it). done.lua also stores the outcome under the request's result
-key, in Celery's result format (`store_result` in `lua/_store.lua`, the one place that
-stores and publishes an outcome; `dispatchq.broker.app`'s backend uses it too).
+The TTL (result_ttl) is set by the enqueue (or by the take, for a record the take makes)
+and renewed by every write after the evaluation (handoff.lua, stage.lua, done.lua), not
+by the take and the write-ahead of a request a worker takes well within it: the
+commands per request are few (bench/README.md). done.lua also stores the outcome under
+the request's result key, in Celery's result format (`store_result` in `lua/_store.lua`,
+the one place that stores and publishes an outcome; `dispatchq.broker.app`'s backend uses
+it too). The endings a process stores at about the same time share one call of it
+(`dispatchq.store.group`), their batches' counters written once per call.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ import redis
 
 from dispatchq.store import keys, webhook_status
 from dispatchq.store.completion import EventStream, done_args, error_entry, stored_in_meta
+from dispatchq.store.group import Call, GroupCommit, script_group
 from dispatchq.store.scripts import SCRIPTS
 
 
@@ -230,6 +235,14 @@ MAX_BATCH_ERRORS = 50
 """A batch keeps the first errors only: enough to see what went wrong, bounded memory."""
 
 
+CANCEL_FLAG_AGE = 0.05
+"""Seconds a batch's cancel flag, once read, answers `RecordStore.batch_cancelled` in this
+process: the requests of a batch that waited at the gate together read it once, not each
+(a flag as fresh as the wait that calls for a look: the gate's RECHECK_AFTER)."""
+CANCEL_FLAGS_KEPT = 1_000
+"""Batches whose flag is kept at most (all forgotten at once past that)."""
+
+
 class RecordStore:
     """Reads and writes request records with their TTL, and their batches' counters."""
 
@@ -237,9 +250,17 @@ class RecordStore:
         self.client = client
         self.ttl = ttl
         self.events = events if events is not None else EventStream()
-        self._dispatched = client.register_script(SCRIPTS["dispatched"])
-        self._done = client.register_script(SCRIPTS["done"])
-        self._begin = client.register_script(SCRIPTS["begin"])
+        # a worker's takes, write-aheads and endings: each a group of those at the same time
+        self._endings: GroupCommit[Call, int] = GroupCommit(
+            script_group(client.register_script(SCRIPTS["done"]))
+        )
+        self._takes: GroupCommit[Call, list[Any]] = GroupCommit(
+            script_group(client.register_script(SCRIPTS["begin"]))
+        )
+        self._writes_ahead: GroupCommit[Call, int] = GroupCommit(
+            script_group(client.register_script(SCRIPTS["dispatched"]))
+        )
+        self._cancel_flags: dict[str, tuple[float, bool]] = {}  # batch: (read at, cancelled)
         self._handoff = client.register_script(SCRIPTS["handoff"])
         self._stage = client.register_script(SCRIPTS["stage"])
 
@@ -264,25 +285,21 @@ class RecordStore:
         not asked). Unless it was already dispatched or is cancelled, the record now says
         `dispatching` (and exists, for a message pushed without one by a foreign producer)."""
         batch = keys.batch(batch_id) if batch_id else ""
-        child, eval_id, cancelled, value, refused, taken_at = self._begin(
-            keys=[keys.request(request_id), *([read] if read else [])],
-            args=[self.ttl, job_id, batch_id or "", time.time(), batch, digest,
-                  "1" if keys.is_reserved_id(request_id) else ""],
-        )  # fmt: skip
+        child, eval_id, cancelled, value, refused, taken_at = self._takes.commit((
+            [keys.request(request_id), *([read] if read else [])],
+            [self.ttl, job_id, batch_id or "", time.time(), batch, digest,
+             "1" if keys.is_reserved_id(request_id) else ""],
+        ))  # fmt: skip
         why = REFUSALS[refused].format(batch=batch_id) if refused else ""
         return Begun(
             (child or b"").decode(), (eval_id or b"").decode(), bool(cancelled), value, why,
             float(taken_at),
         )  # fmt: skip
 
-    def mark_dispatched(
-        self, request_id: str, dispatched_job_id: str, eval_id: str, batch_id: str | None
-    ) -> None:
-        """The write-ahead record: from here on a redelivery resumes monitoring."""
-        batch = keys.batch(batch_id) if batch_id else ""
-        self._dispatched(
-            keys=[keys.request(request_id)], args=[self.ttl, dispatched_job_id, eval_id, batch]
-        )
+    def mark_dispatched(self, request_id: str, dispatched_job_id: str, eval_id: str) -> None:
+        """The write-ahead record: from here on a redelivery resumes monitoring. Its batch
+        counts it as taken still (`lua/_batch.lua`)."""
+        self._writes_ahead.commit(([keys.request(request_id)], [dispatched_job_id, eval_id]))
 
     def mark_done(
         self,
@@ -315,7 +332,7 @@ class RecordStore:
             args += ["", ""]
         args.append("")  # no follow set: no request ID (ARGV[10])
         args += done_args(self.events, request_id, batch_id, outcome, notify_url)
-        return bool(self._done(keys=script_keys, args=args) != -1)
+        return self._endings.commit((script_keys, args)) != -1
 
     def hand_off(
         self,
@@ -391,11 +408,19 @@ class RecordStore:
             self.events, request_id, batch_id, stored_in_meta(result.value), notify_url or None
         )
         keys_ = [keys.request(request_id), result.key, keys.FOLLOW, keys.partial(request_id)]
-        return bool(self._done(keys=keys_, args=args))
+        return bool(self._endings.commit((keys_, args)))
 
     def batch_cancelled(self, batch_id: str) -> bool:
-        """Whether the batch has been cancelled (for a request that waited its turn)."""
-        return bool(self.client.hget(keys.batch(batch_id), "state") == b"cancelled")
+        """Whether the batch has been cancelled (for a request that waited its turn at the
+        gate): as read at most CANCEL_FLAG_AGE seconds ago by this process."""
+        now = time.monotonic()
+        seen = self._cancel_flags.get(batch_id)
+        if seen is None or now - seen[0] > CANCEL_FLAG_AGE:
+            if len(self._cancel_flags) > CANCEL_FLAGS_KEPT:
+                self._cancel_flags.clear()
+            state = self.client.hget(keys.batch(batch_id), "state")
+            seen = self._cancel_flags[batch_id] = (now, state == b"cancelled")
+        return seen[1]
 
 
 @dataclass(frozen=True)
@@ -427,7 +452,7 @@ class RecordHandle:
         return self.store.begin(self.request_id, job_id, self.batch_id, read, digest)
 
     def dispatched(self, dispatched_job_id: str, eval_id: str) -> None:
-        self.store.mark_dispatched(self.request_id, dispatched_job_id, eval_id, self.batch_id)
+        self.store.mark_dispatched(self.request_id, dispatched_job_id, eval_id)
 
     def hand_off(
         self,

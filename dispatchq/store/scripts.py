@@ -9,23 +9,38 @@ from importlib.resources import files
 
 
 def _load_scripts() -> dict[str, str]:
-    """The scripts of `lua/`, by name; those calling `store_result` get its definition."""
+    """The scripts of `lua/`, by name, each preceded by the libraries it calls (and those
+    its libraries call), in the order below."""
     folder = files("dispatchq.store") / "lua"
     texts = {
         entry.name.removesuffix(".lua"): entry.read_text(encoding="utf-8")
         for entry in folder.iterdir()
         if entry.name.endswith(".lua")
     }
-    libraries = {
-        "store_result(": texts.pop("_store"),
-        "emit_done_events(": texts.pop("_events"),
-        "lane_args(": texts.pop("_lanes"),
-        "batch_move(": texts.pop("_batch"),
-        "clock(": texts.pop("_clock"),
-        "current_rate(": texts.pop("_rate"),
+    calls = {  # library: the calls that need it; a library before those that call it
+        "_counters": ("count(", "counter(", "count_and_read(", "flush_counters("),
+        "_group": ("run_group(",),
+        "_store": ("store_result(",),
+        "_events": ("emit_done_events(",),
+        "_lanes": ("lane_args(",),
+        "_batch": ("batch_move(",),
+        "_clock": ("clock(",),
+        "_rate": ("current_rate(",),
     }
+    libraries = {name: texts.pop(name) for name in calls}
+
+    def needed(text: str) -> set[str]:
+        found: set[str] = set()
+        while more := {
+            name for name, names in calls.items()
+            if name not in found and any(call in text for call in names)
+        }:  # fmt: skip
+            found |= more
+            text = "".join(libraries[name] for name in more)
+        return found
+
     return {
-        name: "".join(lib for call, lib in libraries.items() if call in text) + text
+        name: "".join(libraries[lib] for lib in calls if lib in needed(text)) + text
         for name, text in texts.items()
     }
 

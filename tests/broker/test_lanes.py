@@ -15,7 +15,7 @@ import redis
 from kombu import Connection, Exchange
 
 from dispatchq.broker.app import TASK_DISPATCH
-from dispatchq.broker.fetch import ReliableChannel, ReliableTransport
+from dispatchq.broker.fetch import FETCH_MOST, ReliableChannel, ReliableTransport
 from dispatchq.devstack.redis_server import RedisServer
 from dispatchq.producer.enqueue import Enqueuer, NewRequest
 from dispatchq.store import keys, lanes
@@ -66,9 +66,11 @@ def consume(conn: Connection, count: int) -> tuple[Any, list[Any]]:
     return consume_from(conn, QUEUE, count)
 
 
-def fetch_again(conn: Connection) -> None:
+def fetch_again(conn: Connection, holding: Any = None) -> None:
     """One more fetch, which finds nothing: the one that unregisters a lane the last fetch
-    emptied."""
+    emptied (by a channel `holding` unacknowledged messages: its prefetch limit lifted)."""
+    if holding is not None:
+        holding.qos.prefetch_count = 0
     with contextlib.suppress(TimeoutError):
         conn.drain_events(timeout=0.5)
 
@@ -109,6 +111,32 @@ def test_batches_take_turns(connection: Connection, redis_client: redis.Redis) -
     assert Counter(order[6:]) == {"a": 4, "b": 4}
     # Items of one batch keep their order.
     assert [m.headers["id"] for m in got if source(m) == "a"] == [f"a-{n}" for n in range(6)]
+
+
+def evalsha_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats")["cmdstat_evalsha"]["calls"])
+
+
+def test_one_fetch_takes_several_messages_turn_by_turn(
+    connection: Connection, redis_client: redis.Redis
+) -> None:
+    enqueue(redis_client, "a", 40)
+    enqueue(redis_client, "b", 40)
+    before = evalsha_calls(redis_client)
+    _, got = consume(connection, FETCH_MOST)
+    assert evalsha_calls(redis_client) - before == 1  # one fetch for all of them
+    assert [source(m) for m in got] == ["a", "b"] * (FETCH_MOST // 2)
+
+
+def test_a_lone_batch_gives_a_whole_fetch_at_once(
+    connection: Connection, redis_client: redis.Redis
+) -> None:
+    enqueue(redis_client, "a", 40)
+    before = evalsha_calls(redis_client)
+    _, got = consume(connection, FETCH_MOST)
+    assert evalsha_calls(redis_client) - before == 1
+    assert [m.headers["id"] for m in got] == [f"a-{n}" for n in range(FETCH_MOST)]
+    assert redis_client.llen(keys.lane("a")) == 40 - FETCH_MOST
 
 
 def test_tenants_take_turns_whatever_their_number_of_batches(
@@ -152,7 +180,7 @@ def test_a_rejected_batch_item_goes_back_to_its_lane(
 ) -> None:
     enqueue(redis_client, "a", 1, tenant="t")
     channel, [message] = consume(connection, 1)
-    fetch_again(connection)
+    fetch_again(connection, holding=channel)
     assert not redis_client.exists(keys.lanes(QUEUE))  # its lane drained: unregistered
     message.reject(requeue=True)
     assert redis_client.llen(keys.inflight(channel.consumer_id, QUEUE)) == 0

@@ -65,7 +65,7 @@ def take(store: RecordStore, rid: str, batch_id: str) -> None:
 
 def to_tracker(store: RecordStore, rid: str, batch_id: str, notify_url: str = "") -> None:
     take(store, rid, batch_id)
-    store.mark_dispatched(rid, f"enc/dispatch-{rid}", f"e-{rid}", batch_id)
+    store.mark_dispatched(rid, f"enc/dispatch-{rid}", f"e-{rid}")
     partial = Outcome.failed("enc", kind="interrupted", message="so far").to_stored()
     assert store.hand_off(rid, "default", partial, None, notify_url)
 
@@ -204,7 +204,7 @@ def test_a_followed_request_keeps_its_notify_url_for_its_end(
 ) -> None:
     redis_client.hset(keys.request("solo"), mapping={"state": "queued", "digest": "d"})
     assert not store.begin("solo", "enc", None, digest="d").refused
-    store.mark_dispatched("solo", "enc/dispatch-solo", "e-solo", None)
+    store.mark_dispatched("solo", "enc/dispatch-solo", "e-solo")
     partial = Outcome.failed("enc", kind="interrupted", message="so far").to_stored()
     store.hand_off("solo", "default", partial, None, "http://127.0.0.1:9/hook")
     record = store.load("solo")

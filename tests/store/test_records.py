@@ -127,8 +127,8 @@ def test_a_request_record_through_its_states(redis_client: redis.Redis) -> None:
     begun = store.begin("r-1", "video", "b-1", read="blob-key")
     assert begun[:5] == ("", "", False, b"payload", "")
     assert begun.taken_at is not None and begun.taken_at >= before
-    store.mark_dispatched("r-1", "video/dispatch-1", "e-1", "b-1")
-    store.mark_dispatched("r-1", "video/dispatch-1", "e-1", "b-1")  # counted once
+    store.mark_dispatched("r-1", "video/dispatch-1", "e-1")
+    store.mark_dispatched("r-1", "video/dispatch-1", "e-1")  # written twice: nothing moves
     result = StoredResult(keys.celery_result("r-1"), '{"status": "SUCCESS"}', 60)
     pubsub = redis_client.pubsub()
     pubsub.subscribe(result.key)
@@ -143,8 +143,8 @@ def test_a_request_record_through_its_states(redis_client: redis.Redis) -> None:
     assert record.started_at is not None
     assert redis_client.get(result.key) == b'{"status": "SUCCESS"}'
     counters = redis_client.hgetall(keys.batch("b-1"))
-    assert counters == {b"done": b"1", b"exit:0": b"1",  # and it went through each state once:
-                        b"st:dispatching": b"0", b"st:monitoring": b"0"}  # fmt: skip
+    # taken (dispatching, then monitoring: one counter), then done
+    assert counters == {b"done": b"1", b"exit:0": b"1", b"st:dispatching": b"0"}
     published = []
     while message := pubsub.get_message(timeout=0.2):
         if message["type"] == "message":
@@ -158,7 +158,7 @@ def test_a_redelivered_request_that_was_dispatched_is_not_taken_again(
 ) -> None:
     store = RecordStore(redis_client, 60)
     first = store.begin("r-1", "video", None)
-    store.mark_dispatched("r-1", "video/dispatch-1", "e-1", None)
+    store.mark_dispatched("r-1", "video/dispatch-1", "e-1")
     again = store.begin("r-1", "video", None)
     assert again[:5] == ("video/dispatch-1", "e-1", False, None, "")
     assert again.taken_at == first.taken_at  # wait_timeout counts from the first take
@@ -183,3 +183,20 @@ def test_a_followed_childs_outcome_so_far_is_kept_compressed(redis_client: redis
     assert len(raw) < len(plain) and store.load_partial("p1") == plain
     redis_client.set(keys.partial("p1"), plain)
     assert store.load_partial("p1") == plain
+
+
+def test_a_batchs_cancel_flag_is_read_once_by_the_requests_that_ask_together(
+    redis_client: redis.Redis,
+) -> None:
+    def hgets() -> int:
+        stats = redis_client.info("commandstats").get("cmdstat_hget", {"calls": 0})
+        return int(stats["calls"])
+
+    store = RecordStore(redis_client, 60)
+    redis_client.hset(keys.batch("b-1"), "state", "open")
+    before = hgets()
+    assert not any(store.batch_cancelled("b-1") for _ in range(20))
+    assert hgets() - before == 1
+    redis_client.hset(keys.batch("b-1"), "state", "cancelled")
+    time.sleep(records.CANCEL_FLAG_AGE * 2)
+    assert store.batch_cancelled("b-1")  # read again once the flag is that old

@@ -9,11 +9,13 @@ from kombu import Connection, Consumer, Queue
 
 def consume(conn: Connection, queue: str, count: int) -> tuple[Any, list[Any]]:
     """A consumer on `queue` and the first `count` messages it was handed, in fetch order
-    (unacknowledged), with its channel."""
+    (unacknowledged), with its channel. Its prefetch limit is `count`, so that a fetch
+    (which takes several at once) takes no more."""
     got: list[Any] = []
     channel = conn.channel()
     consumer = Consumer(channel, [Queue(queue, routing_key=queue)], accept=["json"],
                         on_message=got.append)  # fmt: skip
+    consumer.qos(prefetch_count=count)
     consumer.consume()
     while len(got) < count:
         conn.drain_events(timeout=5)

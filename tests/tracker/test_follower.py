@@ -69,7 +69,7 @@ def _handed_off(
 ) -> None:
     store.client.hset(keys.request(rid), "state", "queued")  # as enqueue.lua makes it
     store.begin(rid, "enc", batch)
-    store.mark_dispatched(rid, CHILD, "e1", batch)
+    store.mark_dispatched(rid, CHILD, "e1")
     recorder = OutcomeRecorder("enc")
     for event in (Dispatched(CHILD, "e1", True), MonitorStarted("e1"),
                   EvalFinished("e1", "complete", False)):  # fmt: skip

@@ -1,8 +1,10 @@
 -- Completion events (`dispatchq.store.completion`): one entry on the event stream per request
 -- that ends and per batch that finishes, appended by the script that stores the ending,
--- so an event is never lost nor doubled by a crash between two writes. Prepended to every
--- script that calls `emit_done_events` (`dispatchq.store.records`).
--- record: the request record; batch: the batch key or ''; batch_id: its ID or '';
+-- so an event is never lost nor doubled by a crash between two writes. Uses the counters of
+-- lua/_counters.lua. Prepended to every script that calls `emit_done_events`
+-- (`dispatchq.store.scripts`).
+-- attempt: the request's ends so far, this one's included (the record's `ends`, written by
+-- done.lua); batch: the batch key or ''; batch_id: its ID or '';
 -- stream, maxlen: the stream and its approximate cap; rid: the request ID, JSON-escaped;
 -- tail: the rest of the request event's JSON object (after its first member);
 -- url: the request's notify_url or ''; done: the batch's `done` count with this ending
@@ -50,15 +52,14 @@ local function xadd_event(stream, maxlen, body, url, check)
   if check ~= false then trim_events(stream, maxlen, check == 'always') end
 end
 
-local function emit_done_events(record, batch, batch_id, stream, maxlen, rid, tail, url, done)
-  local attempt = redis.call('HINCRBY', record, 'ends', 1)
+local function emit_done_events(attempt, batch, batch_id, stream, maxlen, rid, tail, url, done)
   -- A batch's item looks at the stream's length only at every TRIM_EVERY-th ending of its
   -- batch and at its last (a command less per item); a request in no batch, every time.
   local total, check = 0, nil
   if batch ~= '' then
     check = false
     if done then
-      total = tonumber(redis.call('HGET', batch, 'total') or '0')
+      total = counter(batch, 'total')  -- read once per call (lua/_counters.lua)
       if done % TRIM_EVERY == 0 or done >= total then check = 'always' end
     end
   end
@@ -75,6 +76,7 @@ local function emit_done_events(record, batch, batch_id, stream, maxlen, rid, ta
   local round = redis.call('HINCRBY', batch, 'finishes', 1)
   local event_id = 'batch:' .. batch_id
   if round > 1 then event_id = event_id .. '~' .. round end
+  flush_counters()  -- the summary below reads the batch's counters
   local fields = redis.call('HGETALL', batch)
   local b, codes = {}, {}
   for i = 1, #fields, 2 do

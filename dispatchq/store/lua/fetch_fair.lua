@@ -1,19 +1,42 @@
--- The worker's non-blocking fetch (`dispatchq.broker.fetch`): the interactive lane (the queue) first,
--- else the next tenant in turn (weighted round robin) and its next batch in turn, moved
--- into the consumer's in-flight list in this one step. nil when every lane is empty, else
--- {item as stored in the in-flight list, deliveries so far or -1}. Deliveries are counted
--- in the request record when ARGV[1] names the task and the item is a message of it; if
--- Redis refuses that (the key holds something else), -2: the item is still taken, and
--- the worker dead-letters it, instead of an error that would leave it in flight.
+-- The worker's non-blocking fetch (`dispatchq.broker.fetch`): up to ARGV[4] messages, moved
+-- into the consumer's in-flight list in this one step: from the interactive lane (the
+-- queue) if it has any, else from the lanes, a message per turn: the next tenant in turn
+-- (weighted round robin) and its next batch in turn. When one tenant with one batch is all
+-- there is, its lane gives every message of the fetch at once (no other turn to wait for).
+-- false when every lane is empty, else a flat list {item as stored in the in-flight list,
+-- deliveries so far or -1, ...}. Deliveries are counted in the request record when ARGV[1]
+-- names the task and the item is a message of it; if Redis refuses that (the key holds
+-- something else), -2: the item is still taken, and the worker dead-letters it, instead of
+-- an error that would leave it in flight.
 -- KEYS: queue, in-flight list. ARGV: task name (or ''), request record key prefix, seconds
--- the record is kept, the six lane key prefixes (`keys.lane_keys`), then tenant, weight
--- pairs (a tenant not named has weight 1).
-local k = lane_args(ARGV, 4)
-local item = redis.call('RPOPLPUSH', KEYS[1], KEYS[2])
-local stored = item
-if not item then
+-- the record is kept, most messages to take, the six lane key prefixes (`keys.lane_keys`),
+-- then tenant, weight pairs (a tenant not named has weight 1).
+local k = lane_args(ARGV, 5)
+
+local function deliveries_of(item)
+  if ARGV[1] == '' then return -1 end
+  local ok, message = pcall(cjson.decode, item)
+  local headers = ok and type(message) == 'table' and message['headers']
+  if type(headers) ~= 'table' or headers['task'] ~= ARGV[1] or type(headers['id']) ~= 'string'
+      or headers['id'] == '' then
+    return -1
+  end
+  local record = ARGV[2] .. headers['id']
+  local deliveries = redis.pcall('HINCRBY', record, 'deliveries', 1)
+  if type(deliveries) ~= 'number' then return -2 end
+  redis.call('EXPIRE', record, ARGV[3])
+  return deliveries
+end
+
+local want = tonumber(ARGV[4])
+local taken, stored = {}, {}
+local from_queue = redis.call('RPOP', KEYS[1], want)
+if from_queue then
+  taken, stored = from_queue, from_queue
+else
   -- with no weights given, every tenant's turn is one message: it is rotated as it is read
-  local weighted = #ARGV >= 10
+  local weighted = #ARGV >= 11
+  local alone = redis.call('LLEN', k.tenants) == 1
   for _ = 1, 100 do  -- bounded: each turn without a message unregisters an empty lane
     local tenant
     if weighted then
@@ -27,14 +50,19 @@ if not item then
     if not batch then
       redis.call('LREM', k.tenants, 0, tenant)
       redis.call('HDEL', k.credit, tenant)
+      alone = redis.call('LLEN', k.tenants) == 1
     else
       local lane = k.lane .. batch
-      item = redis.call('RPOP', lane)
-      if item then
-        stored = '\30' .. tenant .. '\30' .. batch .. '\30' .. item
-        redis.call('LPUSH', KEYS[2], stored)
+      local n = 1
+      if alone and redis.call('LLEN', ring) == 1 then n = want - #taken end
+      local items = redis.call('RPOP', lane, n)
+      if items then
+        for _, item in ipairs(items) do
+          taken[#taken + 1] = item
+          stored[#stored + 1] = '\30' .. tenant .. '\30' .. batch .. '\30' .. item
+        end
         local weight = 1
-        for i = 10, #ARGV, 2 do
+        for i = 11, #ARGV, 2 do
           if ARGV[i] == tenant then weight = tonumber(ARGV[i + 1]) end
         end
         -- a tenant of weight 1 has its turn of one message: no credit kept
@@ -43,22 +71,18 @@ if not item then
           redis.call('RPOPLPUSH', k.tenants, k.tenants)
         end
         -- a lane this fetch emptied is unregistered by the next fetch that finds it empty
-        break
+        if #taken >= want then break end
+      else
+        lane_unregister(k, batch, tenant)
+        alone = redis.call('LLEN', k.tenants) == 1
       end
-      lane_unregister(k, batch, tenant)
     end
   end
-  if not item then return false end
+  if #taken == 0 then return false end
 end
-if ARGV[1] == '' then return {stored, -1} end
-local ok, message = pcall(cjson.decode, item)
-local headers = ok and type(message) == 'table' and message['headers']
-if type(headers) ~= 'table' or headers['task'] ~= ARGV[1] or type(headers['id']) ~= 'string'
-    or headers['id'] == '' then
-  return {stored, -1}
+redis.call('LPUSH', KEYS[2], unpack(stored))
+local out = {}
+for i, item in ipairs(taken) do
+  out[2 * i - 1], out[2 * i] = stored[i], deliveries_of(item)
 end
-local record = ARGV[2] .. headers['id']
-local deliveries = redis.pcall('HINCRBY', record, 'deliveries', 1)
-if type(deliveries) ~= 'number' then return {stored, -2} end
-redis.call('EXPIRE', record, ARGV[3])
-return {stored, deliveries}
+return out
