@@ -14,8 +14,9 @@
   deadline migrates everything at once (`nomad node drain -force`), 0 waits for batch
   allocations to end by themselves (`-no-deadline`). A null DrainSpec cancels the drain;
   `MarkEligible` makes the node eligible again. Answers `{"NodeModifyIndex", "EvalIDs",
-  "EvalCreateIndex", "Index"}`. Once nothing live is left on it, the drain is done
-  (DrainStrategy null; the node stays ineligible).
+  "EvalCreateIndex", "Index"}`, and the change is a `NodeDrain` event of the event
+  stream's Node topic (the node as `GET /v1/node/<id>` answers it). Once nothing live is
+  left on it, the drain is done (DrainStrategy null; the node stays ineligible).
 - `GET /v1/node/<id>`: the node (ID, Name, Datacenter, Status, SchedulingEligibility,
   Drain, DrainStrategy, indexes), 404 `node not found`.
 """
@@ -134,26 +135,32 @@ async def node_route(ctx: Ctx, rest: str) -> Response:
 def drain(scheduler: Scheduler, node: Node, body: dict[str, Any]) -> JsonObj:
     """Start, change or cancel the node's drain (module doc); the answer's JSON."""
     spec = body.get("DrainSpec")
-    with scheduler.store.write("NodeDrain") as w:
-        node.modify_index = w.index
-    index = node.modify_index
     if spec is None:
-        node.drain = None
+        with scheduler.store.write("NodeDrain") as w:
+            node.modify_index = w.index
+            node.drain = None
+            if body.get("MarkEligible"):
+                node.eligible = True
+            w.put_node(node_json(scheduler, node))
         if body.get("MarkEligible"):
-            node.eligible = True
             scheduler.capacity_freed()
+        index = node.modify_index
         return {"NodeModifyIndex": index, "EvalIDs": [], "EvalCreateIndex": 0, "Index": index}
     deadline = int(spec.get("Deadline") or 0)
     now = now_ns()
-    node.eligible = False
-    node.drain = {
-        "DrainSpec": {"Deadline": deadline,
-                      "IgnoreSystemJobs": bool(spec.get("IgnoreSystemJobs"))},
-        "ForceDeadline": rfc3339(now + deadline) if deadline > 0 else ZERO_TIME,
-        "Deadline": deadline,
-        "IgnoreSystemJobs": bool(spec.get("IgnoreSystemJobs")),
-        "StartedAt": rfc3339(now),
-    }  # fmt: skip
+    with scheduler.store.write("NodeDrain") as w:
+        node.modify_index = w.index
+        node.eligible = False
+        node.drain = {
+            "DrainSpec": {"Deadline": deadline,
+                          "IgnoreSystemJobs": bool(spec.get("IgnoreSystemJobs"))},
+            "ForceDeadline": rfc3339(now + deadline) if deadline > 0 else ZERO_TIME,
+            "Deadline": deadline,
+            "IgnoreSystemJobs": bool(spec.get("IgnoreSystemJobs")),
+            "StartedAt": rfc3339(now),
+        }  # fmt: skip
+        w.put_node(node_json(scheduler, node))
+    index = node.modify_index
     live = _live_on(scheduler, node)
     batch = [a for a in live if a.job["Type"] in ("batch", "sysbatch")]
     others = [a for a in live if a not in batch]

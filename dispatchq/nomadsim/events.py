@@ -43,6 +43,8 @@ class Event:
         """The event as JSON values (an allocation as its encoded JSON, a Fragment)."""
         if isinstance(self.obj, Eval):
             payload: JsonObj = {"Evaluation": self.obj.render()}
+        elif self.topic == "Node":
+            payload = {"Node": self.obj}
         elif isinstance(self.obj, Alloc):
             payload = {"Allocation": orjson.Fragment(self.obj.event_json())}
         else:
@@ -87,7 +89,8 @@ class Subscription:
                 waiter.set_result(None)
 
     def matches(self, event: Event) -> bool:
-        if self.namespace not in ("*", event.namespace):
+        # a node's events are in no namespace: every subscriber's
+        if event.namespace and self.namespace not in ("*", event.namespace):
             return False
         keys = self.topics.get(event.topic) or self.topics.get("*")
         if keys is None:

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 MAX_WAIT = 300.0
 
 
+TRUE_WORDS = frozenset({"1", "t", "T", "true", "TRUE", "True"})
+FALSE_WORDS = frozenset({"0", "f", "F", "false", "FALSE", "False"})
+
+
 class ApiError(Exception):
     """An error answered as Nomad does: the raw message as a plain-text body."""
 
@@ -52,6 +56,17 @@ class Ctx:
     @property
     def namespace(self) -> str:
         return self.query.get("namespace") or "default"
+
+    def flag(self, name: str) -> bool:
+        """A boolean query parameter, read as Go's strconv.ParseBool reads it (what Nomad
+        uses: `True`, `t` and `1` are true too, which clients that send Python's `True`
+        rely on); absent is false, anything else 400."""
+        value = self.query.get(name, "")
+        if value in TRUE_WORDS:
+            return True
+        if value in FALSE_WORDS or value == "":
+            return False
+        raise ApiError(400, f"Failed to parse value of {name!r} ({value!r}) as a bool")
 
     @property
     def token(self) -> str:

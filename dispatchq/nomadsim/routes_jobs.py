@@ -133,7 +133,7 @@ async def sub_resource(ctx: Ctx, job_id: str, suffix: str) -> Response:
             return ctx.not_found("job not found", index)
         return ctx.respond(value, index)
     if suffix == "/allocations":
-        show_all = ctx.query.get("all", "") in ("true", "1")
+        show_all = ctx.flag("all")
 
         def allocs() -> tuple[object, int]:
             items = store.job_allocs(key)
@@ -218,7 +218,7 @@ def deregister(ctx: Ctx, job_id: str) -> Response:
     job = store.jobs.get(key)
     if job is None:
         raise ApiError(404, "job not found")
-    purge = ctx.query.get("purge", "") in ("true", "1")
+    purge = ctx.flag("purge")
     eval_id = ""
     with store.write("JobDeregistered") as w:
         if purge:

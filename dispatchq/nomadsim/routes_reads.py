@@ -69,7 +69,7 @@ async def evaluation_route(ctx: Ctx, rest: str) -> Response:
 
         value, index = await ctx.blocking(("eval_allocs", eval_id), allocs)
         return ctx.respond(value, index)
-    related = ctx.query.get("related", "") in ("true", "1")
+    related = ctx.flag("related")
 
     def query() -> tuple[Any, int]:
         ev = store.evals.get(rest)

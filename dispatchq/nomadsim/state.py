@@ -121,6 +121,11 @@ class Write:
                   self.index, ev)
         )
 
+    def put_node(self, node: JsonObj) -> None:
+        """A node's change (its JSON as `GET /v1/node/<id>` answers it), for the event
+        stream's Node topic: nodes are no table of the store (`dispatchq.nomadsim.drain`)."""
+        self.events.append(Event("Node", self.type, node["ID"], "", None, self.index, node))
+
     def put_alloc(self, alloc: Alloc) -> None:
         store = self.store
         alloc.modify_index = self.index

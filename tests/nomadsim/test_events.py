@@ -154,6 +154,24 @@ def test_job_deregistered_event(sim: NomadSimProcess, sapi: Api) -> None:
     assert (events[0]["Type"], events[0]["Key"]) == ("JobDeregistered", job_id)
 
 
+def test_a_node_drain_is_a_node_event_for_every_namespace(
+    sim: NomadSimProcess, sapi: Api
+) -> None:
+    node = sapi.ok("GET", "/v1/nodes")[0]["ID"]
+    stream = open_stream(sim, "namespace=elsewhere&topic=Node")
+    try:
+        assert stream.line() == {}
+        sapi.ok("PUT", f"/v1/node/{node}/drain", json={"DrainSpec": None, "MarkEligible": True})
+        events = stream.events_until(bool)
+    finally:
+        stream.close()
+    [event] = events
+    assert (event["Topic"], event["Type"], event["Key"], event["Namespace"]) == (
+        "Node", "NodeDrain", node, ""
+    )  # fmt: skip
+    assert event["Payload"]["Node"]["SchedulingEligibility"] == "eligible"
+
+
 def test_namespace_parameter(sim: NomadSimProcess, sapi: Api) -> None:
     sapi.ok("PUT", "/v1/namespace/evns")
     job_id = unique("nsev")

@@ -182,6 +182,25 @@ def test_stop_and_purge(api: Api) -> None:
     assert api.delete(f"/v1/job/{job_id}").status_code == 404
 
 
+@pytest.mark.parametrize("word", ["True", "t", "1", "TRUE"])
+def test_purge_reads_a_boolean_as_nomad_does(api: Api, word: str) -> None:
+    """Go's ParseBool: a client sending Python's `True` (python-nomad) purges too."""
+    job_id = unique("purgeword")
+    api.register(parameterized(job_id))
+    api.ok("DELETE", f"/v1/job/{job_id}", params={"purge": word})
+    assert api.get(f"/v1/job/{job_id}").status_code == 404
+
+
+def test_a_purge_that_is_no_boolean_is_refused(api: Api) -> None:
+    job_id = unique("purgebad")
+    api.register(parameterized(job_id))
+    answer = api.delete(f"/v1/job/{job_id}", params={"purge": "yes"})
+    assert (answer.status_code, answer.text) == (
+        400, "Failed to parse value of 'purge' ('yes') as a bool"
+    )  # fmt: skip
+    assert api.get(f"/v1/job/{job_id}").status_code == 200  # nothing done
+
+
 def test_stopping_a_batch_job_creates_a_deregister_eval(api: Api) -> None:
     job_id = unique("dereg")
     api.register(batch_job(job_id, config={"run_for": "1h"}))
