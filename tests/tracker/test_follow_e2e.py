@@ -440,3 +440,54 @@ def test_job_dispatch_wait_explains_a_lost_node_in_nomads_words(
             assert " placed" in after and f'Allocation "{short}"' not in after, text
             assert text.rstrip().splitlines()[-1].endswith("succeeded (exit code 0)"), text
 
+
+
+def test_job_dispatch_wait_says_how_every_other_child_ended(running: Stack) -> None:
+    """`-wait`, each line the words a person needs, for the endings the tests above leave
+    out: a driver's start error, `max_run_duration`, one task of one group of two failing
+    (exit 2 each); an operator's `nomad alloc stop` then the replacement (exit 0); the child
+    stopped by someone with `nomad job stop` (exit 1)."""
+    sim = running.sim.address
+
+    def dispatch(*args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dispatchq.cli", "job", "dispatch", "-wait", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=running.env,
+        )  # fmt: skip
+
+    def child_of(cli: subprocess.Popen[bytes], before: int) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while len(sim_dispatches(sim)) == before:
+            assert cli.poll() is None and time.monotonic() < deadline, "never dispatched"
+            time.sleep(0.05)
+        return running_alloc(sim, sim_dispatches(sim)[before]["child_id"])
+
+    with _tracker(running, "tracker-cli-every"):
+        clis: dict[str, subprocess.Popen[bytes]] = {}
+        for name, act in (("alloc-stop", "stop"), ("job-stop", "delete")):  # one at a time
+            before = len(sim_dispatches(sim))
+            clis[name] = dispatch("-meta", "run_for=2000s", "enc")
+            alloc = child_of(clis[name], before)
+            if act == "stop":
+                requests.post(f"{sim}/v1/allocation/{alloc['ID']}/stop",
+                              timeout=5).raise_for_status()  # fmt: skip
+            else:
+                requests.delete(f"{sim}/v1/job/{alloc['JobID']}", timeout=5).raise_for_status()
+        clis["start-error"] = dispatch("-meta", "start_error=no such file: ffmpeg", "enc")
+        clis["max-run"] = dispatch("-meta", "run_for=1h", "enc-mrd")
+        clis["group"] = dispatch("-meta", "fail=4", "enc-2g")
+        out = {name: cli.communicate(timeout=90) for name, cli in clis.items()}
+    want = {  # exit code, words in the last line
+        "start-error": (2, ["failed", "no such file: ffmpeg"]),
+        "max-run": (2, ["allocation exceeded max_run_duration"]),
+        "group": (2, ['group "video"', "task thumbs exited with code 4"]),
+        "alloc-stop": (0, ["completed: every allocation's tasks succeeded"]),
+        "job-stop": (1, ["stopped"]),
+    }
+    for name, (code, words) in want.items():
+        text = out[name][0].decode()
+        assert clis[name].returncode == code, (name, text, out[name][1])
+        last = text.rstrip().splitlines()[-1]
+        assert all(w in last for w in words), (name, last)
+        assert last.endswith(f"(exit code {code})"), (name, last)
+    assert 'group "audio"' not in out["group"][0].decode().splitlines()[-1]

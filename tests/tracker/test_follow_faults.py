@@ -209,30 +209,37 @@ def test_every_kind_of_ending_through_nomad_errors_and_a_cut_stream(
 ) -> None:
     """Children ending each their own way (success, a failure after restarts and a
     reschedule, a start error, a failure then a successful reschedule, an OOM kill then a
-    restart, an operator's stop then the replacement, a `nomad job stop`) while, for 3 s,
-    a third of the reads of jobs and their allocations answer 500, 503 or 429, the event
-    stream 500, and the open stream is cut: every ending still the right one, each
-    request ended once (one completion event: its record's `ends` is 1)."""
+    restart, an operator's stop then the replacement, a `nomad job stop`) while, for a
+    minute, about four reads in ten of jobs and their allocations answer 500, 503 or 429,
+    the event stream 500, and the open stream is cut; the children end throughout that
+    minute (`run_for` 1.5 s to 45 s): every ending still the right one, none before its
+    child's end, each request ended once (one completion event: its record's `ends` is
+    1)."""
     sim = running.sim.address
     cases: dict[str, tuple[dict[str, str], int, str]] = {
-        "ok": ({"run_for": "1500s"}, 0, "finished"),
-        "exit3": ({"exit_code": "3", "run_for": "300s"}, 2, "failed"),
+        "ok": ({"run_for": "45000s"}, 0, "finished"),
+        "exit3": ({"exit_code": "3", "run_for": "1500s"}, 2, "failed"),
         "start-error": ({"start_error": "no such file: ffmpeg"}, 2, "failed"),
-        "rescheduled-ok": ({"run_for": "1000s", **FAIL_FIRST}, 0, "finished"),
-        "oom": ({"run_for": "2000s"}, 0, "finished"),
-        "operator-stop": ({"run_for": "2000s"}, 0, "finished"),
+        "rescheduled-ok": ({"run_for": "20000s", **FAIL_FIRST}, 0, "finished"),
+        "oom": ({"run_for": "30000s"}, 0, "finished"),
+        "operator-stop": ({"run_for": "40000s"}, 0, "finished"),
         "job-stop": ({"run_for": "3600s"}, 1, "error"),
     }
     with _tracker(running, "tracker-all-endings"), running.producer() as producer:
+        enqueued = time.time()
         ids = {name: producer.enqueue("enc", meta=meta, until="finished",
                                       request_id=f"all-{name}")
                for name, (meta, _, _) in cases.items()}  # fmt: skip
+        # no outcome before this (Unix time): what the child still had to run
+        earliest = {"ok": enqueued + 45, "rescheduled-ok": enqueued + 20}
         oom = child_running(redis_client, sim, ids["oom"])
         requests.post(f"{sim}/_sim/allocations/{oom['ID']}/fail", timeout=5,
                       json={"exit_code": 137, "signal": 9, "oom_killed": True}
                       ).raise_for_status()  # fmt: skip
+        earliest["oom"] = time.time() + 30  # restarted: runs its 30 s again
         moved = child_running(redis_client, sim, ids["operator-stop"])
         requests.post(f"{sim}/v1/allocation/{moved['ID']}/stop", timeout=5).raise_for_status()
+        earliest["operator-stop"] = time.time() + 40  # its replacement runs 40 s
         stopped = child_running(redis_client, sim, ids["job-stop"])["JobID"]
         requests.delete(f"{sim}/v1/job/{stopped}", timeout=5).raise_for_status()
         try:
@@ -244,7 +251,12 @@ def test_every_kind_of_ending_through_nomad_errors_and_a_cut_stream(
             ):
                 add_fault(sim, rule)
             requests.post(f"{sim}/_sim/event-stream/cut", timeout=5).raise_for_status()
-            time.sleep(3.0)  # the children end meanwhile
+            faulted_until = time.time() + 60.0
+            while time.time() < faulted_until:  # the children end meanwhile, none early
+                not_yet = [n for n, at in earliest.items() if time.time() < at - 1]
+                early = [n for n in not_yet if producer.result(ids[n]).outcome is not None]
+                assert not early, f"ended before their child could have: {early}"
+                time.sleep(1.0)
         finally:
             clear_faults(sim)
         statuses = producer.wait(list(ids.values()), timeout=90)
