@@ -204,6 +204,7 @@ def test_nomad_answering_5xx_and_429_for_a_while(running: Stack, redis_client: r
     assert "completed: every allocation's tasks succeeded" in out.decode().splitlines()[-1]
 
 
+@pytest.mark.timeout(300)  # a minute of faults, then the endings' checks, on a loaded machine
 def test_every_kind_of_ending_through_nomad_errors_and_a_cut_stream(
     running: Stack, redis_client: redis.Redis
 ) -> None:
