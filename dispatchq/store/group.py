@@ -1,6 +1,6 @@
 """Group commit: calls made at about the same time by many threads (or greenlets) of one
-process joined into one call, so that N requests ending together cost one round trip and
-one script run, not N.
+process joined into one call, so that N requests taken, dispatched or ended together cost
+one round trip and one script run, not N (`dispatchq.store.records`).
 
 No timer and no thread of its own: the first caller to find no call under way runs one
 with everything waiting (at most `most`), and the others wait for its answer. Whatever
@@ -8,11 +8,12 @@ arrived meanwhile is the next group, run by the first of it, woken for that. An 
 process so runs each call alone, at once; a busy one groups as many as arrive while one
 call is out.
 
-A group that Redis refuses (`redis.ResponseError`: a key of another type, a script
-error) is run again one by one, so that only the ending that caused it fails: a call whose
-parts are idempotent (done.lua: an ending stored twice counts once) may so run a part
-twice. Any other error (the connection) fails every call of the group, each to be retried
-by its own caller.
+A call of the group that Redis refuses (a key of another type) is answered with its
+error, to its caller alone: the script goes on with the others (lua/_group.lua). A whole
+group refused (`redis.ResponseError` for the script call itself) is run again one by one,
+so that only the call that caused it fails (the scripts' calls are idempotent: an ending
+stored twice counts once). Any other error (the connection) fails every call of the
+group, each to be retried by its own caller.
 """
 
 from __future__ import annotations
@@ -150,4 +151,7 @@ class GroupCommit(Generic[T, R]):
                 waiting.error = cut
             raise
         for waiting, answer in zip(group, answers, strict=True):
-            waiting.answer = answer
+            if isinstance(answer, redis.ResponseError):  # this call's alone (lua/_group.lua)
+                waiting.error = answer
+            else:
+                waiting.answer = answer

@@ -173,3 +173,51 @@ def test_callers_stopped_while_they_wait_leave_no_group_behind() -> None:
     answers, groups = done.stdout.splitlines()
     assert answers == "0 30 40"
     assert groups == "[[0], [3], [4]]"
+
+
+@pytest.mark.slow
+def test_an_ending_redis_refuses_fails_alone_and_the_groups_counts_stay_exact(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ending of a group whose request record holds another type of value (a hostile
+    client's doing): its caller gets Redis's error, the others are stored and counted,
+    their batch's counters written."""
+    store = RecordStore(redis_client, 60)
+    pipe = redis_client.pipeline()
+    BatchStore(redis_client, 60).create(pipe, "b-2", "video", namespace=None, total=3)
+    pipe.execute()
+    redis_client.set(keys.request("r-bad"), "not a hash")
+    run = store._endings._run
+    calls: list[int] = []
+
+    def held(group: Sequence[Any]) -> list[Any]:
+        calls.append(len(group))
+        if len(calls) == 1:
+            wait_for(lambda: len(store._endings._queue) >= 2)
+        return run(group)
+
+    monkeypatch.setattr(store._endings, "_run", held)
+    by_rid: dict[str, Any] = {}
+
+    def end(rid: str) -> None:
+        try:
+            by_rid[rid] = finish(store, rid, 0, "b-2")
+        except redis.ResponseError as err:
+            by_rid[rid] = err
+
+    threads = []
+    for n, rid in enumerate(["r-ok1", "r-ok2", "r-bad"]):  # in this order: r-ok2 before r-bad
+        threads.append(threading.Thread(target=end, args=(rid,)))
+        threads[-1].start()
+        def started(n: int = n) -> bool:
+            return len(calls) == 1 if n == 0 else len(store._endings._queue) == n
+
+        wait_for(started)
+    for thread in threads:
+        thread.join(10)
+    assert calls == [1, 2]  # the refused one shared a call with another, after it
+    assert isinstance(by_rid.pop("r-bad"), redis.ResponseError)
+    assert by_rid == {"r-ok1": True, "r-ok2": True}
+    batch = redis_client.hgetall(keys.batch("b-2"))
+    assert (batch[b"done"], batch[b"exit:0"]) == (b"2", b"2")
+    assert all(redis_client.exists(keys.celery_result(rid)) for rid in ("r-ok1", "r-ok2"))
