@@ -13,7 +13,9 @@ error, to its caller alone: the script goes on with the others (lua/_group.lua).
 group refused (`redis.ResponseError` for the script call itself) is run again one by one,
 so that only the call that caused it fails (the scripts' calls are idempotent: an ending
 stored twice counts once). Any other error (the connection) fails every call of the
-group, each to be retried by its own caller.
+group, each to be retried by its own caller; a lost connection or a timeout fails the
+callers waiting for the next group too, at once: in a failover each caller would otherwise
+wait for the call before its own to time out, then for its own (twice the outage).
 """
 
 from __future__ import annotations
@@ -103,12 +105,18 @@ class GroupCommit(Generic[T, R]):
         with self._lock:
             group = self._queue[: self._most]
             del self._queue[: self._most]
+        lost: BaseException | None = None
         try:
-            self._answer(group)
+            lost = self._answer(group)
         finally:
-            for waiting in group:
-                waiting.answered = True
             with self._lock:
+                if lost is not None:  # Redis out of reach: those waiting fail now, not later
+                    group += self._queue
+                    self._queue = []
+                    for waiting in group:
+                        waiting.error = waiting.error or lost
+                for waiting in group:
+                    waiting.answered = True
                 self._hand_on()
             for waiting in group:
                 waiting.ready.set()
@@ -131,20 +139,22 @@ class GroupCommit(Generic[T, R]):
             if mine.lead and not mine.answered:
                 self._hand_on()
 
-    def _answer(self, group: list[_Waiting[T, R]]) -> None:
+    def _answer(self, group: list[_Waiting[T, R]]) -> BaseException | None:
+        """Answer the group (each its answer or error); the error, if Redis could not be
+        reached (the callers still waiting get it too: see `_run_next`)."""
         try:
             answers = self._run([w.item for w in group])
         except redis.ResponseError as err:
             if len(group) == 1:
                 group[0].error = err
-                return
+                return None
             for waiting in group:  # one by one: only the one Redis refused fails
                 self._answer([waiting])
-            return
+            return None
         except Exception as err:  # noqa: BLE001  (each caller raises it, to retry as it would alone)
             for waiting in group:
                 waiting.error = err
-            return
+            return err if isinstance(err, redis.ConnectionError | redis.TimeoutError) else None
         except BaseException as err:  # the running caller is stopped (a time limit...)
             cut = redis.ConnectionError(f"a grouped call was cut short: {type(err).__name__}")
             for waiting in group:
@@ -155,3 +165,4 @@ class GroupCommit(Generic[T, R]):
                 waiting.error = answer
             else:
                 waiting.answer = answer
+        return None

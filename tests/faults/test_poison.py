@@ -89,8 +89,9 @@ def test_poison_messages_are_dead_lettered_and_the_worker_keeps_working(
         for _, item, _ in POISON:
             client.lpush(QUEUE, item)
         # A request whose message already came back twice (say, it killed two workers):
+        # (counted before its message is pushed: a fetch may take it at once)
+        client.hset(keys.request("capped-1"), dlq.DELIVERIES, 2)
         capped = producer.enqueue("encode", meta={"profile": "hd"}, request_id="capped-1")
-        client.hset(keys.request(capped), dlq.DELIVERIES, 2)
         # A malformed envelope naming a request of ours (queued, never taken):
         client.hset(keys.request("ours-1"), "state", "queued")
         client.expire(keys.request("ours-1"), 600)

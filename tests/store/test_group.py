@@ -101,6 +101,22 @@ def test_a_lost_connection_fails_every_call_of_its_group_and_the_next_group_stil
     assert group.commit(7) == 70  # nothing left stuck
 
 
+def test_a_lost_connection_fails_the_callers_waiting_for_the_next_group_at_once() -> None:
+    """A failover: the call out fails, and those waiting behind it fail with it instead of
+    making a call of their own into the same outage, after it."""
+
+    def lose_the_first(items: Sequence[int]) -> Exception | None:
+        return redis.ConnectionError("lost") if len(run.groups) == 1 else None
+
+    run = HeldFirst(waiting=4, fail=lose_the_first)
+    group: GroupCommit[int, int] = GroupCommit(run)
+    run.group = group
+    answers = run_in_threads(group.commit, 5)
+    assert all(isinstance(a, redis.ConnectionError) for a in answers.values()), answers
+    assert run.groups == [[0]]  # one call made
+    assert group.commit(7) == 70  # and the next caller runs
+
+
 @pytest.mark.slow
 def test_endings_of_one_batch_stored_as_one_group_count_once_each(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
