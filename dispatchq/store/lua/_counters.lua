@@ -7,42 +7,42 @@
 -- Prepended to every script that calls `count` (`dispatchq.store.scripts`).
 local pending_counts, read_counts = {}, {}
 
-local function count(key, field, n)
-  local fields = pending_counts[key]
-  if not fields then
-    fields = {}
-    pending_counts[key] = fields
+local function entry(tbl, key)
+  local t = tbl[key]
+  if not t then
+    t = {}
+    tbl[key] = t
   end
+  return t
+end
+
+local function count(key, field, n)
+  local fields = entry(pending_counts, key)
   fields[field] = (fields[field] or 0) + n
+end
+
+local function with_pending(key, field, value)
+  local fields = pending_counts[key]
+  return value + ((fields and fields[field]) or 0)
 end
 
 -- `field` of `key` with `n` added now, and what is pending: the first time in a call, one
 -- HINCRBY that answers the value; after that nothing until `flush_counters`.
 local function count_and_read(key, field, n)
-  local read = read_counts[key]
-  if not read then
-    read = {}
-    read_counts[key] = read
-  end
+  local read = entry(read_counts, key)
   if read[field] == nil then
     read[field] = redis.call('HINCRBY', key, field, n)
   else
     count(key, field, n)
   end
-  local fields = pending_counts[key]
-  return read[field] + ((fields and fields[field]) or 0)
+  return with_pending(key, field, read[field])
 end
 
 -- `field` of `key` (a number), read once per call, with what is pending.
 local function counter(key, field)
-  local read = read_counts[key]
-  if not read then
-    read = {}
-    read_counts[key] = read
-  end
+  local read = entry(read_counts, key)
   if read[field] == nil then read[field] = tonumber(redis.call('HGET', key, field) or '0') end
-  local fields = pending_counts[key]
-  return read[field] + ((fields and fields[field]) or 0)
+  return with_pending(key, field, read[field])
 end
 
 local function flush_counters()
