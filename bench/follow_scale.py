@@ -10,7 +10,9 @@ an hour; one `dispatchq tracker` process follows them. Printed:
 - Redis bytes per followed child: `used_memory` before and after the handoffs, over the
   count (the record with its outcome so far, and the follow set's entry), and MEMORY
   USAGE of one record and of one final outcome (the limit: 1 KB per child);
-- the tracker's RSS once it has checked every child (the limit: 250 MB);
+- the tracker's RSS once it has checked every child (every record says `running`; the
+  limit: 250 MB), and its CPU over the next 20 s, nothing ending (its forced re-checks,
+  `FollowPolicy.sweep_rate`, and the stream);
 - then `--burst` children whose tasks all end within one second: for each, nomadsim's
   terminal event (the Allocation event with a terminal ClientStatus, on this process's own
   event stream; timed by the allocation's ModifyTime) to the outcome stored (its
@@ -42,7 +44,7 @@ from typing import Any
 import redis
 import requests
 
-from bench.procfs import memory, tcp_connections, tree
+from bench.procfs import cpu_seconds, memory, tcp_connections, tree
 from dispatchq.core.outcome import OutcomeRecorder
 from dispatchq.core.request import DispatchRequest
 from dispatchq.core.transcript import AllocationPlaced, Dispatched, EvalFinished, MonitorStarted
@@ -70,6 +72,18 @@ JOB: dict[str, Any] = {
     }],
 }  # fmt: skip
 TERMINAL = {"complete", "failed", "lost"}
+STEADY = 20.0
+"""Seconds over which the tracker's CPU is measured once every child has been checked
+(its forced re-checks and the stream, nothing ending)."""
+
+
+def _all_running(r: redis.Redis, request_ids: list[str]) -> bool:
+    """Whether the tracker has checked every one (the hand-off says `scheduled`; a check of
+    a running child, `running`)."""
+    pipe = r.pipeline(transaction=False)
+    for rid in request_ids:
+        pipe.hget(keys.request(rid), "state")
+    return all(state == b"running" for state in pipe.execute())
 
 
 def dispatch_all(
@@ -160,6 +174,7 @@ class RunFigures:
     outcome_json: int
     rss: int
     checked_in: float
+    steady_cpu: float
     tracker_connections: int
     ours: list[float]
     base: list[float]
@@ -199,11 +214,14 @@ def one_run(count: int, burst: int, logs: Path, run: int) -> RunFigures:  # noqa
         with TrackerProcess(env=env, log_path=logs / f"tracker-{run}.log") as tracker:
             assert tracker.process is not None
             started = time.monotonic()
-            while r.zcount(keys.FOLLOW, "-inf", time.time() + 60) > 0:
-                time.sleep(0.5)
+            while not _all_running(r, [rid for rid, _ in followed]):
+                time.sleep(2.0)
             checked_in = time.monotonic() - started
             pids = tree(tracker.process.pid)
             rss = memory(pids).rss
+            cpu0 = cpu_seconds(pids)
+            time.sleep(STEADY)
+            steady_cpu = (cpu_seconds(pids) - cpu0) / STEADY
             tracker_connections = sum(tcp_connections(pids, sim.port).values())
             watch = TerminalWatch(client)
             time.sleep(0.5)
@@ -243,7 +261,8 @@ def one_run(count: int, burst: int, logs: Path, run: int) -> RunFigures:  # noqa
         client.close()
         r.close()
     return RunFigures(per_child, one_record, outcome_bytes, len(sample), rss, checked_in,
-                      tracker_connections, ours, base, base_bytes, base_connections)  # fmt: skip
+                      steady_cpu, tracker_connections, ours, base, base_bytes,
+                      base_connections)  # fmt: skip
 
 
 def _runs(values: list[float], fmt: str) -> str:
@@ -282,7 +301,9 @@ def main() -> int:
           f"{last.outcome_bytes} B ({last.outcome_json} B JSON)")  # fmt: skip
     print(f"tracker RSS following {count}: {median(rss):.0f} MB [{_runs(rss, '.0f')}] "
           f"(limit 250 MB), {last.tracker_connections} connections to Nomad, checked all "
-          f"in {median([f.checked_in for f in figures]):.0f} s")  # fmt: skip
+          f"in {median([f.checked_in for f in figures]):.0f} s; then, nothing ending, "
+          f"{median([f.steady_cpu for f in figures]) * 100:.0f} % of a core over "
+          f"{STEADY:.0f} s (re-checks and the stream)")  # fmt: skip
     print(f"{burst} ending within 1 s, terminal event -> outcome stored: p50 "
           f"{median(p50):.0f} ms [{_runs(p50, '.0f')}], p99 {median(p99):.0f} ms "
           f"[{_runs(p99, '.0f')}] (limit p99 1000 ms; measured "

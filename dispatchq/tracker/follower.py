@@ -57,6 +57,8 @@ log = structlog.get_logger(__name__)
 TOPICS = ("Job", "Allocation")
 CHORES_EVERY = 0.2
 """Seconds between the leader's chores (`Tracker.chores`)."""
+COUNT_EVERY = 5.0
+"""Seconds between two reads of the number of followed children (for `Follower.sweep`)."""
 PASS_FAILED_PAUSE = 1.0
 """Seconds the tracker waits after a pass that Redis failed before the next."""
 
@@ -68,6 +70,12 @@ class FollowPolicy:
     change, so this only bounds how long a missed event could hide an end. 300 s keeps the
     reads at 20,000 children to ~130 GETs/s on Nomad, and an end missed despite the
     reconcile after every reconnect is still seen within five minutes."""
+    sweep_rate: float = 100.0
+    """Forced checks per second at most: past `sweep * sweep_rate` children (30,000) the
+    time between two forced checks of one child grows with their number (100,000: 1,000 s),
+    so that the sweep's reads on Nomad and the tracker's CPU stay flat at any size (at
+    100,000 and a 300 s sweep the re-checks alone kept a core busy); the stream still
+    wakes each change at once."""
     reconcile_rate: float = 200.0
     """Checks per second at most when every child is made due (start, takeover, stream
     reconnect): 20,000 children reconciled in 100 s, ~400 GETs/s on Nomad."""
@@ -131,9 +139,16 @@ class Follower:
         self.on_child: Callable[[str, str], None] | None = None
         """Told (child job ID, request ID) before the reads, so that an event arriving
         while they run wakes another check (the tracker's map)."""
+        self.followed = 0
+        """How many children are followed (as the tracker last counted them)."""
         self._down_since: dict[str, float] = {}
         """Per followed child that Nomad is not answering for, since when (each child has
         its own clock: one child's good read says nothing of another's)."""
+
+    @property
+    def sweep(self) -> float:
+        """Seconds to a child's next forced check (`FollowPolicy.sweep_rate`)."""
+        return max(self.policy.sweep, self.followed / self.policy.sweep_rate)
 
     def check(self, request_id: str) -> Checked:
         checked = self._check(request_id)
@@ -167,7 +182,7 @@ class Follower:
         if verdict.ended:
             checked.finished = self._finish(record, verdict, checked)
             return checked
-        next_check = now + self.policy.sweep
+        next_check = now + self.sweep
         if record.deadline is not None:
             next_check = min(next_check, record.deadline)
         state = RequestState.RUNNING if verdict.stage == RUNNING else RequestState.SCHEDULED
@@ -291,6 +306,7 @@ class Tracker:
         self._pool = ThreadPoolExecutor(self.policy.threads, thread_name_prefix="follow")
         self._renewed = 0.0
         self._chores_at = 0.0
+        self._counted_at = 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -305,6 +321,7 @@ class Tracker:
                         self._stop.wait(keys.TRACKER_LEASE_MS / 3000)
                         continue
                     self._chores()
+                    self._count()
                     if not self.run_once():
                         self._stop.wait(0.05)
                 except redis.RedisError as err:  # Redis away or refusing: the next pass
@@ -339,6 +356,12 @@ class Tracker:
             self.chores()
         except Exception:  # Redis away: the next pass tries again
             log.exception("tracker.chores_failed")
+
+    def _count(self) -> None:
+        now = time.monotonic()
+        if now - self._counted_at >= COUNT_EVERY:
+            self._counted_at = now
+            self.follower.followed = int(self.client.zcard(keys.FOLLOW))
 
     def run_once(self) -> int:
         """One pass: submit the checks of the dirty and the due children not being checked

@@ -232,3 +232,21 @@ def test_a_check_that_redis_interrupted_is_made_again_on_the_next_pass(
     assert tracker.run_once() == 1  # checked again at once
     tracker._pool.shutdown(wait=True)
     assert failures == []
+
+
+def test_forced_checks_spread_out_as_the_followed_grow(store: RecordStore) -> None:
+    """Past `sweep * sweep_rate` children the next forced check is further away, so the
+    sweep's reads stay at `sweep_rate` a second whatever the number followed."""
+    follower = Follower(FakeChildren(), store, _results, clock=lambda: 1000.0,
+                        policy=FollowPolicy(sweep=300.0, sweep_rate=100.0))  # fmt: skip
+    tracker = Tracker(store.client, follower, Lease(store.client, "t"))
+    store.client.zadd(keys.FOLLOW, {f"other{n}": 1e12 for n in range(99)})
+    _handed_off(store)
+    tracker._count()
+    assert follower.followed == 100
+    follower.check("r1")
+    assert store.client.zscore(keys.FOLLOW, "r1") == 1000.0 + 300.0  # few: the sweep
+    follower.followed = 100_000  # as counted at that size
+    follower.check("r1")
+    assert store.client.zscore(keys.FOLLOW, "r1") == 1000.0 + 1000.0  # 100,000 / 100 a second
+    tracker._pool.shutdown(wait=True)
