@@ -190,19 +190,17 @@ class NomadClient:
         return list(body or [])
 
     def job_allocations(
-        self, job_id: str, *, namespace: str | None = None
-    ) -> list[dict[str, JSON]]:
-        """`GET /v1/job/<id>/allocations`: AllocListStubs with TaskStates, NextAllocation,
-        RescheduleTracker and FollowupEvalID (`[]` for a job without allocations)."""
-        path = f"/v1/job/{quote(job_id, safe='')}/allocations"
-        body, _ = self._call("GET", path, namespace=namespace)
-        return list(body or [])
-
-    def watch_job_allocations(
-        self, job_id: str, *, namespace: str | None = None, index: int = 0, wait: float = 30.0
+        self,
+        job_id: str,
+        *,
+        namespace: str | None = None,
+        index: int = 0,
+        wait: float | None = None,
     ) -> tuple[list[dict[str, JSON]], int]:
-        """`job_allocations` as a blocking query: answers once the index passes `index`
-        (or `wait` seconds pass), with the new index."""
+        """`GET /v1/job/<id>/allocations`: AllocListStubs with TaskStates, NextAllocation,
+        RescheduleTracker and FollowupEvalID (`[]` for a job without allocations), and the
+        allocations' index; with `index`, a blocking query that answers once the index
+        passes it (or `wait` seconds pass)."""
         path = f"/v1/job/{quote(job_id, safe='')}/allocations"
         body, last = self._call("GET", path, namespace=namespace, index=index, wait=wait)
         return list(body or []), last

@@ -45,7 +45,7 @@ def follow_child(
             wait = WAIT if deadline is None else max(0.01, min(WAIT, deadline - now))
             allocs: list[dict[str, Any]] = []
             if job is not None:
-                allocs, index = client.watch_job_allocations(
+                allocs, index = client.job_allocations(
                     child, namespace=namespace, index=index, wait=wait
                 )
                 job = client.read_job(child, namespace=namespace)[0]

@@ -7,8 +7,8 @@ life; a standby takes over once it lapses). The leader runs:
   followed children dirty: an event wakes a check, it is never the truth;
 - a loop that checks, on a small fixed pool of threads, the children that are dirty or
   due (their score in the follow set: the next forced check): `Follower.check` reads the
-  child job and its allocations and either stores the outcome (first finish wins) or
-  writes the stage and the next forced check;
+  child's allocations (and its job, once none of them runs) and either stores the outcome
+  (first finish wins) or writes the stage and the next forced check;
 - after a start, a takeover or a stream reconnect, every followed child is made due,
   spread at `reconcile_rate` per second (scores in Redis: no queue in memory).
 
@@ -49,6 +49,7 @@ from dispatchq.tracker.decide import (
     Verdict,
     child_end,
     decide,
+    terminal,
 )
 from dispatchq.tracker.leader import Lease, reconcile_all
 
@@ -99,7 +100,7 @@ class ChildReader(Protocol):
 
     def job_allocations(
         self, job_id: str, *, namespace: str | None = None
-    ) -> list[dict[str, Any]]: ...
+    ) -> tuple[list[dict[str, Any]], int]: ...
 
 
 Results = Callable[[str, dict[str, Any]], StoredResult]
@@ -165,15 +166,8 @@ class Follower:
         child, now = record.dispatched_job_id, self.clock()
         if self.on_child is not None:
             self.on_child(child, request_id)
-        namespace = record.namespace or None
         try:
-            try:
-                job: dict[str, Any] | None = self.reader.read_job(child, namespace=namespace)[0]
-                allocs = self.reader.job_allocations(child, namespace=namespace)
-            except NomadError as err:
-                if err.status != 404:
-                    raise
-                job, allocs = None, []
+            job, allocs = self._read(child, record.namespace or None, record.deadline, now)
         except NomadError as err:
             return self._unanswered(record, err, now)
         self._down_since.pop(request_id, None)
@@ -189,6 +183,33 @@ class Follower:
         self.store.restage(request_id, state, next_check)
         self._announce(request_id, verdict.stage, job or {}, allocs)
         return checked
+
+    def _read(
+        self, child: str, namespace: str | None, deadline: float | None, now: float
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The child's job (None: 404) and allocations, as `decide` needs them, in one read
+        while it runs. The allocations come first: while one is not terminal the child
+        cannot have ended, and Nomad calls its job `running` (the job is read only at the
+        deadline, for the outcome's view). Otherwise the job is read: if it turned `dead`
+        after the allocations were listed (its ModifyIndex past their index), they are
+        listed again, since the last of them may be missing from the first list."""
+        try:
+            allocs, listed_at = self.reader.job_allocations(child, namespace=namespace)
+        except NomadError as err:
+            if err.status != 404:
+                raise
+            allocs, listed_at = [], 0
+        if any(not terminal(a) for a in allocs) and (deadline is None or now < deadline):
+            return {"Status": "running"}, allocs
+        try:
+            job = self.reader.read_job(child, namespace=namespace)[0]
+        except NomadError as err:
+            if err.status != 404:
+                raise
+            return None, []
+        if job.get("Status") == "dead" and int(job.get("ModifyIndex") or 0) > listed_at:
+            allocs = self.reader.job_allocations(child, namespace=namespace)[0]
+        return job, allocs
 
     def _unanswered(self, record: RequestRecord, err: NomadError, now: float) -> Checked:
         rid = record.request_id

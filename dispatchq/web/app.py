@@ -136,7 +136,7 @@ class Dashboard:
         """Each task's events, read from Nomad now (per allocation, oldest first); None
         when Nomad cannot say (unreachable, or the child was garbage-collected)."""
         try:
-            allocs = self.nomad.job_allocations(child, namespace=namespace or None)
+            allocs = self.nomad.job_allocations(child, namespace=namespace or None)[0]
         except DispatchqError:
             return None
         rows: list[dict[str, Any]] = []

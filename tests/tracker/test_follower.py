@@ -32,6 +32,7 @@ class FakeChildren:
         self.allocs: list[dict[str, Any]] = [_alloc("running")]
         self.error: Exception | None = None
         self.reads = 0
+        self.listings = 0
 
     def read_job(self, job_id: str, **_: Any) -> tuple[dict[str, Any], int]:
         self.reads += 1
@@ -41,8 +42,11 @@ class FakeChildren:
             raise NotFound("job not found", status=404)
         return self.job, 1
 
-    def job_allocations(self, job_id: str, **_: Any) -> list[dict[str, Any]]:
-        return self.allocs
+    def job_allocations(self, job_id: str, **_: Any) -> tuple[list[dict[str, Any]], int]:
+        self.listings += 1
+        if self.error is not None:
+            raise self.error
+        return self.allocs, 1
 
 
 def _alloc(status: str, code: int = 0) -> dict[str, Any]:
@@ -152,7 +156,7 @@ def test_the_wait_timeout_holds_while_nomad_fails(store: RecordStore) -> None:
 
 def test_collected_is_exit_1(store: RecordStore) -> None:
     nomad = FakeChildren()
-    nomad.job = None
+    nomad.job, nomad.allocs = None, []  # garbage-collected: Nomad lists no allocation
     _handed_off(store, batch=None)
     assert Follower(nomad, store, _results).check("r1").finished
     outcome = json.loads(store.client.get(keys.celery_result("r1")))["result"]  # type: ignore[arg-type]
@@ -250,3 +254,31 @@ def test_forced_checks_spread_out_as_the_followed_grow(store: RecordStore) -> No
     follower.check("r1")
     assert store.client.zscore(keys.FOLLOW, "r1") == 1000.0 + 1000.0  # 100,000 / 100 a second
     tracker._pool.shutdown(wait=True)
+
+
+def test_a_running_child_costs_one_read_and_an_end_is_read_whole(store: RecordStore) -> None:
+    """While an allocation is not terminal the child cannot have ended: its allocations
+    are the only read. Once none runs, the job is read too, and if it turned dead after
+    the allocations were listed (its ModifyIndex past their index), they are listed
+    again: the list may lack the allocation that ended it."""
+    nomad = FakeChildren()
+    follower = Follower(nomad, store, _results, clock=lambda: 1000.0)
+    _handed_off(store)
+    assert not follower.check("r1").verdict.ended  # type: ignore[union-attr]
+    assert (nomad.listings, nomad.reads) == (1, 0)
+    nomad.allocs = [_alloc("failed", code=3)]  # listed before the reschedule's end...
+    nomad.job = {"ID": CHILD, "Status": "dead", "Stop": False, "ModifyIndex": 7}
+    relisted = [{**_alloc("failed", code=3), "NextAllocation": "a2"},
+                {**_alloc("complete"), "ID": "a2", "CreateIndex": 2}]  # fmt: skip
+    real = nomad.job_allocations
+
+    def listing(job_id: str, **kw: Any) -> tuple[list[dict[str, Any]], int]:
+        allocs, index = real(job_id, **kw)
+        nomad.allocs = relisted  # ...which the second listing shows
+        return allocs, index
+
+    nomad.job_allocations = listing  # type: ignore[method-assign]
+    checked = follower.check("r1")
+    assert (nomad.listings, nomad.reads) == (3, 1)
+    assert checked.finished and checked.verdict is not None
+    assert (checked.verdict.status, checked.verdict.exit_code) == ("finished", 0)
