@@ -49,9 +49,9 @@ A request of a batch moves between its batch's state counters in the same script
 (`batch_move`, `lua/_batch.lua`; see `dispatchq.store.batches`).
 
 The TTL (result_ttl) is set by the enqueue (or by the take, for a record the take makes)
-and renewed by every write after the evaluation (handoff.lua, stage.lua, done.lua), not
-by the take and the write-ahead of a request a worker takes well within it: the
-commands per request are few (bench/README.md). done.lua also stores the outcome under
+and renewed by the tracker's checks and by the end (stage.lua, done.lua), not by the take,
+the write-ahead and the hand-off of a request a worker takes well within it: the commands
+per request are few (bench/README.md). done.lua also stores the outcome under
 the request's result key, in Celery's result format (`store_result` in `lua/_store.lua`,
 the one place that stores and publishes an outcome; `dispatchq.broker.app`'s backend uses
 it too). The endings a process stores at about the same time share one call of it
@@ -250,7 +250,8 @@ class RecordStore:
         self.client = client
         self.ttl = ttl
         self.events = events if events is not None else EventStream()
-        # a worker's takes, write-aheads and endings: each a group of those at the same time
+        # a worker's takes, write-aheads, hand-offs and endings: each a group of those at
+        # about the same time
         self._endings: GroupCommit[Call, int] = GroupCommit(
             script_group(client.register_script(SCRIPTS["done"]))
         )
@@ -260,8 +261,10 @@ class RecordStore:
         self._writes_ahead: GroupCommit[Call, int] = GroupCommit(
             script_group(client.register_script(SCRIPTS["dispatched"]))
         )
+        self._hand_offs: GroupCommit[Call, int] = GroupCommit(
+            script_group(client.register_script(SCRIPTS["handoff"]))
+        )
         self._cancel_flags: dict[str, tuple[float, bool]] = {}  # batch: (read at, cancelled)
-        self._handoff = client.register_script(SCRIPTS["handoff"])
         self._stage = client.register_script(SCRIPTS["stage"])
 
     def of(self, request_id: str, batch_id: str | None = None) -> RecordHandle:
@@ -345,27 +348,18 @@ class RecordStore:
         """The evaluation is done and the request follows its child: `scheduled`, with the
         outcome so far, in the follow set, due at once (the tracker takes it from here).
         Its `notify_url` is kept in the record for its end. False for a request already done."""
-        return bool(
-            self._handoff(
-                keys=[keys.request(request_id), keys.FOLLOW, keys.partial(request_id)],
-                args=[
-                    self.ttl,
-                    request_id,
-                    time.time(),
-                    namespace,
-                    "" if deadline is None else repr(deadline),
-                    zlib.compress(
-                        json.dumps(
-                            {k: v for k, v in partial.items() if k not in IN_RECORD},
-                            separators=(",", ":"),
-                        ).encode(),
-                        PARTIAL_LEVEL,
-                    ),
-                    keys.batch(""),
-                    notify_url or "",
-                ],
-            )
+        so_far = json.dumps(
+            {k: v for k, v in partial.items() if k not in IN_RECORD}, separators=(",", ":")
         )
+        return bool(
+            self._hand_offs.commit((
+                [keys.request(request_id), keys.FOLLOW, keys.partial(request_id)],
+                [self.ttl, request_id, time.time(), namespace,
+                 "" if deadline is None else repr(deadline),
+                 zlib.compress(so_far.encode(), PARTIAL_LEVEL), keys.batch(""),
+                 notify_url or ""],
+            ))
+        )  # fmt: skip
 
     def load_partial(self, request_id: str) -> str:
         """A followed child's outcome so far (JSON), or "" if there is none."""

@@ -8,7 +8,8 @@
 -- With a stream (ARGV[12]), the ending appends its completion events in the same step
 -- (`emit_done_events`, lua/_events.lua): the request's, and its batch's when it is the last.
 -- A followed child's end (the tracker, `RecordStore.finish_followed`) also leaves the
--- follow set (KEYS[3]) here, and its outcome so far (KEYS[4]) and deadline are dropped.
+-- follow set (KEYS[3]) here, and its outcome so far (KEYS[4]) and deadline (if it had one)
+-- are dropped.
 -- A request of a batch leaves its batch's state counters (`batch_move`, lua/_batch.lua).
 -- Automatic retry (`--max-attempts`): an item of a batch whose `max_attempts` exceeds this
 -- attempt (the record's `attempt`, 1 when absent) and that failed in its own run (exit
@@ -33,7 +34,7 @@
 -- items hash or '', run-time field or ''].
 local function finish(KEYS, ARGV)
   local record = KEYS[1]
-  local found = redis.call('HMGET', record, 'state', 'digest', 'ends')
+  local found = redis.call('HMGET', record, 'state', 'digest', 'ends', 'deadline')
   local state = found[1]
   if ARGV[7] ~= '' and found[2] and found[2] ~= ARGV[7] then return -1 end
   if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[10]) end
@@ -46,7 +47,7 @@ local function finish(KEYS, ARGV)
   else
     redis.call('HSET', record, 'state', 'done', 'exit_code', ARGV[2])
   end
-  if KEYS[3] then redis.call('HDEL', record, 'deadline') end
+  if found[4] then redis.call('HDEL', record, 'deadline') end
   if KEYS[4] then redis.call('DEL', KEYS[4]) end
   local done_now = nil  -- the batch's `done` count with this ending, when it counts
   if ARGV[3] ~= '' then
