@@ -7,8 +7,9 @@ while on a busy machine) takes the message with it: it is in neither place, and 
 ever redelivers it. The fault suite saw this: 3 of 1,000 requests lost to 4 SIGKILLs.
 
 `ReliableChannel` fetches with `BLMOVE` instead, into a list of its own consumer
-(`keys.inflight`), and the message stays there until it is acknowledged (`LREM`) or
-rejected (`LREM`, and back to its queue if requeued): the in-flight list is the one record
+(`keys.inflight`), and the message stays there until it is acknowledged (`LREM`: those of
+a worker at about the same time in one round trip) or rejected (`LREM`, and back to its
+queue if requeued): the in-flight list is the one record
 of an unacknowledged message, and kombu's QoS keeps only its bookkeeping in memory
 (`InflightQoS`), where kombu's own would write a hash and a sorted set on delivery and
 again on acknowledgement.
@@ -54,7 +55,7 @@ from __future__ import annotations
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from queue import Empty
 from typing import Any, NamedTuple
@@ -69,6 +70,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 
 from dispatchq.store import keys
+from dispatchq.store.group import GroupCommit
 from dispatchq.store.scripts import SCRIPTS
 
 log = structlog.get_logger(__name__)
@@ -109,6 +111,18 @@ def unwrap(stored: bytes) -> bytes:
         if len(parts) == 4:
             return parts[3]
     return stored
+
+
+def _lrem_each(client: Redis) -> Callable[[Sequence[Fetched]], list[int]]:
+    """A group of in-flight removals as one pipeline: an LREM each."""
+
+    def run(items: Sequence[Fetched]) -> list[int]:
+        pipe = client.pipeline(transaction=False)
+        for inflight, _queue, item in items:
+            pipe.lrem(inflight, 1, item)  # type: ignore[arg-type]
+        return list(pipe.execute())
+
+    return run
 
 
 _open: weakref.WeakSet[ReliableChannel] = weakref.WeakSet()
@@ -191,6 +205,7 @@ class ReliableChannel(kombu_redis.Channel):
         """While a message is handed over: its deliveries, if the fetch counted them
         (`UNCOUNTABLE`: Redis refused to count them)."""
         self._shared: Redis | None = None
+        self._drops: tuple[Redis, GroupCommit[Fetched, int]] | None = None
         _open.add(self)
 
     @contextmanager
@@ -339,8 +354,13 @@ class ReliableChannel(kombu_redis.Channel):
         return fetched
 
     def drop(self, fetched: Fetched) -> None:
+        """Out of the in-flight list (an acknowledgement): the drops of this channel's
+        greenlets or threads at about the same time share one round trip
+        (`dispatchq.store.group`), each returning once its own is done."""
         with self.conn_or_acquire() as client:
-            client.lrem(fetched[0], 1, fetched[2])  # type: ignore[arg-type]
+            if self._drops is None or self._drops[0] is not client:
+                self._drops = (client, GroupCommit(_lrem_each(client)))
+            self._drops[1].commit(fetched)
 
     def requeue(self, fetched: Fetched) -> None:
         """Back to its lane or queue, at the end fetched last (where kombu puts it)."""

@@ -4,8 +4,12 @@ through kombu as a worker uses it, without a worker process."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
+from unittest.mock import patch
 
 import pytest
 import redis
@@ -140,3 +144,35 @@ def test_a_publish_on_a_channel_closed_by_a_lost_connection_reconnects(
     [item] = redis_client.lrange(QUEUE, 0, -1)
     assert cast(Any, producer.channel).connection is not None  # revived on a new channel
     assert json.loads(item)["properties"]["delivery_info"]["routing_key"] == QUEUE
+
+
+def test_acknowledgements_at_the_same_time_share_a_round_trip(
+    connection: Connection, redis_client: redis.Redis
+) -> None:
+    """Twelve threads acknowledge at once: every message leaves the in-flight list, each
+    thread returns after its own is gone, and they took fewer round trips than messages."""
+    push(redis_client, *(f"r-{n}" for n in range(12)))
+    channel, messages = consume(connection, 12)
+    inflight = keys.inflight(channel.consumer_id, QUEUE)
+    assert redis_client.llen(inflight) == 12
+    executes = 0
+    real = redis.client.Pipeline.execute
+    gate = threading.Barrier(12)
+
+    def counted(self: redis.client.Pipeline, *args: Any, **kwargs: Any) -> Any:
+        nonlocal executes
+        executes += 1
+        time.sleep(0.05)  # a slow round trip: the others queue behind it
+        return real(self, *args, **kwargs)
+
+    def ack(message: Any) -> int:
+        gate.wait()
+        message.ack()
+        return int(redis_client.llen(inflight))
+
+    with patch.object(redis.client.Pipeline, "execute", counted), \
+            ThreadPoolExecutor(12) as pool:  # fmt: skip
+        left = list(pool.map(ack, messages))
+    assert redis_client.llen(inflight) == 0
+    assert all(n < 12 for n in left)  # each returned once its own was removed
+    assert 1 <= executes < 12
