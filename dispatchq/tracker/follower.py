@@ -393,7 +393,8 @@ class Tracker:
             self.client.zrangebyscore(keys.FOLLOW, "-inf", now, start=0, num=self.policy.batch),
         )
         with self._lock:
-            wanted = [m.decode() for m in due] + list(self._dirty)
+            # the children an event woke first: they are the likely ends
+            wanted = [*self._dirty, *(m.decode() for m in due)]
             todo = [rid for rid in dict.fromkeys(wanted) if rid not in self._busy]
             self._dirty.intersection_update(self._busy)  # checked again once done
             self._busy.update(todo)
