@@ -15,11 +15,12 @@ import redis
 from kombu import Connection, Exchange
 
 from dispatchq.broker.app import TASK_DISPATCH
-from dispatchq.broker.fetch import FETCH_MOST, ReliableChannel, ReliableTransport
+from dispatchq.broker.fetch import FETCH_MOST, Counted, ReliableChannel, ReliableTransport
 from dispatchq.devstack.redis_server import RedisServer
 from dispatchq.producer.enqueue import Enqueuer, NewRequest
 from dispatchq.store import keys, lanes
 from dispatchq.store.messages import celery_message
+from dispatchq.store.records import DELIVERIES
 from tests.support.consumer import consume as consume_from
 from tests.support.requests import message_body
 
@@ -237,3 +238,30 @@ def test_lane_of_refuses_what_is_not_a_batch_item_of_the_task() -> None:
     assert lanes.lane_of({"headers": {"task": "other"}}, TASK_DISPATCH) is None
     assert lanes.lane_of({"headers": {"task": TASK_DISPATCH}, "body": "%%"}, TASK_DISPATCH) is None
     assert lanes.lane_of("junk", TASK_DISPATCH) is None
+
+
+class CountingTaskChannel(TaskChannel):
+    def counted(self) -> Counted | None:
+        return Counted(TASK_DISPATCH, keys.request(""), 3600)
+
+
+class CountingTaskTransport(ReliableTransport):
+    Channel = CountingTaskChannel
+
+
+def test_a_batch_items_delivery_is_counted_and_its_record_keeps_its_own_ttl(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """The count leaves a batch item's record the TTL it was enqueued with (the fetch
+    renews none); a foreign message on the interactive lane, whose record the count makes,
+    gets one."""
+    enqueue(redis_client, "a", 1)
+    redis_client.lpush(QUEUE, celery_message(message_body("foreign-1", "video"), QUEUE))
+    with Connection(redis_server.url, transport=CountingTaskTransport) as conn:
+        _, got = consume(conn, 2)
+        for message in got:
+            message.ack()
+    assert redis_client.hget(keys.request("a-0"), DELIVERIES) == b"1"
+    assert 0 < redis_client.ttl(keys.request("a-0")) <= 60  # enqueued with 60 s
+    assert redis_client.hget(keys.request("foreign-1"), DELIVERIES) == b"1"
+    assert 60 < redis_client.ttl(keys.request("foreign-1")) <= 3600

@@ -5,15 +5,18 @@
 -- there is, its lane gives every message of the fetch at once (no other turn to wait for).
 -- false when every lane is empty, else a flat list {item as stored in the in-flight list,
 -- deliveries so far or -1, ...}. Deliveries are counted in the request record when ARGV[1]
--- names the task and the item is a message of it; if Redis refuses that (the key holds
--- something else), -2: the item is still taken, and the worker dead-letters it, instead of
--- an error that would leave it in flight.
+-- names the task and the item is a message of it, and the record is given its TTL if the
+-- message came from the interactive lane (a foreign producer's message has no record
+-- before this count makes one; a batch's was enqueued with its record, which has a TTL,
+-- and any record this count makes there gets one from the take or the ending). If Redis
+-- refuses the count (the key holds something else), -2: the item is still taken, and the
+-- worker dead-letters it, instead of an error that would leave it in flight.
 -- KEYS: queue, in-flight list. ARGV: task name (or ''), request record key prefix, seconds
 -- the record is kept, most messages to take, the six lane key prefixes (`keys.lane_keys`),
 -- then tenant, weight pairs (a tenant not named has weight 1).
 local k = lane_args(ARGV, 5)
 
-local function deliveries_of(item)
+local function deliveries_of(item, laned)
   if ARGV[1] == '' then return -1 end
   local ok, message = pcall(cjson.decode, item)
   local headers = ok and type(message) == 'table' and message['headers']
@@ -24,7 +27,9 @@ local function deliveries_of(item)
   local record = ARGV[2] .. headers['id']
   local deliveries = redis.pcall('HINCRBY', record, 'deliveries', 1)
   if type(deliveries) ~= 'number' then return -2 end
-  redis.call('EXPIRE', record, ARGV[3])
+  -- a batch's message was pushed with its record, which has its TTL; a message of the
+  -- interactive lane may be a foreign producer's, whose record this HINCRBY just made
+  if not laned then redis.call('EXPIRE', record, ARGV[3]) end
   return deliveries
 end
 
@@ -83,6 +88,6 @@ end
 redis.call('LPUSH', KEYS[2], unpack(stored))
 local out = {}
 for i, item in ipairs(taken) do
-  out[2 * i - 1], out[2 * i] = stored[i], deliveries_of(item)
+  out[2 * i - 1], out[2 * i] = stored[i], deliveries_of(item, stored[i] ~= item)
 end
 return out
