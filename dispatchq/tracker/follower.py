@@ -60,6 +60,9 @@ CHORES_EVERY = 0.2
 """Seconds between the leader's chores (`Tracker.chores`)."""
 COUNT_EVERY = 5.0
 """Seconds between two reads of the number of followed children (for `Follower.sweep`)."""
+IDLE_PASS = 0.05
+"""Seconds the loop waits after a pass that found nothing to check, unless a check ends or
+an event wakes a child before."""
 PASS_FAILED_PAUSE = 1.0
 """Seconds the tracker waits after a pass that Redis failed before the next."""
 
@@ -88,8 +91,10 @@ class FollowPolicy:
     threads: int = 16
     """Checks at once (each two GETs and two Redis calls): the pool is fixed, whatever the
     number of children."""
-    batch: int = 2_000
-    """Due children taken per pass of the loop."""
+    queued: int = 32
+    """Due children a pass reads at most (those being checked among them): none while more
+    than half that many checks wait or run, so that a backlog of due children (a burst of
+    hand-offs, a reconcile) is not read again on every pass while it waits for a thread."""
 
 
 class ChildReader(Protocol):
@@ -324,6 +329,12 @@ class Tracker:
         self._busy: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        """Set when an event wakes a child, or when the pool, too busy for the last pass to
+        read the due children, has room again: the next pass, at once."""
+        self._starved = False
+        self._backlog = False
+        self._due_read_at = 0.0
         self._pool = ThreadPoolExecutor(self.policy.threads, thread_name_prefix="follow")
         self._renewed = 0.0
         self._chores_at = 0.0
@@ -343,8 +354,9 @@ class Tracker:
                         continue
                     self._chores()
                     self._count()
+                    self._wake.clear()
                     if not self.run_once():
-                        self._stop.wait(0.05)
+                        self._wake.wait(IDLE_PASS)
                 except redis.RedisError as err:  # Redis away or refusing: the next pass
                     log.error("tracker.pass_failed", error=str(err)[:200])
                     self._stop.wait(PASS_FAILED_PAUSE)
@@ -387,11 +399,20 @@ class Tracker:
     def run_once(self) -> int:
         """One pass: submit the checks of the dirty and the due children not being checked
         already; returns how many were submitted."""
-        now = time.time()
-        due = cast(
-            list[bytes],
-            self.client.zrangebyscore(keys.FOLLOW, "-inf", now, start=0, num=self.policy.batch),
-        )
+        due: list[bytes] = []
+        now = time.monotonic()
+        with self._lock:
+            self._starved = len(self._busy) > self.policy.queued // 2
+            read = not self._starved and (self._backlog or now - self._due_read_at >= IDLE_PASS)
+        if read:  # at most every IDLE_PASS, unless the last read found a backlog
+            self._due_read_at = now
+            due = cast(
+                list[bytes],
+                self.client.zrangebyscore(
+                    keys.FOLLOW, "-inf", time.time(), start=0, num=self.policy.queued
+                ),
+            )
+            self._backlog = len(due) == self.policy.queued
         with self._lock:
             # the children an event woke first: they are the likely ends
             wanted = [*self._dirty, *(m.decode() for m in due)]
@@ -406,6 +427,9 @@ class Tracker:
         def done(future: Future[Checked]) -> None:
             with self._lock:
                 self._busy.discard(request_id)
+                wake = self._starved and len(self._busy) <= self.policy.queued // 2
+            if wake:  # the pass that skipped the due children can read them now
+                self._wake.set()
             try:
                 checked = future.result()
             except (redis.ConnectionError, redis.TimeoutError) as err:
@@ -436,6 +460,8 @@ class Tracker:
             rid = self.children.get(job_id)
             if rid is not None:
                 self._dirty.add(rid)
+        if rid is not None:
+            self._wake.set()
 
     def _stream(self) -> None:
         assert self.events is not None

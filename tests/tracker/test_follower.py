@@ -4,9 +4,11 @@ scripts are the real ones (first finish wins, the follow set, the stages)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 import redis
@@ -282,3 +284,42 @@ def test_a_running_child_costs_one_read_and_an_end_is_read_whole(store: RecordSt
     assert (nomad.listings, nomad.reads) == (3, 1)
     assert checked.finished and checked.verdict is not None
     assert (checked.verdict.status, checked.verdict.exit_code) == ("finished", 0)
+
+
+def test_a_backlog_of_due_children_is_read_a_pool_at_a_time(store: RecordStore) -> None:
+    """100 children due at once: a pass submits `queued` of them; while more than half of
+    those are under way the next passes read nothing from Redis; once they are done, the
+    next pass reads the next ones (the backlog is read again at once, not after a pause)."""
+    release = threading.Event()
+    follower = Follower(FakeChildren(), store, _results)
+    checked: list[str] = []
+
+    def check(rid: str) -> Checked:
+        release.wait(10)
+        checked.append(rid)
+        store.client.zrem(keys.FOLLOW, rid)
+        return Checked(rid)
+
+    follower.check = check  # type: ignore[method-assign,assignment]
+    tracker = Tracker(store.client, follower, Lease(store.client, "t"),
+                      policy=FollowPolicy(queued=32))  # fmt: skip
+    store.client.zadd(keys.FOLLOW, {f"r{n:03d}": float(n) for n in range(100)})
+    reads = 0
+    real = store.client.zrangebyscore
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return real(*args, **kwargs)
+
+    with patch.object(store.client, "zrangebyscore", counted):
+        assert tracker.run_once() == 32
+        assert (tracker.run_once(), reads) == (0, 1)  # the pool is behind: nothing read
+        release.set()
+        deadline = time.monotonic() + 10
+        while len(checked) < 32 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert tracker._wake.wait(5)  # room again: the loop is woken
+        assert tracker.run_once() == 32 and reads == 2
+    tracker._pool.shutdown(wait=True)
+    assert len(set(checked)) == 64
