@@ -61,8 +61,8 @@ CHORES_EVERY = 0.2
 COUNT_EVERY = 5.0
 """Seconds between two reads of the number of followed children (for `Follower.sweep`)."""
 IDLE_PASS = 0.05
-"""Seconds the loop waits after a pass that found nothing to check, unless a check ends or
-an event wakes a child before."""
+"""Seconds the loop waits after a pass that found nothing to check (unless a starved pool
+has room again before)."""
 PASS_FAILED_PAUSE = 1.0
 """Seconds the tracker waits after a pass that Redis failed before the next."""
 
@@ -330,8 +330,10 @@ class Tracker:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
-        """Set when an event wakes a child, or when the pool, too busy for the last pass to
-        read the due children, has room again: the next pass, at once."""
+        """Set when the pool, too busy for the last pass to read the due children, has room
+        again: the next pass, at once. (An event does not wake the loop: the events of a
+        child that come together, placed, running, ended, wait for the same pass, so
+        that it is checked once.)"""
         self._starved = False
         self._backlog = False
         self._due_read_at = 0.0
@@ -460,8 +462,6 @@ class Tracker:
             rid = self.children.get(job_id)
             if rid is not None:
                 self._dirty.add(rid)
-        if rid is not None:
-            self._wake.set()
 
     def _stream(self) -> None:
         assert self.events is not None
