@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -48,6 +49,8 @@ EVAL_FIELDS = (
     "StatusDescription", "Wait", "NextEval", "PreviousEval", "BlockedEval", "FailedTGAllocs",
     "QueuedAllocations", "CreateIndex", "ModifyIndex",
 )  # fmt: skip
+CLIENT_UPDATE = b'"Type":"AllocationUpdated"'
+EVAL_ID = re.compile(rb'"EvalID":"([^"]*)"')
 KEEP = 20_000
 """Evaluations remembered (with their allocations), oldest forgotten first: a few KB
 each, so tens of MB at most."""
@@ -78,6 +81,9 @@ class EvaluationFeed:
         self.namespace = namespace
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self._followed: OrderedDict[str, None] = OrderedDict()
+        """Evaluations a monitor of this process follows (the last KEEP): their
+        allocations' client updates are read, those of other evaluations are skipped."""
         self._eval_waiters: dict[str, set[threading.Event]] = {}
         self._index_waiters: list[tuple[int, int, threading.Event]] = []  # a heap
         self._sequence = itertools.count()
@@ -120,8 +126,9 @@ class EvaluationFeed:
                 self._wake_everyone()
                 log.info("eventfeed.connected", index=start)
                 for index, events in self.client.event_stream(
-                    topics=TOPICS, index=start + 1, namespace=self.namespace, on_open=self._opened
-                ):
+                    topics=TOPICS, index=start + 1, namespace=self.namespace,
+                    on_open=self._opened, skip=self._skippable,
+                ):  # fmt: skip
                     self._apply(index, events)
                     backoff = 0.5
                     if self._stop.is_set():
@@ -146,6 +153,28 @@ class EvaluationFeed:
                 self.covered_from = None  # until reconnected, vouch for nothing new
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 10.0)
+
+    def follow(self, eval_id: str) -> None:
+        """A monitor here follows `eval_id`: the client updates of its allocations are read."""
+        with self._lock:
+            self._followed[eval_id] = None
+            self._followed.move_to_end(eval_id)
+            while len(self._followed) > KEEP:
+                self._followed.popitem(last=False)
+
+    def _skippable(self, line: bytes) -> bool:
+        """A batch of the stream that only says allocations' client statuses changed
+        (`AllocationUpdated`: no evaluation, no placement), none of them of an evaluation a
+        monitor here follows: most of the stream's bytes, and of no use to this process,
+        so not parsed. (Evaluation events, placements and the updates of followed
+        evaluations are; the index of a skipped batch is never one a dispatch waits for,
+        which is its evaluation's.)"""
+        if b'"Topic":"Evaluation"' in line or line.count(CLIENT_UPDATE) != line.count(
+            b'"Topic":'
+        ):
+            return False
+        followed = self._followed
+        return not any(e.decode() in followed for e in EVAL_ID.findall(line))
 
     def _refuse(self, why: str) -> None:
         log.warning("eventfeed.unavailable", reason=why)
@@ -262,6 +291,7 @@ class FeedReader:
 
     def expect(self, eval_id: str, create_index: int) -> None:
         """The dispatch created `eval_id` at `create_index`: let the feed catch up."""
+        self.feed.follow(eval_id)
         if create_index and self.feed.catch_up(create_index, CATCH_UP):
             self._from_feed.add(eval_id)
 
@@ -269,6 +299,8 @@ class FeedReader:
         self, eval_id: str, *, index: int = 0, wait: float | None = None
     ) -> tuple[dict[str, Any], int]:
         if index == 0 or eval_id not in self._from_feed:
+            if eval_id not in self._from_feed:
+                self.feed.follow(eval_id)  # a follow-up evaluation (blocked, next)
             entry = self.feed.vouched(eval_id)
             if entry is not None and entry.evaluation is not None:
                 self._from_feed.add(eval_id)

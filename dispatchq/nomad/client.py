@@ -229,8 +229,10 @@ class NomadClient:
         namespace: str | None = None,
         heartbeat: float = 30.0,
         on_open: Callable[[BaseHTTPResponse], None] | None = None,
+        skip: Callable[[bytes], bool] | None = None,
     ) -> Generator[tuple[int, list[dict[str, JSON]]], None, None]:
-        """`GET /v1/event/stream`: (index, events) per ndjson batch, heartbeats skipped.
+        """`GET /v1/event/stream`: (index, events) per ndjson batch, heartbeats skipped,
+        and the batches `skip` says so of (given the raw line: not parsed at all).
 
         The stream holds one pooled connection until the iterator is closed; `on_open`
         receives the response, so another thread can close it to end the stream at once.
@@ -254,7 +256,7 @@ class NomadClient:
                 lines = (pending + chunk).split(b"\n")
                 pending = lines.pop()
                 for line in lines:
-                    if not line.strip():
+                    if not line.strip() or (skip is not None and skip(line)):
                         continue
                     batch = orjson.loads(line)  # a few KB per dispatch, read by every worker
                     if batch.get("Events"):

@@ -4,7 +4,8 @@ the feed cannot vouch, and the fall-backs."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -139,3 +140,35 @@ def test_a_stream_left_mid_way_does_not_spoil_its_pooled_connection(
         stream.close()
         job, _ = one.read_job("feed-job")
     assert job["ID"] == "feed-job"
+
+
+def test_client_updates_are_read_for_followed_evaluations_only(
+    sim: NomadSimProcess, client: NomadClient
+) -> None:
+    """The stream's batches of allocation client updates are parsed for the evaluations a
+    monitor here follows, and skipped for the others (another worker's dispatches): a
+    child nobody here follows stays as placed in the feed while Nomad says it ran; the
+    followed child's allocation is seen running or done."""
+    feed = EvaluationFeed(client).start()
+    try:
+        _connected(feed)
+        other = client.dispatch(request("feed-job"))
+        _until(lambda: _client_status(client.evaluation_allocations(other.eval_id)[0]))
+        assert _client_status(feed.allocations(other.eval_id)) == "pending"
+        mine = client.dispatch(request("feed-job"))
+        FeedReader(feed, client).expect(mine.eval_id, mine.eval_create_index)
+        _until(lambda: _client_status(feed.allocations(mine.eval_id)))
+    finally:
+        feed.stop()
+
+
+def _client_status(allocs: list[dict[str, Any]]) -> str:
+    return str(allocs[0]["ClientStatus"]) if allocs else ""
+
+
+def _until(ran: Callable[[], str]) -> None:
+    """Wait until `ran()` says running or complete."""
+    deadline = time.monotonic() + 15
+    while ran() not in ("running", "complete"):
+        assert time.monotonic() < deadline, ran()
+        time.sleep(0.05)
