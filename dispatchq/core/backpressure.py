@@ -20,7 +20,11 @@ failure from constraints alone is the job's problem, not the cluster's, and slow
 Within one worker process only one thread (or greenlet) at a time polls Redis for a given
 job's slot or for the rate, the others queue on a local lock: hundreds of waiting requests
 cost one poll per `POLL` seconds, not hundreds. Rate tokens are taken `PREFETCH` seconds'
-worth at a time and spent locally, so at full speed most dispatches make no round trip.
+worth at a time and spent locally, so at full speed most dispatches make no round trip; at
+the rate limit the tokens whose turn comes within `PREFETCH` are reserved in the same call
+(the bucket's theoretical arrival time moved past them) and each spent at its turn, so a
+process waiting for the rate makes one call per `PREFETCH` too, not one or more per
+dispatch.
 
 A request that waits longer than `max_wait` raises `Throttled`, which the worker's retry
 policy turns into a requeue that does not count against the request's retries, so a long
@@ -56,8 +60,10 @@ RECOVERY_SECONDS = 30.0
 FLOOR_SHARE = 0.01
 """The rate never falls below this share of the ceiling."""
 PREFETCH = 0.05
-"""A process takes this many seconds' worth of tokens per round trip (at least one) and
-spends them locally within that time, so a dispatch rarely costs a round trip of its own."""
+"""A process takes this many seconds' worth of tokens per round trip (at least one),
+reserving ahead at the rate limit (each token then spent at its turn, one rate interval
+after the other), so that a dispatch rarely costs a round trip of its own, whether the
+rate binds or not; tokens not spent within twice that are dropped."""
 RECHECK_AFTER = 0.05
 """A request that waited longer than this at the gate re-reads its batch's cancel flag."""
 
@@ -115,6 +121,9 @@ class DispatchGate:
     _job_locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict, init=False)
     _tokens: int = field(default=0, init=False)
     _tokens_until: float = field(default=0.0, init=False)
+    _next_turn: float = field(default=0.0, init=False)
+    """When the next of the tokens held may be spent (monotonic clock)."""
+    _spacing: float = field(default=0.0, init=False)
     _rate_seen: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
@@ -147,20 +156,26 @@ class DispatchGate:
         return rate
 
     def _wait_for_token(self, deadline: float) -> None:
-        if self._tokens and time.monotonic() < self._tokens_until:
-            self._tokens -= 1
-            return
-        p = self.policy
-        while True:
-            wanted = max(1, int(self._rate_seen * PREFETCH))
-            args = [p.rate, p.burst, RECOVERY_SECONDS, keys.RATE_TTL, wanted]
-            granted, wait, rate = self._take(keys=[keys.RATE], args=args)
-            self._rate_seen = float(rate)
-            if int(granted):
-                self._tokens = int(granted) - 1
-                self._tokens_until = time.monotonic() + PREFETCH
-                return
-            self._pause(float(wait), deadline, "the dispatch rate")
+        if not self._tokens or time.monotonic() >= self._tokens_until:
+            p = self.policy
+            while True:
+                wanted = max(1, int(self._rate_seen * PREFETCH))
+                args = [p.rate, p.burst, RECOVERY_SECONDS, keys.RATE_TTL, wanted, PREFETCH]
+                granted, wait, rate = self._take(keys=[keys.RATE], args=args)
+                self._rate_seen = float(rate)
+                if int(granted):
+                    now = time.monotonic()
+                    self._tokens, self._spacing = int(granted), 1 / float(rate)
+                    self._next_turn = now + float(wait)
+                    self._tokens_until = max(now, self._next_turn) + PREFETCH * 2
+                    break
+                self._pause(float(wait), deadline, "the dispatch rate")
+        turn = self._next_turn
+        self._tokens -= 1
+        self._next_turn += self._spacing
+        ahead = turn - time.monotonic()
+        if ahead > 0:  # a token reserved ahead: its turn (the others queue on the lock)
+            self._pause(ahead, deadline, "the dispatch rate")
 
     def _wait_for_slot(self, job_id: str, namespace: str, deadline: float) -> None:
         cap = self.policy.max_unfinished_children
