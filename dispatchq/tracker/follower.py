@@ -89,7 +89,7 @@ class FollowPolicy:
     retry: float = 5.0
     """Seconds before a child whose read failed (5xx, 429, unreachable) is checked again."""
     threads: int = 16
-    """Checks at once (each two GETs and two Redis calls): the pool is fixed, whatever the
+    """Checks at once (each one or two GETs and a few Redis calls): the pool is fixed, whatever the
     number of children."""
     queued: int = 32
     """Due children a pass reads at most (those being checked among them): none while more
