@@ -44,7 +44,10 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[NomadSimProcess]:
-    with NomadSimProcess(args=["--nodes", "2", "--node-cpu", "4000", "--node-memory", "4096"]) as s:
+    # room for 200 children of `encode` at once (a batch of 150 never waits for capacity,
+    # however fast the gate lets it through); `huge` fits no node
+    args = ["--nodes", "2", "--node-cpu", "10000", "--node-memory", "8192"]
+    with NomadSimProcess(args=args) as s:
         register(s.address, parameterized_job("encode", meta_required=["profile"]))
         register(s.address, parameterized_job("huge", memory_mb=100_000))
         register(s.address, parameterized_job("needs-payload", payload="required"))
