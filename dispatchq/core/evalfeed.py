@@ -298,9 +298,9 @@ class FeedReader:
     def read_evaluation(
         self, eval_id: str, *, index: int = 0, wait: float | None = None
     ) -> tuple[dict[str, Any], int]:
+        if eval_id not in self._from_feed:
+            self.feed.follow(eval_id)  # a follow-up evaluation (blocked, next)
         if index == 0 or eval_id not in self._from_feed:
-            if eval_id not in self._from_feed:
-                self.feed.follow(eval_id)  # a follow-up evaluation (blocked, next)
             entry = self.feed.vouched(eval_id)
             if entry is not None and entry.evaluation is not None:
                 self._from_feed.add(eval_id)

@@ -1,6 +1,7 @@
 """Group commit: calls made at about the same time by many threads (or greenlets) of one
-process joined into one call, so that N requests taken, dispatched or ended together cost
-one round trip and one script run, not N (`dispatchq.store.records`).
+process joined into one call, so that N requests taken, dispatched, handed off or ended
+together cost one round trip and one script run, not N (`dispatchq.store.records`), and N
+acknowledgements one pipeline (`dispatchq.broker.fetch`).
 
 No timer and no thread of its own: the first caller to find no call under way runs one
 with everything waiting (at most `most`), and the others wait for its answer. Whatever
